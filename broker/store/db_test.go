@@ -1,0 +1,131 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gradebroker/gradebroker/broker"
+)
+
+// setup opens a fresh database in a temp dir.
+func setup(t *testing.T) *DB {
+	t.Helper()
+	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "gb.db"), Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func ident(fp string) broker.CertIdentity {
+	return broker.CertIdentity{Serial: "s" + fp, Issuer: "CN=test CA", Subject: "CN=" + fp, Fingerprint: fp, NotAfter: time.Now().Add(time.Hour)}
+}
+
+func TestOpenIsIdempotentAndSetsPragmas(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "gb.db")
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		db, err := Open(ctx, path, Options{})
+		if err != nil {
+			t.Fatalf("Open #%d: %v", i, err)
+		}
+		var mode string
+		var fk, sync int
+		if err := db.w.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.w.QueryRow(`PRAGMA foreign_keys`).Scan(&fk); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.w.QueryRow(`PRAGMA synchronous`).Scan(&sync); err != nil {
+			t.Fatal(err)
+		}
+		if mode != "wal" || fk != 1 || sync != 2 {
+			t.Errorf("journal_mode=%s foreign_keys=%d synchronous=%d, want wal 1 2(FULL)", mode, fk, sync)
+		}
+		var n int
+		if err := db.w.QueryRow(`SELECT COUNT(*) FROM schema_migrations`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Errorf("schema_migrations has %d rows, want 1", n)
+		}
+		db.Close()
+	}
+}
+
+func TestRegistryErrors(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	if _, err := db.AddTag(ctx, "python3", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AddTag(ctx, "python3", ""); !errors.Is(err, broker.ErrConflict) {
+		t.Errorf("second AddTag: got %v, want ErrConflict", err)
+	}
+	if _, err := db.AddTag(ctx, "bad tag!", ""); !errors.Is(err, broker.ErrInvalid) {
+		t.Errorf("AddTag bad name: got %v, want ErrInvalid", err)
+	}
+	if _, err := db.AddServerType(ctx, "py", []string{"python3", "gpu"}); !errors.Is(err, broker.ErrInvalid) {
+		t.Errorf("type with unknown tag: got %v, want ErrInvalid", err)
+	}
+	// No partial write: the failed type must not exist.
+	types, err := db.ListServerTypes(ctx)
+	if err != nil || len(types) != 0 {
+		t.Fatalf("ListServerTypes after failed add = %v, %v; want none", types, err)
+	}
+	if _, err := db.AddServerType(ctx, "py", []string{"python3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.RemoveTag(ctx, "python3"); !errors.Is(err, broker.ErrInUse) {
+		t.Errorf("RemoveTag in use: got %v, want ErrInUse", err)
+	}
+	s := broker.Server{Name: "g1", Cert: ident("aa"), Type: "py", MaxConcurrentJobs: 4}
+	if _, err := db.AddServer(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AddServer(ctx, s); !errors.Is(err, broker.ErrConflict) {
+		t.Errorf("server registered twice: got %v, want ErrConflict", err)
+	}
+	s2 := broker.Server{Name: "g2", Cert: ident("aa"), Type: "py"}
+	if _, err := db.AddServer(ctx, s2); !errors.Is(err, broker.ErrConflict) {
+		t.Errorf("second server with same cert: got %v, want ErrConflict", err)
+	}
+	if _, err := db.AddOperator(ctx, "alice", ident("aa")); !errors.Is(err, broker.ErrConflict) {
+		t.Errorf("operator with a server's cert: got %v, want ErrConflict", err)
+	}
+	if err := db.RemoveServerType(ctx, "py"); !errors.Is(err, broker.ErrInUse) {
+		t.Errorf("RemoveServerType in use: got %v, want ErrInUse", err)
+	}
+	got, err := db.ServerByFingerprint(ctx, "aa")
+	if err != nil || got.Name != "g1" || got.Type != "py" || got.MaxConcurrentJobs != 4 {
+		t.Errorf("ServerByFingerprint = %+v, %v", got, err)
+	}
+	if _, err := db.ServerByFingerprint(ctx, "zz"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("ServerByFingerprint unknown: got %v, want ErrNotFound", err)
+	}
+}
+
+func TestLastOperatorCannotBeRemoved(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	if _, err := db.AddOperator(ctx, "alice", ident("a1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.RemoveOperator(ctx, "alice"); !errors.Is(err, broker.ErrFailedPrecondition) {
+		t.Errorf("removing last operator: got %v, want ErrFailedPrecondition", err)
+	}
+	if _, err := db.AddOperator(ctx, "bob", ident("b1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.RemoveOperator(ctx, "alice"); err != nil {
+		t.Errorf("removing one of two operators: %v", err)
+	}
+}

@@ -1,0 +1,22 @@
+// Package token reads and writes the tokens that platforms and the broker
+// exchange: a compact JWE (RFC 7516) whose plaintext is a compact JWS
+// (RFC 7515) carrying a JSON object of claims (RFC 7519).
+//
+// The outer JWE uses alg RSA-OAEP-256 and enc A256CBC-HS512 (RFC 7518), with
+// optional zip DEF, and is encrypted to the recipient's RSA key. The inner JWS
+// uses alg RS512 and names its signer in the kid header. No other algorithm
+// is accepted anywhere: a token that asks for any other alg, enc or zip is
+// refused with ErrAlgorithm before any key is used.
+//
+// This is the only package of gradebroker that imports go-jose. It uses
+// go-jose to produce tokens (Seal) and to parse and verify the inner JWS, but
+// it takes the outer JWE apart itself: go-jose's Decrypt inflates zip DEF
+// content with its own limit (the larger of 250 kB and ten times the
+// compressed size), which is both larger than Limits.MaxPlaintextBytes for big
+// tokens and smaller than it for legitimate, highly compressible ones, and it
+// offers no way to decrypt without inflating. So the CEK is unwrapped with
+// crypto/rsa (OAEP, SHA-256, as go-jose does), the content is opened with
+// go-jose's own A256CBC-HS512 AEAD (cipher.NewCBCHMAC, the code behind
+// go-jose's Decrypt), and the result is inflated here through a reader that
+// stops at Limits.MaxPlaintextBytes.
+package token

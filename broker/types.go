@@ -1,0 +1,235 @@
+package broker
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// namePattern is what names of platforms, servers, tags, types and operators
+// look like: safe in logs, URLs, file names and certificate subjects.
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// CheckName returns an ErrInvalid error naming what (for example "tag") when
+// name is not a valid name.
+func CheckName(what, name string) error {
+	if !namePattern.MatchString(name) {
+		return fmt.Errorf("%w: %s name %q must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, what, name)
+	}
+	return nil
+}
+
+// CertIdentity is what the broker stores of a client certificate to
+// recognise it later.
+type CertIdentity struct {
+	Serial      string
+	Issuer      string
+	Subject     string
+	Fingerprint string
+	Role        string
+	NotAfter    time.Time
+}
+
+// Operator is a person or tool allowed to call the admin API.
+type Operator struct {
+	ID        int64
+	Name      string
+	Cert      CertIdentity
+	CreatedAt time.Time
+}
+
+// Tag is a capability a job may need.
+type Tag struct {
+	ID          int64
+	Name        string
+	Description string
+}
+
+// ServerType is a named set of tags; its servers take exactly the jobs whose
+// tags are a subset of them.
+type ServerType struct {
+	ID   int64
+	Name string
+	Tags []string
+}
+
+// Covers reports whether a server of this type may take a job with tags.
+func (t ServerType) Covers(tags []string) bool {
+	for _, want := range tags {
+		found := false
+		for _, have := range t.Tags {
+			if have == want {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// Platform is a client that submits jobs and receives their results.
+type Platform struct {
+	ID            int64
+	Name          string
+	PublicKeyPEM  string
+	ReturnURL     string
+	RestrictPaths []string
+	ForceTag      string
+	Cert          *CertIdentity
+	CreatedAt     time.Time
+}
+
+// Server is one registered grading machine.
+type Server struct {
+	ID                int64
+	Name              string
+	Cert              CertIdentity
+	Type              string
+	TypeID            int64
+	MaxConcurrentJobs int
+	WakeupURL         string
+	WakeupFails       int
+	LastSeen          time.Time
+	CreatedAt         time.Time
+}
+
+// JobState is where a job is in its life. The numbers are stored in the
+// database and match gradebroker.v1.JobState.
+type JobState int
+
+// The job states.
+const (
+	JobQueued    JobState = 1
+	JobAssigned  JobState = 2
+	JobDone      JobState = 3
+	JobFailed    JobState = 4
+	JobCancelled JobState = 5
+)
+
+// Final reports whether no further transition can happen.
+func (s JobState) Final() bool { return s >= JobDone }
+
+// String returns the state's lower-case name.
+func (s JobState) String() string {
+	switch s {
+	case JobQueued:
+		return "queued"
+	case JobAssigned:
+		return "assigned"
+	case JobDone:
+		return "done"
+	case JobFailed:
+		return "failed"
+	case JobCancelled:
+		return "cancelled"
+	}
+	return fmt.Sprintf("JobState(%d)", int(s))
+}
+
+// DeliveryState is where a result callback is. The numbers match
+// gradebroker.v1.DeliveryState.
+type DeliveryState int
+
+// The delivery states.
+const (
+	DeliveryNone      DeliveryState = 0
+	DeliveryPending   DeliveryState = 1
+	DeliveryDelivered DeliveryState = 2
+	DeliveryDead      DeliveryState = 3
+)
+
+// Outcome is how a lease ended, as graderd reports it. The numbers match
+// gradebroker.v1.Outcome.
+type Outcome int
+
+// The outcomes.
+const (
+	OutcomeOK        Outcome = 1
+	OutcomeFatal     Outcome = 2
+	OutcomeTemporary Outcome = 3
+	OutcomeTimeout   Outcome = 4
+)
+
+// String returns the outcome's lower-case name, as stored in an attempt's end.
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeOK:
+		return "ok"
+	case OutcomeFatal:
+		return "fatal"
+	case OutcomeTemporary:
+		return "temporary"
+	case OutcomeTimeout:
+		return "timeout"
+	}
+	return fmt.Sprintf("outcome(%d)", int(o))
+}
+
+// NewJob is a job as a platform submits it, after validation.
+type NewJob struct {
+	PlatformID     int64
+	Name           string
+	Priority       int
+	Tags           []string
+	Timeout        time.Duration
+	IdempotencyKey string
+	JobData        []byte
+	RestrictPaths  []string
+	MaxAttempts    int
+	// TypeIDs are the server types whose tags cover Tags, computed once at
+	// submission.
+	TypeIDs []int64
+}
+
+// Job is a job as stored.
+type Job struct {
+	ID             int64
+	PlatformID     int64
+	Platform       string
+	Name           string
+	State          JobState
+	Priority       int
+	Tags           []string
+	Timeout        time.Duration
+	IdempotencyKey string
+	JobData        []byte
+	RestrictPaths  []string
+	Attempts       int
+	MaxAttempts    int
+	LeaseID        int64
+	Server         string
+	Error          string
+	Result         []byte
+	Log            string
+	Delivery       DeliveryState
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	FinishedAt     time.Time
+	TypeIDs        []int64
+	History        []Attempt
+	Events         []Event
+}
+
+// Attempt is one lease of a job.
+type Attempt struct {
+	LeaseID    int64
+	Number     int
+	Server     string
+	AssignedAt time.Time
+	Deadline   time.Time
+	EndedAt    time.Time
+	End        string
+	Reason     string
+}
+
+// Event is one entry of a job's audit trail.
+type Event struct {
+	At      time.Time
+	Kind    string
+	Actor   string
+	LeaseID int64
+	Detail  string
+}
