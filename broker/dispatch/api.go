@@ -1,0 +1,334 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/store"
+)
+
+// TokenUse is a token id to record in the same transaction as a submission,
+// so that a replayed token and its job are refused or stored together.
+type TokenUse struct {
+	Signer  string
+	JTI     string
+	Expires time.Time
+}
+
+// Submit stores jobs, all or none, and queues them. A job whose idempotency
+// key matches an earlier one of the same platform is not stored again; the
+// earlier job is returned with Duplicate set. When tok is set, its id is
+// recorded in the same transaction; a replay fails with ErrConflict.
+func (d *Dispatcher) Submit(ctx context.Context, jobs []broker.NewJob, tok *TokenUse, actor string) ([]store.Inserted, error) {
+	for i := range jobs {
+		if jobs[i].MaxAttempts <= 0 {
+			jobs[i].MaxAttempts = d.cfg.MaxAttempts
+		}
+		if jobs[i].Timeout <= 0 {
+			jobs[i].Timeout = d.cfg.DefaultTimeout
+		}
+		jobs[i].Timeout = min(jobs[i].Timeout, d.cfg.MaxTimeout)
+	}
+	out := make([]store.Inserted, len(jobs))
+	err := d.w.submit(ctx, &op{
+		fallible: true,
+		apply: func(tx *store.JobTx) error {
+			if tok != nil {
+				if err := tx.UseJTI(tok.Signer, tok.JTI, tok.Expires); err != nil {
+					return err
+				}
+			}
+			for i, nj := range jobs {
+				in, err := tx.InsertJob(nj, actor)
+				if err != nil {
+					return fmt.Errorf("job %d of %d: %w", i+1, len(jobs), err)
+				}
+				out[i] = in
+			}
+			return nil
+		},
+		after: func() {
+			now := d.cfg.Now()
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			touched := make(map[*class]bool)
+			for i, in := range out {
+				if in.Duplicate {
+					continue
+				}
+				nj := jobs[i]
+				c := d.classFor(nj.TypeIDs)
+				c.push(nj.Priority, nj.PlatformID, qjob{id: in.ID, created: in.CreatedAt.UnixMilli(),
+					timeoutMS: nj.Timeout.Milliseconds(), maxAttempts: int32(nj.MaxAttempts)})
+				touched[c] = true
+			}
+			for c := range touched {
+				d.fillClass(c, now)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CancelJob cancels a job that is not final: a queued one at once, a running
+// one also on its server. It returns ErrFailedPrecondition for a final job.
+func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return errShuttingDown
+	}
+	if l := d.leaseByJob[jobID]; l != nil {
+		d.dropLease(l)
+		if l.srv != nil && l.srv.sess != nil {
+			l.zombie = true
+			l.srv.leases[l.id] = l
+			l.srv.sess.sendCancel(l, "cancelled by "+actor)
+		}
+		done := make(chan error, 1)
+		d.stats.Finished++
+		var deliveryID int64
+		d.w.enqueue(&op{
+			apply: func(tx *store.JobTx) error {
+				if err := tx.EndLease(l.id, "cancelled", "cancelled by "+actor); err != nil {
+					return err
+				}
+				var err error
+				deliveryID, err = tx.Finish(jobID, store.Final{State: broker.JobCancelled, LeaseID: l.id,
+					Error: "cancelled by " + actor, Actor: actor})
+				return err
+			},
+			after: func() { d.finalized(jobID, deliveryID) },
+			done:  done,
+		})
+		d.mu.Unlock()
+		return waitDone(ctx, done)
+	}
+	d.cancelled[jobID] = struct{}{}
+	var deliveryID int64
+	o := &op{
+		fallible: true,
+		apply: func(tx *store.JobTx) error {
+			var err error
+			deliveryID, err = tx.Finish(jobID, store.Final{State: broker.JobCancelled, Error: "cancelled by " + actor, Actor: actor})
+			return err
+		},
+		after: func() { d.finalized(jobID, deliveryID) },
+		failed: func(error) {
+			d.mu.Lock()
+			delete(d.cancelled, jobID)
+			d.mu.Unlock()
+		},
+		done: make(chan error, 1),
+	}
+	d.w.enqueue(o)
+	d.mu.Unlock()
+	return waitDone(ctx, o.done)
+}
+
+func waitDone(ctx context.Context, done chan error) error {
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// RequeueJob puts a job back in the queue for an operator. A running job
+// loses its lease (its server is told to stop) without using up an attempt
+// limit; a failed or cancelled job starts again with fresh attempts. A done
+// or queued job is refused with ErrFailedPrecondition.
+func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) error {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return errShuttingDown
+	}
+	if l := d.leaseByJob[jobID]; l != nil {
+		d.dropLease(l)
+		if l.srv != nil && l.srv.sess != nil {
+			l.zombie = true
+			l.srv.leases[l.id] = l
+			l.srv.sess.sendCancel(l, "requeued by "+actor)
+		}
+		if l.q.attempts >= l.q.maxAttempts {
+			l.q.maxAttempts = l.q.attempts + 1
+		}
+		maxAttempts := int(l.q.maxAttempts)
+		d.requeueLocal(l, 0, now)
+		done := make(chan error, 1)
+		d.w.enqueue(&op{
+			apply: func(tx *store.JobTx) error {
+				if err := tx.EndLease(l.id, "requeued", "requeued by "+actor); err != nil {
+					return err
+				}
+				if err := tx.SetMaxAttempts(jobID, maxAttempts); err != nil {
+					return err
+				}
+				return tx.Requeue(jobID, 0, actor, l.id, "requeued by "+actor)
+			},
+			done: done,
+		})
+		d.fillClass(l.cls, now)
+		d.mu.Unlock()
+		return waitDone(ctx, done)
+	}
+	d.mu.Unlock()
+	var oj store.OpenJob
+	var platform int64
+	return d.w.submit(ctx, &op{
+		fallible: true,
+		apply: func(tx *store.JobTx) error {
+			var err error
+			oj, err = tx.Reopen(jobID, actor)
+			platform = oj.PlatformID
+			return err
+		},
+		after: func() {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			delete(d.cancelled, jobID)
+			c := d.classFor(oj.TypeIDs)
+			c.push(oj.Priority, platform, qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS,
+				maxAttempts: int32(oj.MaxAttempts)})
+			d.fillClass(c, d.cfg.Now())
+		},
+	})
+}
+
+// WaitFinal waits until job jobID is final, or ctx ends. It returns the job's
+// state, and ErrNotFound for a job that does not exist.
+func (d *Dispatcher) WaitFinal(ctx context.Context, jobID int64) (broker.JobState, error) {
+	ch := make(chan struct{})
+	d.mu.Lock()
+	d.waiters[jobID] = append(d.waiters[jobID], ch)
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		ws := d.waiters[jobID]
+		for i, w := range ws {
+			if w == ch {
+				d.waiters[jobID] = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+		if len(d.waiters[jobID]) == 0 {
+			delete(d.waiters, jobID)
+		}
+		d.mu.Unlock()
+	}()
+	state, _, err := d.db.JobState(ctx, jobID)
+	if err != nil || state.Final() {
+		return state, err
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+	state, _, err = d.db.JobState(context.WithoutCancel(ctx), jobID)
+	return state, err
+}
+
+// ServerChanged re-reads a server's registration and applies it to its live
+// connection at once: a new certificate closes the stream, a new type or
+// limit changes what it is given next.
+func (d *Dispatcher) ServerChanged(ctx context.Context, name string) {
+	rec, err := d.db.ServerByName(ctx, name)
+	if errors.Is(err, broker.ErrNotFound) {
+		d.ServerRemoved(ctx, name)
+		return
+	}
+	if err != nil {
+		d.log.Error("reload server registration", "server", name, "err", err)
+		return
+	}
+	types, err := d.db.ListServerTypes(ctx)
+	if err != nil {
+		d.log.Error("reload server types", "err", err)
+		return
+	}
+	var tags []string
+	for _, t := range types {
+		if t.ID == rec.TypeID {
+			tags = t.Tags
+		}
+	}
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.servers[rec.ID]
+	if s == nil {
+		d.addServer(rec, tags, now)
+		return
+	}
+	if s.sess != nil && s.fp != rec.Cert.Fingerprint {
+		sess := s.sess
+		d.detachLocked(sess)
+		sess.close(status.Error(codes.Unauthenticated, "this server's certificate was replaced by an operator; reconnect with the new one"))
+	}
+	if s.sess != nil && s.typeID != rec.TypeID {
+		d.connectedByType[s.typeID]--
+		d.connectedByType[rec.TypeID]++
+	}
+	if set := d.free[s.typeID]; set != nil {
+		delete(set, s)
+	}
+	s.name, s.typeID, s.typeName, s.tags, s.maxJobs, s.fp = rec.Name, rec.TypeID, rec.Type, tags, rec.MaxConcurrentJobs, rec.Cert.Fingerprint
+	d.byName[s.name] = s
+	d.log.Info("server registration changed", "server", s.name, "type", s.typeName, "max_jobs", s.maxJobs)
+	d.fill(s, now)
+}
+
+// ServerRemoved closes a removed server's stream and requeues its leases. It
+// returns how many leases were requeued or failed.
+func (d *Dispatcher) ServerRemoved(ctx context.Context, name string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.byName[name]
+	if s == nil {
+		return 0
+	}
+	if s.sess != nil {
+		sess := s.sess
+		d.detachLocked(sess)
+		sess.close(status.Error(codes.PermissionDenied, "this server was removed by an operator"))
+	}
+	n := 0
+	for _, l := range s.leases {
+		if l.zombie {
+			continue
+		}
+		d.endAttempt(l, "removed", "server "+name+" was removed by an operator", "broker")
+		n++
+	}
+	delete(d.servers, s.id)
+	delete(d.byName, name)
+	if set := d.free[s.typeID]; set != nil {
+		delete(set, s)
+	}
+	d.log.Info("server removed", "server", name, "requeued", n)
+	return n
+}
+
+// ServerStatus tells whether a server is connected, its slots, how many jobs
+// it runs and when it was last heard from.
+func (d *Dispatcher) ServerStatus(name string) (connected bool, slots, running int, lastSeen time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.byName[name]
+	if s == nil {
+		return false, 0, 0, time.Time{}
+	}
+	return s.sess != nil, s.capacity(), len(s.leases), s.lastSeen
+}

@@ -1,0 +1,421 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/certs"
+	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+func TestJobIsPushedAndResultCommittedBeforeAck(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 4)
+	ids := e.submit(e.platform, 1, 0)
+	a := g.nextAssign()
+	if a.JobId != ids[0] || a.Attempt != 1 || string(a.Jobdata) != `{"n":1}` || len(a.Tags) != 1 || a.Tags[0] != "py" {
+		t.Fatalf("Assign = %v", a)
+	}
+	if e.state(ids[0]) != broker.JobAssigned {
+		t.Fatalf("job is %s after Assign, want assigned", e.state(ids[0]))
+	}
+	g.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"score": 100})
+	m := g.awaitAckOrReject()
+	if m.GetAck() == nil || m.GetAck().Leases[0].LeaseId != a.LeaseId {
+		t.Fatalf("got %v, want Ack of lease %d", m, a.LeaseId)
+	}
+	// The Ack comes after the commit: the job is already done.
+	if st := e.state(ids[0]); st != broker.JobDone {
+		t.Fatalf("job is %s when its Ack arrived, want done", st)
+	}
+}
+
+func TestNeverMoreThanMinSlotsMaxJobs(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1") // max_concurrent_jobs 4
+	g := e.connect("g1", 16)
+	e.submit(e.platform, 10, 0)
+	var got []*gbv1.Assign
+	for range 4 {
+		got = append(got, g.nextAssign())
+	}
+	g.none(200 * time.Millisecond)
+	// Drain to 0 slots: finishing one job must not bring a new one.
+	g.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Slots{Slots: &gbv1.Slots{Slots: 0}}})
+	time.Sleep(50 * time.Millisecond)
+	g.result(got[0], gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
+	g.none(200 * time.Millisecond)
+	g.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Slots{Slots: &gbv1.Slots{Slots: 2}}})
+	// 3 still run, capacity is 2: nothing new until two finish.
+	g.none(200 * time.Millisecond)
+	g.result(got[1], gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
+	g.result(got[2], gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
+	g.nextAssign()
+}
+
+func TestPriorityThenFairTurnsThenAge(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	burst := e.submit(e.platform, 200, 0)
+	single := e.submit(e.other, 1, 0)
+	urgent := e.submit(e.platform, 1, 5)
+	g := e.connect("g1", 1)
+	a := g.nextAssign()
+	if a.JobId != urgent[0] {
+		t.Fatalf("first assigned job %d, want the priority-5 job %d", a.JobId, urgent[0])
+	}
+	g.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
+	seen := []int64{}
+	for range 3 {
+		a := g.nextAssign()
+		seen = append(seen, a.JobId)
+		g.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
+	}
+	found := false
+	for _, id := range seen[:2] {
+		if id == single[0] {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("the other platform's single job %d was not among the next two (%v); the burst starved it", single[0], seen)
+	}
+	// Within a platform, oldest first.
+	if seen[0] != single[0] && seen[0] != burst[0] || seen[2] != burst[1] && seen[1] != burst[1] {
+		t.Errorf("burst jobs out of age order: %v (burst starts %d, %d)", seen, burst[0], burst[1])
+	}
+}
+
+func TestTemporaryRequeuesOnAnotherServerAndAttemptsEnd(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{MaxAttempts: 2}, "g1", "g2")
+	g1 := e.connect("g1", 1)
+	g2 := e.connect("g2", 1)
+	// Occupy g2 so that the first attempt goes to g1.
+	busy := e.submit(e.platform, 1, 0)
+	var first *fakeServer
+	select {
+	case m := <-g1.in:
+		if m.GetAssign() == nil || m.GetAssign().JobId != busy[0] {
+			t.Fatalf("g1 got %v", m)
+		}
+		first = g1
+		// Put it back so the test stays in step.
+		g1.result(m.GetAssign(), gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
+	case m := <-g2.in:
+		first = g2
+		g2.result(m.GetAssign(), gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
+	case <-time.After(10 * time.Second):
+		t.Fatal("no assign")
+	}
+	_ = first
+	ids := e.submit(e.platform, 1, 0)
+	var a *gbv1.Assign
+	var failer, otherSrv *fakeServer
+	select {
+	case m := <-g1.in:
+		for m.GetAssign() == nil {
+			m = g1.next()
+		}
+		a, failer, otherSrv = m.GetAssign(), g1, g2
+	case m := <-g2.in:
+		for m.GetAssign() == nil {
+			m = g2.next()
+		}
+		a, failer, otherSrv = m.GetAssign(), g2, g1
+	case <-time.After(10 * time.Second):
+		t.Fatal("no assign")
+	}
+	if a.JobId != ids[0] {
+		t.Fatalf("assigned %d, want %d", a.JobId, ids[0])
+	}
+	failer.result(a, gbv1.Outcome_OUTCOME_TEMPORARY, nil)
+	// The retry goes to the other server even though the failer is free.
+	a2 := otherSrv.nextAssign()
+	if a2.JobId != ids[0] || a2.Attempt != 2 || a2.LeaseId <= a.LeaseId {
+		t.Fatalf("retry = %v, want job %d attempt 2 with a newer lease than %d", a2, ids[0], a.LeaseId)
+	}
+	otherSrv.result(a2, gbv1.Outcome_OUTCOME_TIMEOUT, nil)
+	e.waitState(ids[0], broker.JobFailed)
+	job, err := e.db.GetJob(context.Background(), ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(job.Error, "gave up after 2 attempt(s)") {
+		t.Errorf("error = %q, want it to say it gave up after 2 attempts", job.Error)
+	}
+}
+
+func TestStaleResultIsRefused(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 2)
+	ids := e.submit(e.platform, 1, 0)
+	a := g.nextAssign()
+	if err := e.d.RequeueJob(context.Background(), ids[0], "operator:test"); err != nil {
+		t.Fatal(err)
+	}
+	// The server is told to stop, then gets the job again under a new lease.
+	var cancel *gbv1.Cancel
+	var again *gbv1.Assign
+	for cancel == nil || again == nil {
+		m := g.next()
+		if c := m.GetCancel(); c != nil {
+			cancel = c
+		}
+		if x := m.GetAssign(); x != nil {
+			again = x
+		}
+	}
+	if cancel.Lease.LeaseId != a.LeaseId || again.LeaseId == a.LeaseId {
+		t.Fatalf("cancel %v, reassign %v", cancel, again)
+	}
+	g.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"late": 1})
+	m := g.awaitAckOrReject()
+	if r := m.GetReject(); r == nil || codes.Code(r.Code) != codes.FailedPrecondition {
+		t.Fatalf("stale result got %v, want Reject FailedPrecondition", m)
+	}
+	g.result(again, gbv1.Outcome_OUTCOME_OK, map[string]int{"score": 1})
+	if m := g.awaitAckOrReject(); m.GetAck() == nil {
+		t.Fatalf("current result got %v, want Ack", m)
+	}
+	e.waitState(ids[0], broker.JobDone)
+	if st := e.d.Stats(); st.StaleResults != 1 {
+		t.Errorf("StaleResults = %d, want 1", st.StaleResults)
+	}
+	job, err := e.db.GetJob(context.Background(), ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(job.Result) != `{"score":1}` {
+		t.Errorf("result = %s, want the current lease's", job.Result)
+	}
+}
+
+func TestInvalidResultCountsAsFailedAttempt(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{MaxAttempts: 1}, "g1")
+	g := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g.nextAssign()
+	g.result(a, gbv1.Outcome_OUTCOME_OK, []byte("not json"))
+	if m := g.awaitAckOrReject(); m.GetAck() == nil {
+		t.Fatalf("got %v, want Ack (the broker took the report)", m)
+	}
+	e.waitState(ids[0], broker.JobFailed)
+}
+
+func TestFatalIsFinal(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g.nextAssign()
+	g.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Result{Result: &gbv1.Result{
+		JobId: a.JobId, LeaseId: a.LeaseId, Outcome: gbv1.Outcome_OUTCOME_FATAL, Error: "compile error", Log: "line 1"}}})
+	g.awaitAckOrReject()
+	e.waitState(ids[0], broker.JobFailed)
+	job, _ := e.db.GetJob(context.Background(), ids[0])
+	if job.Error != "compile error" || job.Log != "line 1" {
+		t.Errorf("job error %q log %q", job.Error, job.Log)
+	}
+	if job.Delivery != broker.DeliveryPending {
+		t.Errorf("delivery = %v, want pending (a final job gets a delivery in the same transaction)", job.Delivery)
+	}
+}
+
+func TestLeaseExpiryRequeues(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{LeaseGrace: 10 * time.Millisecond, TickInterval: 20 * time.Millisecond}, "g1", "g2")
+	g1 := e.connect("g1", 1)
+	jobs := []broker.NewJob{{PlatformID: e.platform.ID, Name: "short", Tags: []string{"py"}, Timeout: time.Second,
+		JobData: []byte(`{}`), TypeIDs: []int64{e.typeID}}}
+	ins, err := e.d.Submit(context.Background(), jobs, nil, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := g1.nextAssign()
+	// g1 never answers; after timeout+grace the lease expires and g1 is told to stop.
+	for {
+		m := g1.next()
+		if c := m.GetCancel(); c != nil {
+			if c.Lease.LeaseId != a.LeaseId {
+				t.Fatalf("cancel for %v", c)
+			}
+			break
+		}
+	}
+	g2 := e.connect("g2", 1)
+	a2 := g2.nextAssign()
+	if a2.JobId != ins[0].ID || a2.Attempt != 2 {
+		t.Fatalf("after expiry got %v", a2)
+	}
+}
+
+func TestDisconnectedServerGetsGraceThenLeasesRequeue(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{ReconnectGrace: 300 * time.Millisecond, TickInterval: 20 * time.Millisecond}, "g1", "g2")
+	g1 := e.connect("g1", 2)
+	ids := e.submit(e.platform, 2, 0)
+	a := g1.nextAssign()
+	b := g1.nextAssign()
+	g1.close()
+	// g1 comes back within the grace, still running a but having lost b.
+	g1b := e.connect("g1", 2, &gbv1.LeaseRef{JobId: a.JobId, LeaseId: a.LeaseId})
+	g1b.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"ok": 1})
+	if m := g1b.awaitAckOrReject(); m.GetAck() == nil {
+		t.Fatalf("result after reconnect: %v, want Ack", m)
+	}
+	// b was lost on reconnect and comes back as a new attempt.
+	b2 := g1b.nextAssign()
+	if b2.JobId != b.JobId || b2.Attempt != 2 {
+		t.Fatalf("lost lease's job came back as %v", b2)
+	}
+	g1b.close()
+	time.Sleep(500 * time.Millisecond)
+	g2 := e.connect("g2", 1)
+	b3 := g2.nextAssign()
+	if b3.JobId != b.JobId || b3.Attempt != 3 {
+		t.Fatalf("after grace got %v, want job %d attempt 3", b3, b.JobId)
+	}
+	e.waitState(ids[0], broker.JobDone)
+}
+
+func TestRestartKeepsJobsAndLeases(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 2)
+	ids := e.submit(e.platform, 3, 0)
+	a := g.nextAssign()
+	b := g.nextAssign()
+	g.close()
+	e.crash()
+	e.start()
+	// After the restart g1 reports a still running; b is lost; the third job
+	// is still queued.
+	g2 := e.connect("g1", 2, &gbv1.LeaseRef{JobId: a.JobId, LeaseId: a.LeaseId})
+	g2.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"ok": 1})
+	if m := g2.awaitAckOrReject(); m.GetAck() == nil {
+		t.Fatalf("result across restart: %v", m)
+	}
+	got := map[int64]*gbv1.Assign{}
+	for len(got) < 2 {
+		x := g2.nextAssign()
+		if x.LeaseId <= b.LeaseId {
+			t.Fatalf("lease id %d after restart is not newer than %d: fencing ids must grow", x.LeaseId, b.LeaseId)
+		}
+		got[x.JobId] = x
+		g2.result(x, gbv1.Outcome_OUTCOME_OK, map[string]int{"ok": 1})
+	}
+	for _, id := range ids {
+		e.waitState(id, broker.JobDone)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	ids := e.submit(e.platform, 2, 0)
+	if err := e.d.CancelJob(context.Background(), ids[1], "platform:plat"); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.state(ids[1]); st != broker.JobCancelled {
+		t.Fatalf("queued job after cancel is %s", st)
+	}
+	g := e.connect("g1", 4)
+	a := g.nextAssign()
+	if a.JobId != ids[0] {
+		t.Fatalf("assigned %d; the cancelled job %d must not run", a.JobId, ids[1])
+	}
+	g.none(100 * time.Millisecond)
+	if err := e.d.CancelJob(context.Background(), ids[0], "platform:plat"); err != nil {
+		t.Fatal(err)
+	}
+	if c := g.next().GetCancel(); c == nil || c.Lease.LeaseId != a.LeaseId {
+		t.Fatalf("running job's server got %v, want Cancel", c)
+	}
+	if err := e.d.CancelJob(context.Background(), ids[0], "platform:plat"); !errors.Is(err, broker.ErrFailedPrecondition) {
+		t.Fatalf("cancel of a final job: %v, want ErrFailedPrecondition", err)
+	}
+	g.result(a, gbv1.Outcome_OUTCOME_TEMPORARY, nil)
+	if m := g.awaitAckOrReject(); m.GetReject() == nil {
+		t.Fatalf("result of a cancelled lease: %v, want Reject", m)
+	}
+}
+
+func TestConnectRefusals(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	// A server certificate that is not registered.
+	e.certs["ghost"] = e.ca.Client(t, certs.RoleServer, "ghost")
+	// An operator certificate.
+	e.certs["alice"] = e.ca.Client(t, certs.RoleOperator, "alice")
+	for name, want := range map[string]codes.Code{"ghost": codes.Unauthenticated, "alice": codes.PermissionDenied} {
+		conn, err := e.dial(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		stream, err := gbv1.NewGraderServiceClient(conn).Connect(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = stream.Send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Hello{Hello: &gbv1.Hello{Slots: 1}}})
+		_, err = stream.Recv()
+		if status.Code(err) != want {
+			t.Errorf("%s: got %v, want %v", name, err, want)
+		}
+		if !strings.Contains(status.Convert(err).Message(), "CN="+name) {
+			t.Errorf("%s: message %q does not name the certificate", name, status.Convert(err).Message())
+		}
+	}
+}
+
+func TestServerRemovedClosesStreamAndRequeues(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1", "g2")
+	g1 := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	g1.nextAssign()
+	if err := e.db.RemoveServer(context.Background(), "g1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.d.ServerRemoved(context.Background(), "g1"); n != 1 {
+		t.Fatalf("requeued %d, want 1", n)
+	}
+	for range g1.in {
+	}
+	if err := <-g1.errc; status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("removed server's stream ended with %v, want PermissionDenied", err)
+	}
+	g2 := e.connect("g2", 1)
+	if a := g2.nextAssign(); a.JobId != ids[0] {
+		t.Fatalf("g2 got %v", a)
+	}
+}
+
+func TestServerChangedAppliesAtOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 8) // max_concurrent_jobs 4
+	e.submit(e.platform, 6, 0)
+	for range 4 {
+		g.nextAssign()
+	}
+	g.none(100 * time.Millisecond)
+	six := 6
+	if _, err := e.db.UpdateServer(context.Background(), "g1", storeServerUpdate(&six)); err != nil {
+		t.Fatal(err)
+	}
+	e.d.ServerChanged(context.Background(), "g1")
+	g.nextAssign()
+	g.nextAssign()
+}

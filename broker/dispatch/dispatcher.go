@@ -1,0 +1,744 @@
+// Package dispatch matches queued jobs to connected grading servers, keeps
+// their leases, and turns results into final job states.
+//
+// All in-memory state sits behind one mutex; every change to a job is also
+// queued, in order, for one writer goroutine that commits many changes in one
+// SQLite transaction (group commit) and only then acts on them: an Assign is
+// sent, an Ack is returned, a waiter is woken, after the change is on disk.
+// The database is the truth: at start the queues and leases are rebuilt from
+// it, so a crash loses nothing that was acknowledged.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/store"
+	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+// Config tunes a Dispatcher. The zero value of each field means its default.
+type Config struct {
+	// MaxAttempts is how many attempts a job gets before it fails; default 3.
+	MaxAttempts int
+	// DefaultTimeout is a job's timeout when it names none; default 300 s.
+	DefaultTimeout time.Duration
+	// MaxTimeout bounds any job's timeout; default 1 h.
+	MaxTimeout time.Duration
+	// LeaseGrace is added to a job's timeout to make its lease deadline, so
+	// that a result sent at the last moment still lands; default 30 s.
+	LeaseGrace time.Duration
+	// ReconnectGrace is how long a disconnected server's leases wait for it
+	// to come back before they are requeued; default 30 s.
+	ReconnectGrace time.Duration
+	// HeartbeatInterval is how often graderd sends heartbeats; default 10 s.
+	HeartbeatInterval time.Duration
+	// AvoidFor is how long a requeued job waits for a server other than the
+	// one that failed it, when such a server is connected; default 30 s.
+	AvoidFor time.Duration
+	// TickInterval is how often deadlines are checked; default 250 ms.
+	TickInterval time.Duration
+	// MaxBatch bounds how many changes go in one transaction; default 4096.
+	MaxBatch int
+	// Now replaces time.Now, for tests.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.DefaultTimeout <= 0 {
+		c.DefaultTimeout = 300 * time.Second
+	}
+	if c.MaxTimeout <= 0 {
+		c.MaxTimeout = time.Hour
+	}
+	if c.LeaseGrace <= 0 {
+		c.LeaseGrace = 30 * time.Second
+	}
+	if c.ReconnectGrace <= 0 {
+		c.ReconnectGrace = 30 * time.Second
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 10 * time.Second
+	}
+	if c.AvoidFor <= 0 {
+		c.AvoidFor = 30 * time.Second
+	}
+	if c.TickInterval <= 0 {
+		c.TickInterval = 250 * time.Millisecond
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 4096
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Timeout returns the timeout a job gets when it asks for sec seconds (0 for
+// the default), bounded by the maximum.
+func (c Config) Timeout(sec int) time.Duration {
+	c.setDefaults()
+	if sec <= 0 {
+		return c.DefaultTimeout
+	}
+	return min(time.Duration(sec)*time.Second, c.MaxTimeout)
+}
+
+// server is a registered grading server as the dispatcher sees it.
+type server struct {
+	id       int64
+	name     string
+	typeID   int64
+	typeName string
+	tags     []string
+	maxJobs  int
+	fp       string // certificate fingerprint, to notice a changed certificate
+
+	sess           *session // nil while disconnected
+	slots          int
+	leases         map[int64]*lease // every lease it holds, including zombies
+	disconnectedAt time.Time
+	lastSeen       time.Time
+}
+
+func (s *server) capacity() int {
+	if s.sess == nil {
+		return 0
+	}
+	return min(s.slots, s.maxJobs)
+}
+
+func (s *server) freeSlots() int { return s.capacity() - len(s.leases) }
+
+// lease is one running attempt.
+type lease struct {
+	id       int64
+	jobID    int64
+	srv      *server
+	attempt  int
+	deadline time.Time
+	hard     time.Time // heartbeats never extend a lease past this
+	// Where the job goes back to if the lease ends without a final result.
+	cls      *class
+	prio     int
+	platform int64
+	q        qjob
+	// zombie: the lease was cancelled or taken back but the server may still
+	// run it; it counts against the server's slots until the server reports
+	// it or stops listing it, and its result is refused.
+	zombie bool
+}
+
+// Stats are counters for monitoring.
+type Stats struct {
+	Queued       int
+	Running      int
+	Connected    int
+	FreeSlots    int
+	StaleResults uint64
+	Assigned     uint64
+	Finished     uint64
+	Requeued     uint64
+	Expired      uint64
+	Batches      uint64
+	BatchOps     uint64
+}
+
+// Dispatcher is the matching engine and lease keeper.
+type Dispatcher struct {
+	gbv1.UnimplementedGraderServiceServer
+
+	cfg Config
+	db  *store.DB
+	log *slog.Logger
+
+	mu              sync.Mutex
+	classes         map[string]*class
+	classesByType   map[int64][]*class
+	turn            map[int64]uint64 // platform → when it was last served
+	turnSeq         uint64
+	servers         map[int64]*server
+	byName          map[string]*server
+	free            map[int64]map[*server]struct{} // type → servers with a free slot
+	connectedByType map[int64]int
+	leases          map[int64]*lease // current leases by id
+	leaseByJob      map[int64]*lease
+	cancelled       map[int64]struct{} // queued jobs cancelled, dropped when reached
+	nextLease       int64
+	waiters         map[int64][]chan struct{}
+	stats           Stats
+	onFinal         func(jobID, deliveryID int64)
+	closed          bool
+
+	w *writer
+
+	runCtx  context.Context
+	stop    context.CancelCauseFunc
+	wg      sync.WaitGroup
+	stopped chan struct{}
+}
+
+// New makes a Dispatcher over db. Call Start before use.
+func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
+	cfg.setDefaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Dispatcher{
+		cfg:             cfg,
+		db:              db,
+		log:             log,
+		classes:         make(map[string]*class),
+		classesByType:   make(map[int64][]*class),
+		turn:            make(map[int64]uint64),
+		servers:         make(map[int64]*server),
+		byName:          make(map[string]*server),
+		free:            make(map[int64]map[*server]struct{}),
+		connectedByType: make(map[int64]int),
+		leases:          make(map[int64]*lease),
+		leaseByJob:      make(map[int64]*lease),
+		cancelled:       make(map[int64]struct{}),
+		waiters:         make(map[int64][]chan struct{}),
+		stopped:         make(chan struct{}),
+	}
+	d.w = newWriter(d)
+	return d
+}
+
+// Config returns the dispatcher's configuration with defaults filled in.
+func (d *Dispatcher) Config() Config { return d.cfg }
+
+// SetFinalHook sets a function called, after commit, for every job that
+// became final with a delivery to make. The delivery worker uses it to start
+// at once rather than at its next poll.
+func (d *Dispatcher) SetFinalHook(fn func(jobID, deliveryID int64)) {
+	d.mu.Lock()
+	d.onFinal = fn
+	d.mu.Unlock()
+}
+
+// Start rebuilds the queues and leases from the database and starts the
+// writer and the deadline ticker. It returns once the state is loaded.
+func (d *Dispatcher) Start(ctx context.Context) error {
+	d.runCtx, d.stop = context.WithCancelCause(context.Background())
+	if err := d.load(ctx); err != nil {
+		return fmt.Errorf("load dispatcher state: %w", err)
+	}
+	d.wg.Add(2)
+	go func() { defer d.wg.Done(); d.w.run(d.runCtx) }()
+	go func() { defer d.wg.Done(); d.tick(d.runCtx) }()
+	go func() { d.wg.Wait(); close(d.stopped) }()
+	return nil
+}
+
+// Done is closed when the dispatcher has stopped, on Stop or on a storage
+// failure; Err then says why.
+func (d *Dispatcher) Done() <-chan struct{} { return d.stopped }
+
+// Err returns why the dispatcher stopped, or nil while it runs or after a
+// clean Stop.
+func (d *Dispatcher) Err() error {
+	if d.runCtx == nil {
+		return nil
+	}
+	if err := context.Cause(d.runCtx); err != nil && !errors.Is(err, errStopped) {
+		return err
+	}
+	return nil
+}
+
+var errStopped = errors.New("dispatcher stopped")
+
+// Stop closes every server stream, commits what is pending and stops. It is
+// idempotent.
+func (d *Dispatcher) Stop() {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		if d.stop != nil {
+			<-d.stopped
+		}
+		return
+	}
+	d.closed = true
+	for _, s := range d.servers {
+		if s.sess != nil {
+			s.sess.close(errShuttingDown)
+		}
+	}
+	d.mu.Unlock()
+	if d.stop == nil {
+		return
+	}
+	d.w.flush()
+	d.stop(errStopped)
+	<-d.stopped
+}
+
+// fail stops the dispatcher after a storage failure: the in-memory state can
+// no longer be trusted to match the database, and a restart rebuilds it.
+func (d *Dispatcher) fail(err error) {
+	d.log.Error("dispatcher stopping: storage failed; restart the broker to rebuild from the database", "err", err)
+	d.mu.Lock()
+	d.closed = true
+	for _, s := range d.servers {
+		if s.sess != nil {
+			s.sess.close(errShuttingDown)
+		}
+	}
+	d.mu.Unlock()
+	d.stop(err)
+}
+
+// load rebuilds the in-memory state from the database.
+func (d *Dispatcher) load(ctx context.Context) error {
+	types, err := d.db.ListServerTypes(ctx)
+	if err != nil {
+		return err
+	}
+	typeTags := make(map[int64][]string, len(types))
+	for _, t := range types {
+		typeTags[t.ID] = t.Tags
+	}
+	servers, err := d.db.ListServers(ctx)
+	if err != nil {
+		return err
+	}
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, s := range servers {
+		d.addServer(s, typeTags[s.TypeID], now)
+	}
+	maxLease, err := d.db.MaxLeaseID(ctx)
+	if err != nil {
+		return err
+	}
+	d.nextLease = maxLease + 1
+	open, err := d.db.OpenLeases(ctx)
+	if err != nil {
+		return err
+	}
+	leaseOf := make(map[int64]store.OpenLease, len(open))
+	for _, l := range open {
+		leaseOf[l.JobID] = l
+	}
+	var expired []*lease
+	err = d.db.LoadOpenJobs(ctx, func(j store.OpenJob) error {
+		cls := d.classFor(j.TypeIDs)
+		q := qjob{id: j.ID, created: j.CreatedAt.UnixMilli(), timeoutMS: j.TimeoutMS,
+			attempts: int32(j.Attempts), maxAttempts: int32(j.MaxAttempts), avoid: j.AvoidServerID}
+		if j.State == broker.JobQueued {
+			if j.Attempts > 0 {
+				q.requeuedAt = now.UnixMilli()
+			}
+			cls.push(j.Priority, j.PlatformID, q)
+			return nil
+		}
+		ol, ok := leaseOf[j.ID]
+		if !ok || ol.ID != j.LeaseID {
+			// Assigned without an open lease cannot happen through the
+			// dispatcher; repair it by requeueing.
+			ol = store.OpenLease{ID: j.LeaseID, JobID: j.ID, Number: j.Attempts, Deadline: now}
+		}
+		l := &lease{id: ol.ID, jobID: j.ID, attempt: ol.Number, deadline: ol.Deadline,
+			hard: ol.Deadline, cls: cls, prio: j.Priority, platform: j.PlatformID, q: q}
+		srv := d.servers[ol.ServerID]
+		d.leases[l.id] = l
+		d.leaseByJob[j.ID] = l
+		if srv == nil || !ol.Deadline.After(now) {
+			expired = append(expired, l)
+			if srv != nil {
+				l.srv = srv
+				srv.leases[l.id] = l
+			}
+			return nil
+		}
+		l.srv = srv
+		srv.leases[l.id] = l
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, l := range expired {
+		d.endAttempt(l, "expired", "lease deadline passed while the broker was down", "broker")
+	}
+	for _, s := range d.servers {
+		s.disconnectedAt = now
+	}
+	d.log.Info("dispatcher state loaded", "queued", d.queuedLocked(), "leases", len(d.leases),
+		"servers", len(d.servers), "next_lease", d.nextLease)
+	return nil
+}
+
+func (d *Dispatcher) addServer(s broker.Server, tags []string, now time.Time) *server {
+	srv := &server{id: s.ID, name: s.Name, typeID: s.TypeID, typeName: s.Type, tags: tags,
+		maxJobs: s.MaxConcurrentJobs, fp: s.Cert.Fingerprint, leases: make(map[int64]*lease),
+		lastSeen: s.LastSeen, disconnectedAt: now}
+	d.servers[s.ID] = srv
+	d.byName[s.Name] = srv
+	return srv
+}
+
+func (d *Dispatcher) classFor(types []int64) *class {
+	key := classKey(types)
+	c := d.classes[key]
+	if c == nil {
+		c = newClass(types)
+		d.classes[key] = c
+		for _, t := range c.types {
+			d.classesByType[t] = append(d.classesByType[t], c)
+		}
+	}
+	return c
+}
+
+func (d *Dispatcher) queuedLocked() int {
+	n := 0
+	for _, c := range d.classes {
+		n += c.n
+	}
+	return n
+}
+
+// updateFree keeps the per-type set of servers with a free slot current.
+func (d *Dispatcher) updateFree(s *server) {
+	set := d.free[s.typeID]
+	if s.freeSlots() > 0 {
+		if set == nil {
+			set = make(map[*server]struct{})
+			d.free[s.typeID] = set
+		}
+		set[s] = struct{}{}
+		return
+	}
+	if set != nil {
+		delete(set, s)
+	}
+}
+
+// otherServerFor reports whether a connected server other than s may take
+// jobs of class c.
+func (d *Dispatcher) otherServerFor(c *class, s *server) bool {
+	n := 0
+	for _, t := range c.types {
+		n += d.connectedByType[t]
+		if t == s.typeID {
+			n--
+		}
+	}
+	return n > 0
+}
+
+// best finds the job server s should run next, or nil.
+func (d *Dispatcher) best(s *server, nowMS int64) *candidate {
+	var win *candidate
+	for _, c := range d.classesByType[s.typeID] {
+		for c.n > 0 {
+			cand, retry := d.bestIn(c, s, nowMS)
+			if retry {
+				continue // a cancelled job was dropped; look again
+			}
+			if cand != nil && better(cand, win, d.turn) {
+				win = cand
+			}
+			break
+		}
+	}
+	return win
+}
+
+// bestIn returns the best candidate of class c for server s. When it drops a
+// cancelled job it returns retry, since the class changed under it.
+func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool) {
+	for _, prio := range c.prios {
+		lv := c.levels[prio]
+		var win *candidate
+		for _, pq := range lv.plats {
+			j, fromAgain := pq.head()
+			if _, gone := d.cancelled[j.id]; gone {
+				delete(d.cancelled, j.id)
+				c.take(lv, pq, fromAgain)
+				return nil, true
+			}
+			if j.avoid == s.id && nowMS-j.requeuedAt < d.cfg.AvoidFor.Milliseconds() && d.otherServerFor(c, s) {
+				continue
+			}
+			cand := &candidate{c: c, lv: lv, pq: pq, fromAgain: fromAgain, j: j}
+			if better(cand, win, d.turn) {
+				win = cand
+			}
+		}
+		if win != nil {
+			return win, false
+		}
+	}
+	return nil, false
+}
+
+// fill assigns jobs to s while it has free slots and jobs it may take.
+func (d *Dispatcher) fill(s *server, now time.Time) {
+	if d.closed {
+		return
+	}
+	nowMS := now.UnixMilli()
+	for s.freeSlots() > 0 {
+		cand := d.best(s, nowMS)
+		if cand == nil {
+			break
+		}
+		q := cand.c.take(cand.lv, cand.pq, cand.fromAgain)
+		d.turnSeq++
+		d.turn[cand.pq.platform] = d.turnSeq
+		d.assign(s, q, cand.c, cand.lv.prio, cand.pq.platform, now)
+	}
+	d.updateFree(s)
+}
+
+// fillClass offers class c's jobs to every free server that may take them.
+func (d *Dispatcher) fillClass(c *class, now time.Time) {
+	for _, t := range c.types {
+		for s := range d.free[t] {
+			if c.n == 0 {
+				return
+			}
+			d.fill(s, now)
+		}
+	}
+}
+
+// fillAll offers jobs to every server with a free slot.
+func (d *Dispatcher) fillAll(now time.Time) {
+	for _, set := range d.free {
+		for s := range set {
+			d.fill(s, now)
+		}
+	}
+}
+
+// assign creates a lease of q on s and queues its commit; the Assign message
+// goes out after the commit.
+func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int64, now time.Time) {
+	id := d.nextLease
+	d.nextLease++
+	q.attempts++
+	timeout := time.Duration(q.timeoutMS) * time.Millisecond
+	l := &lease{id: id, jobID: q.id, srv: s, attempt: int(q.attempts),
+		deadline: now.Add(timeout + d.cfg.LeaseGrace), hard: now.Add(2*timeout + d.cfg.LeaseGrace),
+		cls: c, prio: prio, platform: platform, q: q}
+	d.leases[id] = l
+	d.leaseByJob[q.id] = l
+	s.leases[id] = l
+	d.stats.Assigned++
+	sess := s.sess
+	var aj store.AssignedJob
+	var aerr error
+	d.w.enqueue(&op{
+		apply: func(tx *store.JobTx) error {
+			aj, aerr = tx.Assign(q.id, id, s.id, s.name, l.attempt, l.deadline)
+			if errors.Is(aerr, broker.ErrFailedPrecondition) {
+				return nil // nothing was written; handled after commit
+			}
+			return aerr
+		},
+		after: func() {
+			if aerr == nil {
+				sess.sendAssign(l, aj, timeout)
+				return
+			}
+			// The job was not queued in the database after all; forget the
+			// lease. This only happens if something bypassed the dispatcher.
+			d.log.Error("assign refused by the database; dropping lease", "job_id", q.id, "lease_id", id, "err", aerr)
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.dropLease(l)
+			d.updateFree(s)
+		},
+	})
+}
+
+// dropLease forgets a lease everywhere.
+func (d *Dispatcher) dropLease(l *lease) {
+	if d.leases[l.id] == l {
+		delete(d.leases, l.id)
+	}
+	if d.leaseByJob[l.jobID] == l {
+		delete(d.leaseByJob, l.jobID)
+	}
+	if l.srv != nil {
+		delete(l.srv.leases, l.id)
+	}
+}
+
+// requeueLocal puts a job back in its class after its lease ended.
+func (d *Dispatcher) requeueLocal(l *lease, avoid int64, now time.Time) {
+	q := l.q
+	q.avoid = avoid
+	q.requeuedAt = now.UnixMilli()
+	l.cls.push(l.prio, l.platform, q)
+	d.stats.Requeued++
+}
+
+// endAttempt ends lease l without a final result (expired, disconnected,
+// lost, temporary, timeout): the job is requeued, or fails when it has used
+// its attempts. The lease is forgotten at once; the change is committed by
+// the writer.
+func (d *Dispatcher) endAttempt(l *lease, end, reason, actor string) {
+	d.endAttemptZ(l, end, reason, actor, false)
+}
+
+// endAttemptZ is endAttempt; with zombie set, a connected server keeps the
+// lease counted against its slots until it lets go of it.
+func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie bool) {
+	now := d.cfg.Now()
+	d.dropLease(l)
+	if zombie && l.srv != nil && l.srv.sess != nil {
+		l.zombie = true
+		l.srv.leases[l.id] = l
+		l.srv.sess.sendCancel(l, end)
+	}
+	var avoid int64
+	if l.srv != nil {
+		avoid = l.srv.id
+	}
+	if int(l.q.attempts) >= int(l.q.maxAttempts) {
+		errMsg := fmt.Sprintf("gave up after %d attempt(s); last: %s: %s", l.q.attempts, end, reason)
+		d.finish(l.jobID, l.id, store.Final{State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
+		return
+	}
+	d.requeueLocal(l, avoid, now)
+	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
+		if err := tx.EndLease(l.id, end, reason); err != nil {
+			return err
+		}
+		return tx.Requeue(l.jobID, avoid, actor, l.id, end+": "+reason)
+	}})
+	d.fillClass(l.cls, now)
+}
+
+// finish queues a job's final state. end and reason close its lease, if
+// leaseID is set; after runs after commit.
+func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end, reason string, after func()) {
+	d.stats.Finished++
+	var deliveryID int64
+	d.w.enqueue(&op{
+		apply: func(tx *store.JobTx) error {
+			if leaseID != 0 {
+				if err := tx.EndLease(leaseID, end, reason); err != nil {
+					return err
+				}
+			}
+			f.LeaseID = leaseID
+			var err error
+			deliveryID, err = tx.Finish(jobID, f)
+			return err
+		},
+		after: func() {
+			if after != nil {
+				after()
+			}
+			d.finalized(jobID, deliveryID)
+		},
+	})
+}
+
+// finalized wakes whoever waits for the job and tells the delivery worker.
+func (d *Dispatcher) finalized(jobID, deliveryID int64) {
+	d.mu.Lock()
+	ws := d.waiters[jobID]
+	delete(d.waiters, jobID)
+	hook := d.onFinal
+	d.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+	if hook != nil && deliveryID != 0 {
+		hook(jobID, deliveryID)
+	}
+}
+
+// tick expires leases past their deadline, requeues the leases of servers
+// gone longer than the reconnect grace, and retries matching (a job that
+// avoided a server may now take it).
+func (d *Dispatcher) tick(ctx context.Context) {
+	t := time.NewTicker(d.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		if !d.closed {
+			d.expire(d.cfg.Now())
+		}
+		d.mu.Unlock()
+	}
+}
+
+func (d *Dispatcher) expire(now time.Time) {
+	for _, s := range d.servers {
+		if s.sess == nil && len(s.leases) > 0 && now.Sub(s.disconnectedAt) >= d.cfg.ReconnectGrace {
+			for _, l := range s.leases {
+				if l.zombie {
+					delete(s.leases, l.id)
+					continue
+				}
+				d.endAttempt(l, "disconnected", fmt.Sprintf("server %s did not come back within %s", s.name, d.cfg.ReconnectGrace), "broker")
+			}
+		}
+	}
+	for _, l := range d.leases {
+		if l.srv != nil && l.srv.sess == nil {
+			continue // waiting for its server to come back
+		}
+		if now.After(l.deadline) {
+			d.stats.Expired++
+			// The server may still be running it: stop it and keep the slot
+			// counted until it lets go.
+			d.endAttemptZ(l, "expired", fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339)), "broker", true)
+		}
+	}
+	d.fillAll(now)
+}
+
+// Stats returns current counters.
+func (d *Dispatcher) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.stats
+	st.Queued = d.queuedLocked()
+	st.Running = len(d.leases)
+	for _, s := range d.servers {
+		if s.sess != nil {
+			st.Connected++
+			st.FreeSlots += max(0, s.freeSlots())
+		}
+	}
+	st.Batches, st.BatchOps = d.w.counts()
+	return st
+}
+
+// QueueDepth returns how many jobs wait, per server type id (a job eligible
+// for several types counts in each).
+func (d *Dispatcher) QueueDepth() map[int64]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[int64]int)
+	for _, c := range d.classes {
+		for _, t := range c.types {
+			out[t] += c.n
+		}
+	}
+	return out
+}

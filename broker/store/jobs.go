@@ -1,0 +1,428 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gradebroker/gradebroker/broker"
+)
+
+// JobTx is one write transaction of the dispatcher's group-commit writer:
+// many job state changes, one commit, one fsync. Its methods run on the one
+// writer connection; a JobTx must be finished with Commit or Rollback.
+type JobTx struct {
+	ctx context.Context
+	tx  *sql.Tx
+	db  *DB
+	now int64
+}
+
+// BeginJobs starts a write transaction for job changes. All times written in
+// it are the time it began.
+func (db *DB) BeginJobs(ctx context.Context) (*JobTx, error) {
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return &JobTx{ctx: ctx, tx: tx, db: db, now: ms(db.now())}, nil
+}
+
+// Now returns the time the transaction writes as "now".
+func (t *JobTx) Now() time.Time { return fromMS(t.now) }
+
+// Commit commits the transaction; when it returns nil the changes are on disk.
+func (t *JobTx) Commit() error { return translate(t.tx.Commit()) }
+
+// Rollback abandons the transaction. It is safe after Commit.
+func (t *JobTx) Rollback() { _ = t.tx.Rollback() }
+
+// Savepoint marks a point that RollbackToSavepoint returns to, so that one
+// failing request does not abort the others of its batch.
+func (t *JobTx) Savepoint() error {
+	_, err := t.tx.ExecContext(t.ctx, `SAVEPOINT op`)
+	return translate(err)
+}
+
+// ReleaseSavepoint keeps what was done since Savepoint.
+func (t *JobTx) ReleaseSavepoint() error {
+	_, err := t.tx.ExecContext(t.ctx, `RELEASE op`)
+	return translate(err)
+}
+
+// RollbackToSavepoint undoes what was done since Savepoint.
+func (t *JobTx) RollbackToSavepoint() error {
+	if _, err := t.tx.ExecContext(t.ctx, `ROLLBACK TO op`); err != nil {
+		return translate(err)
+	}
+	return t.ReleaseSavepoint()
+}
+
+func (t *JobTx) exec(query string, args ...any) (sql.Result, error) {
+	return t.tx.ExecContext(t.ctx, query, args...)
+}
+
+// UseJTI records a token id until it expires. It returns ErrConflict when the
+// signer already used it, which is a replay.
+func (t *JobTx) UseJTI(signer, jti string, expires time.Time) error {
+	_, err := t.exec(`INSERT INTO token_ids (signer, jti, expires_at) VALUES (?, ?, ?)`, signer, jti, ms(expires))
+	if err != nil {
+		err = translate(err)
+		if errors.Is(err, broker.ErrConflict) {
+			return fmt.Errorf("%w: token id %q was already used", broker.ErrConflict, jti)
+		}
+	}
+	return err
+}
+
+// Inserted says what InsertJob did.
+type Inserted struct {
+	ID        int64
+	Duplicate bool // the idempotency key matched an earlier job, returned instead
+	State     broker.JobState
+	CreatedAt time.Time
+}
+
+// InsertJob stores a new queued job, its eligible types and a "queued" event.
+// When the platform already sent a job with the same idempotency key, nothing
+// is written and that job is returned with Duplicate set.
+func (t *JobTx) InsertJob(nj broker.NewJob, actor string) (Inserted, error) {
+	tags, _ := json.Marshal(nonNil(nj.Tags))
+	paths, _ := json.Marshal(nonNil(nj.RestrictPaths))
+	var key any
+	if nj.IdempotencyKey != "" {
+		key = nj.IdempotencyKey
+	}
+	res, err := t.exec(`INSERT INTO jobs (platform_id, name, state, priority, tags, timeout_ms, idempotency_key,
+		jobdata, restrict_paths, max_attempts, created_at, updated_at)
+		VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform_id, idempotency_key) DO NOTHING`,
+		nj.PlatformID, nj.Name, nj.Priority, string(tags), nj.Timeout.Milliseconds(), key,
+		nj.JobData, string(paths), nj.MaxAttempts, t.now, t.now)
+	if err != nil {
+		return Inserted{}, translate(err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		var in Inserted
+		var state int
+		var created int64
+		err := t.tx.QueryRowContext(t.ctx, `SELECT id, state, created_at FROM jobs WHERE platform_id = ? AND idempotency_key = ?`,
+			nj.PlatformID, nj.IdempotencyKey).Scan(&in.ID, &state, &created)
+		in.Duplicate, in.State, in.CreatedAt = true, broker.JobState(state), fromMS(created)
+		return in, translate(err)
+	}
+	id, _ := res.LastInsertId()
+	for _, typeID := range nj.TypeIDs {
+		if _, err := t.exec(`INSERT INTO job_types (job_id, type_id) VALUES (?, ?)`, id, typeID); err != nil {
+			return Inserted{}, translate(err)
+		}
+	}
+	if err := t.Event(id, "queued", actor, 0, ""); err != nil {
+		return Inserted{}, err
+	}
+	return Inserted{ID: id, State: broker.JobQueued, CreatedAt: fromMS(t.now)}, nil
+}
+
+// Event appends an entry to a job's audit trail.
+func (t *JobTx) Event(jobID int64, kind, actor string, leaseID int64, detail string) error {
+	var lease any
+	if leaseID != 0 {
+		lease = leaseID
+	}
+	_, err := t.exec(`INSERT INTO events (job_id, at, kind, actor, lease_id, detail) VALUES (?, ?, ?, ?, ?, ?)`,
+		jobID, t.now, kind, actor, lease, detail)
+	return translate(err)
+}
+
+// AssignedJob is what graderd needs of a job to run it.
+type AssignedJob struct {
+	Name      string
+	JobData   []byte
+	Tags      []string
+	TimeoutMS int64
+}
+
+// Assign moves a queued job to assigned under a new lease and returns what
+// the server needs to run it. It returns ErrFailedPrecondition when the job is
+// not queued.
+func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attempt int, deadline time.Time) (AssignedJob, error) {
+	var a AssignedJob
+	var tags string
+	err := t.tx.QueryRowContext(t.ctx, `UPDATE jobs SET state = 2, lease_id = ?, attempts = ?, server_id = ?,
+		server_name = ?, updated_at = ? WHERE id = ? AND state = 1 RETURNING name, jobdata, tags, timeout_ms`,
+		leaseID, attempt, serverID, serverName, t.now, jobID).Scan(&a.Name, &a.JobData, &tags, &a.TimeoutMS)
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, fmt.Errorf("%w: job %d is not queued", broker.ErrFailedPrecondition, jobID)
+	}
+	if err != nil {
+		return a, translate(err)
+	}
+	if err := json.Unmarshal([]byte(tags), &a.Tags); err != nil {
+		return a, fmt.Errorf("job %d: tags: %w", jobID, err)
+	}
+	if _, err := t.exec(`INSERT INTO leases (id, job_id, server_id, server_name, number, assigned_at, deadline)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`, leaseID, jobID, serverID, serverName, attempt, t.now, ms(deadline)); err != nil {
+		return a, translate(err)
+	}
+	return a, t.Event(jobID, "assigned", "server:"+serverName, leaseID, "attempt "+strconv.Itoa(attempt))
+}
+
+// EndLease records how a lease ended. end is one of "ok", "fatal",
+// "temporary", "timeout", "expired", "disconnected", "lost", "cancelled",
+// "requeued", "removed".
+func (t *JobTx) EndLease(leaseID int64, end, reason string) error {
+	_, err := t.exec(`UPDATE leases SET ended_at = ?, end_kind = ?, reason = ? WHERE id = ? AND ended_at IS NULL`,
+		t.now, end, reason, leaseID)
+	return translate(err)
+}
+
+// Requeue puts an assigned job back in the queue after its lease ended,
+// remembering the server to avoid next time.
+func (t *JobTx) Requeue(jobID, avoidServerID int64, actor string, leaseID int64, reason string) error {
+	var avoid any
+	if avoidServerID != 0 {
+		avoid = avoidServerID
+	}
+	if _, err := t.exec(`UPDATE jobs SET state = 1, lease_id = NULL, avoid_server_id = ?, updated_at = ? WHERE id = ?`,
+		avoid, t.now, jobID); err != nil {
+		return translate(err)
+	}
+	return t.Event(jobID, "requeued", actor, leaseID, reason)
+}
+
+// SetMaxAttempts changes a job's attempt limit (an operator's requeue of a
+// job that used them all gives it one more).
+func (t *JobTx) SetMaxAttempts(jobID int64, n int) error {
+	_, err := t.exec(`UPDATE jobs SET max_attempts = ? WHERE id = ?`, n, jobID)
+	return translate(err)
+}
+
+// Final is a job's final state and what goes with it.
+type Final struct {
+	State   broker.JobState // JobDone, JobFailed or JobCancelled
+	LeaseID int64           // the lease whose result this is; 0 if none
+	Outcome broker.Outcome  // 0 when no result was reported
+	Result  []byte
+	Log     string
+	Error   string
+	Actor   string
+	Detail  string
+}
+
+// Finish makes a job final: its state, its result row when a lease reported
+// one, a "done"/"failed"/"cancelled" event, and a pending delivery to its
+// platform (when the platform has a return URL), all in this transaction. It
+// returns the delivery's id, or 0. It returns ErrFailedPrecondition when the
+// job is already final, and ErrNotFound when it does not exist.
+func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
+	var state int
+	err := t.tx.QueryRowContext(t.ctx, `SELECT state FROM jobs WHERE id = ?`, jobID).Scan(&state)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("%w: job %d", broker.ErrNotFound, jobID)
+	}
+	if err != nil {
+		return 0, translate(err)
+	}
+	if broker.JobState(state).Final() {
+		return 0, fmt.Errorf("%w: job %d is already %s", broker.ErrFailedPrecondition, jobID, broker.JobState(state))
+	}
+	if _, err := t.exec(`UPDATE jobs SET state = ?, lease_id = NULL, error = ?, updated_at = ?, finished_at = ? WHERE id = ?`,
+		int(f.State), f.Error, t.now, t.now, jobID); err != nil {
+		return 0, translate(err)
+	}
+	if f.Outcome != 0 || f.Result != nil || f.Log != "" {
+		if _, err := t.exec(`INSERT INTO results (job_id, lease_id, outcome, result, log, error, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET lease_id = excluded.lease_id,
+			outcome = excluded.outcome, result = excluded.result, log = excluded.log, error = excluded.error,
+			created_at = excluded.created_at`,
+			jobID, f.LeaseID, int(f.Outcome), f.Result, f.Log, f.Error, t.now); err != nil {
+			return 0, translate(err)
+		}
+	}
+	detail := f.Detail
+	if detail == "" {
+		detail = f.Error
+	}
+	if err := t.Event(jobID, f.State.String(), f.Actor, f.LeaseID, detail); err != nil {
+		return 0, err
+	}
+	res, err := t.exec(`INSERT INTO deliveries (job_id, platform_id, state, next_attempt_at, created_at)
+		SELECT j.id, j.platform_id, 1, ?, ? FROM jobs j JOIN platforms p ON p.id = j.platform_id
+		WHERE j.id = ? AND p.return_url != ''`, t.now, t.now, jobID)
+	if err != nil {
+		return 0, translate(err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return 0, nil
+	}
+	id, _ := res.LastInsertId()
+	return id, nil
+}
+
+// Reopen puts a failed or cancelled job back in the queue with fresh
+// attempts, for an operator. It returns ErrFailedPrecondition for a job that
+// is done (its result stands) or not final.
+func (t *JobTx) Reopen(jobID int64, actor string) (OpenJob, error) {
+	var state int
+	err := t.tx.QueryRowContext(t.ctx, `SELECT state FROM jobs WHERE id = ?`, jobID).Scan(&state)
+	if errors.Is(err, sql.ErrNoRows) {
+		return OpenJob{}, fmt.Errorf("%w: job %d", broker.ErrNotFound, jobID)
+	}
+	if err != nil {
+		return OpenJob{}, translate(err)
+	}
+	switch broker.JobState(state) {
+	case broker.JobFailed, broker.JobCancelled:
+	case broker.JobDone:
+		return OpenJob{}, fmt.Errorf("%w: job %d is done; its result stands and was delivered", broker.ErrFailedPrecondition, jobID)
+	default:
+		return OpenJob{}, fmt.Errorf("%w: job %d is %s, not final", broker.ErrFailedPrecondition, jobID, broker.JobState(state))
+	}
+	if _, err := t.exec(`UPDATE jobs SET state = 1, attempts = 0, lease_id = NULL, avoid_server_id = NULL, error = '',
+		updated_at = ?, finished_at = NULL WHERE id = ?`, t.now, jobID); err != nil {
+		return OpenJob{}, translate(err)
+	}
+	if _, err := t.exec(`DELETE FROM results WHERE job_id = ?`, jobID); err != nil {
+		return OpenJob{}, translate(err)
+	}
+	if err := t.Event(jobID, "reopened", actor, 0, "requeued with fresh attempts"); err != nil {
+		return OpenJob{}, err
+	}
+	row := t.tx.QueryRowContext(t.ctx, openJobQuery+` WHERE j.id = ? GROUP BY j.id`, jobID)
+	return scanOpenJob(row)
+}
+
+// OpenJob is what the dispatcher keeps in memory of an unfinished job.
+type OpenJob struct {
+	ID            int64
+	PlatformID    int64
+	Priority      int
+	State         broker.JobState
+	CreatedAt     time.Time
+	TimeoutMS     int64
+	Attempts      int
+	MaxAttempts   int
+	LeaseID       int64
+	AvoidServerID int64
+	TypeIDs       []int64
+}
+
+const openJobQuery = `SELECT j.id, j.platform_id, j.priority, j.state, j.created_at, j.timeout_ms, j.attempts,
+	j.max_attempts, COALESCE(j.lease_id, 0), COALESCE(j.avoid_server_id, 0), COALESCE(group_concat(jt.type_id), '')
+	FROM jobs j LEFT JOIN job_types jt ON jt.job_id = j.id`
+
+func scanOpenJob(row interface{ Scan(...any) error }) (OpenJob, error) {
+	var j OpenJob
+	var state int
+	var created int64
+	var types string
+	if err := row.Scan(&j.ID, &j.PlatformID, &j.Priority, &state, &created, &j.TimeoutMS, &j.Attempts,
+		&j.MaxAttempts, &j.LeaseID, &j.AvoidServerID, &types); err != nil {
+		return j, translate(err)
+	}
+	j.State, j.CreatedAt = broker.JobState(state), fromMS(created)
+	if types != "" {
+		for _, s := range strings.Split(types, ",") {
+			id, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				return j, fmt.Errorf("job %d: type id %q: %w", j.ID, s, err)
+			}
+			j.TypeIDs = append(j.TypeIDs, id)
+		}
+	}
+	return j, nil
+}
+
+// LoadOpenJobs calls fn for every queued or assigned job, oldest first, so
+// that the dispatcher can rebuild its queues at start.
+func (db *DB) LoadOpenJobs(ctx context.Context, fn func(OpenJob) error) error {
+	return db.read(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, openJobQuery+` WHERE j.state IN (1, 2) GROUP BY j.id ORDER BY j.id`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			j, err := scanOpenJob(rows)
+			if err != nil {
+				return err
+			}
+			if err := fn(j); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+}
+
+// OpenLease is a lease that has not ended.
+type OpenLease struct {
+	ID         int64
+	JobID      int64
+	ServerID   int64
+	ServerName string
+	Number     int
+	AssignedAt time.Time
+	Deadline   time.Time
+}
+
+// OpenLeases lists leases that have not ended.
+func (db *DB) OpenLeases(ctx context.Context) ([]OpenLease, error) {
+	var out []OpenLease
+	err := db.read(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id, job_id, COALESCE(server_id, 0), server_name, number,
+			assigned_at, deadline FROM leases WHERE ended_at IS NULL ORDER BY id`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var l OpenLease
+			var assigned, deadline int64
+			if err := rows.Scan(&l.ID, &l.JobID, &l.ServerID, &l.ServerName, &l.Number, &assigned, &deadline); err != nil {
+				return err
+			}
+			l.AssignedAt, l.Deadline = fromMS(assigned), fromMS(deadline)
+			out = append(out, l)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// MaxLeaseID returns the highest lease id ever written, so that new fencing
+// ids keep growing across restarts.
+func (db *DB) MaxLeaseID(ctx context.Context) (int64, error) {
+	var id int64
+	err := db.read(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM leases`).Scan(&id)
+	})
+	return id, err
+}
+
+// JobState returns a job's state and owning platform, or ErrNotFound.
+func (db *DB) JobState(ctx context.Context, jobID int64) (broker.JobState, int64, error) {
+	var state int
+	var platform int64
+	err := db.read(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT state, platform_id FROM jobs WHERE id = ?`, jobID).Scan(&state, &platform)
+	})
+	if errors.Is(err, broker.ErrNotFound) {
+		return 0, 0, fmt.Errorf("%w: job %d", broker.ErrNotFound, jobID)
+	}
+	return broker.JobState(state), platform, err
+}
+
+// TouchServers records when servers were last heard from.
+func (t *JobTx) TouchServers(seen map[int64]time.Time) error {
+	for id, at := range seen {
+		if _, err := t.exec(`UPDATE servers SET last_seen = ? WHERE id = ?`, ms(at), id); err != nil {
+			return translate(err)
+		}
+	}
+	return nil
+}
