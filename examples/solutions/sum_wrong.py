@@ -1,0 +1,3 @@
+# Subtracts instead of adding: right only when b is 0, so it scores a little.
+a, b = map(int, input().split())
+print(a - b)

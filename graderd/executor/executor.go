@@ -1,0 +1,107 @@
+// Package executor runs grading jobs for graderd.
+//
+// An Executor turns one Job into one Result. Noop answers at once and exists
+// for benchmarks; Exec runs an external grader program per job, following the
+// convention of France-ioi's taskgrader so that existing graders port easily.
+//
+// # The exec convention
+//
+// The grader command starts in a fresh, empty working directory (mode 0700,
+// removed when the run ends; TMPDIR points there too) in its own process
+// group, with graderd's environment plus Exec.Env. It reads one JSON object,
+// followed by a newline, on its standard input:
+//
+//	{
+//	  "job_id": 42,            // the broker's job id
+//	  "lease_id": 1234,        // this attempt's lease (fencing) id
+//	  "attempt": 1,            // 1 for the first try, 2 for the second, ...
+//	  "name": "alice/sum-3",   // the job's name, as the platform gave it
+//	  "tags": ["python3"],     // the job's tags; always an array, maybe empty
+//	  "timeout_sec": 30,       // the wall-time limit in seconds (may be fractional); 0 = none
+//	  "jobdata": {...}         // the job's JSON, byte for byte as the platform sent it
+//	}
+//
+// It writes its result as one JSON document on standard output and may log
+// anything on standard error; the log is kept (cut to Exec.MaxStderr) and
+// travels with the result. Its exit status says how the run ended:
+//
+//	0       OK: stdout is the final result
+//	1       FATAL: a final error; stdout, if not empty, is a JSON result kept with it
+//	2       TEMPORARY: retry, preferably on another server
+//	other   TEMPORARY, as is death by a signal
+//
+// Exit 0 with empty or non-JSON output, and exit 1 with non-JSON output, are
+// FATAL: a grader that prints garbage will print it again on another server.
+package executor
+
+import (
+	"context"
+	"time"
+
+	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+// Job is what an executor runs. The daemon fills it from a
+// gradebrokerv1.Assign.
+type Job struct {
+	// JobID is the broker's id of the job.
+	JobID int64
+	// LeaseID is the fencing id of this attempt.
+	LeaseID int64
+	// Attempt counts the tries of the job, starting at 1.
+	Attempt uint32
+	// Name is the job's name as the platform gave it.
+	Name string
+	// JobData is the job's JSON document for the grader, passed through as is.
+	JobData []byte
+	// Tags are the job's tags.
+	Tags []string
+	// Timeout is the wall-time limit of the run; zero or less means none
+	// (the broker always sets one, so only tests and tools leave it out).
+	Timeout time.Duration
+}
+
+// Result is how a run ended.
+type Result struct {
+	// Outcome says whether the result is final (OK, FATAL) or the job should
+	// be tried again (TEMPORARY, TIMEOUT).
+	Outcome gradebrokerv1.Outcome
+	// Result is the grader's JSON result; set only for OK and, when the
+	// grader printed one, FATAL.
+	Result []byte
+	// Log is the grader's standard error, cut to a bounded size; it is always
+	// valid UTF-8 so that it fits a protobuf string.
+	Log string
+	// Error says why the run did not end OK; empty for OK.
+	Error string
+	// Duration is how long the grader ran.
+	Duration time.Duration
+}
+
+// Executor runs jobs.
+type Executor interface {
+	// Run runs job and reports how it ended. It never panics and never
+	// returns before everything it started has stopped. Cancelling ctx means
+	// the broker cancelled the job: Run stops it and returns Outcome
+	// TEMPORARY with Error "cancelled".
+	Run(ctx context.Context, job Job) Result
+}
+
+// ErrorCancelled is the Error of a Result whose run was cancelled through its
+// context.
+const ErrorCancelled = "cancelled"
+
+// Noop is an Executor that grades nothing: it returns OK with the result
+// {"noop":true} at once. Benchmarks use it to measure the broker alone.
+type Noop struct{}
+
+var _ Executor = Noop{}
+
+// Run returns OK with the result {"noop":true}, or TEMPORARY "cancelled" when
+// ctx is already done.
+func (Noop) Run(ctx context.Context, _ Job) Result {
+	if ctx.Err() != nil {
+		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_TEMPORARY, Error: ErrorCancelled}
+	}
+	return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_OK, Result: []byte(`{"noop":true}`)}
+}
