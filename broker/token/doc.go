@@ -6,7 +6,8 @@
 // optional zip DEF, and is encrypted to the recipient's RSA key. The inner JWS
 // uses alg RS512 and names its signer in the kid header. No other algorithm
 // is accepted anywhere: a token that asks for any other alg, enc or zip is
-// refused with ErrAlgorithm before any key is used.
+// refused with ErrAlgorithm, in the JWE header before any RSA work and in
+// the JWS header before the signer is looked up.
 //
 // This is the only package of gradebroker that imports go-jose. It uses
 // go-jose to produce tokens (Seal) and to parse and verify the inner JWS, but
