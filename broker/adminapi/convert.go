@@ -1,0 +1,174 @@
+package adminapi
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/gradebroker/gradebroker/broker"
+	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+// This file is the one place where domain values become protobuf messages
+// and back. The platform API reuses the job conversions, so that a job looks
+// the same to a platform as to an operator.
+
+// Timestamp converts t, leaving the zero time unset rather than sending
+// 1970 or year 1 to a client.
+func Timestamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// count converts a non-negative count; a negative one (never stored) shows
+// as 0 instead of wrapping around to four billion.
+func count(n int) uint32 {
+	if n < 0 {
+		return 0
+	}
+	return uint32(n)
+}
+
+// JobStateToProto converts a job state; the numbers are shared.
+func JobStateToProto(s broker.JobState) gradebrokerv1.JobState {
+	return gradebrokerv1.JobState(s)
+}
+
+// JobStateFromProto converts a job state; JOB_STATE_UNSPECIFIED becomes 0,
+// which filters read as "any state".
+func JobStateFromProto(s gradebrokerv1.JobState) broker.JobState {
+	return broker.JobState(s)
+}
+
+// DeliveryStateToProto converts a delivery state; the numbers are shared.
+func DeliveryStateToProto(s broker.DeliveryState) gradebrokerv1.DeliveryState {
+	return gradebrokerv1.DeliveryState(s)
+}
+
+// CertIdentityToProto converts a stored certificate identity.
+func CertIdentityToProto(c broker.CertIdentity) *gradebrokerv1.CertIdentity {
+	return &gradebrokerv1.CertIdentity{
+		Serial:            c.Serial,
+		Issuer:            c.Issuer,
+		FingerprintSha256: c.Fingerprint,
+		Subject:           c.Subject,
+		Role:              c.Role,
+		NotAfter:          Timestamp(c.NotAfter),
+	}
+}
+
+// PlatformToProto converts a platform, its public key included (it is
+// public) and its certificate if it has one.
+func PlatformToProto(p broker.Platform) *gradebrokerv1.Platform {
+	out := &gradebrokerv1.Platform{
+		Name:          p.Name,
+		PublicKeyPem:  p.PublicKeyPEM,
+		ReturnUrl:     p.ReturnURL,
+		RestrictPaths: p.RestrictPaths,
+		ForceTag:      p.ForceTag,
+		CreatedAt:     Timestamp(p.CreatedAt),
+	}
+	if p.Cert != nil {
+		out.Certificate = CertIdentityToProto(*p.Cert)
+	}
+	return out
+}
+
+// ServerToProto converts a server's registration. The live fields
+// (connected, slots, running) are the dispatcher's and are left for the
+// caller; last_seen is the stored one.
+func ServerToProto(s broker.Server) *gradebrokerv1.Server {
+	return &gradebrokerv1.Server{
+		Name:              s.Name,
+		Certificate:       CertIdentityToProto(s.Cert),
+		Type:              s.Type,
+		MaxConcurrentJobs: count(s.MaxConcurrentJobs),
+		WakeupUrl:         s.WakeupURL,
+		CreatedAt:         Timestamp(s.CreatedAt),
+		LastSeen:          Timestamp(s.LastSeen),
+	}
+}
+
+// TagToProto converts a tag.
+func TagToProto(t broker.Tag) *gradebrokerv1.Tag {
+	return &gradebrokerv1.Tag{Name: t.Name, Description: t.Description}
+}
+
+// ServerTypeToProto converts a server type.
+func ServerTypeToProto(t broker.ServerType) *gradebrokerv1.ServerType {
+	return &gradebrokerv1.ServerType{Name: t.Name, Tags: t.Tags}
+}
+
+// OperatorToProto converts an operator.
+func OperatorToProto(o broker.Operator) *gradebrokerv1.Operator {
+	return &gradebrokerv1.Operator{
+		Name:        o.Name,
+		Certificate: CertIdentityToProto(o.Cert),
+		CreatedAt:   Timestamp(o.CreatedAt),
+	}
+}
+
+// AttemptToProto converts one attempt of a job.
+func AttemptToProto(a broker.Attempt) *gradebrokerv1.Attempt {
+	return &gradebrokerv1.Attempt{
+		LeaseId:    a.LeaseID,
+		Number:     count(a.Number),
+		Server:     a.Server,
+		AssignedAt: Timestamp(a.AssignedAt),
+		EndedAt:    Timestamp(a.EndedAt),
+		End:        a.End,
+		Reason:     a.Reason,
+	}
+}
+
+// EventToProto converts one entry of a job's audit trail.
+func EventToProto(e broker.Event) *gradebrokerv1.Event {
+	return &gradebrokerv1.Event{
+		At:      Timestamp(e.At),
+		Kind:    e.Kind,
+		Actor:   e.Actor,
+		LeaseId: e.LeaseID,
+		Detail:  e.Detail,
+	}
+}
+
+// JobToProto converts a job with whatever j carries: a job from
+// store.ListJobs has no data, history or events, one from store.GetJob has
+// all of them. A caller that must not show the job data (the platform API
+// shows a platform its own job) clears j.JobData first.
+func JobToProto(j broker.Job) *gradebrokerv1.Job {
+	out := &gradebrokerv1.Job{
+		Id:             j.ID,
+		Platform:       j.Platform,
+		Name:           j.Name,
+		State:          JobStateToProto(j.State),
+		Priority:       int32(j.Priority),
+		Tags:           j.Tags,
+		IdempotencyKey: j.IdempotencyKey,
+		CreatedAt:      Timestamp(j.CreatedAt),
+		UpdatedAt:      Timestamp(j.UpdatedAt),
+		FinishedAt:     Timestamp(j.FinishedAt),
+		Attempts:       count(j.Attempts),
+		MaxAttempts:    count(j.MaxAttempts),
+		Server:         j.Server,
+		Result:         j.Result,
+		Error:          j.Error,
+		Log:            j.Log,
+		DeliveryState:  DeliveryStateToProto(j.Delivery),
+		RestrictPaths:  j.RestrictPaths,
+		Jobdata:        j.JobData,
+	}
+	if j.Timeout > 0 {
+		out.Timeout = durationpb.New(j.Timeout)
+	}
+	for _, a := range j.History {
+		out.History = append(out.History, AttemptToProto(a))
+	}
+	for _, e := range j.Events {
+		out.Events = append(out.Events, EventToProto(e))
+	}
+	return out
+}

@@ -1,0 +1,208 @@
+package admincli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+// emit prints msg as JSON under --json, and as human calls for otherwise.
+func (r *runner) emit(msg proto.Message, human func(w io.Writer)) error {
+	if r.conn != nil && r.conn.json {
+		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
+		if err != nil {
+			return fmt.Errorf("encode the response as JSON: %w", err)
+		}
+		_, err = fmt.Fprintf(r.stdout, "%s\n", b)
+		return err
+	}
+	human(r.stdout)
+	return nil
+}
+
+// fields prints "key: value" lines with the values aligned.
+func fields(w io.Writer, kv ...string) {
+	tw := newTable(w)
+	for i := 0; i+1 < len(kv); i += 2 {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[i], kv[i+1])
+	}
+	tw.Flush()
+}
+
+// when formats a timestamp in local time, the operator's; unset is "-".
+func when(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	return ts.AsTime().Local().Format("2006-01-02 15:04:05")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func list(values []string) string {
+	if len(values) == 0 {
+		return "-"
+	}
+	return strings.Join(values, ", ")
+}
+
+func certSummary(c *gradebrokerv1.CertIdentity) string {
+	if c == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%s (serial %s, expires %s)", c.GetSubject(), c.GetSerial(), when(c.GetNotAfter()))
+}
+
+func printPlatform(w io.Writer, p *gradebrokerv1.Platform) {
+	fields(w,
+		"platform", p.GetName(),
+		"return URL", p.GetReturnUrl(),
+		"restrict paths", list(p.GetRestrictPaths()),
+		"force tag", orDash(p.GetForceTag()),
+		"certificate", certSummary(p.GetCertificate()),
+		"registered", when(p.GetCreatedAt()),
+	)
+}
+
+func printServer(w io.Writer, s *gradebrokerv1.Server) {
+	fields(w,
+		"server", s.GetName(),
+		"type", s.GetType(),
+		"max jobs", fmt.Sprint(s.GetMaxConcurrentJobs()),
+		"wakeup URL", orDash(s.GetWakeupUrl()),
+		"certificate", certSummary(s.GetCertificate()),
+		"fingerprint", s.GetCertificate().GetFingerprintSha256(),
+		"connected", yesNo(s.GetConnected()),
+		"registered", when(s.GetCreatedAt()),
+	)
+}
+
+func printOperator(w io.Writer, o *gradebrokerv1.Operator) {
+	fields(w,
+		"operator", o.GetName(),
+		"certificate", certSummary(o.GetCertificate()),
+		"fingerprint", o.GetCertificate().GetFingerprintSha256(),
+		"registered", when(o.GetCreatedAt()),
+	)
+}
+
+// stateName is a job state as operators type it: "queued", not
+// JOB_STATE_QUEUED.
+func stateName(s gradebrokerv1.JobState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "JOB_STATE_"))
+}
+
+func deliveryName(s gradebrokerv1.DeliveryState) string {
+	if s == gradebrokerv1.DeliveryState_DELIVERY_STATE_UNSPECIFIED {
+		return "-"
+	}
+	return strings.ToLower(strings.TrimPrefix(s.String(), "DELIVERY_STATE_"))
+}
+
+func printJobs(w io.Writer, jobs []*gradebrokerv1.Job) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tPLATFORM\tNAME\tSTATE\tPRIORITY\tATTEMPTS\tSERVER\tCREATED\tDELIVERY")
+	for _, j := range jobs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d/%d\t%s\t%s\t%s\n", j.GetId(), j.GetPlatform(), orDash(j.GetName()),
+			stateName(j.GetState()), j.GetPriority(), j.GetAttempts(), j.GetMaxAttempts(), orDash(j.GetServer()),
+			when(j.GetCreatedAt()), deliveryName(j.GetDeliveryState()))
+	}
+	tw.Flush()
+}
+
+func printJob(w io.Writer, j *gradebrokerv1.Job) {
+	timeout := "-"
+	if j.GetTimeout() != nil {
+		timeout = j.GetTimeout().AsDuration().String()
+	}
+	fields(w,
+		"job", fmt.Sprint(j.GetId()),
+		"platform", j.GetPlatform(),
+		"name", orDash(j.GetName()),
+		"state", stateName(j.GetState()),
+		"priority", fmt.Sprint(j.GetPriority()),
+		"tags", list(j.GetTags()),
+		"timeout", timeout,
+		"idempotency key", orDash(j.GetIdempotencyKey()),
+		"attempts", fmt.Sprintf("%d of %d", j.GetAttempts(), j.GetMaxAttempts()),
+		"server", orDash(j.GetServer()),
+		"created", when(j.GetCreatedAt()),
+		"updated", when(j.GetUpdatedAt()),
+		"finished", when(j.GetFinishedAt()),
+		"delivery", deliveryName(j.GetDeliveryState()),
+		"error", orDash(j.GetError()),
+		"restrict paths", list(j.GetRestrictPaths()),
+	)
+	if len(j.GetHistory()) > 0 {
+		fmt.Fprintln(w, "\nAttempts:")
+		tw := newTable(w)
+		fmt.Fprintln(tw, "  #\tLEASE\tSERVER\tASSIGNED\tENDED\tEND\tREASON")
+		for _, a := range j.GetHistory() {
+			end := a.GetEnd()
+			if end == "" {
+				end = "running"
+			}
+			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\t%s\n", a.GetNumber(), a.GetLeaseId(), a.GetServer(),
+				when(a.GetAssignedAt()), when(a.GetEndedAt()), end, orDash(a.GetReason()))
+		}
+		tw.Flush()
+	}
+	if len(j.GetEvents()) > 0 {
+		fmt.Fprintln(w, "\nEvents:")
+		tw := newTable(w)
+		fmt.Fprintln(tw, "  AT\tKIND\tACTOR\tLEASE\tDETAIL")
+		for _, e := range j.GetEvents() {
+			lease := "-"
+			if e.GetLeaseId() != 0 {
+				lease = fmt.Sprint(e.GetLeaseId())
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", when(e.GetAt()), e.GetKind(), e.GetActor(), lease, orDash(e.GetDetail()))
+		}
+		tw.Flush()
+	}
+	for _, part := range []struct {
+		title string
+		body  []byte
+	}{{"Job data", j.GetJobdata()}, {"Result", j.GetResult()}, {"Log", []byte(j.GetLog())}} {
+		if len(part.body) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s:\n%s\n", part.title, strings.TrimRight(string(part.body), "\n"))
+	}
+}
+
+// ago says how long ago t was, for "last seen" columns.
+func ago(ts *timestamppb.Timestamp, now time.Time) string {
+	if ts == nil {
+		return "never"
+	}
+	d := now.Sub(ts.AsTime()).Round(time.Second)
+	if d < 0 {
+		d = 0
+	}
+	return d.String() + " ago"
+}
