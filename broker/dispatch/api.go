@@ -332,3 +332,14 @@ func (d *Dispatcher) ServerStatus(name string) (connected bool, slots, running i
 	}
 	return s.sess != nil, s.capacity(), len(s.leases), s.lastSeen
 }
+
+// UseToken records a token id in its own group-committed transaction, for
+// requests that store nothing else. A replay fails with ErrConflict.
+func (d *Dispatcher) UseToken(ctx context.Context, tok TokenUse) error {
+	return d.w.submit(ctx, &op{
+		fallible: true,
+		apply: func(tx *store.JobTx) error {
+			return tx.UseJTI(tok.Signer, tok.JTI, tok.Expires)
+		},
+	})
+}

@@ -67,14 +67,18 @@ func (t *JobTx) exec(query string, args ...any) (sql.Result, error) {
 	return t.tx.ExecContext(t.ctx, query, args...)
 }
 
-// UseJTI records a token id until it expires. It returns ErrConflict when the
-// signer already used it, which is a replay.
+// ErrTokenReused is returned by UseJTI for a token id the signer already
+// used: a replay. It wraps broker.ErrConflict.
+var ErrTokenReused = fmt.Errorf("%w: token id already used", broker.ErrConflict)
+
+// UseJTI records a token id until it expires. It returns ErrTokenReused when
+// the signer already used it.
 func (t *JobTx) UseJTI(signer, jti string, expires time.Time) error {
 	_, err := t.exec(`INSERT INTO token_ids (signer, jti, expires_at) VALUES (?, ?, ?)`, signer, jti, ms(expires))
 	if err != nil {
 		err = translate(err)
 		if errors.Is(err, broker.ErrConflict) {
-			return fmt.Errorf("%w: token id %q was already used", broker.ErrConflict, jti)
+			return fmt.Errorf("%w: jti %q of %s", ErrTokenReused, jti, signer)
 		}
 	}
 	return err

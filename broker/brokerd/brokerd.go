@@ -1,0 +1,315 @@
+// Package brokerd wires the broker together: the store, the dispatcher, the
+// admin and grader services on the gRPC port, and the platforms' REST
+// gateway on the HTTPS port. cmd/broker only parses flags and calls Run; tests
+// start a whole broker in-process with New and Start on 127.0.0.1:0.
+package brokerd
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/gradebroker/gradebroker/broker/adminapi"
+	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/platform"
+	"github.com/gradebroker/gradebroker/broker/store"
+	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/certs"
+	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+// Broker is one running broker.
+type Broker struct {
+	cfg Config
+	log *slog.Logger
+
+	db      *store.DB
+	tls     *certs.Source
+	disp    *dispatch.Dispatcher
+	admin   *adminapi.Service
+	plat    *platform.Service
+	keys    *token.KeyRing
+	grpc    *grpc.Server
+	health  *health.Server
+	http    *http.Server
+	grpcLis net.Listener
+	httpLis net.Listener
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errOnce sync.Once
+	err     error
+	failed  chan struct{}
+	closed  sync.Once
+}
+
+// New checks cfg, opens the database and loads the certificates. Nothing
+// listens yet.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	b := &Broker{cfg: cfg, log: log, failed: make(chan struct{})}
+	src, err := certs.NewServerSource(cfg.CertFile, cfg.KeyFile, cfg.CAFile, log)
+	if err != nil {
+		return nil, fmt.Errorf("broker TLS: %w", err)
+	}
+	b.tls = src
+	if b.keys, err = loadKeyRing(cfg.TokenKeyFile, cfg.TokenNextKeyFile); err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, cfg.Database, store.Options{})
+	if err != nil {
+		return nil, err
+	}
+	b.db = db
+	b.disp = dispatch.New(db, dispatch.Config{
+		MaxAttempts:       cfg.MaxAttempts,
+		DefaultTimeout:    cfg.DefaultTimeout,
+		MaxTimeout:        cfg.MaxTimeout,
+		LeaseGrace:        cfg.LeaseGrace,
+		ReconnectGrace:    cfg.ReconnectGrace,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+	}, log)
+	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
+	b.plat = platform.New(platform.Config{Broker: cfg.Name, MaxTimeout: cfg.MaxTimeout,
+		RequireCerts: cfg.RequirePlatformCerts}, db, b.disp, b.keys, log)
+	return b, nil
+}
+
+// loadKeyRing reads the broker's token keys.
+func loadKeyRing(current, next string) (*token.KeyRing, error) {
+	read := func(field, path string) (*rsa.PrivateKey, error) {
+		pemBytes, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		k, err := token.LoadPrivateKeyPEM(pemBytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", field, path, err)
+		}
+		return k, nil
+	}
+	cur, err := read("token_key_file", current)
+	if err != nil {
+		return nil, err
+	}
+	var nxt *rsa.PrivateKey
+	if next != "" {
+		if nxt, err = read("token_next_key_file", next); err != nil {
+			return nil, err
+		}
+	}
+	return token.NewKeyRing(cur, nxt)
+}
+
+// KeyRing returns the broker's token keys.
+func (b *Broker) KeyRing() *token.KeyRing { return b.keys }
+
+// DB returns the broker's store, for tests and tools in the same process.
+func (b *Broker) DB() *store.DB { return b.db }
+
+// Dispatcher returns the broker's dispatcher.
+func (b *Broker) Dispatcher() *dispatch.Dispatcher { return b.disp }
+
+// GRPCAddr returns the address the gRPC port listens on, once started.
+func (b *Broker) GRPCAddr() string { return b.grpcLis.Addr().String() }
+
+// HTTPAddr returns the address the REST gateway listens on, once started.
+func (b *Broker) HTTPAddr() string { return b.httpLis.Addr().String() }
+
+// Start opens both listeners, then serves in the background. It returns
+// once the broker accepts connections.
+func (b *Broker) Start(ctx context.Context) error {
+	var err error
+	if b.grpcLis, err = net.Listen("tcp", b.cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("grpc_addr: %w", err)
+	}
+	if b.httpLis, err = net.Listen("tcp", b.cfg.HTTPAddr); err != nil {
+		b.grpcLis.Close()
+		return fmt.Errorf("http_addr: %w", err)
+	}
+	if err := b.disp.Start(ctx); err != nil {
+		b.grpcLis.Close()
+		b.httpLis.Close()
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	b.cancel = cancel
+
+	b.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(b.tls.ServerTLSConfig())),
+		grpc.ChainUnaryInterceptor(b.admin.UnaryInterceptor()),
+		// graderd streams live for days; let dead peers be noticed.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	gbv1.RegisterGraderServiceServer(b.grpc, b.disp)
+	b.admin.Register(b.grpc)
+	b.health = health.NewServer()
+	healthpb.RegisterHealthServer(b.grpc, b.health)
+	reflection.Register(b.grpc)
+
+	gateway, err := b.plat.Handler(runCtx)
+	if err != nil {
+		cancel()
+		b.disp.Stop()
+		b.grpcLis.Close()
+		b.httpLis.Close()
+		return fmt.Errorf("gateway: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", gateway)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", b.readyz)
+	b.http = &http.Server{
+		Handler:           mux,
+		TLSConfig:         b.tls.ServerTLSConfigOptionalClient(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      90 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelWarn),
+	}
+
+	b.wg.Add(4)
+	go func() {
+		defer b.wg.Done()
+		if err := b.grpc.Serve(b.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			b.fail(fmt.Errorf("grpc server: %w", err))
+		}
+	}()
+	go func() {
+		defer b.wg.Done()
+		if err := b.http.ServeTLS(b.httpLis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			b.fail(fmt.Errorf("https server: %w", err))
+		}
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.tls.Watch(runCtx)
+	}()
+	go func() {
+		defer b.wg.Done()
+		select {
+		case <-b.disp.Done():
+			if err := b.disp.Err(); err != nil {
+				b.fail(err)
+			}
+		case <-runCtx.Done():
+		}
+	}()
+	b.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	b.log.Info("broker started", "name", b.cfg.Name, "grpc_addr", b.GRPCAddr(), "http_addr", b.HTTPAddr(), "database", b.cfg.Database)
+	return nil
+}
+
+func (b *Broker) readyz(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-b.failed:
+		http.Error(w, "failed: "+b.err.Error(), http.StatusServiceUnavailable)
+		return
+	default:
+	}
+	if _, err := b.db.MaxLeaseID(r.Context()); err != nil {
+		http.Error(w, "database not ready", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+func (b *Broker) fail(err error) {
+	b.errOnce.Do(func() {
+		b.err = err
+		b.log.Error("broker failed", "err", err)
+		close(b.failed)
+	})
+}
+
+// Failed is closed when a component failed for good; Err says why.
+func (b *Broker) Failed() <-chan struct{} { return b.failed }
+
+// Err returns why the broker failed, or nil.
+func (b *Broker) Err() error {
+	select {
+	case <-b.failed:
+		return b.err
+	default:
+		return nil
+	}
+}
+
+// Close stops the broker in the reverse order of Start: no new requests,
+// streams closed, pending changes committed, database closed. It is
+// idempotent.
+func (b *Broker) Close() error {
+	var err error
+	b.closed.Do(func() {
+		if b.health != nil {
+			b.health.Shutdown()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
+		defer cancel()
+		if b.http != nil {
+			if e := b.http.Shutdown(ctx); e != nil {
+				b.http.Close()
+			}
+		}
+		// The dispatcher ends the graderd streams, so that GracefulStop
+		// does not wait for them forever.
+		b.disp.Stop()
+		if b.grpc != nil {
+			done := make(chan struct{})
+			go func() { b.grpc.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				b.grpc.Stop()
+			}
+		}
+		if b.cancel != nil {
+			b.cancel()
+		}
+		b.wg.Wait()
+		err = b.db.Close()
+		b.log.Info("broker stopped")
+	})
+	return err
+}
+
+// Run starts the broker and serves until ctx ends or a component fails.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	b, err := New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		b.db.Close()
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "cause", context.Cause(ctx))
+	case <-b.Failed():
+	}
+	cerr := b.Close()
+	return errors.Join(b.Err(), cerr)
+}

@@ -1,0 +1,532 @@
+// Package platform is the platforms' API: PlatformService behind the REST
+// gateway. Every request is a token (see package token); this package checks
+// what the token asks for, turns it into jobs, and answers.
+package platform
+
+import (
+	"context"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/adminapi"
+	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/rpcstatus"
+	"github.com/gradebroker/gradebroker/broker/store"
+	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/certs"
+	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+// Config tunes the platform API. Zero fields take their defaults.
+type Config struct {
+	// Broker is the broker's name, the aud a token may carry.
+	Broker string
+	// MaxJobData bounds one job's data, in bytes; default 1 MiB.
+	MaxJobData int
+	// MaxBatch bounds the jobs of one sendjobs token; default 1000.
+	MaxBatch int
+	// MaxPriority bounds |priority|; default 1000.
+	MaxPriority int
+	// MaxTimeout bounds timeout_sec; default 1 h.
+	MaxTimeout time.Duration
+	// MaxWait bounds getjob's wait_seconds; default 60 s.
+	MaxWait time.Duration
+	// Limits bound tokens; zero fields take the token package's defaults.
+	Limits token.Limits
+	// RequireCerts makes every request also need the platform's registered
+	// client certificate.
+	RequireCerts bool
+	// Now replaces time.Now, for tests.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxJobData <= 0 {
+		c.MaxJobData = 1 << 20
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 1000
+	}
+	if c.MaxPriority <= 0 {
+		c.MaxPriority = 1000
+	}
+	if c.MaxTimeout <= 0 {
+		c.MaxTimeout = time.Hour
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 60 * time.Second
+	}
+	if c.Limits.MaxTokenBytes <= 0 {
+		// A batch of jobs at the jobdata limit must fit, with base64 and
+		// the JWE's own overhead.
+		c.Limits.MaxTokenBytes = 8 << 20
+	}
+	if c.Limits.MaxPlaintextBytes <= 0 {
+		c.Limits.MaxPlaintextBytes = 16 << 20
+	}
+	if c.Limits.Skew <= 0 {
+		c.Limits.Skew = time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Service implements gradebroker.v1.PlatformService.
+type Service struct {
+	gbv1.UnimplementedPlatformServiceServer
+
+	cfg    Config
+	db     *store.DB
+	d      *dispatch.Dispatcher
+	keys   *token.KeyRing
+	opener *token.Opener
+	log    *slog.Logger
+
+	keyCache sync.Map // PEM string → *rsa.PublicKey
+}
+
+// New returns the platform API over db and d, reading tokens with keys.
+func New(cfg Config, db *store.DB, d *dispatch.Dispatcher, keys *token.KeyRing, log *slog.Logger) *Service {
+	cfg.setDefaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Service{cfg: cfg, db: db, d: d, keys: keys, log: log}
+	s.opener = &token.Opener{Keys: keys, Signers: signers{s}, Replay: deferredReplay{}, Limits: cfg.Limits,
+		Audience: cfg.Broker, Now: cfg.Now}
+	return s
+}
+
+// signers resolves a token's kid to the platform's registered key.
+type signers struct{ s *Service }
+
+func (k signers) SignerKey(ctx context.Context, name string) (*rsa.PublicKey, error) {
+	p, err := k.s.db.PlatformByName(ctx, name)
+	if errors.Is(err, broker.ErrNotFound) {
+		return nil, fmt.Errorf("%w: no platform is registered as %q", token.ErrUnknownSigner, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return k.s.publicKey(p)
+}
+
+func (s *Service) publicKey(p broker.Platform) (*rsa.PublicKey, error) {
+	if v, ok := s.keyCache.Load(p.PublicKeyPEM); ok {
+		return v.(*rsa.PublicKey), nil
+	}
+	pub, err := token.ParsePublicKeyPEM([]byte(p.PublicKeyPEM))
+	if err != nil {
+		return nil, fmt.Errorf("platform %s: registered key: %w", p.Name, err)
+	}
+	s.keyCache.Store(p.PublicKeyPEM, pub)
+	return pub, nil
+}
+
+// deferredReplay lets Open pass; the jti is recorded by the request itself,
+// in the same transaction as what the request stores, so that a refused
+// request stores nothing and an accepted one cannot be replayed.
+type deferredReplay struct{}
+
+func (deferredReplay) UseJTI(context.Context, string, string, time.Time) error { return nil }
+
+// request is an opened, authenticated request.
+type request struct {
+	platform broker.Platform
+	claims   token.Claims
+	payload  []byte
+}
+
+func (r request) tokenUse(skew time.Duration) *dispatch.TokenUse {
+	return &dispatch.TokenUse{Signer: r.claims.Signer, JTI: r.claims.JTI, Expires: r.claims.Expires.Add(skew)}
+}
+
+func (r request) actor() string { return "platform:" + r.platform.Name }
+
+// open checks a token for the request kind want and finds its platform.
+func (s *Service) open(ctx context.Context, compact, want string) (request, error) {
+	if compact == "" {
+		return request{}, status.Error(codes.InvalidArgument, `the request body must be {"token": "<compact JWE>"}`)
+	}
+	claims, payload, err := s.opener.Open(ctx, compact, want)
+	if err != nil {
+		return request{}, s.tokenError(ctx, err)
+	}
+	p, err := s.db.PlatformByName(ctx, claims.Signer)
+	if err != nil {
+		return request{}, s.tokenError(ctx, err)
+	}
+	if s.cfg.RequireCerts {
+		id, ok := peerFromContext(ctx)
+		switch {
+		case !ok:
+			return request{}, status.Error(codes.Unauthenticated, "this broker requires the platform's client certificate; none was presented")
+		case p.Cert == nil || p.Cert.Fingerprint != id.Fingerprint:
+			return request{}, status.Errorf(codes.PermissionDenied, "client certificate %s is not the one registered for platform %s", id.Subject, p.Name)
+		}
+	}
+	return request{platform: p, claims: claims, payload: payload}, nil
+}
+
+// tokenError maps a token refusal to a status a platform developer can act on.
+func (s *Service) tokenError(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, token.ErrMalformed), errors.Is(err, token.ErrTooLarge), errors.Is(err, token.ErrAlgorithm),
+		errors.Is(err, token.ErrWrongRequest), errors.Is(err, token.ErrMissingJTI), errors.Is(err, token.ErrLifetime):
+		return status.Errorf(codes.InvalidArgument, "token refused: %v", err)
+	case errors.Is(err, token.ErrDecrypt), errors.Is(err, token.ErrUnknownSigner), errors.Is(err, token.ErrBadSignature),
+		errors.Is(err, token.ErrExpired), errors.Is(err, token.ErrNotYetValid), errors.Is(err, token.ErrReplayed),
+		errors.Is(err, token.ErrWrongAudience), errors.Is(err, broker.ErrNotFound):
+		return status.Errorf(codes.Unauthenticated, "token refused: %v", err)
+	case errors.Is(err, store.ErrTokenReused):
+		return status.Errorf(codes.Unauthenticated, "token refused: replayed: %v", err)
+	}
+	return rpcstatus.Error(ctx, s.log, err)
+}
+
+// Test implements PlatformService.Test.
+func (s *Service) Test(ctx context.Context, req *gbv1.TestRequest) (*gbv1.TestResponse, error) {
+	r, err := s.open(ctx, req.GetToken(), "test")
+	if err != nil {
+		return nil, err
+	}
+	if err := s.d.UseToken(ctx, *r.tokenUse(s.cfg.Limits.Skew)); err != nil {
+		return nil, s.tokenError(ctx, err)
+	}
+	return &gbv1.TestResponse{Platform: r.platform.Name, Broker: s.cfg.Broker, ServerTime: timestamppb.New(s.cfg.Now())}, nil
+}
+
+// SendJob implements PlatformService.SendJob.
+func (s *Service) SendJob(ctx context.Context, req *gbv1.SendJobRequest) (*gbv1.SendJobResponse, error) {
+	r, err := s.open(ctx, req.GetToken(), "sendjob")
+	if err != nil {
+		return nil, err
+	}
+	var spec jobSpec
+	if err := decodePayload(r.payload, &spec); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	reg, err := s.registry(ctx)
+	if err != nil {
+		return nil, rpcstatus.Error(ctx, s.log, err)
+	}
+	nj, err := s.buildJob(r.platform, spec, reg)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	out, err := s.submit(ctx, r, []broker.NewJob{nj})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// SendJobs implements PlatformService.SendJobs: many jobs, one token, all or
+// none.
+func (s *Service) SendJobs(ctx context.Context, req *gbv1.SendJobsRequest) (*gbv1.SendJobsResponse, error) {
+	r, err := s.open(ctx, req.GetToken(), "sendjobs")
+	if err != nil {
+		return nil, err
+	}
+	var p sendJobsPayload
+	if err := decodePayload(r.payload, &p); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if len(p.Jobs) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "jobs is required: an array of at least one job")
+	}
+	if len(p.Jobs) > s.cfg.MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "%d jobs in one token; the limit is %d", len(p.Jobs), s.cfg.MaxBatch)
+	}
+	reg, err := s.registry(ctx)
+	if err != nil {
+		return nil, rpcstatus.Error(ctx, s.log, err)
+	}
+	jobs := make([]broker.NewJob, len(p.Jobs))
+	for i, spec := range p.Jobs {
+		if jobs[i], err = s.buildJob(r.platform, spec, reg); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "jobs[%d]: %v", i, err)
+		}
+	}
+	out, err := s.submit(ctx, r, jobs)
+	if err != nil {
+		return nil, err
+	}
+	return &gbv1.SendJobsResponse{Jobs: out}, nil
+}
+
+// SendSolution implements PlatformService.SendSolution.
+func (s *Service) SendSolution(ctx context.Context, req *gbv1.SendSolutionRequest) (*gbv1.SendSolutionResponse, error) {
+	r, err := s.open(ctx, req.GetToken(), "sendsolution")
+	if err != nil {
+		return nil, err
+	}
+	var p sendSolutionPayload
+	if err := decodePayload(r.payload, &p); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	jd, err := solutionJobdata(p)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	reg, err := s.registry(ctx)
+	if err != nil {
+		return nil, rpcstatus.Error(ctx, s.log, err)
+	}
+	nj, err := s.buildJob(r.platform, jobSpec{Jobdata: jd, Jobname: p.Jobname, Priority: p.Priority, Tags: p.Tags,
+		IdempotencyKey: p.IdempotencyKey, Jobusertaskid: p.Jobusertaskid, TimeoutSec: p.TimeoutSec}, reg)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	out, err := s.submit(ctx, r, []broker.NewJob{nj})
+	if err != nil {
+		return nil, err
+	}
+	return &gbv1.SendSolutionResponse{JobId: out[0].JobId, Duplicate: out[0].Duplicate, State: out[0].State}, nil
+}
+
+func (s *Service) submit(ctx context.Context, r request, jobs []broker.NewJob) ([]*gbv1.SendJobResponse, error) {
+	ins, err := s.d.Submit(ctx, jobs, r.tokenUse(s.cfg.Limits.Skew), r.actor())
+	if err != nil {
+		if errors.Is(err, store.ErrTokenReused) {
+			return nil, s.tokenError(ctx, err)
+		}
+		return nil, rpcstatus.Error(ctx, s.log, err)
+	}
+	out := make([]*gbv1.SendJobResponse, len(ins))
+	for i, in := range ins {
+		out[i] = &gbv1.SendJobResponse{JobId: in.ID, Duplicate: in.Duplicate, State: adminapi.JobStateToProto(in.State)}
+		if !in.Duplicate {
+			s.log.Info("job queued", "job_id", in.ID, "platform", r.platform.Name, "tags", jobs[i].Tags, "priority", jobs[i].Priority)
+		}
+	}
+	return out, nil
+}
+
+// registry is what a submission is checked against.
+type registry struct {
+	tags  map[string]bool
+	types []broker.ServerType
+}
+
+func (s *Service) registry(ctx context.Context) (registry, error) {
+	tags, err := s.db.ListTags(ctx)
+	if err != nil {
+		return registry{}, err
+	}
+	types, err := s.db.ListServerTypes(ctx)
+	if err != nil {
+		return registry{}, err
+	}
+	r := registry{tags: make(map[string]bool, len(tags)), types: types}
+	for _, t := range tags {
+		r.tags[t.Name] = true
+	}
+	return r, nil
+}
+
+// buildJob validates one job of a platform's request.
+func (s *Service) buildJob(p broker.Platform, spec jobSpec, reg registry) (broker.NewJob, error) {
+	data, err := normalizeJobdata(spec.Jobdata)
+	if err != nil {
+		return broker.NewJob{}, err
+	}
+	if len(data) > s.cfg.MaxJobData {
+		return broker.NewJob{}, fmt.Errorf("jobdata is %d bytes; the limit is %d", len(data), s.cfg.MaxJobData)
+	}
+	tags := []string(spec.Tags)
+	if p.ForceTag != "" {
+		tags = append(tags, p.ForceTag)
+	}
+	tags, err = store.NormalizeTags(tags)
+	if err != nil {
+		return broker.NewJob{}, err
+	}
+	var unknown []string
+	for _, t := range tags {
+		if !reg.tags[t] {
+			unknown = append(unknown, t)
+		}
+	}
+	if len(unknown) > 0 {
+		return broker.NewJob{}, fmt.Errorf("unknown tag(s): %s", strings.Join(unknown, ", "))
+	}
+	var typeIDs []int64
+	for _, t := range reg.types {
+		if t.Covers(tags) {
+			typeIDs = append(typeIDs, t.ID)
+		}
+	}
+	if len(typeIDs) == 0 {
+		return broker.NewJob{}, fmt.Errorf("no server type covers the tags [%s]; ask the operator for a server type with all of them", strings.Join(tags, " "))
+	}
+	sort.Slice(typeIDs, func(i, k int) bool { return typeIDs[i] < typeIDs[k] })
+	if spec.Priority.v < -int64(s.cfg.MaxPriority) || spec.Priority.v > int64(s.cfg.MaxPriority) {
+		return broker.NewJob{}, fmt.Errorf("priority %d is outside [-%d, %d]", spec.Priority.v, s.cfg.MaxPriority, s.cfg.MaxPriority)
+	}
+	var timeout time.Duration
+	if spec.TimeoutSec.set {
+		if spec.TimeoutSec.v <= 0 {
+			return broker.NewJob{}, fmt.Errorf("timeout_sec must be positive, got %d", spec.TimeoutSec.v)
+		}
+		timeout = time.Duration(spec.TimeoutSec.v) * time.Second
+		if timeout > s.cfg.MaxTimeout {
+			return broker.NewJob{}, fmt.Errorf("timeout_sec %d is above this broker's maximum of %d", spec.TimeoutSec.v, int64(s.cfg.MaxTimeout/time.Second))
+		}
+	}
+	key := spec.IdempotencyKey
+	if key == "" {
+		key = spec.Jobusertaskid
+	}
+	if len(key) > 256 {
+		return broker.NewJob{}, errors.New("idempotency_key is longer than 256 bytes")
+	}
+	if len(spec.Jobname) > 256 {
+		return broker.NewJob{}, errors.New("jobname is longer than 256 bytes")
+	}
+	return broker.NewJob{PlatformID: p.ID, Name: spec.Jobname, Priority: int(spec.Priority.v), Tags: tags,
+		Timeout: timeout, IdempotencyKey: key, JobData: data, RestrictPaths: p.RestrictPaths, TypeIDs: typeIDs}, nil
+}
+
+// ownJob checks that job id belongs to the platform; another platform's job
+// is "not found", so that ids reveal nothing.
+func (s *Service) ownJob(ctx context.Context, r request, ref jobRef) (int64, error) {
+	if !ref.Jobid.set || ref.Jobid.v <= 0 {
+		return 0, status.Error(codes.InvalidArgument, "jobid is required: the id sendjob returned")
+	}
+	_, owner, err := s.db.JobState(ctx, ref.Jobid.v)
+	if err == nil && owner != r.platform.ID {
+		err = fmt.Errorf("%w: job %d", broker.ErrNotFound, ref.Jobid.v)
+	}
+	if err != nil {
+		return 0, rpcstatus.Error(ctx, s.log, err)
+	}
+	return ref.Jobid.v, nil
+}
+
+// GetJob implements PlatformService.GetJob.
+func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.GetJobResponse, error) {
+	r, err := s.open(ctx, req.GetToken(), "getjob")
+	if err != nil {
+		return nil, err
+	}
+	var ref jobRef
+	if err := decodePayload(r.payload, &ref); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	id, err := s.ownJob(ctx, r, ref)
+	if err != nil {
+		return nil, err
+	}
+	if ref.WaitSeconds.v < 0 || time.Duration(ref.WaitSeconds.v)*time.Second > s.cfg.MaxWait {
+		return nil, status.Errorf(codes.InvalidArgument, "wait_seconds must be between 0 and %d", int64(s.cfg.MaxWait/time.Second))
+	}
+	if err := s.d.UseToken(ctx, *r.tokenUse(s.cfg.Limits.Skew)); err != nil {
+		return nil, s.tokenError(ctx, err)
+	}
+	if ref.WaitSeconds.v > 0 {
+		wctx, cancel := context.WithTimeout(ctx, time.Duration(ref.WaitSeconds.v)*time.Second)
+		_, err := s.d.WaitFinal(wctx, id)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return nil, rpcstatus.Error(ctx, s.log, ctx.Err())
+		}
+	}
+	job, err := s.db.GetJob(ctx, id)
+	if err != nil {
+		return nil, rpcstatus.Error(ctx, s.log, err)
+	}
+	pj := adminapi.JobToProto(job)
+	// The platform sent the data and does not need it back; events are the
+	// broker's own trail.
+	pj.Jobdata, pj.Events = nil, nil
+	return &gbv1.GetJobResponse{Job: pj}, nil
+}
+
+// CancelJob implements PlatformService.CancelJob.
+func (s *Service) CancelJob(ctx context.Context, req *gbv1.CancelJobRequest) (*gbv1.CancelJobResponse, error) {
+	r, err := s.open(ctx, req.GetToken(), "canceljob")
+	if err != nil {
+		return nil, err
+	}
+	var ref jobRef
+	if err := decodePayload(r.payload, &ref); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	id, err := s.ownJob(ctx, r, ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.d.UseToken(ctx, *r.tokenUse(s.cfg.Limits.Skew)); err != nil {
+		return nil, s.tokenError(ctx, err)
+	}
+	msg := "cancelled"
+	if err := s.d.CancelJob(ctx, id, r.actor()); err != nil {
+		if !errors.Is(err, broker.ErrFailedPrecondition) {
+			return nil, rpcstatus.Error(ctx, s.log, err)
+		}
+		msg = "not cancelled: the job is already final"
+	}
+	st, _, err := s.db.JobState(ctx, id)
+	if err != nil {
+		return nil, rpcstatus.Error(ctx, s.log, err)
+	}
+	if msg != "cancelled" {
+		msg = fmt.Sprintf("not cancelled: the job is already %s", st)
+	}
+	return &gbv1.CancelJobResponse{JobId: id, State: adminapi.JobStateToProto(st), Message: msg}, nil
+}
+
+// peerKey carries the gateway caller's verified client certificate.
+type peerKey struct{}
+
+func peerFromContext(ctx context.Context) (certs.Identity, bool) {
+	id, ok := ctx.Value(peerKey{}).(certs.Identity)
+	return id, ok
+}
+
+// Handler returns the REST gateway: the PlatformService routes of
+// gateway.yaml, GET /v1/keys, and the body size limit.
+func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		}),
+	)
+	if err := gbv1.RegisterPlatformServiceHandlerServer(ctx, mux, s); err != nil {
+		return nil, err
+	}
+	jwks := s.keys.JWKS()
+	if err := mux.HandlePath(http.MethodGet, "/v1/keys", func(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		w.Header().Set("Cache-Control", "public, max-age=300")
+		_, _ = w.Write(jwks)
+	}); err != nil {
+		return nil, err
+	}
+	limit := int64(s.cfg.Limits.MaxTokenBytes) + 4096
+	return http.MaxBytesHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+			if id, err := certs.PeerIdentity(*r.TLS); err == nil {
+				r = r.WithContext(context.WithValue(r.Context(), peerKey{}, id))
+			}
+		}
+		mux.ServeHTTP(w, r)
+	}), limit), nil
+}
