@@ -98,52 +98,17 @@ func TestTemporaryRequeuesOnAnotherServerAndAttemptsEnd(t *testing.T) {
 	t.Parallel()
 	e := setup(t, Config{MaxAttempts: 2}, "g1", "g2")
 	g1 := e.connect("g1", 1)
-	g2 := e.connect("g2", 1)
-	// Occupy g2 so that the first attempt goes to g1.
-	busy := e.submit(e.platform, 1, 0)
-	var first *fakeServer
-	select {
-	case m := <-g1.in:
-		if m.GetAssign() == nil || m.GetAssign().JobId != busy[0] {
-			t.Fatalf("g1 got %v", m)
-		}
-		first = g1
-		// Put it back so the test stays in step.
-		g1.result(m.GetAssign(), gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
-	case m := <-g2.in:
-		first = g2
-		g2.result(m.GetAssign(), gbv1.Outcome_OUTCOME_OK, map[string]int{"x": 1})
-	case <-time.After(10 * time.Second):
-		t.Fatal("no assign")
-	}
-	_ = first
 	ids := e.submit(e.platform, 1, 0)
-	var a *gbv1.Assign
-	var failer, otherSrv *fakeServer
-	select {
-	case m := <-g1.in:
-		for m.GetAssign() == nil {
-			m = g1.next()
-		}
-		a, failer, otherSrv = m.GetAssign(), g1, g2
-	case m := <-g2.in:
-		for m.GetAssign() == nil {
-			m = g2.next()
-		}
-		a, failer, otherSrv = m.GetAssign(), g2, g1
-	case <-time.After(10 * time.Second):
-		t.Fatal("no assign")
-	}
-	if a.JobId != ids[0] {
-		t.Fatalf("assigned %d, want %d", a.JobId, ids[0])
-	}
-	failer.result(a, gbv1.Outcome_OUTCOME_TEMPORARY, nil)
-	// The retry goes to the other server even though the failer is free.
-	a2 := otherSrv.nextAssign()
+	a := g1.nextAssign()
+	g2 := e.connect("g2", 1)
+	g1.result(a, gbv1.Outcome_OUTCOME_TEMPORARY, nil)
+	// The retry goes to the other server even though g1 is free again.
+	a2 := g2.nextAssign()
 	if a2.JobId != ids[0] || a2.Attempt != 2 || a2.LeaseId <= a.LeaseId {
 		t.Fatalf("retry = %v, want job %d attempt 2 with a newer lease than %d", a2, ids[0], a.LeaseId)
 	}
-	otherSrv.result(a2, gbv1.Outcome_OUTCOME_TIMEOUT, nil)
+	g1.none(100 * time.Millisecond)
+	g2.result(a2, gbv1.Outcome_OUTCOME_TIMEOUT, nil)
 	e.waitState(ids[0], broker.JobFailed)
 	job, err := e.db.GetJob(context.Background(), ids[0])
 	if err != nil {
@@ -151,6 +116,9 @@ func TestTemporaryRequeuesOnAnotherServerAndAttemptsEnd(t *testing.T) {
 	}
 	if !strings.Contains(job.Error, "gave up after 2 attempt(s)") {
 		t.Errorf("error = %q, want it to say it gave up after 2 attempts", job.Error)
+	}
+	if len(job.History) != 2 || job.History[0].Server != "g1" || job.History[1].Server != "g2" {
+		t.Errorf("history = %+v, want attempts on g1 then g2", job.History)
 	}
 }
 
@@ -418,4 +386,34 @@ func TestServerChangedAppliesAtOnce(t *testing.T) {
 	e.d.ServerChanged(context.Background(), "g1")
 	g.nextAssign()
 	g.nextAssign()
+}
+
+func TestProbeLeavesLiveStreamAlone(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g.nextAssign()
+	conn, err := e.dial("g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := gbv1.NewGraderServiceClient(conn).Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Hello{Hello: &gbv1.Hello{Probe: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := stream.Recv()
+	if err != nil || m.GetWelcome().GetServer() != "g1" {
+		t.Fatalf("probe got %v, %v; want Welcome for g1", m, err)
+	}
+	// The live stream keeps its lease: its result is accepted.
+	g.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"ok": 1})
+	if m := g.awaitAckOrReject(); m.GetAck() == nil {
+		t.Fatalf("live stream after a probe: %v, want Ack", m)
+	}
+	e.waitState(ids[0], broker.JobDone)
 }

@@ -177,6 +177,19 @@ func (d *Dispatcher) Connect(stream gbv1.GraderService_ConnectServer) error {
 	}
 
 	log := d.log.With("server", rec.Name)
+	if hello.Probe {
+		// A connection test: answer and leave the live stream alone.
+		log.Info("connection test passed", "hostname", hello.Hostname, "version", hello.Version)
+		d.mu.Lock()
+		maxJobs := rec.MaxConcurrentJobs
+		if s := d.servers[rec.ID]; s != nil {
+			maxJobs = s.maxJobs
+		}
+		d.mu.Unlock()
+		return stream.Send(&gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Welcome{Welcome: &gbv1.Welcome{
+			Server: rec.Name, Type: rec.Type, Tags: tags, HeartbeatInterval: durationpb.New(d.cfg.HeartbeatInterval),
+			MaxConcurrentJobs: uint32(maxJobs)}}})
+	}
 	sess, err := d.attach(rec, tags, hello)
 	if err != nil {
 		return err

@@ -404,9 +404,14 @@ type Hello struct {
 	Slots uint32 `protobuf:"varint,2,opt,name=slots,proto3" json:"slots,omitempty"`
 	// The machine's host name, for logs.
 	Hostname string `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	// Leases graderd is still running after a reconnect. The broker keeps these
-	// and requeues any other lease it had given the server.
-	Running       []*LeaseRef `protobuf:"bytes,4,rep,name=running,proto3" json:"running,omitempty"`
+	// Leases graderd still holds after a reconnect: running, or finished with
+	// a result in its spool not yet acknowledged. The broker keeps these and
+	// requeues any other lease it had given the server.
+	Running []*LeaseRef `protobuf:"bytes,4,rep,name=running,proto3" json:"running,omitempty"`
+	// A connection test (graderd -t): the broker checks the certificate,
+	// answers Welcome and ends the stream, leaving any live stream of the same
+	// server and its leases alone.
+	Probe         bool `protobuf:"varint,5,opt,name=probe,proto3" json:"probe,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -467,6 +472,13 @@ func (x *Hello) GetRunning() []*LeaseRef {
 		return x.Running
 	}
 	return nil
+}
+
+func (x *Hello) GetProbe() bool {
+	if x != nil {
+		return x.Probe
+	}
+	return false
 }
 
 // Welcome tells graderd who the broker thinks it is.
@@ -1037,12 +1049,13 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\x03msg\"<\n" +
 	"\bLeaseRef\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\x03R\x05jobId\x12\x19\n" +
-	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"\x87\x01\n" +
+	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"\x9d\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05slots\x18\x02 \x01(\rR\x05slots\x12\x1a\n" +
 	"\bhostname\x18\x03 \x01(\tR\bhostname\x122\n" +
-	"\arunning\x18\x04 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\"\xc3\x01\n" +
+	"\arunning\x18\x04 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\x12\x14\n" +
+	"\x05probe\x18\x05 \x01(\bR\x05probe\"\xc3\x01\n" +
 	"\aWelcome\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +

@@ -1,0 +1,369 @@
+package graderd
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/gradebroker/gradebroker/graderd/executor"
+)
+
+// Defaults of Config, as DefaultConfig sets them.
+const (
+	// DefaultSlots is how many jobs graderd runs at once by default.
+	DefaultSlots = 4
+	// DefaultSpoolDir is where results wait for the broker's Ack by default.
+	DefaultSpoolDir = "/var/lib/graderd/spool"
+	// DefaultDrainTimeout is how long a shutdown waits for running jobs by
+	// default.
+	DefaultDrainTimeout = 5 * time.Minute
+	// DefaultReconnectMin is the default first wait before a reconnection.
+	DefaultReconnectMin = 500 * time.Millisecond
+	// DefaultReconnectMax is the default longest wait between reconnections.
+	DefaultReconnectMax = 30 * time.Second
+)
+
+// maxSlots bounds Config.Slots: more jobs than this on one machine is a typo,
+// not a plan, and the broker's counters are 32-bit.
+const maxSlots = 4096
+
+// Executor types of an ExecutorSpec.
+const (
+	// ExecutorExec runs an external grader program per job (executor.Exec).
+	ExecutorExec = "exec"
+	// ExecutorNoop answers every job with OK {"noop":true} (executor.Noop).
+	ExecutorNoop = "noop"
+)
+
+// Config is everything graderd needs to run. DefaultConfig gives the
+// defaults; LoadConfigFile, environment variables and flags fill in the rest
+// (see ParseCommandLine), and Validate checks the result.
+type Config struct {
+	// Broker is the broker's grader endpoint, as host:port.
+	Broker string `yaml:"broker"`
+	// ServerName is the name the broker's certificate must carry; empty
+	// means the host part of Broker.
+	ServerName string `yaml:"server_name"`
+	// CAFile is the PEM file of the CA that issued the broker's certificate.
+	CAFile string `yaml:"ca_file"`
+	// CertFile is the PEM file of this server's client certificate.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the PEM file of CertFile's private key.
+	KeyFile string `yaml:"key_file"`
+	// Hostname is sent to the broker in Hello, for its logs; empty means
+	// os.Hostname().
+	Hostname string `yaml:"hostname"`
+
+	// Slots is how many jobs graderd runs at once.
+	Slots int `yaml:"slots"`
+	// SpoolDir keeps results until the broker has acknowledged them.
+	SpoolDir string `yaml:"spool_dir"`
+	// WorkRoot is the parent of the jobs' working directories; empty means
+	// the system's temporary directory.
+	WorkRoot string `yaml:"work_root"`
+
+	// Limits apply to every exec executor that does not set its own.
+	Limits Limits `yaml:"limits"`
+	// DefaultExecutor runs jobs none of whose tags has an executor in
+	// Executors. Its zero value (no type) means there is no default: such
+	// jobs are handed back to the broker as TEMPORARY.
+	DefaultExecutor ExecutorSpec `yaml:"default_executor"`
+	// Executors maps a tag to the executor of the jobs that carry it; a job
+	// runs with the executor of the first of its tags found here.
+	Executors map[string]ExecutorSpec `yaml:"executors"`
+
+	// DrainTimeout is how long a shutdown waits for running jobs before it
+	// cancels them; 0 cancels them at once.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// ReconnectMin is the first wait before reconnecting after the stream
+	// broke; the wait grows up to ReconnectMax, with jitter.
+	ReconnectMin time.Duration `yaml:"reconnect_min"`
+	// ReconnectMax caps the wait between reconnections; a broker that
+	// refuses the certificate is retried this often.
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
+
+	// TestBehavior makes graderd a deliberately faulty server, for testing
+	// the broker (0 = normal; see the TestBehavior constants).
+	TestBehavior int `yaml:"testbehavior"`
+
+	// Executor, when set, runs every job and replaces DefaultExecutor and
+	// Executors. It is for tests and benchmarks and cannot come from a file.
+	Executor executor.Executor `yaml:"-"`
+}
+
+// Limits bound what one grader run may use.
+type Limits struct {
+	// MemoryLimit caps a run's memory in bytes; 0 means none.
+	MemoryLimit ByteSize `yaml:"memory_limit"`
+	// MaxStdout caps a grader's result; 0 means executor.DefaultMaxStdout.
+	MaxStdout ByteSize `yaml:"max_stdout"`
+	// MaxStderr caps the kept log of a run; 0 means executor.DefaultMaxStderr.
+	MaxStderr ByteSize `yaml:"max_stderr"`
+	// KillGrace is the time between SIGTERM and SIGKILL when a run is
+	// stopped; 0 means executor.DefaultKillGrace.
+	KillGrace time.Duration `yaml:"kill_grace"`
+}
+
+// ExecutorSpec describes one executor in the configuration.
+type ExecutorSpec struct {
+	// Type is ExecutorExec or ExecutorNoop.
+	Type string `yaml:"type"`
+	// Command is the grader's argv, for type exec.
+	Command []string `yaml:"command"`
+	// Env is extra environment for the grader, as KEY=value, for type exec.
+	Env []string `yaml:"env"`
+	// Limits override Config.Limits field by field where they are not zero.
+	Limits `yaml:",inline"`
+}
+
+// DefaultConfig returns a Config with every default set. Broker and the TLS
+// files have no default.
+func DefaultConfig() Config {
+	return Config{
+		Slots:        DefaultSlots,
+		SpoolDir:     DefaultSpoolDir,
+		DrainTimeout: DefaultDrainTimeout,
+		ReconnectMin: DefaultReconnectMin,
+		ReconnectMax: DefaultReconnectMax,
+	}
+}
+
+// LoadConfigFile reads a YAML configuration file over cfg: fields the file
+// sets replace cfg's, others keep their value. Unknown keys are an error, so
+// that a misspelt key does not silently leave a default in place.
+func LoadConfigFile(path string, cfg *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading config file: %w", err)
+	}
+	if err := decodeConfig(b, cfg); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+func decodeConfig(b []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// Validate checks cfg and names the first bad field, by its name in the
+// configuration file.
+func (c Config) Validate() error {
+	if c.Broker == "" {
+		return errors.New("broker: missing; set the broker's host:port (flag --broker)")
+	}
+	host, port, err := net.SplitHostPort(c.Broker)
+	if err != nil {
+		return fmt.Errorf("broker: %q is not host:port: %w", c.Broker, err)
+	}
+	if host == "" {
+		return fmt.Errorf("broker: %q has no host", c.Broker)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("broker: %q has no valid port", c.Broker)
+	}
+	for _, f := range []struct{ name, value, flag string }{
+		{"ca_file", c.CAFile, "--ca"},
+		{"cert_file", c.CertFile, "--cert"},
+		{"key_file", c.KeyFile, "--key"},
+	} {
+		if f.value == "" {
+			return fmt.Errorf("%s: missing; graderd needs the broker's CA and its own client certificate and key (flag %s)", f.name, f.flag)
+		}
+	}
+	if c.Slots < 1 || c.Slots > maxSlots {
+		return fmt.Errorf("slots: must be between 1 and %d, got %d", maxSlots, c.Slots)
+	}
+	if c.SpoolDir == "" {
+		return errors.New("spool_dir: missing")
+	}
+	if err := c.Limits.validate("limits."); err != nil {
+		return err
+	}
+	if c.DefaultExecutor.Type != "" {
+		if err := c.DefaultExecutor.validate("default_executor"); err != nil {
+			return err
+		}
+	}
+	tags := make([]string, 0, len(c.Executors))
+	for tag := range c.Executors {
+		tags = append(tags, tag)
+	}
+	slices.Sort(tags) // so the same bad file always names the same field
+	for _, tag := range tags {
+		if strings.TrimSpace(tag) == "" {
+			return errors.New("executors: a tag is empty")
+		}
+		if err := c.Executors[tag].validate("executors." + tag); err != nil {
+			return err
+		}
+	}
+	if c.DrainTimeout < 0 {
+		return fmt.Errorf("drain_timeout: must not be negative, got %v", c.DrainTimeout)
+	}
+	if c.ReconnectMin <= 0 {
+		return fmt.Errorf("reconnect_min: must be positive, got %v", c.ReconnectMin)
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		return fmt.Errorf("reconnect_max: must be at least reconnect_min (%v), got %v", c.ReconnectMin, c.ReconnectMax)
+	}
+	if c.TestBehavior < 0 || c.TestBehavior > maxTestBehavior {
+		return fmt.Errorf("testbehavior: must be between 0 and %d, got %d", maxTestBehavior, c.TestBehavior)
+	}
+	return nil
+}
+
+// hasExecutor reports whether any job could find an executor.
+func (c Config) hasExecutor() bool {
+	return c.Executor != nil || c.DefaultExecutor.Type != "" || len(c.Executors) > 0
+}
+
+// serverName is the name the broker's certificate is checked against.
+func (c Config) serverName() string {
+	if c.ServerName != "" {
+		return c.ServerName
+	}
+	host, _, err := net.SplitHostPort(c.Broker)
+	if err != nil {
+		return c.Broker
+	}
+	return host
+}
+
+func (s ExecutorSpec) validate(field string) error {
+	switch s.Type {
+	case ExecutorExec:
+		if len(s.Command) == 0 || s.Command[0] == "" {
+			return fmt.Errorf("%s.command: missing; an exec executor needs the grader's argv, e.g. [/usr/local/bin/grade]", field)
+		}
+		for _, e := range s.Env {
+			if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+				return fmt.Errorf("%s.env: %q is not KEY=value", field, e)
+			}
+		}
+	case ExecutorNoop:
+		if len(s.Command) > 0 || len(s.Env) > 0 {
+			return fmt.Errorf("%s: a noop executor takes no command or env", field)
+		}
+	case "":
+		return fmt.Errorf("%s.type: missing; use %q or %q", field, ExecutorExec, ExecutorNoop)
+	default:
+		return fmt.Errorf("%s.type: unknown executor type %q; use %q or %q", field, s.Type, ExecutorExec, ExecutorNoop)
+	}
+	return s.Limits.validate(field + ".")
+}
+
+func (l Limits) validate(prefix string) error {
+	for _, f := range []struct {
+		name string
+		v    ByteSize
+	}{{"memory_limit", l.MemoryLimit}, {"max_stdout", l.MaxStdout}, {"max_stderr", l.MaxStderr}} {
+		if f.v < 0 {
+			return fmt.Errorf("%s%s: must not be negative, got %d", prefix, f.name, f.v)
+		}
+	}
+	if l.KillGrace < 0 {
+		return fmt.Errorf("%skill_grace: must not be negative, got %v", prefix, l.KillGrace)
+	}
+	return nil
+}
+
+// over returns l with every zero field taken from base.
+func (l Limits) over(base Limits) Limits {
+	if l.MemoryLimit == 0 {
+		l.MemoryLimit = base.MemoryLimit
+	}
+	if l.MaxStdout == 0 {
+		l.MaxStdout = base.MaxStdout
+	}
+	if l.MaxStderr == 0 {
+		l.MaxStderr = base.MaxStderr
+	}
+	if l.KillGrace == 0 {
+		l.KillGrace = base.KillGrace
+	}
+	return l
+}
+
+// ByteSize is a size in bytes. In the configuration file and in flags it is
+// a whole number with an optional unit: 1048576, 512K, 64MiB, 1G (K, M, G are
+// powers of 1024, as memory limits usually are).
+type ByteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	// Longest suffixes first so "MiB" is not read as "B".
+	{"KIB", 1 << 10}, {"MIB", 1 << 20}, {"GIB", 1 << 30},
+	{"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30},
+	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30},
+	{"B", 1},
+}
+
+// ParseByteSize parses a size such as "512MiB"; see ByteSize.
+func ParseByteSize(s string) (ByteSize, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	mult := int64(1)
+	for _, u := range byteUnits {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (examples: 1048576, 512K, 64MiB, 1G)", s)
+	}
+	return ByteSize(n * mult), nil
+}
+
+// UnmarshalYAML reads a ByteSize from a number or a string with a unit.
+func (b *ByteSize) UnmarshalYAML(node *yaml.Node) error {
+	if node.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a size must be a number or a string like 64MiB", node.Line)
+	}
+	v, err := ParseByteSize(node.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", node.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// String formats b the way ParseByteSize reads it back.
+func (b ByteSize) String() string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if b != 0 && int64(b)%u.mult == 0 {
+			return strconv.FormatInt(int64(b)/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
+
+// Set parses a flag value; it makes *ByteSize a flag.Value.
+func (b *ByteSize) Set(s string) error {
+	v, err := ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = v
+	return nil
+}
