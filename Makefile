@@ -18,9 +18,22 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/broker and bin/graderd (needs Go and gcc).
+build: ## Build bin/broker, bin/graderd and bin/samplegrader (needs Go and gcc).
 	$(GO) build -o bin/broker ./broker/cmd/broker
 	$(GO) build -o bin/graderd ./graderd/cmd/graderd
+	$(GO) build -o bin/samplegrader ./examples/samplegrader
+
+.PHONY: run
+run: build ## Run a broker, one graderd and the sample grader on embedded defaults (Ctrl-C stops).
+	bash scripts/demo.sh run
+
+.PHONY: demo
+demo: build ## Grade one job end to end through the REST gateway, print the result, stop.
+	bash scripts/demo.sh demo
+
+.PHONY: dev-pki
+dev-pki: ## Make a development CA, certificates and token keys in ./dev.
+	bash scripts/gb-dev-pki.sh dev
 
 .PHONY: test
 test: ## Vet, then run every test with the race detector.

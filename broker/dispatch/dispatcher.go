@@ -640,6 +640,13 @@ func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end, reason str
 			f.LeaseID = leaseID
 			var err error
 			deliveryID, err = tx.Finish(jobID, f)
+			if errors.Is(err, broker.ErrFailedPrecondition) {
+				// Already final: Finish wrote nothing. This means the
+				// in-memory state disagreed with the database; keep the
+				// database's answer rather than stopping the broker.
+				d.log.Error("job was already final; keeping the stored result", "job_id", jobID, "lease_id", leaseID)
+				return nil
+			}
 			return err
 		},
 		after: func() {
@@ -672,18 +679,41 @@ func (d *Dispatcher) finalized(jobID, deliveryID int64) {
 func (d *Dispatcher) tick(ctx context.Context) {
 	t := time.NewTicker(d.cfg.TickInterval)
 	defer t.Stop()
+	var lastTouch time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		now := d.cfg.Now()
 		d.mu.Lock()
 		if !d.closed {
-			d.expire(d.cfg.Now())
+			d.expire(now)
+			if now.Sub(lastTouch) >= touchEvery {
+				lastTouch = now
+				d.touchServers()
+			}
 		}
 		d.mu.Unlock()
 	}
+}
+
+// touchEvery is how often connected servers' last_seen is written, so that
+// operators and the wakeup logic see it across restarts.
+const touchEvery = 10 * time.Second
+
+func (d *Dispatcher) touchServers() {
+	seen := make(map[int64]time.Time)
+	for _, s := range d.servers {
+		if s.sess != nil && !s.lastSeen.IsZero() {
+			seen[s.id] = s.lastSeen
+		}
+	}
+	if len(seen) == 0 {
+		return
+	}
+	d.w.enqueue(&op{apply: func(tx *store.JobTx) error { return tx.TouchServers(seen) }})
 }
 
 func (d *Dispatcher) expire(now time.Time) {
