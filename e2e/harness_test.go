@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -132,3 +133,11 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// brokerdConfig is brokerd.Config, named for the tests' option functions.
+type brokerdConfig = brokerd.Config
+
+// randReader is crypto/rand's reader.
+type randReader struct{}
+
+func (randReader) Read(p []byte) (int, error) { return cryptorand.Read(p) }

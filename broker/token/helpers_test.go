@@ -1,24 +1,16 @@
 package token
 
 import (
-	"bytes"
-	"compress/flate"
 	"context"
-	"crypto"
-	"crypto/aes"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/base64"
 	"encoding/json"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	josecipher "github.com/go-jose/go-jose/v4/cipher"
+	"github.com/gradebroker/gradebroker/broker/token/tokentest"
 )
 
 const (
@@ -154,97 +146,32 @@ func (f *fixture) seal(tb testing.TB, p []byte, compress bool) string {
 	return tok
 }
 
-func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+func b64(b []byte) string { return tokentest.B64(b) }
 
-// handJWS builds a compact JWS from a literal header, the way a library in
-// another language would, signing the input with sign (nil: no signature).
 func handJWS(header string, p []byte, sign func(input []byte) []byte) string {
-	input := b64([]byte(header)) + "." + b64(p)
-	var sig []byte
-	if sign != nil {
-		sig = sign([]byte(input))
-	}
-	return input + "." + b64(sig)
+	return tokentest.JWS(header, p, sign)
 }
 
-// rs512 signs with RSASSA-PKCS1-v1_5 and SHA-512, straight from crypto/rsa.
-func rs512(key *rsa.PrivateKey) func([]byte) []byte {
-	return func(input []byte) []byte {
-		sum := sha512.Sum512(input)
-		sig, err := rsa.SignPKCS1v15(nil, key, crypto.SHA512, sum[:])
-		if err != nil {
-			panic(err)
-		}
-		return sig
-	}
-}
+func rs512(key *rsa.PrivateKey) func([]byte) []byte { return tokentest.RS512(key) }
 
-// handJWE builds a compact JWE from a literal protected header by following
-// RFC 7516 §5.1 and RFC 7518 §4.3 and §5.2 step by step: a random CEK
-// wrapped with RSA-OAEP-256, A256CBC-HS512 over the plaintext, with the
-// protected header's base64url as AAD. If the header has "zip":"DEF" the
-// plaintext is deflated first.
 func handJWE(tb testing.TB, header string, plaintext []byte, to *rsa.PublicKey) string {
 	tb.Helper()
-	if strings.Contains(header, `"zip":"DEF"`) {
-		plaintext = deflate(tb, plaintext)
-	}
-	return handJWERaw(tb, header, plaintext, to)
+	return tokentest.JWE(tb, header, plaintext, to)
 }
 
-// handJWERaw is handJWE without the deflating: content is encrypted as is,
-// whatever the header says.
 func handJWERaw(tb testing.TB, header string, content []byte, to *rsa.PublicKey) string {
 	tb.Helper()
-	plaintext := content
-	cek := make([]byte, 64)
-	iv := make([]byte, 16)
-	rand.Read(cek)
-	rand.Read(iv)
-	ek, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, to, cek, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	aead, err := josecipher.NewCBCHMAC(cek, aes.NewCipher)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	prot := b64([]byte(header))
-	sealed := aead.Seal(nil, iv, plaintext, []byte(prot))
-	ct, tag := sealed[:len(sealed)-32], sealed[len(sealed)-32:]
-	return strings.Join([]string{prot, b64(ek), b64(iv), b64(ct), b64(tag)}, ".")
+	return tokentest.JWERaw(tb, header, content, to)
 }
 
 func deflate(tb testing.TB, p []byte) []byte {
 	tb.Helper()
-	var buf bytes.Buffer
-	w, err := flate.NewWriter(&buf, flate.BestCompression)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	w.Write(p)
-	if err := w.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	return buf.Bytes()
+	return tokentest.Deflate(tb, p)
 }
 
-// segment replaces part i of a compact serialization.
-func segment(compact string, i int, with string) string {
-	parts := strings.Split(compact, ".")
-	parts[i] = with
-	return strings.Join(parts, ".")
-}
+func segment(compact string, i int, with string) string { return tokentest.Segment(compact, i, with) }
 
-// flipByte decodes part i, flips one bit of byte at, and re-encodes it.
 func flipByte(tb testing.TB, compact string, i, at int) string {
 	tb.Helper()
-	parts := strings.Split(compact, ".")
-	b, err := base64.RawURLEncoding.DecodeString(parts[i])
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b[at] ^= 0x01
-	parts[i] = b64(b)
-	return strings.Join(parts, ".")
+	return tokentest.FlipByte(tb, compact, i, at)
 }

@@ -1,0 +1,445 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/platformclient"
+)
+
+// The reliability tests run the real binaries, so that a process can be
+// killed, stopped and restarted. They are built once per test binary with a
+// plain `go build` (no -race: the race detector makes them slow to start and
+// watches nothing the in-process brokers do not already show it).
+
+var bins struct {
+	once    sync.Once
+	dir     string
+	broker  string
+	graderd string
+	err     error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bins.dir != "" {
+		os.RemoveAll(bins.dir)
+	}
+	os.Exit(code)
+}
+
+// binaries builds bin/broker and bin/graderd once and returns their paths.
+func binaries(t *testing.T) (brokerBin, graderdBin string) {
+	t.Helper()
+	root := repoRoot(t)
+	bins.once.Do(func() {
+		bins.dir, bins.err = os.MkdirTemp("", "gradebroker-e2e-bin-")
+		if bins.err != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", bins.dir+string(filepath.Separator), "./broker/cmd/broker", "./graderd/cmd/graderd")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			bins.err = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		bins.broker, bins.graderd = filepath.Join(bins.dir, "broker"), filepath.Join(bins.dir, "graderd")
+	})
+	if bins.err != nil {
+		t.Fatal(bins.err)
+	}
+	return bins.broker, bins.graderd
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a child process whose output (stdout and stderr together) is
+// kept, and shown in the test log if the test fails.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error // how it exited, once done is closed
+}
+
+// startProc starts bin with args. Cleanup stops it (SIGTERM, then SIGKILL
+// after a few seconds) and prints its output if the test failed.
+func startProc(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = cleanEnv()
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	// Should the test binary die, its children go with it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop(5 * time.Second)
+		if t.Failed() {
+			t.Logf("----- output of %s (pid %d) -----\n%s----- end of %s -----", name, p.cmd.Process.Pid, p.out.String(), name)
+		}
+	})
+	return p
+}
+
+// cleanEnv is the test's environment without the variables that would
+// change what graderd or broker admin do.
+func cleanEnv() []string {
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "GRADERD_") && !strings.HasPrefix(e, "GB_ADMIN_") {
+			env = append(env, e)
+		}
+	}
+	return env
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil && !p.exited() {
+		p.t.Fatalf("sending %v to %s: %v", sig, p.name, err)
+	}
+}
+
+// kill sends SIGKILL and waits until the process is gone.
+func (p *proc) kill() {
+	p.t.Helper()
+	p.signal(syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.t.Fatalf("%s did not die within 10s of SIGKILL", p.name)
+	}
+}
+
+// stop asks the process to end (SIGCONT, in case it is stopped, then
+// SIGTERM), and kills it if it is still there after grace.
+func (p *proc) stop(grace time.Duration) {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(grace):
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// logs returns everything the process printed so far.
+func (p *proc) logs() string { return p.out.String() }
+
+// lines returns the lines of the output that contain every one of parts.
+func (p *proc) lines(parts ...string) []string {
+	var out []string
+	for l := range strings.SplitSeq(p.logs(), "\n") {
+		ok := true
+		for _, s := range parts {
+			if !strings.Contains(l, s) {
+				ok = false
+				break
+			}
+		}
+		if ok && l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// waitLines waits until at least n lines contain every one of parts, and
+// returns them. It fails the test if the process exits first or timeout
+// passes.
+func (p *proc) waitLines(timeout time.Duration, n int, parts ...string) []string {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if ls := p.lines(parts...); len(ls) >= n {
+			return ls
+		}
+		if p.exited() {
+			p.t.Fatalf("%s exited (%v) before logging %d line(s) with %q", p.name, p.err, n, parts)
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s logged %d line(s) with %q within %v; want %d", p.name, len(p.lines(parts...)), parts, timeout, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freeAddr returns a loopback address with a port nobody listened on a
+// moment ago, for a process that must come back on the same port.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// devHTTPClient trusts the dev PKI's CA, as a platform would.
+func devHTTPClient(t *testing.T, dir string) *http.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(mustRead(t, filepath.Join(dir, "ca.crt"))) {
+		t.Fatal("no certificate in ca.crt")
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+	t.Cleanup(hc.CloseIdleConnections)
+	return hc
+}
+
+// brokerProc is a broker running as a process (`broker serve`).
+type brokerProc struct {
+	*proc
+	dir      string // the dev PKI
+	db       string
+	grpcAddr string
+	httpAddr string
+}
+
+// startBrokerProc runs `broker serve` with the dev PKI in dir on the given
+// addresses and database, plus extra flags, and waits until /readyz
+// answers.
+func startBrokerProc(t *testing.T, dir, db, grpcAddr, httpAddr string, extra ...string) *brokerProc {
+	t.Helper()
+	bin, _ := binaries(t)
+	args := append([]string{"serve",
+		"--database", db, "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+		"--ca-file", filepath.Join(dir, "ca.crt"),
+		"--cert-file", filepath.Join(dir, "broker.crt"), "--key-file", filepath.Join(dir, "broker.key"),
+		"--token-key-file", filepath.Join(dir, "broker-token.key"),
+	}, extra...)
+	b := &brokerProc{proc: startProc(t, "broker", bin, args...), dir: dir, db: db, grpcAddr: grpcAddr, httpAddr: httpAddr}
+	hc := devHTTPClient(t, dir)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := hc.Get("https://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return b
+			}
+			err = errors.New(resp.Status)
+		}
+		if b.exited() {
+			t.Fatalf("broker exited before it was ready (%v)", b.err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("broker not ready within 20s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// mustAdminAt runs `broker admin` in-process as the dev PKI's operator
+// against the broker at grpcAddr; a non-zero exit fails the test.
+func mustAdminAt(t *testing.T, dir, grpcAddr string, args ...string) string {
+	t.Helper()
+	b := &broker{dir: dir}
+	_ = b
+	conn := []string{"--addr", grpcAddr, "--ca", filepath.Join(dir, "ca.crt"),
+		"--cert", filepath.Join(dir, "clients", "admin.crt"), "--key", filepath.Join(dir, "clients", "admin.key")}
+	var out, errb bytes.Buffer
+	if code := adminMain(append(conn, args...), &out, &errb); code != 0 {
+		t.Fatalf("broker admin %v: exit %d\n%s%s", args, code, out.String(), errb.String())
+	}
+	return out.String()
+}
+
+// registry is what the reliability tests register: one tag, one server type
+// covering it, the given servers (certificates DIR/clients/NAME.crt, made
+// here when missing) and the platform demo.
+const (
+	relTag  = "rel"
+	relType = "reltype"
+)
+
+func register(t *testing.T, dir, grpcAddr string, maxJobs int, servers ...string) {
+	t.Helper()
+	mustAdminAt(t, dir, grpcAddr, "tag", "add", relTag)
+	mustAdminAt(t, dir, grpcAddr, "type", "add", relType, "--tags", relTag)
+	for _, s := range servers {
+		crt := filepath.Join(dir, "clients", s+".crt")
+		if _, err := os.Stat(crt); err != nil {
+			script(t, "gb-enroll.sh", "--dir", dir, "--role", "server", "--name", s)
+		}
+		mustAdminAt(t, dir, grpcAddr, "server", "add", s, "--cert", crt, "--type", relType, "--max-jobs", fmt.Sprint(maxJobs))
+	}
+	mustAdminAt(t, dir, grpcAddr, "platform", "add", "demo", "--key", filepath.Join(dir, "demo-token.pub"),
+		"--return-url", "http://127.0.0.1:9/cb")
+}
+
+// demoClient is the platform demo's client of the broker whose REST
+// gateway is at httpAddr.
+func demoClient(t *testing.T, dir, httpAddr string) *platformclient.Client {
+	t.Helper()
+	key, err := token.LoadPrivateKeyPEM(mustRead(t, filepath.Join(dir, "demo-token.key")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokerKey, err := token.ParsePublicKeyPEM(mustRead(t, filepath.Join(dir, "broker-token.pub")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := platformclient.New("https://"+httpAddr, "demo", key, brokerKey, platformclient.Options{HTTPClient: devHTTPClient(t, dir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// graderScript is an exec grader: it reads the job, sleeps $GRADER_SLEEP
+// seconds (only on attempt $GRADER_SLEEP_ATTEMPT when that is set) and
+// answers OK with the name of the server that graded it, so that a test can
+// tell whose result the broker kept.
+const graderScript = `#!/bin/sh
+job=$(cat)
+if [ -z "$GRADER_SLEEP_ATTEMPT" ] || printf '%s' "$job" | grep -q "\"attempt\":$GRADER_SLEEP_ATTEMPT,"; then
+	sleep "${GRADER_SLEEP:-0}"
+fi
+printf '{"ok":true,"by":"%s"}\n' "$GRADER_NAME"
+`
+
+// graderd is a graderd process.
+type graderd struct {
+	*proc
+	server string // its registered name, and its certificate's
+	spool  string
+}
+
+// graderdOpts says how to run one graderd.
+type graderdOpts struct {
+	// sleep and sleepAttempt set the exec grader's GRADER_SLEEP and
+	// GRADER_SLEEP_ATTEMPT; with behavior set no grader runs.
+	sleep        string
+	sleepAttempt int
+	// behavior is --testbehavior (with --noop).
+	behavior int
+	slots    int
+}
+
+// startGraderd runs graderd as server name against the broker at
+// grpcAddr and waits until it is connected.
+func startGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *graderd {
+	t.Helper()
+	_, bin := binaries(t)
+	work := t.TempDir()
+	g := &graderd{server: name, spool: filepath.Join(work, "spool")}
+	if o.slots == 0 {
+		o.slots = 4
+	}
+	args := []string{"--broker", grpcAddr,
+		"--ca", filepath.Join(dir, "ca.crt"),
+		"--cert", filepath.Join(dir, "clients", name+".crt"), "--key", filepath.Join(dir, "clients", name+".key"),
+		"--hostname", name, "--slots", fmt.Sprint(o.slots),
+		"--spool-dir", g.spool, "--work-root", filepath.Join(work, "jobs"),
+		"--reconnect-min", "100ms", "--reconnect-max", "1s", "--drain-timeout", "0",
+	}
+	if o.behavior != 0 {
+		args = append(args, "--noop", "--testbehavior", fmt.Sprint(o.behavior))
+	} else {
+		grader := filepath.Join(work, "grader.sh")
+		if err := os.WriteFile(grader, []byte(graderScript), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		env := fmt.Sprintf("[GRADER_NAME=%s, GRADER_SLEEP=%s", name, o.sleep)
+		if o.sleepAttempt > 0 {
+			env += fmt.Sprintf(", GRADER_SLEEP_ATTEMPT=%d", o.sleepAttempt)
+		}
+		cfg := fmt.Sprintf("default_executor:\n  type: exec\n  command: [/bin/sh, %s]\n  env: %s]\n", grader, env)
+		cfgFile := filepath.Join(work, "graderd.yaml")
+		if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--config", cfgFile)
+	}
+	g.proc = startProc(t, name, bin, args...)
+	g.waitLines(20*time.Second, 1, `msg="connected to broker"`)
+	return g
+}
+
+// spooled lists the results waiting in g's spool.
+func (g *graderd) spooled(t *testing.T) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(g.spool, "*.result"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// eventually polls cond every 50ms until it holds or timeout passes; then it
+// fails the test with what.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ctxTimeout is a context for one step of a test.
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
