@@ -286,8 +286,9 @@ func TestPlatformRequests(t *testing.T) {
 	var jwks struct {
 		Keys []map[string]any `json:"keys"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&jwks); err != nil || len(jwks.Keys) == 0 || jwks.Keys[0]["alg"] != "RSA-OAEP-256" {
-		t.Errorf("GET /v1/keys: %v %v", jwks, err)
+	if err := json.NewDecoder(resp.Body).Decode(&jwks); err != nil || len(jwks.Keys) != 2 || jwks.Keys[0]["alg"] != "RSA-OAEP-256" ||
+		jwks.Keys[1]["kid"] != "gradebroker" || jwks.Keys[1]["use"] != "sig" || jwks.Keys[1]["alg"] != "RS512" {
+		t.Errorf("GET /v1/keys: %v %v; want the encryption key, then the signing key with kid gradebroker", jwks, err)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/platformclient"
 )
@@ -291,12 +292,10 @@ func startBrokerProc(t *testing.T, dir, db, grpcAddr, httpAddr string, extra ...
 // against the broker at grpcAddr; a non-zero exit fails the test.
 func mustAdminAt(t *testing.T, dir, grpcAddr string, args ...string) string {
 	t.Helper()
-	b := &broker{dir: dir}
-	_ = b
 	conn := []string{"--addr", grpcAddr, "--ca", filepath.Join(dir, "ca.crt"),
 		"--cert", filepath.Join(dir, "clients", "admin.crt"), "--key", filepath.Join(dir, "clients", "admin.key")}
 	var out, errb bytes.Buffer
-	if code := adminMain(append(conn, args...), &out, &errb); code != 0 {
+	if code := admincli.Main(context.Background(), append(conn, args...), &out, &errb); code != 0 {
 		t.Fatalf("broker admin %v: exit %d\n%s%s", args, code, out.String(), errb.String())
 	}
 	return out.String()

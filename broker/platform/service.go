@@ -512,7 +512,10 @@ func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
 	if err := gbv1.RegisterPlatformServiceHandlerServer(ctx, mux, s); err != nil {
 		return nil, err
 	}
-	jwks := s.keys.JWKS()
+	jwks, err := s.keys.JWKSWithSigner(s.cfg.Broker)
+	if err != nil {
+		return nil, err
+	}
 	if err := mux.HandlePath(http.MethodGet, "/v1/keys", func(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 		w.Header().Set("Content-Type", "application/jwk-set+json")
 		w.Header().Set("Cache-Control", "public, max-age=300")

@@ -117,6 +117,24 @@ func (k *KeyRing) JWKS() []byte {
 	return append([]byte(nil), k.jwks...)
 }
 
+// JWKSWithSigner is JWKS plus the current key once more as a signing key:
+// kid = signer (the broker's name, the kid of its callback JWS), use "sig",
+// alg "RS512", so that a platform's JOSE library can find the key that
+// verifies callbacks in the same set, by the JWS's own kid.
+func (k *KeyRing) JWKSWithSigner(signer string) ([]byte, error) {
+	set := jose.JSONWebKeySet{}
+	if err := json.Unmarshal(k.jwks, &set); err != nil {
+		return nil, fmt.Errorf("key ring: decoding the JWKS: %w", err)
+	}
+	set.Keys = append(set.Keys, jose.JSONWebKey{
+		Key:       &k.keys[0].priv.PublicKey,
+		KeyID:     signer,
+		Use:       "sig",
+		Algorithm: string(jose.RS512),
+	})
+	return json.Marshal(set)
+}
+
 // Current returns the current private key, the one the broker signs with.
 func (k *KeyRing) Current() *rsa.PrivateKey { return k.keys[0].priv }
 

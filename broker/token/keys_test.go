@@ -190,3 +190,26 @@ func TestNewKeyRingRefuses(t *testing.T) {
 		t.Errorf("KIDs (-want +got):\n%s", diff)
 	}
 }
+
+func TestJWKSWithSigner(t *testing.T) {
+	t.Parallel()
+	k := testKeys(t)
+	ring, err := NewKeyRing(k.broker, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ring.JWKSWithSigner("gradebroker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &set); err != nil {
+		t.Fatal(err)
+	}
+	if len(set.Keys) != 2 || set.Keys[1]["kid"] != "gradebroker" || set.Keys[1]["use"] != "sig" || set.Keys[1]["alg"] != "RS512" ||
+		set.Keys[1]["n"] != set.Keys[0]["n"] || set.Keys[1]["d"] != nil {
+		t.Errorf("JWKSWithSigner = %s; want the encryption key and the same public key as kid gradebroker, use sig, alg RS512", b)
+	}
+}
