@@ -2,7 +2,6 @@ package admincli
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -819,13 +818,9 @@ func (r *runner) bootstrap(ctx context.Context, dbPath, name, certFile, caFile s
 	if err != nil {
 		return err
 	}
-	caPEM, err := readFlagFile("ca", caFile)
+	pool, err := certs.LoadCAPool(caFile)
 	if err != nil {
-		return err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM([]byte(caPEM)) {
-		return fmt.Errorf("--ca %s holds no PEM certificate", caFile)
+		return fmt.Errorf("--ca: %w", err)
 	}
 	id, err := adminapi.CheckCertificate([]byte(certPEM), pool, certs.RoleOperator, time.Now())
 	if err != nil {

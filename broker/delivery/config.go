@@ -1,16 +1,14 @@
 package delivery
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/certs"
 )
 
 // Defaults for the zero fields of Config.
@@ -134,25 +132,14 @@ func (c *Config) Validate() error {
 
 // newHTTPClient builds the default client of Config.HTTPClient.
 func newHTTPClient(c *Config) (*http.Client, error) {
-	roots, err := x509.SystemCertPool()
+	tlsConfig, err := certs.OutboundTLSConfig(c.CAFile)
 	if err != nil {
-		// No system pool (a minimal container): only CAFile can vouch for
-		// anyone, which is still a working configuration.
-		roots = x509.NewCertPool()
-	}
-	if c.CAFile != "" {
-		b, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("delivery config: CAFile: %w", err)
-		}
-		if !roots.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("delivery config: CAFile %s holds no PEM certificate", c.CAFile)
-		}
+		return nil, fmt.Errorf("delivery config: CAFile: %w", err)
 	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: c.Timeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots},
+		TLSClientConfig:       tlsConfig,
 		TLSHandshakeTimeout:   c.Timeout,
 		ResponseHeaderTimeout: c.Timeout,
 		ForceAttemptHTTP2:     true,
