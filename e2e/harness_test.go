@@ -7,11 +7,13 @@ import (
 	"bytes"
 	"context"
 	cryptorand "crypto/rand"
+	"encoding/base64"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -141,3 +143,7 @@ type brokerdConfig = brokerd.Config
 type randReader struct{}
 
 func (randReader) Read(p []byte) (int, error) { return cryptorand.Read(p) }
+
+func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
+
+func jsonIDString(id int64) string { return strconv.FormatInt(id, 10) }

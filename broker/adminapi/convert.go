@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/store"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
@@ -171,4 +172,19 @@ func JobToProto(j broker.Job) *gradebrokerv1.Job {
 		out.Events = append(out.Events, EventToProto(e))
 	}
 	return out
+}
+
+// DeliveryToProto converts a delivery for the admin API.
+func DeliveryToProto(d store.Delivery) *gradebrokerv1.Delivery {
+	return &gradebrokerv1.Delivery{
+		Id:            d.ID,
+		JobId:         d.JobID,
+		Platform:      d.Platform,
+		State:         DeliveryStateToProto(d.State),
+		Tries:         count(d.Tries),
+		NextAttemptAt: Timestamp(d.NextAttemptAt),
+		LastError:     d.LastError,
+		CreatedAt:     Timestamp(d.CreatedAt),
+		DeliveredAt:   Timestamp(d.DeliveredAt),
+	}
 }

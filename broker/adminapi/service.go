@@ -56,9 +56,21 @@ type Service struct {
 	db  *store.DB
 	ca  func() *x509.CertPool
 	d   Dispatcher
+	rd  Redeliverer
 	log *slog.Logger
 	now func() time.Time
 }
+
+// Redeliverer schedules result callbacks again; the delivery worker
+// implements it, so that a redelivery is tried at once rather than at the
+// worker's next poll.
+type Redeliverer interface {
+	Redeliver(ctx context.Context, sel store.Redelivery) (int, error)
+}
+
+// SetRedeliverer sets what RedeliverDeliveries calls; without one, it only
+// updates the database and the worker finds the deliveries at its next poll.
+func (s *Service) SetRedeliverer(r Redeliverer) { s.rd = r }
 
 // New returns the admin service. ca returns the CA pool that registered
 // certificates must chain to; it is a function because the broker reloads
@@ -611,4 +623,41 @@ func firstError(checks ...func() error) error {
 		}
 	}
 	return nil
+}
+
+// ListDeliveries implements AdminService.ListDeliveries.
+func (s *Service) ListDeliveries(ctx context.Context, req *gradebrokerv1.ListDeliveriesRequest) (*gradebrokerv1.ListDeliveriesResponse, error) {
+	if _, err := s.caller(ctx); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	ds, err := s.db.ListDeliveries(ctx, store.DeliveryFilter{State: broker.DeliveryState(req.GetState()),
+		Platform: req.GetPlatform(), JobID: req.GetJobId(), Limit: int(req.GetLimit()), BeforeID: req.GetBeforeId()})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	out := &gradebrokerv1.ListDeliveriesResponse{}
+	for _, d := range ds {
+		out.Deliveries = append(out.Deliveries, DeliveryToProto(d))
+	}
+	return out, nil
+}
+
+// RedeliverDeliveries implements AdminService.RedeliverDeliveries.
+func (s *Service) RedeliverDeliveries(ctx context.Context, req *gradebrokerv1.RedeliverDeliveriesRequest) (*gradebrokerv1.RedeliverDeliveriesResponse, error) {
+	op, err := s.caller(ctx)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	sel := store.Redelivery{IDs: req.GetIds(), Platform: req.GetPlatform(), AllDead: req.GetAllDead()}
+	var n int
+	if s.rd != nil {
+		n, err = s.rd.Redeliver(ctx, sel)
+	} else {
+		n, err = s.db.Redeliver(ctx, sel)
+	}
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	s.log.InfoContext(ctx, "deliveries scheduled again", "operator", op.Name, "count", n)
+	return &gradebrokerv1.RedeliverDeliveriesResponse{Redelivered: count(n)}, nil
 }

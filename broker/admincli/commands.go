@@ -797,6 +797,83 @@ smallest ID of one page as --before of the next.`,
 			}
 		},
 	},
+	{
+		name:     "delivery list",
+		synopsis: "delivery list [--state pending|delivered|dead] [--platform P] [--job ID] [--limit N] [--before ID]",
+		summary:  "List result callbacks, newest first",
+		examples: []string{"broker admin delivery list --state dead", "broker admin delivery list --job 1234"},
+		flags: func(fs *flag.FlagSet, r *runner) runFunc {
+			state := fs.String("state", "", "only deliveries in this state: pending, delivered or dead")
+			platform := fs.String("platform", "", "only this platform's deliveries")
+			job := fs.Int64("job", 0, "only this job's deliveries")
+			limit := fs.Int("limit", 50, "at most this many")
+			before := fs.Int64("before", 0, "only deliveries with a smaller ID, to page")
+			return func(ctx context.Context, args []string) error {
+				req := &gradebrokerv1.ListDeliveriesRequest{Platform: *platform, JobId: *job, BeforeId: *before}
+				if *state != "" {
+					v, ok := gradebrokerv1.DeliveryState_value["DELIVERY_STATE_"+strings.ToUpper(*state)]
+					if !ok || v == 0 {
+						return usagef("--state %q is not one of pending, delivered, dead", *state)
+					}
+					req.State = gradebrokerv1.DeliveryState(v)
+				}
+				if *limit < 0 || *limit > store.MaxDeliveryListLimit {
+					return usagef("--limit must be between 0 and %d", store.MaxDeliveryListLimit)
+				}
+				req.Limit = uint32(*limit)
+				c, err := r.client()
+				if err != nil {
+					return err
+				}
+				resp, err := c.ListDeliveries(ctx, req)
+				if err != nil {
+					return err
+				}
+				return r.emit(resp, func(w io.Writer) { printDeliveries(w, resp.GetDeliveries()) })
+			}
+		},
+	},
+	{
+		name:     "delivery redeliver",
+		synopsis: "delivery redeliver (ID... | --platform P | --all-dead)",
+		summary:  "Send result callbacks again",
+		help: "A dead delivery gets a new delivery (a new delivery_id, the same job_id) with a fresh retry window; " +
+			"a pending one is tried at once. Give delivery IDs, or --platform for all of one platform's dead deliveries, " +
+			"or --all-dead.",
+		examples: []string{"broker admin delivery redeliver 17 18", "broker admin delivery redeliver --platform moodle", "broker admin delivery redeliver --all-dead"},
+		flags: func(fs *flag.FlagSet, r *runner) runFunc {
+			platform := fs.String("platform", "", "every dead delivery of this platform")
+			allDead := fs.Bool("all-dead", false, "every dead delivery")
+			return func(ctx context.Context, args []string) error {
+				req := &gradebrokerv1.RedeliverDeliveriesRequest{Platform: *platform, AllDead: *allDead}
+				for _, a := range args {
+					id, err := parseJobID(a)
+					if err != nil {
+						return usagef("%q is not a delivery ID", a)
+					}
+					req.Ids = append(req.Ids, id)
+				}
+				chosen := 0
+				for _, set := range []bool{len(req.Ids) > 0, *platform != "", *allDead} {
+					if set {
+						chosen++
+					}
+				}
+				if chosen != 1 {
+					return usagef("give delivery IDs, or --platform, or --all-dead (exactly one)")
+				}
+				c, err := r.client()
+				if err != nil {
+					return err
+				}
+				resp, err := c.RedeliverDeliveries(ctx, req)
+				if err != nil {
+					return err
+				}
+				return r.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "%d deliveries scheduled\n", resp.GetRedelivered()) })
+			}
+		},
+	},
 }
 
 // bootstrap registers the first operator straight into the database.

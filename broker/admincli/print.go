@@ -206,3 +206,17 @@ func ago(ts *timestamppb.Timestamp, now time.Time) string {
 	}
 	return d.String() + " ago"
 }
+
+func printDeliveries(w io.Writer, ds []*gradebrokerv1.Delivery) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tJOB\tPLATFORM\tSTATE\tTRIES\tNEXT TRY\tCREATED\tLAST ERROR")
+	for _, d := range ds {
+		next := "-"
+		if d.GetState() == gradebrokerv1.DeliveryState_DELIVERY_STATE_PENDING {
+			next = when(d.GetNextAttemptAt())
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", d.GetId(), d.GetJobId(), d.GetPlatform(),
+			deliveryName(d.GetState()), d.GetTries(), next, when(d.GetCreatedAt()), orDash(d.GetLastError()))
+	}
+	tw.Flush()
+}

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/gradebroker/gradebroker/broker/adminapi"
+	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
 	"github.com/gradebroker/gradebroker/broker/platform"
 	"github.com/gradebroker/gradebroker/broker/store"
@@ -43,6 +44,7 @@ type Broker struct {
 	disp    *dispatch.Dispatcher
 	admin   *adminapi.Service
 	plat    *platform.Service
+	deliv   *delivery.Worker
 	keys    *token.KeyRing
 	grpc    *grpc.Server
 	health  *health.Server
@@ -90,6 +92,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 	}, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
+	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
+		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile}, log)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	b.disp.SetFinalHook(b.deliv.Notify)
+	b.admin.SetRedeliverer(b.deliv)
 	b.plat = platform.New(platform.Config{Broker: cfg.Name, MaxTimeout: cfg.MaxTimeout,
 		RequireCerts: cfg.RequirePlatformCerts}, db, b.disp, b.keys, log)
 	return b, nil
@@ -127,6 +137,9 @@ func (b *Broker) KeyRing() *token.KeyRing { return b.keys }
 // DB returns the broker's store, for tests and tools in the same process.
 func (b *Broker) DB() *store.DB { return b.db }
 
+// Delivery returns the broker's result outbox worker.
+func (b *Broker) Delivery() *delivery.Worker { return b.deliv }
+
 // Dispatcher returns the broker's dispatcher.
 func (b *Broker) Dispatcher() *dispatch.Dispatcher { return b.disp }
 
@@ -154,6 +167,13 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	b.cancel = cancel
+	if err := b.deliv.Start(runCtx); err != nil {
+		cancel()
+		b.disp.Stop()
+		b.grpcLis.Close()
+		b.httpLis.Close()
+		return fmt.Errorf("delivery: %w", err)
+	}
 
 	b.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(b.tls.ServerTLSConfig())),
@@ -276,6 +296,7 @@ func (b *Broker) Close() error {
 		// The dispatcher ends the graderd streams, so that GracefulStop
 		// does not wait for them forever.
 		b.disp.Stop()
+		b.deliv.Stop()
 		if b.grpc != nil {
 			done := make(chan struct{})
 			go func() { b.grpc.GracefulStop(); close(done) }()

@@ -54,6 +54,17 @@ type Config struct {
 	// HeartbeatInterval is how often graderd must send heartbeats.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 
+	// DeliveryWindow is how long a result callback is retried before it is
+	// marked dead.
+	DeliveryWindow time.Duration `yaml:"delivery_window"`
+	// DeliveryTimeout bounds one callback request.
+	DeliveryTimeout time.Duration `yaml:"delivery_timeout"`
+	// DeliveryPerPlatform is how many callbacks run at once per platform.
+	DeliveryPerPlatform int `yaml:"delivery_per_platform"`
+	// DeliveryCAFile is an extra CA bundle for platforms whose return URLs
+	// use a private CA.
+	DeliveryCAFile string `yaml:"delivery_ca_file"`
+
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json.
@@ -66,23 +77,26 @@ type Config struct {
 // writes them, the gRPC port 7443 and the gateway 8443 on every interface.
 func DefaultConfig() Config {
 	return Config{
-		Name:              "gradebroker",
-		Database:          "gradebroker.db",
-		GRPCAddr:          ":7443",
-		HTTPAddr:          ":8443",
-		CAFile:            "dev/ca.crt",
-		CertFile:          "dev/broker.crt",
-		KeyFile:           "dev/broker.key",
-		TokenKeyFile:      "dev/broker-token.key",
-		MaxAttempts:       3,
-		DefaultTimeout:    300 * time.Second,
-		MaxTimeout:        time.Hour,
-		LeaseGrace:        30 * time.Second,
-		ReconnectGrace:    30 * time.Second,
-		HeartbeatInterval: 10 * time.Second,
-		LogLevel:          "info",
-		LogFormat:         "text",
-		ShutdownTimeout:   10 * time.Second,
+		Name:                "gradebroker",
+		Database:            "gradebroker.db",
+		GRPCAddr:            ":7443",
+		HTTPAddr:            ":8443",
+		CAFile:              "dev/ca.crt",
+		CertFile:            "dev/broker.crt",
+		KeyFile:             "dev/broker.key",
+		TokenKeyFile:        "dev/broker-token.key",
+		MaxAttempts:         3,
+		DefaultTimeout:      300 * time.Second,
+		MaxTimeout:          time.Hour,
+		LeaseGrace:          30 * time.Second,
+		ReconnectGrace:      30 * time.Second,
+		HeartbeatInterval:   10 * time.Second,
+		DeliveryWindow:      24 * time.Hour,
+		DeliveryTimeout:     10 * time.Second,
+		DeliveryPerPlatform: 4,
+		LogLevel:            "info",
+		LogFormat:           "text",
+		ShutdownTimeout:     10 * time.Second,
 	}
 }
 
@@ -126,13 +140,17 @@ func (c Config) Validate() error {
 		field string
 		v     time.Duration
 	}{{"default_timeout", c.DefaultTimeout}, {"max_timeout", c.MaxTimeout}, {"lease_grace", c.LeaseGrace},
-		{"reconnect_grace", c.ReconnectGrace}, {"heartbeat_interval", c.HeartbeatInterval}, {"shutdown_timeout", c.ShutdownTimeout}} {
+		{"reconnect_grace", c.ReconnectGrace}, {"heartbeat_interval", c.HeartbeatInterval}, {"shutdown_timeout", c.ShutdownTimeout},
+		{"delivery_window", c.DeliveryWindow}, {"delivery_timeout", c.DeliveryTimeout}} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %s", d.field, d.v)
 		}
 	}
 	if c.DefaultTimeout > c.MaxTimeout {
 		return fmt.Errorf("default_timeout: %s is above max_timeout %s", c.DefaultTimeout, c.MaxTimeout)
+	}
+	if c.DeliveryPerPlatform < 1 || c.DeliveryPerPlatform > 32 {
+		return fmt.Errorf("delivery_per_platform: %d is not between 1 and 32", c.DeliveryPerPlatform)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -2737,6 +2737,363 @@ func (x *AdminServiceCancelJobResponse) GetJob() *Job {
 	return nil
 }
 
+// Delivery is one result callback to a platform.
+type Delivery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its id: the delivery_id of the callback, the same on every retry.
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The job whose result it carries.
+	JobId int64 `protobuf:"varint,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// The platform it goes to.
+	Platform string `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`
+	// Where it is.
+	State DeliveryState `protobuf:"varint,4,opt,name=state,proto3,enum=gradebroker.v1.DeliveryState" json:"state,omitempty"`
+	// How many times it was sent.
+	Tries uint32 `protobuf:"varint,5,opt,name=tries,proto3" json:"tries,omitempty"`
+	// When it is sent next, while pending.
+	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	// Why the latest try failed.
+	LastError string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// When it was made (when the job became final, or an operator redelivered it).
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When the platform acknowledged it.
+	DeliveredAt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Delivery) Reset() {
+	*x = Delivery{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Delivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Delivery) ProtoMessage() {}
+
+func (x *Delivery) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
+func (*Delivery) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *Delivery) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Delivery) GetJobId() int64 {
+	if x != nil {
+		return x.JobId
+	}
+	return 0
+}
+
+func (x *Delivery) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *Delivery) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *Delivery) GetTries() uint32 {
+	if x != nil {
+		return x.Tries
+	}
+	return 0
+}
+
+func (x *Delivery) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+func (x *Delivery) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Delivery) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Delivery) GetDeliveredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeliveredAt
+	}
+	return nil
+}
+
+// ListDeliveriesRequest filters and pages deliveries.
+type ListDeliveriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only deliveries in this state, if set.
+	State DeliveryState `protobuf:"varint,1,opt,name=state,proto3,enum=gradebroker.v1.DeliveryState" json:"state,omitempty"`
+	// Only this platform's, if set.
+	Platform string `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	// Only this job's, if set.
+	JobId int64 `protobuf:"varint,3,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// At most this many; default 50, at most 1000.
+	Limit uint32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Only deliveries with an id below this, to page; 0 starts at the newest.
+	BeforeId      int64 `protobuf:"varint,5,opt,name=before_id,json=beforeId,proto3" json:"before_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeliveriesRequest) Reset() {
+	*x = ListDeliveriesRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeliveriesRequest) ProtoMessage() {}
+
+func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*ListDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *ListDeliveriesRequest) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *ListDeliveriesRequest) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *ListDeliveriesRequest) GetJobId() int64 {
+	if x != nil {
+		return x.JobId
+	}
+	return 0
+}
+
+func (x *ListDeliveriesRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListDeliveriesRequest) GetBeforeId() int64 {
+	if x != nil {
+		return x.BeforeId
+	}
+	return 0
+}
+
+// ListDeliveriesResponse lists deliveries, newest first.
+type ListDeliveriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deliveries.
+	Deliveries    []*Delivery `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeliveriesResponse) Reset() {
+	*x = ListDeliveriesResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeliveriesResponse) ProtoMessage() {}
+
+func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*ListDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ListDeliveriesResponse) GetDeliveries() []*Delivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+// RedeliverDeliveriesRequest selects deliveries to send again: exactly one
+// of ids, platform and all_dead.
+type RedeliverDeliveriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// These deliveries (dead or pending).
+	Ids []int64 `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	// Every dead delivery of this platform.
+	Platform string `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	// Every dead delivery.
+	AllDead       bool `protobuf:"varint,3,opt,name=all_dead,json=allDead,proto3" json:"all_dead,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverDeliveriesRequest) Reset() {
+	*x = RedeliverDeliveriesRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverDeliveriesRequest) ProtoMessage() {}
+
+func (x *RedeliverDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*RedeliverDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *RedeliverDeliveriesRequest) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *RedeliverDeliveriesRequest) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *RedeliverDeliveriesRequest) GetAllDead() bool {
+	if x != nil {
+		return x.AllDead
+	}
+	return false
+}
+
+// RedeliverDeliveriesResponse tells how many were scheduled.
+type RedeliverDeliveriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many deliveries will be sent again.
+	Redelivered   uint32 `protobuf:"varint,1,opt,name=redelivered,proto3" json:"redelivered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverDeliveriesResponse) Reset() {
+	*x = RedeliverDeliveriesResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverDeliveriesResponse) ProtoMessage() {}
+
+func (x *RedeliverDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*RedeliverDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *RedeliverDeliveriesResponse) GetRedelivered() uint32 {
+	if x != nil {
+		return x.Redelivered
+	}
+	return 0
+}
+
 var File_gradebroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_gradebroker_v1_admin_proto_rawDesc = "" +
@@ -2907,7 +3264,35 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x1cAdminServiceCancelJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"F\n" +
 	"\x1dAdminServiceCancelJobResponse\x12%\n" +
-	"\x03job\x18\x01 \x01(\v2\x13.gradebroker.v1.JobR\x03job2\xe6\x0f\n" +
+	"\x03job\x18\x01 \x01(\v2\x13.gradebroker.v1.JobR\x03job\"\xf5\x02\n" +
+	"\bDelivery\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x15\n" +
+	"\x06job_id\x18\x02 \x01(\x03R\x05jobId\x12\x1a\n" +
+	"\bplatform\x18\x03 \x01(\tR\bplatform\x123\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1d.gradebroker.v1.DeliveryStateR\x05state\x12\x14\n" +
+	"\x05tries\x18\x05 \x01(\rR\x05tries\x12B\n" +
+	"\x0fnext_attempt_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x129\n" +
+	"\n" +
+	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n" +
+	"\fdelivered_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vdeliveredAt\"\xb2\x01\n" +
+	"\x15ListDeliveriesRequest\x123\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1d.gradebroker.v1.DeliveryStateR\x05state\x12\x1a\n" +
+	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x15\n" +
+	"\x06job_id\x18\x03 \x01(\x03R\x05jobId\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\x12\x1b\n" +
+	"\tbefore_id\x18\x05 \x01(\x03R\bbeforeId\"R\n" +
+	"\x16ListDeliveriesResponse\x128\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x18.gradebroker.v1.DeliveryR\n" +
+	"deliveries\"e\n" +
+	"\x1aRedeliverDeliveriesRequest\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x03R\x03ids\x12\x1a\n" +
+	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x19\n" +
+	"\ball_dead\x18\x03 \x01(\bR\aallDead\"?\n" +
+	"\x1bRedeliverDeliveriesResponse\x12 \n" +
+	"\vredelivered\x18\x01 \x01(\rR\vredelivered2\xb7\x11\n" +
 	"\fAdminService\x12V\n" +
 	"\vAddPlatform\x12\".gradebroker.v1.AddPlatformRequest\x1a#.gradebroker.v1.AddPlatformResponse\x12_\n" +
 	"\x0eUpdatePlatform\x12%.gradebroker.v1.UpdatePlatformRequest\x1a&.gradebroker.v1.UpdatePlatformResponse\x12\\\n" +
@@ -2931,7 +3316,9 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x06GetJob\x12).gradebroker.v1.AdminServiceGetJobRequest\x1a*.gradebroker.v1.AdminServiceGetJobResponse\x12S\n" +
 	"\n" +
 	"RequeueJob\x12!.gradebroker.v1.RequeueJobRequest\x1a\".gradebroker.v1.RequeueJobResponse\x12h\n" +
-	"\tCancelJob\x12,.gradebroker.v1.AdminServiceCancelJobRequest\x1a-.gradebroker.v1.AdminServiceCancelJobResponseBEZCgithub.com/gradebroker/gradebroker/gen/gradebroker/v1;gradebrokerv1b\x06proto3"
+	"\tCancelJob\x12,.gradebroker.v1.AdminServiceCancelJobRequest\x1a-.gradebroker.v1.AdminServiceCancelJobResponse\x12_\n" +
+	"\x0eListDeliveries\x12%.gradebroker.v1.ListDeliveriesRequest\x1a&.gradebroker.v1.ListDeliveriesResponse\x12n\n" +
+	"\x13RedeliverDeliveries\x12*.gradebroker.v1.RedeliverDeliveriesRequest\x1a+.gradebroker.v1.RedeliverDeliveriesResponseBEZCgithub.com/gradebroker/gradebroker/gen/gradebroker/v1;gradebrokerv1b\x06proto3"
 
 var (
 	file_gradebroker_v1_admin_proto_rawDescOnce sync.Once
@@ -2945,7 +3332,7 @@ func file_gradebroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_gradebroker_v1_admin_proto_rawDescData
 }
 
-var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_gradebroker_v1_admin_proto_goTypes = []any{
 	(*CertIdentity)(nil),                  // 0: gradebroker.v1.CertIdentity
 	(*Platform)(nil),                      // 1: gradebroker.v1.Platform
@@ -2998,19 +3385,25 @@ var file_gradebroker_v1_admin_proto_goTypes = []any{
 	(*RequeueJobResponse)(nil),            // 48: gradebroker.v1.RequeueJobResponse
 	(*AdminServiceCancelJobRequest)(nil),  // 49: gradebroker.v1.AdminServiceCancelJobRequest
 	(*AdminServiceCancelJobResponse)(nil), // 50: gradebroker.v1.AdminServiceCancelJobResponse
-	(*timestamppb.Timestamp)(nil),         // 51: google.protobuf.Timestamp
-	(JobState)(0),                         // 52: gradebroker.v1.JobState
-	(*Job)(nil),                           // 53: gradebroker.v1.Job
+	(*Delivery)(nil),                      // 51: gradebroker.v1.Delivery
+	(*ListDeliveriesRequest)(nil),         // 52: gradebroker.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil),        // 53: gradebroker.v1.ListDeliveriesResponse
+	(*RedeliverDeliveriesRequest)(nil),    // 54: gradebroker.v1.RedeliverDeliveriesRequest
+	(*RedeliverDeliveriesResponse)(nil),   // 55: gradebroker.v1.RedeliverDeliveriesResponse
+	(*timestamppb.Timestamp)(nil),         // 56: google.protobuf.Timestamp
+	(JobState)(0),                         // 57: gradebroker.v1.JobState
+	(*Job)(nil),                           // 58: gradebroker.v1.Job
+	(DeliveryState)(0),                    // 59: gradebroker.v1.DeliveryState
 }
 var file_gradebroker_v1_admin_proto_depIdxs = []int32{
-	51, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
+	56, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
 	0,  // 1: gradebroker.v1.Platform.certificate:type_name -> gradebroker.v1.CertIdentity
-	51, // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
+	56, // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: gradebroker.v1.Server.certificate:type_name -> gradebroker.v1.CertIdentity
-	51, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
-	51, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
+	56, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
+	56, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
 	0,  // 6: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
-	51, // 7: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
+	56, // 7: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
 	1,  // 8: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
 	6,  // 9: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
 	1,  // 10: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
@@ -3025,60 +3418,70 @@ var file_gradebroker_v1_admin_proto_depIdxs = []int32{
 	4,  // 19: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
 	5,  // 20: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
 	5,  // 21: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
-	52, // 22: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
-	53, // 23: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
-	53, // 24: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
-	53, // 25: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
-	53, // 26: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
-	7,  // 27: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
-	9,  // 28: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
-	11, // 29: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
-	13, // 30: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
-	15, // 31: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
-	17, // 32: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
-	19, // 33: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
-	21, // 34: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
-	23, // 35: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
-	25, // 36: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
-	27, // 37: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
-	29, // 38: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
-	31, // 39: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
-	33, // 40: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
-	35, // 41: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
-	37, // 42: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
-	39, // 43: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
-	41, // 44: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
-	43, // 45: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
-	45, // 46: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
-	47, // 47: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
-	49, // 48: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
-	8,  // 49: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
-	10, // 50: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
-	12, // 51: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
-	14, // 52: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
-	16, // 53: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
-	18, // 54: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
-	20, // 55: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
-	22, // 56: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
-	24, // 57: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
-	26, // 58: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
-	28, // 59: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
-	30, // 60: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
-	32, // 61: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
-	34, // 62: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
-	36, // 63: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
-	38, // 64: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
-	40, // 65: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
-	42, // 66: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
-	44, // 67: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
-	46, // 68: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
-	48, // 69: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
-	50, // 70: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
-	49, // [49:71] is the sub-list for method output_type
-	27, // [27:49] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	57, // 22: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
+	58, // 23: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
+	58, // 24: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
+	58, // 25: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
+	58, // 26: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
+	59, // 27: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
+	56, // 28: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	56, // 29: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
+	56, // 30: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
+	59, // 31: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
+	51, // 32: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
+	7,  // 33: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
+	9,  // 34: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
+	11, // 35: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
+	13, // 36: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
+	15, // 37: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
+	17, // 38: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
+	19, // 39: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
+	21, // 40: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
+	23, // 41: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
+	25, // 42: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
+	27, // 43: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
+	29, // 44: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
+	31, // 45: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
+	33, // 46: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
+	35, // 47: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
+	37, // 48: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
+	39, // 49: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
+	41, // 50: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
+	43, // 51: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
+	45, // 52: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
+	47, // 53: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
+	49, // 54: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
+	52, // 55: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
+	54, // 56: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
+	8,  // 57: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
+	10, // 58: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
+	12, // 59: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
+	14, // 60: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
+	16, // 61: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
+	18, // 62: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
+	20, // 63: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
+	22, // 64: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
+	24, // 65: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
+	26, // 66: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
+	28, // 67: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
+	30, // 68: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
+	32, // 69: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
+	34, // 70: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
+	36, // 71: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
+	38, // 72: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
+	40, // 73: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
+	42, // 74: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
+	44, // 75: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
+	46, // 76: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
+	48, // 77: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
+	50, // 78: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
+	53, // 79: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
+	55, // 80: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
+	57, // [57:81] is the sub-list for method output_type
+	33, // [33:57] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_admin_proto_init() }
@@ -3095,7 +3498,7 @@ func file_gradebroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gradebroker_v1_admin_proto_rawDesc), len(file_gradebroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   51,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

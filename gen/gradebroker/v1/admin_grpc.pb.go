@@ -19,28 +19,30 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_AddPlatform_FullMethodName      = "/gradebroker.v1.AdminService/AddPlatform"
-	AdminService_UpdatePlatform_FullMethodName   = "/gradebroker.v1.AdminService/UpdatePlatform"
-	AdminService_ListPlatforms_FullMethodName    = "/gradebroker.v1.AdminService/ListPlatforms"
-	AdminService_RemovePlatform_FullMethodName   = "/gradebroker.v1.AdminService/RemovePlatform"
-	AdminService_AddServer_FullMethodName        = "/gradebroker.v1.AdminService/AddServer"
-	AdminService_UpdateServer_FullMethodName     = "/gradebroker.v1.AdminService/UpdateServer"
-	AdminService_ListServers_FullMethodName      = "/gradebroker.v1.AdminService/ListServers"
-	AdminService_RemoveServer_FullMethodName     = "/gradebroker.v1.AdminService/RemoveServer"
-	AdminService_AddTag_FullMethodName           = "/gradebroker.v1.AdminService/AddTag"
-	AdminService_ListTags_FullMethodName         = "/gradebroker.v1.AdminService/ListTags"
-	AdminService_RemoveTag_FullMethodName        = "/gradebroker.v1.AdminService/RemoveTag"
-	AdminService_AddServerType_FullMethodName    = "/gradebroker.v1.AdminService/AddServerType"
-	AdminService_UpdateServerType_FullMethodName = "/gradebroker.v1.AdminService/UpdateServerType"
-	AdminService_ListServerTypes_FullMethodName  = "/gradebroker.v1.AdminService/ListServerTypes"
-	AdminService_RemoveServerType_FullMethodName = "/gradebroker.v1.AdminService/RemoveServerType"
-	AdminService_AddOperator_FullMethodName      = "/gradebroker.v1.AdminService/AddOperator"
-	AdminService_ListOperators_FullMethodName    = "/gradebroker.v1.AdminService/ListOperators"
-	AdminService_RemoveOperator_FullMethodName   = "/gradebroker.v1.AdminService/RemoveOperator"
-	AdminService_ListJobs_FullMethodName         = "/gradebroker.v1.AdminService/ListJobs"
-	AdminService_GetJob_FullMethodName           = "/gradebroker.v1.AdminService/GetJob"
-	AdminService_RequeueJob_FullMethodName       = "/gradebroker.v1.AdminService/RequeueJob"
-	AdminService_CancelJob_FullMethodName        = "/gradebroker.v1.AdminService/CancelJob"
+	AdminService_AddPlatform_FullMethodName         = "/gradebroker.v1.AdminService/AddPlatform"
+	AdminService_UpdatePlatform_FullMethodName      = "/gradebroker.v1.AdminService/UpdatePlatform"
+	AdminService_ListPlatforms_FullMethodName       = "/gradebroker.v1.AdminService/ListPlatforms"
+	AdminService_RemovePlatform_FullMethodName      = "/gradebroker.v1.AdminService/RemovePlatform"
+	AdminService_AddServer_FullMethodName           = "/gradebroker.v1.AdminService/AddServer"
+	AdminService_UpdateServer_FullMethodName        = "/gradebroker.v1.AdminService/UpdateServer"
+	AdminService_ListServers_FullMethodName         = "/gradebroker.v1.AdminService/ListServers"
+	AdminService_RemoveServer_FullMethodName        = "/gradebroker.v1.AdminService/RemoveServer"
+	AdminService_AddTag_FullMethodName              = "/gradebroker.v1.AdminService/AddTag"
+	AdminService_ListTags_FullMethodName            = "/gradebroker.v1.AdminService/ListTags"
+	AdminService_RemoveTag_FullMethodName           = "/gradebroker.v1.AdminService/RemoveTag"
+	AdminService_AddServerType_FullMethodName       = "/gradebroker.v1.AdminService/AddServerType"
+	AdminService_UpdateServerType_FullMethodName    = "/gradebroker.v1.AdminService/UpdateServerType"
+	AdminService_ListServerTypes_FullMethodName     = "/gradebroker.v1.AdminService/ListServerTypes"
+	AdminService_RemoveServerType_FullMethodName    = "/gradebroker.v1.AdminService/RemoveServerType"
+	AdminService_AddOperator_FullMethodName         = "/gradebroker.v1.AdminService/AddOperator"
+	AdminService_ListOperators_FullMethodName       = "/gradebroker.v1.AdminService/ListOperators"
+	AdminService_RemoveOperator_FullMethodName      = "/gradebroker.v1.AdminService/RemoveOperator"
+	AdminService_ListJobs_FullMethodName            = "/gradebroker.v1.AdminService/ListJobs"
+	AdminService_GetJob_FullMethodName              = "/gradebroker.v1.AdminService/GetJob"
+	AdminService_RequeueJob_FullMethodName          = "/gradebroker.v1.AdminService/RequeueJob"
+	AdminService_CancelJob_FullMethodName           = "/gradebroker.v1.AdminService/CancelJob"
+	AdminService_ListDeliveries_FullMethodName      = "/gradebroker.v1.AdminService/ListDeliveries"
+	AdminService_RedeliverDeliveries_FullMethodName = "/gradebroker.v1.AdminService/RedeliverDeliveries"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -97,6 +99,12 @@ type AdminServiceClient interface {
 	RequeueJob(ctx context.Context, in *RequeueJobRequest, opts ...grpc.CallOption) (*RequeueJobResponse, error)
 	// CancelJob cancels a job that is not final.
 	CancelJob(ctx context.Context, in *AdminServiceCancelJobRequest, opts ...grpc.CallOption) (*AdminServiceCancelJobResponse, error)
+	// ListDeliveries lists result callbacks, newest first.
+	ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error)
+	// RedeliverDeliveries sends callbacks again: dead ones get a new delivery
+	// (a new delivery_id) with a fresh retry window; pending ones are tried at
+	// once.
+	RedeliverDeliveries(ctx context.Context, in *RedeliverDeliveriesRequest, opts ...grpc.CallOption) (*RedeliverDeliveriesResponse, error)
 }
 
 type adminServiceClient struct {
@@ -327,6 +335,26 @@ func (c *adminServiceClient) CancelJob(ctx context.Context, in *AdminServiceCanc
 	return out, nil
 }
 
+func (c *adminServiceClient) ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeliveriesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListDeliveries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RedeliverDeliveries(ctx context.Context, in *RedeliverDeliveriesRequest, opts ...grpc.CallOption) (*RedeliverDeliveriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedeliverDeliveriesResponse)
+	err := c.cc.Invoke(ctx, AdminService_RedeliverDeliveries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -381,6 +409,12 @@ type AdminServiceServer interface {
 	RequeueJob(context.Context, *RequeueJobRequest) (*RequeueJobResponse, error)
 	// CancelJob cancels a job that is not final.
 	CancelJob(context.Context, *AdminServiceCancelJobRequest) (*AdminServiceCancelJobResponse, error)
+	// ListDeliveries lists result callbacks, newest first.
+	ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error)
+	// RedeliverDeliveries sends callbacks again: dead ones get a new delivery
+	// (a new delivery_id) with a fresh retry window; pending ones are tried at
+	// once.
+	RedeliverDeliveries(context.Context, *RedeliverDeliveriesRequest) (*RedeliverDeliveriesResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -456,6 +490,12 @@ func (UnimplementedAdminServiceServer) RequeueJob(context.Context, *RequeueJobRe
 }
 func (UnimplementedAdminServiceServer) CancelJob(context.Context, *AdminServiceCancelJobRequest) (*AdminServiceCancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedAdminServiceServer) ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeliveries not implemented")
+}
+func (UnimplementedAdminServiceServer) RedeliverDeliveries(context.Context, *RedeliverDeliveriesRequest) (*RedeliverDeliveriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RedeliverDeliveries not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -874,6 +914,42 @@ func _AdminService_CancelJob_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListDeliveries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListDeliveries(ctx, req.(*ListDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RedeliverDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedeliverDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RedeliverDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RedeliverDeliveries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RedeliverDeliveries(ctx, req.(*RedeliverDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -968,6 +1044,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelJob",
 			Handler:    _AdminService_CancelJob_Handler,
+		},
+		{
+			MethodName: "ListDeliveries",
+			Handler:    _AdminService_ListDeliveries_Handler,
+		},
+		{
+			MethodName: "RedeliverDeliveries",
+			Handler:    _AdminService_RedeliverDeliveries_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
