@@ -14,6 +14,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
+	"github.com/gradebroker/gradebroker/broker/platformcli"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -24,6 +25,7 @@ const usage = `gradebroker broker: hands grading jobs from platforms to grading 
 Usage:
   broker serve [flags]      run the broker (broker serve -h for its flags)
   broker admin COMMAND      administer a running broker (broker admin -h)
+  broker platform COMMAND   act as a platform: tokens, jobs, callbacks (broker platform -h)
   broker version            print the version
 
 See README.md for a walk-through.
@@ -58,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "admin":
 		return admincli.Main(ctx, args[1:], stdout, stderr)
+	case "platform":
+		return platformcli.Main(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0
