@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	cryptorand "crypto/rand"
-	"encoding/base64"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -143,7 +142,5 @@ type brokerdConfig = brokerd.Config
 type randReader struct{}
 
 func (randReader) Read(p []byte) (int, error) { return cryptorand.Read(p) }
-
-func base64Decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
 
 func jsonIDString(id int64) string { return strconv.FormatInt(id, 10) }

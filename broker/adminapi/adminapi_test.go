@@ -477,7 +477,7 @@ func TestJobs(t *testing.T) {
 	var ids []int64
 	for _, j := range list.GetJobs() {
 		ids = append(ids, j.GetId())
-		if j.GetJobdata() != nil || j.GetEvents() != nil {
+		if j.GetJobdata() != "" || j.GetEvents() != nil {
 			t.Errorf("ListJobs returned data or events for job %d", j.GetId())
 		}
 	}

@@ -155,12 +155,12 @@ func JobToProto(j broker.Job) *gradebrokerv1.Job {
 		Attempts:       count(j.Attempts),
 		MaxAttempts:    count(j.MaxAttempts),
 		Server:         j.Server,
-		Result:         j.Result,
+		Result:         string(j.Result),
 		Error:          j.Error,
 		Log:            j.Log,
 		DeliveryState:  DeliveryStateToProto(j.Delivery),
 		RestrictPaths:  j.RestrictPaths,
-		Jobdata:        j.JobData,
+		Jobdata:        string(j.JobData),
 	}
 	if j.Timeout > 0 {
 		out.Timeout = durationpb.New(j.Timeout)

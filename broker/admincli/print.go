@@ -186,12 +186,12 @@ func printJob(w io.Writer, j *gradebrokerv1.Job) {
 	}
 	for _, part := range []struct {
 		title string
-		body  []byte
-	}{{"Job data", j.GetJobdata()}, {"Result", j.GetResult()}, {"Log", []byte(j.GetLog())}} {
-		if len(part.body) == 0 {
+		body  string
+	}{{"Job data", j.GetJobdata()}, {"Result", j.GetResult()}, {"Log", j.GetLog()}} {
+		if part.body == "" {
 			continue
 		}
-		fmt.Fprintf(w, "\n%s:\n%s\n", part.title, strings.TrimRight(string(part.body), "\n"))
+		fmt.Fprintf(w, "\n%s:\n%s\n", part.title, strings.TrimRight(part.body, "\n"))
 	}
 }
 

@@ -71,8 +71,8 @@ func (c *Config) setDefaults() {
 		c.MaxWait = 60 * time.Second
 	}
 	if c.Limits.MaxTokenBytes <= 0 {
-		// A batch of jobs at the jobdata limit must fit, with base64 and
-		// the JWE's own overhead.
+		// Room for a batch of a few jobs at the jobdata limit: two layers
+		// of base64 make a token about 1.8 times its payload.
 		c.Limits.MaxTokenBytes = 8 << 20
 	}
 	if c.Limits.MaxPlaintextBytes <= 0 {
@@ -454,7 +454,7 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 	pj := adminapi.JobToProto(job)
 	// The platform sent the data and does not need it back; events are the
 	// broker's own trail.
-	pj.Jobdata, pj.Events = nil, nil
+	pj.Jobdata, pj.Events = "", nil
 	return &gbv1.GetJobResponse{Job: pj}, nil
 }
 
@@ -475,18 +475,19 @@ func (s *Service) CancelJob(ctx context.Context, req *gbv1.CancelJobRequest) (*g
 	if err := s.d.UseToken(ctx, *r.tokenUse(s.cfg.Limits.Skew)); err != nil {
 		return nil, s.tokenError(ctx, err)
 	}
-	msg := "cancelled"
+	cancelled := true
 	if err := s.d.CancelJob(ctx, id, r.actor()); err != nil {
 		if !errors.Is(err, broker.ErrFailedPrecondition) {
 			return nil, rpcstatus.Error(ctx, s.log, err)
 		}
-		msg = "not cancelled: the job is already final"
+		cancelled = false
 	}
 	st, _, err := s.db.JobState(ctx, id)
 	if err != nil {
 		return nil, rpcstatus.Error(ctx, s.log, err)
 	}
-	if msg != "cancelled" {
+	msg := "cancelled"
+	if !cancelled {
 		msg = fmt.Sprintf("not cancelled: the job is already %s", st)
 	}
 	return &gbv1.CancelJobResponse{JobId: id, State: adminapi.JobStateToProto(st), Message: msg}, nil

@@ -359,8 +359,9 @@ type Job struct {
 	MaxAttempts uint32 `protobuf:"varint,13,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// The server of the latest attempt.
 	Server string `protobuf:"bytes,14,opt,name=server,proto3" json:"server,omitempty"`
-	// The final result (JSON), when state is DONE or a FATAL result was stored.
-	Result []byte `protobuf:"bytes,15,opt,name=result,proto3" json:"result,omitempty"`
+	// The final result as JSON text, when state is DONE or a FATAL result was
+	// stored. (A string, not bytes, so that JSON clients read it without base64.)
+	Result string `protobuf:"bytes,15,opt,name=result,proto3" json:"result,omitempty"`
 	// Why it failed or was cancelled.
 	Error string `protobuf:"bytes,16,opt,name=error,proto3" json:"error,omitempty"`
 	// The grader's log from the final attempt.
@@ -373,8 +374,9 @@ type Job struct {
 	Events []*Event `protobuf:"bytes,20,rep,name=events,proto3" json:"events,omitempty"`
 	// Paths the platform restricts the grader to (copied from the platform).
 	RestrictPaths []string `protobuf:"bytes,21,rep,name=restrict_paths,json=restrictPaths,proto3" json:"restrict_paths,omitempty"`
-	// The job's data (filled in by calls that show one job to an operator).
-	Jobdata       []byte `protobuf:"bytes,22,opt,name=jobdata,proto3" json:"jobdata,omitempty"`
+	// The job's data as JSON text (filled in by calls that show one job to an
+	// operator).
+	Jobdata       string `protobuf:"bytes,22,opt,name=jobdata,proto3" json:"jobdata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -507,11 +509,11 @@ func (x *Job) GetServer() string {
 	return ""
 }
 
-func (x *Job) GetResult() []byte {
+func (x *Job) GetResult() string {
 	if x != nil {
 		return x.Result
 	}
-	return nil
+	return ""
 }
 
 func (x *Job) GetError() string {
@@ -556,11 +558,11 @@ func (x *Job) GetRestrictPaths() []string {
 	return nil
 }
 
-func (x *Job) GetJobdata() []byte {
+func (x *Job) GetJobdata() string {
 	if x != nil {
 		return x.Jobdata
 	}
-	return nil
+	return ""
 }
 
 var File_gradebroker_v1_job_proto protoreflect.FileDescriptor
@@ -602,14 +604,14 @@ const file_gradebroker_v1_job_proto_rawDesc = "" +
 	"\battempts\x18\f \x01(\rR\battempts\x12!\n" +
 	"\fmax_attempts\x18\r \x01(\rR\vmaxAttempts\x12\x16\n" +
 	"\x06server\x18\x0e \x01(\tR\x06server\x12\x16\n" +
-	"\x06result\x18\x0f \x01(\fR\x06result\x12\x14\n" +
+	"\x06result\x18\x0f \x01(\tR\x06result\x12\x14\n" +
 	"\x05error\x18\x10 \x01(\tR\x05error\x12\x10\n" +
 	"\x03log\x18\x11 \x01(\tR\x03log\x12D\n" +
 	"\x0edelivery_state\x18\x12 \x01(\x0e2\x1d.gradebroker.v1.DeliveryStateR\rdeliveryState\x121\n" +
 	"\ahistory\x18\x13 \x03(\v2\x17.gradebroker.v1.AttemptR\ahistory\x12-\n" +
 	"\x06events\x18\x14 \x03(\v2\x15.gradebroker.v1.EventR\x06events\x12%\n" +
 	"\x0erestrict_paths\x18\x15 \x03(\tR\rrestrictPaths\x12\x18\n" +
-	"\ajobdata\x18\x16 \x01(\fR\ajobdata*\x96\x01\n" +
+	"\ajobdata\x18\x16 \x01(\tR\ajobdata*\x96\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x16\n" +
