@@ -341,6 +341,7 @@ func TestScriptsDevPKI(t *testing.T) {
 		"clients/demo.crt", "clients/demo.key",
 		"broker-token.key", "broker-token.pub",
 		"demo-token.key", "demo-token.pub",
+		"wakeup.key",
 	}
 	var got []string
 	for path := range snapshot(t, dir) {

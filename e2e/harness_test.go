@@ -65,7 +65,7 @@ func startBroker(t *testing.T, dir string, mod func(*brokerd.Config)) *broker {
 	t.Helper()
 	cfg := brokerd.DefaultConfig()
 	cfg.Database = filepath.Join(t.TempDir(), "gb.db")
-	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.CAFile = filepath.Join(dir, "ca.crt")
 	cfg.CertFile = filepath.Join(dir, "broker.crt")
 	cfg.KeyFile = filepath.Join(dir, "broker.key")

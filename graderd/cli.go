@@ -151,6 +151,9 @@ func newFlagSet(cl *CommandLine) (*flag.FlagSet, *bool) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGTERM, how long to wait for running jobs before cancelling them")
 	fs.DurationVar(&c.ReconnectMin, "reconnect-min", c.ReconnectMin, "first wait before reconnecting to the broker")
 	fs.DurationVar(&c.ReconnectMax, "reconnect-max", c.ReconnectMax, "longest wait between reconnections (also the retry pace when the broker refuses the certificate)")
+	fs.DurationVar(&c.IdleExit, "idle-exit", c.IdleExit, "after this long idle, disconnect: exit 0, or with --wakeup-listen wait for a wakeup; 0 = never")
+	fs.StringVar(&c.WakeupListen, "wakeup-listen", c.WakeupListen, "UDP `host:port` where the broker's wakeups are taken (needs the wakeup secret)")
+	fs.StringVar(&c.WakeupSecretFile, "wakeup-secret-file", c.WakeupSecretFile, "`file` holding this server's wakeup secret in hex (broker wakeup-secret prints it)")
 	fs.IntVar(&c.TestBehavior, "testbehavior", c.TestBehavior, "simulate a faulty server `N` (see below); 0 = normal")
 	noop := fs.Bool("noop", false, "grade every job with the noop executor (answers OK {\"noop\":true}; for benchmarks)")
 	fs.BoolVar(&cl.Test, "t", cl.Test, "test the connection: connect, print who the broker says this server is, and exit (0 = ok, 1 = failed)")
@@ -230,6 +233,18 @@ anything else (TEMPORARY: retried elsewhere).
   4  report every job TEMPORARY
   5  report every job OK with a result that is not JSON
   6  report every job OK with its own jobdata as result
+
+Idle and wakeups: with --idle-exit D, graderd disconnects once it has been
+idle (no running job, no result waiting for the broker's Ack) for D. Without
+--wakeup-listen it then exits 0, so that an autoscaler may stop the machine
+(register an http(s) wakeup URL to start it again). With --wakeup-listen it
+stays running, disconnected, until the broker's UDP wakeup arrives (register
+the server with --wakeup-url udp://HOST:PORT), then reconnects at once. A
+wakeup is signed with this server's secret (wakeup_secret in the file or
+--wakeup-secret-file; 'broker wakeup-secret --key-file KEY --server NAME'
+prints it); forged, stale (clock off by more than 60 s) and replayed ones are
+refused and logged. Without --idle-exit a wakeup only skips the wait before
+the next reconnection.
 
 Signals: SIGINT or SIGTERM drains (no new jobs, running jobs finish within
 --drain-timeout, results are sent) and exits 0; a second one exits at once,

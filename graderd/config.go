@@ -91,6 +91,20 @@ type Config struct {
 	// refuses the certificate is retried this often.
 	ReconnectMax time.Duration `yaml:"reconnect_max"`
 
+	// IdleExit, when positive, ends the connection once graderd has been
+	// idle (no running job, no unacknowledged result) that long while
+	// connected: with WakeupListen it then waits for a wakeup, without it
+	// it exits (see idle.go). 0 never does.
+	IdleExit time.Duration `yaml:"idle_exit"`
+	// WakeupListen is the UDP host:port where graderd takes the broker's
+	// wakeups; empty means none.
+	WakeupListen string `yaml:"wakeup_listen"`
+	// WakeupSecret is this server's wakeup secret in hex, as `broker
+	// wakeup-secret` prints it; WakeupSecretFile names a file holding it
+	// instead.
+	WakeupSecret     string `yaml:"wakeup_secret"`
+	WakeupSecretFile string `yaml:"wakeup_secret_file"`
+
 	// TestBehavior makes graderd a deliberately faulty server, for testing
 	// the broker (0 = normal; see the TestBehavior constants).
 	TestBehavior int `yaml:"testbehavior"`
@@ -220,6 +234,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReconnectMax < c.ReconnectMin {
 		return fmt.Errorf("reconnect_max: must be at least reconnect_min (%v), got %v", c.ReconnectMin, c.ReconnectMax)
+	}
+	if err := c.validateSleep(); err != nil {
+		return err
 	}
 	if c.TestBehavior < 0 || c.TestBehavior > maxTestBehavior {
 		return fmt.Errorf("testbehavior: must be between 0 and %d, got %d", maxTestBehavior, c.TestBehavior)

@@ -86,6 +86,8 @@ type Daemon struct {
 	ran      bool
 
 	jobsWG sync.WaitGroup
+
+	sleep sleepState // idle disconnections and wakeups (idle.go)
 }
 
 // job is one running lease.
@@ -135,6 +137,9 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		changed:        make(chan struct{}),
 	}
 	d.pick = d.buildExecutors()
+	if err := d.initSleep(); err != nil {
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -211,6 +216,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.openSpool(); err != nil {
 		return err
 	}
+	if err := d.listenWakeups(runCtx); err != nil {
+		return err
+	}
 	go d.tls.Watch(runCtx)
 
 	drained := make(chan struct{})
@@ -225,6 +233,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 
 	d.connectLoop(runCtx)
+	// The loop also ends on an idle exit, with ctx still going.
+	stop()
 
 	// Only Abort leaves jobs running here. Their results still reach the
 	// spool, for the next start to send.
@@ -575,9 +585,10 @@ func sortRefs(refs []*gradebrokerv1.LeaseRef) {
 	slices.SortFunc(refs, func(a, b *gradebrokerv1.LeaseRef) int { return cmp.Compare(a.LeaseId, b.LeaseId) })
 }
 
-// capacityLocked is the slot count to announce: 0 while draining.
+// capacityLocked is the slot count to announce: 0 while draining or getting
+// ready to disconnect for idleness.
 func (d *Daemon) capacityLocked() int {
-	if d.draining {
+	if d.draining || d.sleep.idling {
 		return 0
 	}
 	return d.slots

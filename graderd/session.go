@@ -164,9 +164,16 @@ func (d *Daemon) connectLoop(ctx context.Context) {
 	}
 	bo.Reset()
 	for {
-		welcomed, err := d.session(ctx)
+		welcomed, idle, err := d.idleSession(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if idle {
+			if !d.sleepUntilWoken(ctx) {
+				return
+			}
+			bo.Reset()
+			continue
 		}
 		if welcomed {
 			bo.Reset()
@@ -191,6 +198,9 @@ func (d *Daemon) connectLoop(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-d.sleep.wake:
+			t.Stop()
+			d.log.Info("woken by the broker; reconnecting now")
 		}
 	}
 }

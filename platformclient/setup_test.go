@@ -94,7 +94,7 @@ func startBroker(t *testing.T) *env {
 	cfg := brokerd.DefaultConfig()
 	cfg.Name = brokerName
 	cfg.Database = filepath.Join(dir, "broker.db")
-	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.CAFile, cfg.CertFile, cfg.KeyFile = ca.CertFile, bf.CertFile, bf.KeyFile
 	cfg.TokenKeyFile = keyFile
 	cfg.ShutdownTimeout = 5 * time.Second

@@ -20,6 +20,7 @@ esac
 
 GRPC=127.0.0.1:17443
 HTTP=127.0.0.1:18443
+METRICS=127.0.0.1:19090
 CALLBACK=127.0.0.1:19999
 for b in bin/broker bin/graderd bin/samplegrader; do
   [ -x "$b" ] || { echo "demo: $b is missing; run 'make build' first" >&2; exit 1; }
@@ -42,7 +43,7 @@ log "bootstrapping the first operator (admin) in dev/demo.db"
 bin/broker admin bootstrap --db dev/demo.db --name admin --cert dev/clients/admin.crt --ca dev/ca.crt
 
 log "starting the broker (gRPC $GRPC, REST gateway https://$HTTP); log in dev/broker.log"
-bin/broker serve --database dev/demo.db --grpc-addr "$GRPC" --http-addr "$HTTP" \
+bin/broker serve --database dev/demo.db --grpc-addr "$GRPC" --http-addr "$HTTP" --metrics-addr "$METRICS" \
   --ca-file dev/ca.crt --cert-file dev/broker.crt --key-file dev/broker.key \
   --token-key-file dev/broker-token.key >dev/broker.log 2>&1 &
 pids+=($!)

@@ -21,6 +21,7 @@ in one directory next to the CA key):
   DIR/clients/demo.crt, .key                  a platform (role platform)
   DIR/broker-token.key, DIR/broker-token.pub  the broker's token key pair
   DIR/demo-token.key, DIR/demo-token.pub      platform demo's token key pair
+  DIR/wakeup.key                              the broker's wakeup key (32 random bytes)
 
 Re-running keeps everything that exists and makes what is missing. stdout
 repeats the "key: value" lines of each script, each group headed by a
@@ -68,3 +69,13 @@ echo "# broker token key"
 bash "$here/gb-keys.sh" --out "$dir/broker-token"
 echo "# platform demo token key"
 bash "$here/gb-keys.sh" --out "$dir/demo-token"
+echo "# broker wakeup key"
+if [[ ! -e $dir/wakeup.key ]]; then
+	openssl rand -out "$dir/wakeup.key.tmp" 32
+	chmod 600 -- "$dir/wakeup.key.tmp"
+	mv -f -- "$dir/wakeup.key.tmp" "$dir/wakeup.key"
+	printf '%s: wrote %s\n' "$prog" "$dir/wakeup.key" >&2
+else
+	printf '%s: kept existing %s\n' "$prog" "$dir/wakeup.key" >&2
+fi
+echo "wakeup_key: $dir/wakeup.key"

@@ -46,6 +46,8 @@ type Dispatcher interface {
 	// CancelJob cancels job id on behalf of actor. It returns ErrNotFound
 	// for an unknown job and ErrFailedPrecondition for a final one.
 	CancelJob(ctx context.Context, id int64, actor string) error
+	// IncidentDispatcher (ops.go) serves the incident commands.
+	IncidentDispatcher
 }
 
 // Service implements gradebroker.v1.AdminService. Register it on a gRPC
@@ -329,6 +331,7 @@ func (s *Service) serverToProto(srv broker.Server) *gradebrokerv1.Server {
 	p.Connected = connected
 	p.Slots = count(slots)
 	p.Running = count(running)
+	p.Drained = s.d.ServerDrained(srv.Name)
 	return p
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gradebroker/gradebroker/broker/wakeup"
+
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/certs"
@@ -79,15 +81,15 @@ func checkReturnURL(raw string) error {
 	return nil
 }
 
-// checkWakeupURL accepts any http:// or https:// URL: a wakeup carries no
-// data, only a nudge, and grading servers often sit on a private network
-// without certificates of their own.
+// checkWakeupURL accepts the wakeup schemes the broker speaks: http://,
+// https:// and udp://HOST:PORT. A wakeup carries no data, only a signed
+// nudge, and grading servers often sit on a private network without
+// certificates of their own.
 func checkWakeupURL(raw string) error {
-	if raw == "" {
-		return nil
+	if err := wakeup.CheckURL(raw); err != nil {
+		return fmt.Errorf("%w: wakeup_url: %v", broker.ErrInvalid, err)
 	}
-	_, err := parseHTTPURL("wakeup_url", raw)
-	return err
+	return nil
 }
 
 func parseHTTPURL(field, raw string) (*url.URL, error) {

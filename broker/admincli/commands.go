@@ -343,10 +343,10 @@ type: the server takes the jobs whose tags the type covers.`,
 				now := time.Now()
 				return r.emit(resp, func(w io.Writer) {
 					tw := newTable(w)
-					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN")
+					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN")
 					for _, s := range resp.GetServers() {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
-							s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
+							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now))
 					}
 					tw.Flush()
 				})

@@ -97,6 +97,7 @@ func printServer(w io.Writer, s *gradebrokerv1.Server) {
 		"certificate", certSummary(s.GetCertificate()),
 		"fingerprint", s.GetCertificate().GetFingerprintSha256(),
 		"connected", yesNo(s.GetConnected()),
+		"drained", yesNo(s.GetDrained()),
 		"registered", when(s.GetCreatedAt()),
 	)
 }

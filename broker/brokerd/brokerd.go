@@ -27,9 +27,11 @@ import (
 	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/metrics"
 	"github.com/gradebroker/gradebroker/broker/platform"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/broker/wakeup"
 	"github.com/gradebroker/gradebroker/certs"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
@@ -45,12 +47,19 @@ type Broker struct {
 	admin   *adminapi.Service
 	plat    *platform.Service
 	deliv   *delivery.Worker
+	wake    *wakeup.Waker
 	keys    *token.KeyRing
 	grpc    *grpc.Server
 	health  *health.Server
 	http    *http.Server
 	grpcLis net.Listener
 	httpLis net.Listener
+
+	metrics    *metrics.Metrics
+	metricsLis net.Listener
+	metricsSrv *http.Server
+
+	maintSvc maintServices // retention and alerts (maint.go)
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -83,6 +92,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		return nil, err
 	}
 	b.db = db
+	b.metrics = metrics.New(log)
 	b.disp = dispatch.New(db, dispatch.Config{
 		MaxAttempts:       cfg.MaxAttempts,
 		DefaultTimeout:    cfg.DefaultTimeout,
@@ -90,18 +100,38 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		LeaseGrace:        cfg.LeaseGrace,
 		ReconnectGrace:    cfg.ReconnectGrace,
 		HeartbeatInterval: cfg.HeartbeatInterval,
+		OnCommit:          b.metrics.ObserveCommit,
 	}, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
 	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
-		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile}, log)
+		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
+		OnDelivered: b.metrics.ObserveDelivery}, log)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	b.disp.SetFinalHook(b.deliv.Notify)
 	b.admin.SetRedeliverer(b.deliv)
+	wakeKey, err := wakeup.LoadKey(cfg.WakeupKeyFile)
+	if err == nil {
+		b.wake, err = wakeup.New(wakeup.Config{Broker: cfg.Name, Key: wakeKey, OnResult: b.disp.WakeResult,
+			OnSent: b.metrics.Wakeups().WakeupSent}, db, log)
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("wakeup_key_file: %w", err)
+	}
+	b.disp.SetWaker(b.wake, cfg.WakeupInterval)
 	b.plat = platform.New(platform.Config{Broker: cfg.Name, MaxTimeout: cfg.MaxTimeout,
-		RequireCerts: cfg.RequirePlatformCerts}, db, b.disp, b.keys, log)
+		RequireCerts: cfg.RequirePlatformCerts, TokenRefused: b.metrics.TokenRefused}, db, b.disp, b.keys, log)
+	if err := b.watchMetrics(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if err := b.newMaint(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -153,6 +183,15 @@ func (b *Broker) HTTPAddr() string { return b.httpLis.Addr().String() }
 // once the broker accepts connections.
 func (b *Broker) Start(ctx context.Context) error {
 	var err error
+	if err := b.listenMetrics(); err != nil {
+		return err
+	}
+	started := false
+	defer func() {
+		if !started {
+			b.stopMetrics(context.Background())
+		}
+	}()
 	if b.grpcLis, err = net.Listen("tcp", b.cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("grpc_addr: %w", err)
 	}
@@ -174,10 +213,19 @@ func (b *Broker) Start(ctx context.Context) error {
 		b.httpLis.Close()
 		return fmt.Errorf("delivery: %w", err)
 	}
+	if err := b.wake.Start(runCtx); err != nil {
+		cancel()
+		b.deliv.Stop()
+		b.disp.Stop()
+		b.grpcLis.Close()
+		b.httpLis.Close()
+		return fmt.Errorf("wakeup: %w", err)
+	}
 
 	b.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(b.tls.ServerTLSConfig())),
-		grpc.ChainUnaryInterceptor(b.admin.UnaryInterceptor()),
+		grpc.ChainUnaryInterceptor(b.metrics.UnaryInterceptor(), b.admin.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(b.metrics.StreamInterceptor()),
 		// graderd streams live for days; let dead peers be noticed.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -201,7 +249,7 @@ func (b *Broker) Start(ctx context.Context) error {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", b.readyz)
 	b.http = &http.Server{
-		Handler:           mux,
+		Handler:           b.metrics.HTTPHandler(mux, gatewayRoutes...),
 		TLSConfig:         b.tls.ServerTLSConfigOptionalClient(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -237,6 +285,11 @@ func (b *Broker) Start(ctx context.Context) error {
 		case <-runCtx.Done():
 		}
 	}()
+	b.serveMetrics()
+	started = true
+	if err := b.startMaint(runCtx); err != nil {
+		b.fail(fmt.Errorf("maintenance: %w", err))
+	}
 	b.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	b.log.Info("broker started", "name", b.cfg.Name, "grpc_addr", b.GRPCAddr(), "http_addr", b.HTTPAddr(), "database", b.cfg.Database)
 	return nil
@@ -246,6 +299,12 @@ func (b *Broker) readyz(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-b.failed:
 		http.Error(w, "failed: "+b.err.Error(), http.StatusServiceUnavailable)
+		return
+	default:
+	}
+	select {
+	case <-b.disp.Done():
+		http.Error(w, "dispatcher stopped", http.StatusServiceUnavailable)
 		return
 	default:
 	}
@@ -260,6 +319,9 @@ func (b *Broker) fail(err error) {
 	b.errOnce.Do(func() {
 		b.err = err
 		b.log.Error("broker failed", "err", err)
+		if b.health != nil {
+			b.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		}
 		close(b.failed)
 	})
 }
@@ -293,10 +355,13 @@ func (b *Broker) Close() error {
 				b.http.Close()
 			}
 		}
+		b.stopMetrics(ctx)
+		b.stopMaint()
 		// The dispatcher ends the graderd streams, so that GracefulStop
 		// does not wait for them forever.
 		b.disp.Stop()
 		b.deliv.Stop()
+		b.wake.Stop()
 		if b.grpc != nil {
 			done := make(chan struct{})
 			go func() { b.grpc.GracefulStop(); close(done) }()

@@ -37,9 +37,23 @@ type Config struct {
 	// TokenNextKeyFile is an optional second key, accepted and published
 	// ahead of a rotation.
 	TokenNextKeyFile string `yaml:"token_next_key_file"`
+	// WakeupKeyFile holds the broker's wakeup key: 32 random bytes from
+	// which each server's wakeup secret is derived. Without it no server
+	// is woken.
+	WakeupKeyFile string `yaml:"wakeup_key_file"`
+	// WakeupInterval is how often one server is woken at most, and how long
+	// a connected server may be silent before it counts as asleep.
+	WakeupInterval time.Duration `yaml:"wakeup_interval"`
 	// RequirePlatformCerts makes the REST gateway require a client
 	// certificate registered to the platform, as well as the token.
 	RequirePlatformCerts bool `yaml:"require_platform_certs"`
+	// MetricsAddr is the plain-HTTP listener for /metrics, /healthz and
+	// /readyz; "" turns it off. It must be a loopback address unless
+	// MetricsAllowRemote is set.
+	MetricsAddr string `yaml:"metrics_addr"`
+	// MetricsAllowRemote allows MetricsAddr on a non-loopback address:
+	// the metrics are then plaintext and unauthenticated on the network.
+	MetricsAllowRemote bool `yaml:"metrics_allow_remote"`
 
 	// MaxAttempts is how many attempts a job gets before it fails.
 	MaxAttempts int `yaml:"max_attempts"`
@@ -71,6 +85,9 @@ type Config struct {
 	LogFormat string `yaml:"log_format"`
 	// ShutdownTimeout bounds a graceful stop.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+
+	// Maint is retention and alerting (maint.go).
+	Maint MaintConfig `yaml:",inline"`
 }
 
 // DefaultConfig returns the defaults: files under ./dev as `make dev-pki`
@@ -81,6 +98,7 @@ func DefaultConfig() Config {
 		Database:            "gradebroker.db",
 		GRPCAddr:            ":7443",
 		HTTPAddr:            ":8443",
+		MetricsAddr:         "127.0.0.1:9090",
 		CAFile:              "dev/ca.crt",
 		CertFile:            "dev/broker.crt",
 		KeyFile:             "dev/broker.key",
@@ -91,12 +109,14 @@ func DefaultConfig() Config {
 		LeaseGrace:          30 * time.Second,
 		ReconnectGrace:      30 * time.Second,
 		HeartbeatInterval:   10 * time.Second,
+		WakeupInterval:      60 * time.Second,
 		DeliveryWindow:      24 * time.Hour,
 		DeliveryTimeout:     10 * time.Second,
 		DeliveryPerPlatform: 4,
 		LogLevel:            "info",
 		LogFormat:           "text",
 		ShutdownTimeout:     10 * time.Second,
+		Maint:               DefaultMaintConfig(),
 	}
 }
 
@@ -128,6 +148,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s: %q is not host:port: %w", a.field, a.v, err)
 		}
 	}
+	if err := validateMetricsAddr(c.MetricsAddr, c.MetricsAllowRemote); err != nil {
+		return err
+	}
 	for _, f := range []struct{ field, v string }{{"ca_file", c.CAFile}, {"cert_file", c.CertFile}, {"key_file", c.KeyFile}, {"token_key_file", c.TokenKeyFile}} {
 		if f.v == "" {
 			return fmt.Errorf("%s: must name a file (make one with scripts/gb-dev-pki.sh or scripts/gb-ca.sh)", f.field)
@@ -141,7 +164,7 @@ func (c Config) Validate() error {
 		v     time.Duration
 	}{{"default_timeout", c.DefaultTimeout}, {"max_timeout", c.MaxTimeout}, {"lease_grace", c.LeaseGrace},
 		{"reconnect_grace", c.ReconnectGrace}, {"heartbeat_interval", c.HeartbeatInterval}, {"shutdown_timeout", c.ShutdownTimeout},
-		{"delivery_window", c.DeliveryWindow}, {"delivery_timeout", c.DeliveryTimeout}} {
+		{"delivery_window", c.DeliveryWindow}, {"delivery_timeout", c.DeliveryTimeout}, {"wakeup_interval", c.WakeupInterval}} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %s", d.field, d.v)
 		}
@@ -162,5 +185,5 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
 	}
-	return nil
+	return c.Maint.Validate()
 }

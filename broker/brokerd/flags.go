@@ -23,10 +23,12 @@ The config file takes the flag names with '_' for '-', for example:
   database: /var/lib/gradebroker/gradebroker.db
   grpc_addr: ":7443"
   http_addr: ":8443"
+  metrics_addr: 127.0.0.1:9090
   ca_file: /etc/gradebroker/ca.crt
   cert_file: /etc/gradebroker/broker.crt
   key_file: /etc/gradebroker/broker.key
   token_key_file: /etc/gradebroker/broker-token.key
+  wakeup_key_file: /etc/gradebroker/wakeup.key
   max_attempts: 3
   default_timeout: 5m
   log_format: json
@@ -70,7 +72,11 @@ func ParseServeFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.KeyFile, "key-file", cfg.KeyFile, "broker TLS key `file`")
 	fs.StringVar(&cfg.TokenKeyFile, "token-key-file", cfg.TokenKeyFile, "broker RSA token key `file` (platforms encrypt to it)")
 	fs.StringVar(&cfg.TokenNextKeyFile, "token-next-key-file", cfg.TokenNextKeyFile, "optional next RSA token key `file`, for rotation")
+	fs.StringVar(&cfg.WakeupKeyFile, "wakeup-key-file", cfg.WakeupKeyFile, "`file` of the broker's wakeup key (32 random bytes: openssl rand -out FILE 32); without it no server is woken")
+	fs.DurationVar(&cfg.WakeupInterval, "wakeup-interval", cfg.WakeupInterval, "how often one server is woken at most, and how long a connected server may be silent before it counts as asleep")
 	fs.BoolVar(&cfg.RequirePlatformCerts, "require-platform-certs", cfg.RequirePlatformCerts, "require platforms' client certificates on the gateway")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "`host:port` of the plain-HTTP /metrics, /healthz and /readyz listener; loopback only unless --metrics-allow-remote; \"\" turns it off")
+	fs.BoolVar(&cfg.MetricsAllowRemote, "metrics-allow-remote", cfg.MetricsAllowRemote, "allow --metrics-addr on a non-loopback address (plaintext, unauthenticated)")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "attempts a job gets before it fails")
 	fs.DurationVar(&cfg.DefaultTimeout, "default-timeout", cfg.DefaultTimeout, "a job's timeout when the platform names none")
 	fs.DurationVar(&cfg.MaxTimeout, "max-timeout", cfg.MaxTimeout, "the largest timeout a job may ask for")
@@ -84,6 +90,7 @@ func ParseServeFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
+	registerMaintFlags(fs, &cfg.Maint)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

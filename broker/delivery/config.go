@@ -82,6 +82,11 @@ type Config struct {
 	// are not ours to require 1.3 of) and Timeout. Redirects are never
 	// followed: the token must go to the registered return_url only.
 	HTTPClient *http.Client
+	// OnDelivered, if set, is called with the time from a delivery's
+	// creation to its acknowledgement each time a platform acknowledges
+	// one, for a latency histogram. It must be quick and safe for
+	// concurrent use.
+	OnDelivered func(latency time.Duration)
 }
 
 func (c *Config) setDefaults() {

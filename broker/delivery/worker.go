@@ -393,6 +393,9 @@ func (w *Worker) deliver(d *store.Delivery) {
 		}
 		lat := max(now.Sub(d.CreatedAt), 0)
 		w.stats.delivered.Add(1)
+		if f := w.cfg.OnDelivered; f != nil {
+			f(lat)
+		}
 		w.stats.latencySum.Add(int64(lat))
 		for {
 			old := w.stats.latencyMax.Load()

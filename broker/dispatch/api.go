@@ -71,6 +71,7 @@ func (d *Dispatcher) Submit(ctx context.Context, jobs []broker.NewJob, tok *Toke
 			for c := range touched {
 				d.fillClass(c, now)
 			}
+			d.wakeIdle(now)
 		},
 	})
 	if err != nil {
@@ -96,6 +97,7 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		}
 		done := make(chan error, 1)
 		d.stats.Finished++
+		d.mx.finalState(broker.JobCancelled)
 		var deliveryID int64
 		d.w.enqueue(&op{
 			apply: func(tx *store.JobTx) error {
@@ -122,7 +124,10 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 			deliveryID, err = tx.Finish(jobID, store.Final{State: broker.JobCancelled, Error: "cancelled by " + actor, Actor: actor})
 			return err
 		},
-		after: func() { d.finalized(jobID, deliveryID) },
+		after: func() {
+			d.mx.finalState(broker.JobCancelled)
+			d.finalized(jobID, deliveryID)
+		},
 		failed: func(error) {
 			d.mu.Lock()
 			delete(d.cancelled, jobID)
@@ -285,6 +290,7 @@ func (d *Dispatcher) ServerChanged(ctx context.Context, name string) {
 		delete(set, s)
 	}
 	s.name, s.typeID, s.typeName, s.tags, s.maxJobs, s.fp = rec.Name, rec.TypeID, rec.Type, tags, rec.MaxConcurrentJobs, rec.Cert.Fingerprint
+	s.wakeupURL = rec.WakeupURL
 	d.byName[s.name] = s
 	d.log.Info("server registration changed", "server", s.name, "type", s.typeName, "max_jobs", s.maxJobs)
 	d.fill(s, now)

@@ -47,6 +47,10 @@ type Config struct {
 	MaxBatch int
 	// Now replaces time.Now, for tests.
 	Now func() time.Time
+	// OnCommit, if set, is called by the writer after each committed batch
+	// with its number of changes and how long its transaction took, from
+	// begin to commit. It runs on the writer goroutine: it must be quick.
+	OnCommit func(ops int, took time.Duration)
 }
 
 func (c *Config) setDefaults() {
@@ -107,10 +111,13 @@ type server struct {
 	leases         map[int64]*lease // every lease it holds, including zombies
 	disconnectedAt time.Time
 	lastSeen       time.Time
+	wakeupURL      string // empty: it cannot be woken (wakeup.go)
+	// drained: an operator drained it (ops.go); it gets no new jobs.
+	drained bool
 }
 
 func (s *server) capacity() int {
-	if s.sess == nil {
+	if s.sess == nil || s.drained {
 		return 0
 	}
 	return min(s.slots, s.maxJobs)
@@ -176,6 +183,8 @@ type Dispatcher struct {
 	waiters         map[int64][]chan struct{}
 	stats           Stats
 	onFinal         func(jobID, deliveryID int64)
+	wake            wakeState
+	mx              metricCounts
 	closed          bool
 
 	w *writer
@@ -318,6 +327,9 @@ func (d *Dispatcher) load(ctx context.Context) error {
 	for _, s := range servers {
 		d.addServer(s, typeTags[s.TypeID], now)
 	}
+	if err := d.loadDrained(ctx); err != nil {
+		return err
+	}
 	maxLease, err := d.db.MaxLeaseID(ctx)
 	if err != nil {
 		return err
@@ -383,7 +395,7 @@ func (d *Dispatcher) load(ctx context.Context) error {
 func (d *Dispatcher) addServer(s broker.Server, tags []string, now time.Time) *server {
 	srv := &server{id: s.ID, name: s.Name, typeID: s.TypeID, typeName: s.Type, tags: tags,
 		maxJobs: s.MaxConcurrentJobs, fp: s.Cert.Fingerprint, leases: make(map[int64]*lease),
-		lastSeen: s.LastSeen, disconnectedAt: now}
+		lastSeen: s.LastSeen, disconnectedAt: now, wakeupURL: s.WakeupURL}
 	d.servers[s.ID] = srv
 	d.byName[s.Name] = srv
 	return srv
@@ -539,6 +551,7 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 	d.leaseByJob[q.id] = l
 	s.leases[id] = l
 	d.stats.Assigned++
+	d.mx.assigned(q.attempts)
 	sess := s.sess
 	var aj store.AssignedJob
 	var aerr error
@@ -557,7 +570,7 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 			}
 			// The job was not queued in the database after all; forget the
 			// lease. This only happens if something bypassed the dispatcher.
-			d.log.Error("assign refused by the database; dropping lease", "job_id", q.id, "lease_id", id, "err", aerr)
+			d.log.Error("assign refused by the database; dropping lease", "job_id", q.id, "lease_id", id, "server", s.name, "err", aerr)
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			d.dropLease(l)
@@ -607,11 +620,18 @@ func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie boo
 		l.srv.sess.sendCancel(l, end)
 	}
 	var avoid int64
+	var srvName string
 	if l.srv != nil {
-		avoid = l.srv.id
+		avoid, srvName = l.srv.id, l.srv.name
+	}
+	if end != broker.OutcomeTemporary.String() && end != broker.OutcomeTimeout.String() && end != "invalid" {
+		// Results that end an attempt are logged where they arrive.
+		d.log.Warn("attempt ended without a result", "job_id", l.jobID, "lease_id", l.id, "server", srvName,
+			"attempt", l.attempt, "end", end, "reason", reason)
 	}
 	if int(l.q.attempts) >= int(l.q.maxAttempts) {
 		errMsg := fmt.Sprintf("gave up after %d attempt(s); last: %s: %s", l.q.attempts, end, reason)
+		d.log.Warn("job failed: out of attempts", "job_id", l.jobID, "lease_id", l.id, "server", srvName, "attempts", l.q.attempts)
 		d.finish(l.jobID, l.id, store.Final{State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
 		return
 	}
@@ -629,6 +649,7 @@ func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie boo
 // leaseID is set; after runs after commit.
 func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end, reason string, after func()) {
 	d.stats.Finished++
+	d.mx.finalState(f.State)
 	var deliveryID int64
 	d.w.enqueue(&op{
 		apply: func(tx *store.JobTx) error {
@@ -644,7 +665,7 @@ func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end, reason str
 				// Already final: Finish wrote nothing. This means the
 				// in-memory state disagreed with the database; keep the
 				// database's answer rather than stopping the broker.
-				d.log.Error("job was already final; keeping the stored result", "job_id", jobID, "lease_id", leaseID)
+				d.log.Error("job was already final; keeping the stored result", "job_id", jobID, "lease_id", leaseID, "actor", f.Actor)
 				return nil
 			}
 			return err
@@ -694,6 +715,7 @@ func (d *Dispatcher) tick(ctx context.Context) {
 				lastTouch = now
 				d.touchServers()
 			}
+			d.wakeIdle(now)
 		}
 		d.mu.Unlock()
 	}

@@ -369,6 +369,7 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 	log := d.log.With("server", s.name, "job_id", l.jobID, "lease_id", l.id)
 	switch {
 	case outcome == broker.OutcomeOK && len(r.Result) > 0 && valid:
+		d.mx.result(ResultOK)
 		log.Info("job done", "attempt", l.attempt)
 		d.finish(l.jobID, l.id, store.Final{State: broker.JobDone, Outcome: outcome, Result: r.Result,
 			Log: r.Log, Actor: "server:" + s.name}, "ok", "", ack)
@@ -381,7 +382,8 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 		if !valid || len(res) == 0 {
 			res = nil
 		}
-		log.Info("job failed: fatal result", "error", msg)
+		d.mx.result(ResultFatal)
+		log.Info("job failed: fatal result", "attempt", l.attempt, "error", msg)
 		d.finish(l.jobID, l.id, store.Final{State: broker.JobFailed, Outcome: outcome, Result: res, Log: r.Log,
 			Error: msg, Actor: "server:" + s.name}, "fatal", msg, ack)
 	case outcome == broker.OutcomeTemporary || outcome == broker.OutcomeTimeout:
@@ -389,7 +391,12 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 		if reason == "" {
 			reason = "no reason given"
 		}
-		log.Info("attempt ended; requeueing", "outcome", outcome.String(), "reason", reason)
+		if outcome == broker.OutcomeTimeout {
+			d.mx.result(ResultTimeout)
+		} else {
+			d.mx.result(ResultTemporary)
+		}
+		log.Info("attempt ended; requeueing", "attempt", l.attempt, "outcome", outcome.String(), "reason", reason)
 		d.endAttempt(l, outcome.String(), reason, "server:"+s.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	default:
@@ -399,7 +406,8 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 		if !valid {
 			reason = "server sent a result that is not JSON"
 		}
-		log.Warn("invalid result; requeueing", "outcome", int32(r.Outcome))
+		d.mx.result(ResultInvalid)
+		log.Warn("invalid result; requeueing", "attempt", l.attempt, "outcome", int32(r.Outcome), "reason", reason)
 		d.endAttempt(l, "invalid", reason, "server:"+s.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	}

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/gradebroker/gradebroker/broker/store"
 )
@@ -148,6 +149,7 @@ func (w *writer) run(ctx context.Context) {
 // commit applies one batch in one transaction, then runs the ops' after
 // functions. It returns an error only for a storage failure.
 func (w *writer) commit(ctx context.Context, batch []*op) error {
+	start := time.Now()
 	tx, err := w.d.db.BeginJobs(context.WithoutCancel(ctx))
 	if err != nil {
 		return err
@@ -180,6 +182,9 @@ func (w *writer) commit(ctx context.Context, batch []*op) error {
 	w.batches++
 	w.ops += uint64(len(batch))
 	w.mu.Unlock()
+	if f := w.d.cfg.OnCommit; f != nil {
+		f(len(batch), time.Since(start))
+	}
 	for _, o := range batch {
 		if o.err != nil {
 			if o.failed != nil {

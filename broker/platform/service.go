@@ -50,6 +50,9 @@ type Config struct {
 	// RequireCerts makes every request also need the platform's registered
 	// client certificate.
 	RequireCerts bool
+	// TokenRefused, if set, is called with RefusalReason of every token
+	// refused, for metrics; it must be quick.
+	TokenRefused func(reason string)
 	// Now replaces time.Now, for tests.
 	Now func() time.Time
 }
@@ -185,6 +188,9 @@ func (s *Service) open(ctx context.Context, compact, want string) (request, erro
 
 // tokenError maps a token refusal to a status a platform developer can act on.
 func (s *Service) tokenError(ctx context.Context, err error) error {
+	if r := RefusalReason(err); r != "" && s.cfg.TokenRefused != nil {
+		s.cfg.TokenRefused(r)
+	}
 	switch {
 	case errors.Is(err, token.ErrMalformed), errors.Is(err, token.ErrTooLarge), errors.Is(err, token.ErrAlgorithm),
 		errors.Is(err, token.ErrWrongRequest), errors.Is(err, token.ErrMissingJTI), errors.Is(err, token.ErrLifetime):

@@ -125,7 +125,7 @@ func startBroker(t *testing.T) (*brokerd.Broker, files) {
 	bf := ca.Broker(t)
 	cfg := brokerd.DefaultConfig()
 	cfg.Database = filepath.Join(f.dir, "broker.db")
-	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.CAFile, cfg.CertFile, cfg.KeyFile = ca.CertFile, bf.CertFile, bf.KeyFile
 	cfg.TokenKeyFile = writePEM(t, filepath.Join(f.dir, "broker-token.key"), "PRIVATE KEY", pkcs8(t, ks.broker))
 	cfg.ShutdownTimeout = 5 * time.Second

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"path/filepath"
 	"testing"
 	"time"
@@ -52,8 +53,12 @@ func TestOpenIsIdempotentAndSetsPragmas(t *testing.T) {
 		if err := db.w.QueryRow(`SELECT COUNT(*) FROM schema_migrations`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
-		if n != 1 {
-			t.Errorf("schema_migrations has %d rows, want 1", n)
+		embedded, err := fs.Glob(migrationFS, "migrations/*.sql")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != len(embedded) {
+			t.Errorf("schema_migrations has %d rows, want one per embedded migration (%d)", n, len(embedded))
 		}
 		db.Close()
 	}

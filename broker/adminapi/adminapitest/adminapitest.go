@@ -217,6 +217,7 @@ type FakeDispatcher struct {
 	calls  []Call
 	status map[string]Status
 	jobErr error
+	ops    opsState // the incident methods' state, in ops.go
 }
 
 var _ adminapi.Dispatcher = (*FakeDispatcher)(nil)

@@ -26,6 +26,7 @@ Usage:
   broker serve [flags]      run the broker (broker serve -h for its flags)
   broker admin COMMAND      administer a running broker (broker admin -h)
   broker platform COMMAND   act as a platform: tokens, jobs, callbacks (broker platform -h)
+  broker wakeup-secret      print a server's wakeup secret (broker wakeup-secret -h)
   broker version            print the version
 
 See README.md for a walk-through.
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return admincli.Main(ctx, args[1:], stdout, stderr)
 	case "platform":
 		return platformcli.Main(ctx, args[1:], stdout, stderr)
+	case "wakeup-secret":
+		return wakeupSecret(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0

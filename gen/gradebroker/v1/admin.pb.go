@@ -9,6 +9,7 @@ package gradebrokerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -235,7 +236,9 @@ type Server struct {
 	// How many jobs it runs now.
 	Running uint32 `protobuf:"varint,9,opt,name=running,proto3" json:"running,omitempty"`
 	// When it was last heard from.
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// Whether an operator drained it: it gets no new jobs.
+	Drained       bool `protobuf:"varint,11,opt,name=drained,proto3" json:"drained,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +341,13 @@ func (x *Server) GetLastSeen() *timestamppb.Timestamp {
 		return x.LastSeen
 	}
 	return nil
+}
+
+func (x *Server) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
 }
 
 // Tag is a registered tag.
@@ -1431,6 +1441,411 @@ func (x *RemoveServerResponse) GetRequeued() uint32 {
 	return 0
 }
 
+// RequeueServerJobsRequest takes a server's running jobs back.
+type RequeueServerJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which server.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequeueServerJobsRequest) Reset() {
+	*x = RequeueServerJobsRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequeueServerJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequeueServerJobsRequest) ProtoMessage() {}
+
+func (x *RequeueServerJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequeueServerJobsRequest.ProtoReflect.Descriptor instead.
+func (*RequeueServerJobsRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RequeueServerJobsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RequeueServerJobsResponse tells how many jobs went back to the queue.
+type RequeueServerJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many of its running jobs were requeued.
+	Requeued      uint32 `protobuf:"varint,1,opt,name=requeued,proto3" json:"requeued,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequeueServerJobsResponse) Reset() {
+	*x = RequeueServerJobsResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequeueServerJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequeueServerJobsResponse) ProtoMessage() {}
+
+func (x *RequeueServerJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequeueServerJobsResponse.ProtoReflect.Descriptor instead.
+func (*RequeueServerJobsResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RequeueServerJobsResponse) GetRequeued() uint32 {
+	if x != nil {
+		return x.Requeued
+	}
+	return 0
+}
+
+// DrainServerRequest drains or undrains a server.
+type DrainServerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which server.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Give it jobs again instead of draining it.
+	Undrain       bool `protobuf:"varint,2,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainServerRequest) Reset() {
+	*x = DrainServerRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainServerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainServerRequest) ProtoMessage() {}
+
+func (x *DrainServerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainServerRequest.ProtoReflect.Descriptor instead.
+func (*DrainServerRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DrainServerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DrainServerRequest) GetUndrain() bool {
+	if x != nil {
+		return x.Undrain
+	}
+	return false
+}
+
+// DrainServerResponse returns the server.
+type DrainServerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server after the change, with its live state.
+	Server        *Server `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainServerResponse) Reset() {
+	*x = DrainServerResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainServerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainServerResponse) ProtoMessage() {}
+
+func (x *DrainServerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainServerResponse.ProtoReflect.Descriptor instead.
+func (*DrainServerResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *DrainServerResponse) GetServer() *Server {
+	if x != nil {
+		return x.Server
+	}
+	return nil
+}
+
+// GetQueueStatsRequest asks for the queue per server type.
+type GetQueueStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQueueStatsRequest) Reset() {
+	*x = GetQueueStatsRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQueueStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQueueStatsRequest) ProtoMessage() {}
+
+func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+// TypeQueueStats is the queue as one server type sees it. A job that
+// several types may take counts in each of them.
+type TypeQueueStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server type.
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// The tags it covers.
+	Tags []string `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	// Jobs waiting that a server of this type may take.
+	Waiting uint32 `protobuf:"varint,3,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Jobs running on servers of this type.
+	Running uint32 `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	// Servers of this type connected now.
+	Connected uint32 `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Connected servers of this type that an operator drained.
+	Drained uint32 `protobuf:"varint,6,opt,name=drained,proto3" json:"drained,omitempty"`
+	// Free slots on connected, undrained servers of this type.
+	FreeSlots uint32 `protobuf:"varint,7,opt,name=free_slots,json=freeSlots,proto3" json:"free_slots,omitempty"`
+	// How long the job that has waited longest (since it was queued or last
+	// requeued) has waited; unset when none waits.
+	OldestWaiting *durationpb.Duration `protobuf:"bytes,8,opt,name=oldest_waiting,json=oldestWaiting,proto3" json:"oldest_waiting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypeQueueStats) Reset() {
+	*x = TypeQueueStats{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypeQueueStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypeQueueStats) ProtoMessage() {}
+
+func (x *TypeQueueStats) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypeQueueStats.ProtoReflect.Descriptor instead.
+func (*TypeQueueStats) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *TypeQueueStats) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *TypeQueueStats) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *TypeQueueStats) GetWaiting() uint32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *TypeQueueStats) GetRunning() uint32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *TypeQueueStats) GetConnected() uint32 {
+	if x != nil {
+		return x.Connected
+	}
+	return 0
+}
+
+func (x *TypeQueueStats) GetDrained() uint32 {
+	if x != nil {
+		return x.Drained
+	}
+	return 0
+}
+
+func (x *TypeQueueStats) GetFreeSlots() uint32 {
+	if x != nil {
+		return x.FreeSlots
+	}
+	return 0
+}
+
+func (x *TypeQueueStats) GetOldestWaiting() *durationpb.Duration {
+	if x != nil {
+		return x.OldestWaiting
+	}
+	return nil
+}
+
+// GetQueueStatsResponse lists every server type's queue.
+type GetQueueStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per registered server type, by name.
+	Types []*TypeQueueStats `protobuf:"bytes,1,rep,name=types,proto3" json:"types,omitempty"`
+	// Jobs waiting in all (each counted once).
+	Waiting uint32 `protobuf:"varint,2,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Jobs running in all.
+	Running       uint32 `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQueueStatsResponse) Reset() {
+	*x = GetQueueStatsResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQueueStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQueueStatsResponse) ProtoMessage() {}
+
+func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *GetQueueStatsResponse) GetTypes() []*TypeQueueStats {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *GetQueueStatsResponse) GetWaiting() uint32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *GetQueueStatsResponse) GetRunning() uint32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
 // AddTagRequest registers a tag.
 type AddTagRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1444,7 +1859,7 @@ type AddTagRequest struct {
 
 func (x *AddTagRequest) Reset() {
 	*x = AddTagRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[23]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1871,7 @@ func (x *AddTagRequest) String() string {
 func (*AddTagRequest) ProtoMessage() {}
 
 func (x *AddTagRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[23]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1884,7 @@ func (x *AddTagRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddTagRequest.ProtoReflect.Descriptor instead.
 func (*AddTagRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AddTagRequest) GetName() string {
@@ -1497,7 +1912,7 @@ type AddTagResponse struct {
 
 func (x *AddTagResponse) Reset() {
 	*x = AddTagResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[24]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1924,7 @@ func (x *AddTagResponse) String() string {
 func (*AddTagResponse) ProtoMessage() {}
 
 func (x *AddTagResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[24]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1937,7 @@ func (x *AddTagResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddTagResponse.ProtoReflect.Descriptor instead.
 func (*AddTagResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AddTagResponse) GetTag() *Tag {
@@ -1541,7 +1956,7 @@ type ListTagsRequest struct {
 
 func (x *ListTagsRequest) Reset() {
 	*x = ListTagsRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[25]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1968,7 @@ func (x *ListTagsRequest) String() string {
 func (*ListTagsRequest) ProtoMessage() {}
 
 func (x *ListTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[25]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1981,7 @@ func (x *ListTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTagsRequest.ProtoReflect.Descriptor instead.
 func (*ListTagsRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 // ListTagsResponse lists tags.
@@ -1580,7 +1995,7 @@ type ListTagsResponse struct {
 
 func (x *ListTagsResponse) Reset() {
 	*x = ListTagsResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[26]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +2007,7 @@ func (x *ListTagsResponse) String() string {
 func (*ListTagsResponse) ProtoMessage() {}
 
 func (x *ListTagsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[26]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +2020,7 @@ func (x *ListTagsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTagsResponse.ProtoReflect.Descriptor instead.
 func (*ListTagsResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListTagsResponse) GetTags() []*Tag {
@@ -1626,7 +2041,7 @@ type RemoveTagRequest struct {
 
 func (x *RemoveTagRequest) Reset() {
 	*x = RemoveTagRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[27]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +2053,7 @@ func (x *RemoveTagRequest) String() string {
 func (*RemoveTagRequest) ProtoMessage() {}
 
 func (x *RemoveTagRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[27]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +2066,7 @@ func (x *RemoveTagRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTagRequest.ProtoReflect.Descriptor instead.
 func (*RemoveTagRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveTagRequest) GetName() string {
@@ -1670,7 +2085,7 @@ type RemoveTagResponse struct {
 
 func (x *RemoveTagResponse) Reset() {
 	*x = RemoveTagResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[28]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +2097,7 @@ func (x *RemoveTagResponse) String() string {
 func (*RemoveTagResponse) ProtoMessage() {}
 
 func (x *RemoveTagResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[28]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +2110,7 @@ func (x *RemoveTagResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTagResponse.ProtoReflect.Descriptor instead.
 func (*RemoveTagResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 // AddServerTypeRequest registers a server type.
@@ -1711,7 +2126,7 @@ type AddServerTypeRequest struct {
 
 func (x *AddServerTypeRequest) Reset() {
 	*x = AddServerTypeRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[29]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +2138,7 @@ func (x *AddServerTypeRequest) String() string {
 func (*AddServerTypeRequest) ProtoMessage() {}
 
 func (x *AddServerTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[29]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +2151,7 @@ func (x *AddServerTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddServerTypeRequest.ProtoReflect.Descriptor instead.
 func (*AddServerTypeRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AddServerTypeRequest) GetName() string {
@@ -1764,7 +2179,7 @@ type AddServerTypeResponse struct {
 
 func (x *AddServerTypeResponse) Reset() {
 	*x = AddServerTypeResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[30]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +2191,7 @@ func (x *AddServerTypeResponse) String() string {
 func (*AddServerTypeResponse) ProtoMessage() {}
 
 func (x *AddServerTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[30]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +2204,7 @@ func (x *AddServerTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddServerTypeResponse.ProtoReflect.Descriptor instead.
 func (*AddServerTypeResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AddServerTypeResponse) GetServerType() *ServerType {
@@ -1812,7 +2227,7 @@ type UpdateServerTypeRequest struct {
 
 func (x *UpdateServerTypeRequest) Reset() {
 	*x = UpdateServerTypeRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[31]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2239,7 @@ func (x *UpdateServerTypeRequest) String() string {
 func (*UpdateServerTypeRequest) ProtoMessage() {}
 
 func (x *UpdateServerTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[31]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2252,7 @@ func (x *UpdateServerTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServerTypeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateServerTypeRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UpdateServerTypeRequest) GetName() string {
@@ -1865,7 +2280,7 @@ type UpdateServerTypeResponse struct {
 
 func (x *UpdateServerTypeResponse) Reset() {
 	*x = UpdateServerTypeResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[32]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2292,7 @@ func (x *UpdateServerTypeResponse) String() string {
 func (*UpdateServerTypeResponse) ProtoMessage() {}
 
 func (x *UpdateServerTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[32]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2305,7 @@ func (x *UpdateServerTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServerTypeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateServerTypeResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UpdateServerTypeResponse) GetServerType() *ServerType {
@@ -1909,7 +2324,7 @@ type ListServerTypesRequest struct {
 
 func (x *ListServerTypesRequest) Reset() {
 	*x = ListServerTypesRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[33]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2336,7 @@ func (x *ListServerTypesRequest) String() string {
 func (*ListServerTypesRequest) ProtoMessage() {}
 
 func (x *ListServerTypesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[33]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2349,7 @@ func (x *ListServerTypesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServerTypesRequest.ProtoReflect.Descriptor instead.
 func (*ListServerTypesRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 // ListServerTypesResponse lists server types.
@@ -1948,7 +2363,7 @@ type ListServerTypesResponse struct {
 
 func (x *ListServerTypesResponse) Reset() {
 	*x = ListServerTypesResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[34]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2375,7 @@ func (x *ListServerTypesResponse) String() string {
 func (*ListServerTypesResponse) ProtoMessage() {}
 
 func (x *ListServerTypesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[34]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2388,7 @@ func (x *ListServerTypesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServerTypesResponse.ProtoReflect.Descriptor instead.
 func (*ListServerTypesResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListServerTypesResponse) GetServerTypes() []*ServerType {
@@ -1994,7 +2409,7 @@ type RemoveServerTypeRequest struct {
 
 func (x *RemoveServerTypeRequest) Reset() {
 	*x = RemoveServerTypeRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[35]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2421,7 @@ func (x *RemoveServerTypeRequest) String() string {
 func (*RemoveServerTypeRequest) ProtoMessage() {}
 
 func (x *RemoveServerTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[35]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2434,7 @@ func (x *RemoveServerTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerTypeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerTypeRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveServerTypeRequest) GetName() string {
@@ -2038,7 +2453,7 @@ type RemoveServerTypeResponse struct {
 
 func (x *RemoveServerTypeResponse) Reset() {
 	*x = RemoveServerTypeResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[36]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2465,7 @@ func (x *RemoveServerTypeResponse) String() string {
 func (*RemoveServerTypeResponse) ProtoMessage() {}
 
 func (x *RemoveServerTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[36]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2478,7 @@ func (x *RemoveServerTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerTypeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerTypeResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 // AddOperatorRequest registers an operator.
@@ -2079,7 +2494,7 @@ type AddOperatorRequest struct {
 
 func (x *AddOperatorRequest) Reset() {
 	*x = AddOperatorRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[37]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2506,7 @@ func (x *AddOperatorRequest) String() string {
 func (*AddOperatorRequest) ProtoMessage() {}
 
 func (x *AddOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[37]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2519,7 @@ func (x *AddOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddOperatorRequest.ProtoReflect.Descriptor instead.
 func (*AddOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *AddOperatorRequest) GetName() string {
@@ -2132,7 +2547,7 @@ type AddOperatorResponse struct {
 
 func (x *AddOperatorResponse) Reset() {
 	*x = AddOperatorResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[38]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2559,7 @@ func (x *AddOperatorResponse) String() string {
 func (*AddOperatorResponse) ProtoMessage() {}
 
 func (x *AddOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[38]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2572,7 @@ func (x *AddOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddOperatorResponse.ProtoReflect.Descriptor instead.
 func (*AddOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *AddOperatorResponse) GetOperator() *Operator {
@@ -2176,7 +2591,7 @@ type ListOperatorsRequest struct {
 
 func (x *ListOperatorsRequest) Reset() {
 	*x = ListOperatorsRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[39]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2188,7 +2603,7 @@ func (x *ListOperatorsRequest) String() string {
 func (*ListOperatorsRequest) ProtoMessage() {}
 
 func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[39]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2201,7 +2616,7 @@ func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 // ListOperatorsResponse lists operators.
@@ -2215,7 +2630,7 @@ type ListOperatorsResponse struct {
 
 func (x *ListOperatorsResponse) Reset() {
 	*x = ListOperatorsResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[40]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2227,7 +2642,7 @@ func (x *ListOperatorsResponse) String() string {
 func (*ListOperatorsResponse) ProtoMessage() {}
 
 func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[40]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2240,7 +2655,7 @@ func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListOperatorsResponse) GetOperators() []*Operator {
@@ -2261,7 +2676,7 @@ type RemoveOperatorRequest struct {
 
 func (x *RemoveOperatorRequest) Reset() {
 	*x = RemoveOperatorRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[41]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2688,7 @@ func (x *RemoveOperatorRequest) String() string {
 func (*RemoveOperatorRequest) ProtoMessage() {}
 
 func (x *RemoveOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[41]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2701,7 @@ func (x *RemoveOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveOperatorRequest.ProtoReflect.Descriptor instead.
 func (*RemoveOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RemoveOperatorRequest) GetName() string {
@@ -2305,7 +2720,7 @@ type RemoveOperatorResponse struct {
 
 func (x *RemoveOperatorResponse) Reset() {
 	*x = RemoveOperatorResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[42]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2732,7 @@ func (x *RemoveOperatorResponse) String() string {
 func (*RemoveOperatorResponse) ProtoMessage() {}
 
 func (x *RemoveOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[42]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2745,7 @@ func (x *RemoveOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveOperatorResponse.ProtoReflect.Descriptor instead.
 func (*RemoveOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 // ListJobsRequest filters and pages jobs.
@@ -2352,7 +2767,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[43]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2779,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[43]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2792,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListJobsRequest) GetState() JobState {
@@ -2426,7 +2841,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[44]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2438,7 +2853,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[44]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2451,7 +2866,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -2472,7 +2887,7 @@ type AdminServiceGetJobRequest struct {
 
 func (x *AdminServiceGetJobRequest) Reset() {
 	*x = AdminServiceGetJobRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[45]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2899,7 @@ func (x *AdminServiceGetJobRequest) String() string {
 func (*AdminServiceGetJobRequest) ProtoMessage() {}
 
 func (x *AdminServiceGetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[45]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2912,7 @@ func (x *AdminServiceGetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminServiceGetJobRequest.ProtoReflect.Descriptor instead.
 func (*AdminServiceGetJobRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AdminServiceGetJobRequest) GetId() int64 {
@@ -2518,7 +2933,7 @@ type AdminServiceGetJobResponse struct {
 
 func (x *AdminServiceGetJobResponse) Reset() {
 	*x = AdminServiceGetJobResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[46]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2945,7 @@ func (x *AdminServiceGetJobResponse) String() string {
 func (*AdminServiceGetJobResponse) ProtoMessage() {}
 
 func (x *AdminServiceGetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[46]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2958,7 @@ func (x *AdminServiceGetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminServiceGetJobResponse.ProtoReflect.Descriptor instead.
 func (*AdminServiceGetJobResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *AdminServiceGetJobResponse) GetJob() *Job {
@@ -2564,7 +2979,7 @@ type RequeueJobRequest struct {
 
 func (x *RequeueJobRequest) Reset() {
 	*x = RequeueJobRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[47]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2991,7 @@ func (x *RequeueJobRequest) String() string {
 func (*RequeueJobRequest) ProtoMessage() {}
 
 func (x *RequeueJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[47]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +3004,7 @@ func (x *RequeueJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueJobRequest.ProtoReflect.Descriptor instead.
 func (*RequeueJobRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RequeueJobRequest) GetId() int64 {
@@ -2610,7 +3025,7 @@ type RequeueJobResponse struct {
 
 func (x *RequeueJobResponse) Reset() {
 	*x = RequeueJobResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[48]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +3037,7 @@ func (x *RequeueJobResponse) String() string {
 func (*RequeueJobResponse) ProtoMessage() {}
 
 func (x *RequeueJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[48]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +3050,7 @@ func (x *RequeueJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueJobResponse.ProtoReflect.Descriptor instead.
 func (*RequeueJobResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RequeueJobResponse) GetJob() *Job {
@@ -2656,7 +3071,7 @@ type AdminServiceCancelJobRequest struct {
 
 func (x *AdminServiceCancelJobRequest) Reset() {
 	*x = AdminServiceCancelJobRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[49]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +3083,7 @@ func (x *AdminServiceCancelJobRequest) String() string {
 func (*AdminServiceCancelJobRequest) ProtoMessage() {}
 
 func (x *AdminServiceCancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[49]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +3096,7 @@ func (x *AdminServiceCancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminServiceCancelJobRequest.ProtoReflect.Descriptor instead.
 func (*AdminServiceCancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *AdminServiceCancelJobRequest) GetId() int64 {
@@ -2702,7 +3117,7 @@ type AdminServiceCancelJobResponse struct {
 
 func (x *AdminServiceCancelJobResponse) Reset() {
 	*x = AdminServiceCancelJobResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[50]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +3129,7 @@ func (x *AdminServiceCancelJobResponse) String() string {
 func (*AdminServiceCancelJobResponse) ProtoMessage() {}
 
 func (x *AdminServiceCancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[50]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +3142,7 @@ func (x *AdminServiceCancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminServiceCancelJobResponse.ProtoReflect.Descriptor instead.
 func (*AdminServiceCancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *AdminServiceCancelJobResponse) GetJob() *Job {
@@ -2764,7 +3179,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[51]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +3191,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[51]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +3204,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Delivery) GetId() int64 {
@@ -2874,7 +3289,7 @@ type ListDeliveriesRequest struct {
 
 func (x *ListDeliveriesRequest) Reset() {
 	*x = ListDeliveriesRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[52]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3301,7 @@ func (x *ListDeliveriesRequest) String() string {
 func (*ListDeliveriesRequest) ProtoMessage() {}
 
 func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[52]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3314,7 @@ func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*ListDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListDeliveriesRequest) GetState() DeliveryState {
@@ -2948,7 +3363,7 @@ type ListDeliveriesResponse struct {
 
 func (x *ListDeliveriesResponse) Reset() {
 	*x = ListDeliveriesResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[53]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2960,7 +3375,7 @@ func (x *ListDeliveriesResponse) String() string {
 func (*ListDeliveriesResponse) ProtoMessage() {}
 
 func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[53]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2973,7 +3388,7 @@ func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*ListDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{53}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListDeliveriesResponse) GetDeliveries() []*Delivery {
@@ -2999,7 +3414,7 @@ type RedeliverDeliveriesRequest struct {
 
 func (x *RedeliverDeliveriesRequest) Reset() {
 	*x = RedeliverDeliveriesRequest{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[54]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3011,7 +3426,7 @@ func (x *RedeliverDeliveriesRequest) String() string {
 func (*RedeliverDeliveriesRequest) ProtoMessage() {}
 
 func (x *RedeliverDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[54]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3024,7 +3439,7 @@ func (x *RedeliverDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*RedeliverDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{54}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RedeliverDeliveriesRequest) GetIds() []int64 {
@@ -3059,7 +3474,7 @@ type RedeliverDeliveriesResponse struct {
 
 func (x *RedeliverDeliveriesResponse) Reset() {
 	*x = RedeliverDeliveriesResponse{}
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[55]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3071,7 +3486,7 @@ func (x *RedeliverDeliveriesResponse) String() string {
 func (*RedeliverDeliveriesResponse) ProtoMessage() {}
 
 func (x *RedeliverDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_admin_proto_msgTypes[55]
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3084,7 +3499,7 @@ func (x *RedeliverDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*RedeliverDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{55}
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RedeliverDeliveriesResponse) GetRedelivered() uint32 {
@@ -3098,7 +3513,7 @@ var File_gradebroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1agradebroker/v1/admin.proto\x12\x0egradebroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18gradebroker/v1/job.proto\"\xd4\x01\n" +
+	"\x1agradebroker/v1/admin.proto\x12\x0egradebroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18gradebroker/v1/job.proto\"\xd4\x01\n" +
 	"\fCertIdentity\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12-\n" +
@@ -3115,7 +3530,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12>\n" +
 	"\vcertificate\x18\x06 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x81\x03\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x9b\x03\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x12\x12\n" +
@@ -3129,7 +3544,8 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x05slots\x18\b \x01(\rR\x05slots\x12\x18\n" +
 	"\arunning\x18\t \x01(\rR\arunning\x127\n" +
 	"\tlast_seen\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\";\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x18\n" +
+	"\adrained\x18\v \x01(\bR\adrained\";\n" +
 	"\x03Tag\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"4\n" +
@@ -3204,7 +3620,31 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x13RemoveServerRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"2\n" +
 	"\x14RemoveServerResponse\x12\x1a\n" +
-	"\brequeued\x18\x01 \x01(\rR\brequeued\"E\n" +
+	"\brequeued\x18\x01 \x01(\rR\brequeued\".\n" +
+	"\x18RequeueServerJobsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"7\n" +
+	"\x19RequeueServerJobsResponse\x12\x1a\n" +
+	"\brequeued\x18\x01 \x01(\rR\brequeued\"B\n" +
+	"\x12DrainServerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aundrain\x18\x02 \x01(\bR\aundrain\"E\n" +
+	"\x13DrainServerResponse\x12.\n" +
+	"\x06server\x18\x01 \x01(\v2\x16.gradebroker.v1.ServerR\x06server\"\x16\n" +
+	"\x14GetQueueStatsRequest\"\x85\x02\n" +
+	"\x0eTypeQueueStats\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
+	"\x04tags\x18\x02 \x03(\tR\x04tags\x12\x18\n" +
+	"\awaiting\x18\x03 \x01(\rR\awaiting\x12\x18\n" +
+	"\arunning\x18\x04 \x01(\rR\arunning\x12\x1c\n" +
+	"\tconnected\x18\x05 \x01(\rR\tconnected\x12\x18\n" +
+	"\adrained\x18\x06 \x01(\rR\adrained\x12\x1d\n" +
+	"\n" +
+	"free_slots\x18\a \x01(\rR\tfreeSlots\x12@\n" +
+	"\x0eoldest_waiting\x18\b \x01(\v2\x19.google.protobuf.DurationR\roldestWaiting\"\x81\x01\n" +
+	"\x15GetQueueStatsResponse\x124\n" +
+	"\x05types\x18\x01 \x03(\v2\x1e.gradebroker.v1.TypeQueueStatsR\x05types\x12\x18\n" +
+	"\awaiting\x18\x02 \x01(\rR\awaiting\x12\x18\n" +
+	"\arunning\x18\x03 \x01(\rR\arunning\"E\n" +
 	"\rAddTagRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"7\n" +
@@ -3292,7 +3732,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x19\n" +
 	"\ball_dead\x18\x03 \x01(\bR\aallDead\"?\n" +
 	"\x1bRedeliverDeliveriesResponse\x12 \n" +
-	"\vredelivered\x18\x01 \x01(\rR\vredelivered2\xb7\x11\n" +
+	"\vredelivered\x18\x01 \x01(\rR\vredelivered2\xd7\x13\n" +
 	"\fAdminService\x12V\n" +
 	"\vAddPlatform\x12\".gradebroker.v1.AddPlatformRequest\x1a#.gradebroker.v1.AddPlatformResponse\x12_\n" +
 	"\x0eUpdatePlatform\x12%.gradebroker.v1.UpdatePlatformRequest\x1a&.gradebroker.v1.UpdatePlatformResponse\x12\\\n" +
@@ -3301,7 +3741,10 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\tAddServer\x12 .gradebroker.v1.AddServerRequest\x1a!.gradebroker.v1.AddServerResponse\x12Y\n" +
 	"\fUpdateServer\x12#.gradebroker.v1.UpdateServerRequest\x1a$.gradebroker.v1.UpdateServerResponse\x12V\n" +
 	"\vListServers\x12\".gradebroker.v1.ListServersRequest\x1a#.gradebroker.v1.ListServersResponse\x12Y\n" +
-	"\fRemoveServer\x12#.gradebroker.v1.RemoveServerRequest\x1a$.gradebroker.v1.RemoveServerResponse\x12G\n" +
+	"\fRemoveServer\x12#.gradebroker.v1.RemoveServerRequest\x1a$.gradebroker.v1.RemoveServerResponse\x12h\n" +
+	"\x11RequeueServerJobs\x12(.gradebroker.v1.RequeueServerJobsRequest\x1a).gradebroker.v1.RequeueServerJobsResponse\x12V\n" +
+	"\vDrainServer\x12\".gradebroker.v1.DrainServerRequest\x1a#.gradebroker.v1.DrainServerResponse\x12\\\n" +
+	"\rGetQueueStats\x12$.gradebroker.v1.GetQueueStatsRequest\x1a%.gradebroker.v1.GetQueueStatsResponse\x12G\n" +
 	"\x06AddTag\x12\x1d.gradebroker.v1.AddTagRequest\x1a\x1e.gradebroker.v1.AddTagResponse\x12M\n" +
 	"\bListTags\x12\x1f.gradebroker.v1.ListTagsRequest\x1a .gradebroker.v1.ListTagsResponse\x12P\n" +
 	"\tRemoveTag\x12 .gradebroker.v1.RemoveTagRequest\x1a!.gradebroker.v1.RemoveTagResponse\x12\\\n" +
@@ -3332,7 +3775,7 @@ func file_gradebroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_gradebroker_v1_admin_proto_rawDescData
 }
 
-var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_gradebroker_v1_admin_proto_goTypes = []any{
 	(*CertIdentity)(nil),                  // 0: gradebroker.v1.CertIdentity
 	(*Platform)(nil),                      // 1: gradebroker.v1.Platform
@@ -3357,53 +3800,61 @@ var file_gradebroker_v1_admin_proto_goTypes = []any{
 	(*ListServersResponse)(nil),           // 20: gradebroker.v1.ListServersResponse
 	(*RemoveServerRequest)(nil),           // 21: gradebroker.v1.RemoveServerRequest
 	(*RemoveServerResponse)(nil),          // 22: gradebroker.v1.RemoveServerResponse
-	(*AddTagRequest)(nil),                 // 23: gradebroker.v1.AddTagRequest
-	(*AddTagResponse)(nil),                // 24: gradebroker.v1.AddTagResponse
-	(*ListTagsRequest)(nil),               // 25: gradebroker.v1.ListTagsRequest
-	(*ListTagsResponse)(nil),              // 26: gradebroker.v1.ListTagsResponse
-	(*RemoveTagRequest)(nil),              // 27: gradebroker.v1.RemoveTagRequest
-	(*RemoveTagResponse)(nil),             // 28: gradebroker.v1.RemoveTagResponse
-	(*AddServerTypeRequest)(nil),          // 29: gradebroker.v1.AddServerTypeRequest
-	(*AddServerTypeResponse)(nil),         // 30: gradebroker.v1.AddServerTypeResponse
-	(*UpdateServerTypeRequest)(nil),       // 31: gradebroker.v1.UpdateServerTypeRequest
-	(*UpdateServerTypeResponse)(nil),      // 32: gradebroker.v1.UpdateServerTypeResponse
-	(*ListServerTypesRequest)(nil),        // 33: gradebroker.v1.ListServerTypesRequest
-	(*ListServerTypesResponse)(nil),       // 34: gradebroker.v1.ListServerTypesResponse
-	(*RemoveServerTypeRequest)(nil),       // 35: gradebroker.v1.RemoveServerTypeRequest
-	(*RemoveServerTypeResponse)(nil),      // 36: gradebroker.v1.RemoveServerTypeResponse
-	(*AddOperatorRequest)(nil),            // 37: gradebroker.v1.AddOperatorRequest
-	(*AddOperatorResponse)(nil),           // 38: gradebroker.v1.AddOperatorResponse
-	(*ListOperatorsRequest)(nil),          // 39: gradebroker.v1.ListOperatorsRequest
-	(*ListOperatorsResponse)(nil),         // 40: gradebroker.v1.ListOperatorsResponse
-	(*RemoveOperatorRequest)(nil),         // 41: gradebroker.v1.RemoveOperatorRequest
-	(*RemoveOperatorResponse)(nil),        // 42: gradebroker.v1.RemoveOperatorResponse
-	(*ListJobsRequest)(nil),               // 43: gradebroker.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),              // 44: gradebroker.v1.ListJobsResponse
-	(*AdminServiceGetJobRequest)(nil),     // 45: gradebroker.v1.AdminServiceGetJobRequest
-	(*AdminServiceGetJobResponse)(nil),    // 46: gradebroker.v1.AdminServiceGetJobResponse
-	(*RequeueJobRequest)(nil),             // 47: gradebroker.v1.RequeueJobRequest
-	(*RequeueJobResponse)(nil),            // 48: gradebroker.v1.RequeueJobResponse
-	(*AdminServiceCancelJobRequest)(nil),  // 49: gradebroker.v1.AdminServiceCancelJobRequest
-	(*AdminServiceCancelJobResponse)(nil), // 50: gradebroker.v1.AdminServiceCancelJobResponse
-	(*Delivery)(nil),                      // 51: gradebroker.v1.Delivery
-	(*ListDeliveriesRequest)(nil),         // 52: gradebroker.v1.ListDeliveriesRequest
-	(*ListDeliveriesResponse)(nil),        // 53: gradebroker.v1.ListDeliveriesResponse
-	(*RedeliverDeliveriesRequest)(nil),    // 54: gradebroker.v1.RedeliverDeliveriesRequest
-	(*RedeliverDeliveriesResponse)(nil),   // 55: gradebroker.v1.RedeliverDeliveriesResponse
-	(*timestamppb.Timestamp)(nil),         // 56: google.protobuf.Timestamp
-	(JobState)(0),                         // 57: gradebroker.v1.JobState
-	(*Job)(nil),                           // 58: gradebroker.v1.Job
-	(DeliveryState)(0),                    // 59: gradebroker.v1.DeliveryState
+	(*RequeueServerJobsRequest)(nil),      // 23: gradebroker.v1.RequeueServerJobsRequest
+	(*RequeueServerJobsResponse)(nil),     // 24: gradebroker.v1.RequeueServerJobsResponse
+	(*DrainServerRequest)(nil),            // 25: gradebroker.v1.DrainServerRequest
+	(*DrainServerResponse)(nil),           // 26: gradebroker.v1.DrainServerResponse
+	(*GetQueueStatsRequest)(nil),          // 27: gradebroker.v1.GetQueueStatsRequest
+	(*TypeQueueStats)(nil),                // 28: gradebroker.v1.TypeQueueStats
+	(*GetQueueStatsResponse)(nil),         // 29: gradebroker.v1.GetQueueStatsResponse
+	(*AddTagRequest)(nil),                 // 30: gradebroker.v1.AddTagRequest
+	(*AddTagResponse)(nil),                // 31: gradebroker.v1.AddTagResponse
+	(*ListTagsRequest)(nil),               // 32: gradebroker.v1.ListTagsRequest
+	(*ListTagsResponse)(nil),              // 33: gradebroker.v1.ListTagsResponse
+	(*RemoveTagRequest)(nil),              // 34: gradebroker.v1.RemoveTagRequest
+	(*RemoveTagResponse)(nil),             // 35: gradebroker.v1.RemoveTagResponse
+	(*AddServerTypeRequest)(nil),          // 36: gradebroker.v1.AddServerTypeRequest
+	(*AddServerTypeResponse)(nil),         // 37: gradebroker.v1.AddServerTypeResponse
+	(*UpdateServerTypeRequest)(nil),       // 38: gradebroker.v1.UpdateServerTypeRequest
+	(*UpdateServerTypeResponse)(nil),      // 39: gradebroker.v1.UpdateServerTypeResponse
+	(*ListServerTypesRequest)(nil),        // 40: gradebroker.v1.ListServerTypesRequest
+	(*ListServerTypesResponse)(nil),       // 41: gradebroker.v1.ListServerTypesResponse
+	(*RemoveServerTypeRequest)(nil),       // 42: gradebroker.v1.RemoveServerTypeRequest
+	(*RemoveServerTypeResponse)(nil),      // 43: gradebroker.v1.RemoveServerTypeResponse
+	(*AddOperatorRequest)(nil),            // 44: gradebroker.v1.AddOperatorRequest
+	(*AddOperatorResponse)(nil),           // 45: gradebroker.v1.AddOperatorResponse
+	(*ListOperatorsRequest)(nil),          // 46: gradebroker.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),         // 47: gradebroker.v1.ListOperatorsResponse
+	(*RemoveOperatorRequest)(nil),         // 48: gradebroker.v1.RemoveOperatorRequest
+	(*RemoveOperatorResponse)(nil),        // 49: gradebroker.v1.RemoveOperatorResponse
+	(*ListJobsRequest)(nil),               // 50: gradebroker.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),              // 51: gradebroker.v1.ListJobsResponse
+	(*AdminServiceGetJobRequest)(nil),     // 52: gradebroker.v1.AdminServiceGetJobRequest
+	(*AdminServiceGetJobResponse)(nil),    // 53: gradebroker.v1.AdminServiceGetJobResponse
+	(*RequeueJobRequest)(nil),             // 54: gradebroker.v1.RequeueJobRequest
+	(*RequeueJobResponse)(nil),            // 55: gradebroker.v1.RequeueJobResponse
+	(*AdminServiceCancelJobRequest)(nil),  // 56: gradebroker.v1.AdminServiceCancelJobRequest
+	(*AdminServiceCancelJobResponse)(nil), // 57: gradebroker.v1.AdminServiceCancelJobResponse
+	(*Delivery)(nil),                      // 58: gradebroker.v1.Delivery
+	(*ListDeliveriesRequest)(nil),         // 59: gradebroker.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil),        // 60: gradebroker.v1.ListDeliveriesResponse
+	(*RedeliverDeliveriesRequest)(nil),    // 61: gradebroker.v1.RedeliverDeliveriesRequest
+	(*RedeliverDeliveriesResponse)(nil),   // 62: gradebroker.v1.RedeliverDeliveriesResponse
+	(*timestamppb.Timestamp)(nil),         // 63: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 64: google.protobuf.Duration
+	(JobState)(0),                         // 65: gradebroker.v1.JobState
+	(*Job)(nil),                           // 66: gradebroker.v1.Job
+	(DeliveryState)(0),                    // 67: gradebroker.v1.DeliveryState
 }
 var file_gradebroker_v1_admin_proto_depIdxs = []int32{
-	56, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
+	63, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
 	0,  // 1: gradebroker.v1.Platform.certificate:type_name -> gradebroker.v1.CertIdentity
-	56, // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
+	63, // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: gradebroker.v1.Server.certificate:type_name -> gradebroker.v1.CertIdentity
-	56, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
-	56, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
+	63, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
+	63, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
 	0,  // 6: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
-	56, // 7: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
+	63, // 7: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
 	1,  // 8: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
 	6,  // 9: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
 	1,  // 10: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
@@ -3411,77 +3862,86 @@ var file_gradebroker_v1_admin_proto_depIdxs = []int32{
 	2,  // 12: gradebroker.v1.AddServerResponse.server:type_name -> gradebroker.v1.Server
 	2,  // 13: gradebroker.v1.UpdateServerResponse.server:type_name -> gradebroker.v1.Server
 	2,  // 14: gradebroker.v1.ListServersResponse.servers:type_name -> gradebroker.v1.Server
-	3,  // 15: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
-	3,  // 16: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
-	4,  // 17: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	4,  // 18: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	4,  // 19: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
-	5,  // 20: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
-	5,  // 21: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
-	57, // 22: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
-	58, // 23: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
-	58, // 24: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
-	58, // 25: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
-	58, // 26: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
-	59, // 27: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
-	56, // 28: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	56, // 29: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
-	56, // 30: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
-	59, // 31: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
-	51, // 32: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
-	7,  // 33: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
-	9,  // 34: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
-	11, // 35: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
-	13, // 36: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
-	15, // 37: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
-	17, // 38: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
-	19, // 39: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
-	21, // 40: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
-	23, // 41: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
-	25, // 42: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
-	27, // 43: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
-	29, // 44: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
-	31, // 45: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
-	33, // 46: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
-	35, // 47: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
-	37, // 48: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
-	39, // 49: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
-	41, // 50: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
-	43, // 51: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
-	45, // 52: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
-	47, // 53: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
-	49, // 54: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
-	52, // 55: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
-	54, // 56: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
-	8,  // 57: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
-	10, // 58: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
-	12, // 59: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
-	14, // 60: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
-	16, // 61: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
-	18, // 62: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
-	20, // 63: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
-	22, // 64: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
-	24, // 65: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
-	26, // 66: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
-	28, // 67: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
-	30, // 68: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
-	32, // 69: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
-	34, // 70: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
-	36, // 71: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
-	38, // 72: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
-	40, // 73: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
-	42, // 74: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
-	44, // 75: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
-	46, // 76: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
-	48, // 77: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
-	50, // 78: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
-	53, // 79: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
-	55, // 80: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
-	57, // [57:81] is the sub-list for method output_type
-	33, // [33:57] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	2,  // 15: gradebroker.v1.DrainServerResponse.server:type_name -> gradebroker.v1.Server
+	64, // 16: gradebroker.v1.TypeQueueStats.oldest_waiting:type_name -> google.protobuf.Duration
+	28, // 17: gradebroker.v1.GetQueueStatsResponse.types:type_name -> gradebroker.v1.TypeQueueStats
+	3,  // 18: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
+	3,  // 19: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
+	4,  // 20: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	4,  // 21: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	4,  // 22: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
+	5,  // 23: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
+	5,  // 24: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
+	65, // 25: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
+	66, // 26: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
+	66, // 27: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
+	66, // 28: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
+	66, // 29: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
+	67, // 30: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
+	63, // 31: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	63, // 32: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
+	63, // 33: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
+	67, // 34: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
+	58, // 35: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
+	7,  // 36: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
+	9,  // 37: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
+	11, // 38: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
+	13, // 39: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
+	15, // 40: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
+	17, // 41: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
+	19, // 42: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
+	21, // 43: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
+	23, // 44: gradebroker.v1.AdminService.RequeueServerJobs:input_type -> gradebroker.v1.RequeueServerJobsRequest
+	25, // 45: gradebroker.v1.AdminService.DrainServer:input_type -> gradebroker.v1.DrainServerRequest
+	27, // 46: gradebroker.v1.AdminService.GetQueueStats:input_type -> gradebroker.v1.GetQueueStatsRequest
+	30, // 47: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
+	32, // 48: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
+	34, // 49: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
+	36, // 50: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
+	38, // 51: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
+	40, // 52: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
+	42, // 53: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
+	44, // 54: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
+	46, // 55: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
+	48, // 56: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
+	50, // 57: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
+	52, // 58: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
+	54, // 59: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
+	56, // 60: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
+	59, // 61: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
+	61, // 62: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
+	8,  // 63: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
+	10, // 64: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
+	12, // 65: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
+	14, // 66: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
+	16, // 67: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
+	18, // 68: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
+	20, // 69: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
+	22, // 70: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
+	24, // 71: gradebroker.v1.AdminService.RequeueServerJobs:output_type -> gradebroker.v1.RequeueServerJobsResponse
+	26, // 72: gradebroker.v1.AdminService.DrainServer:output_type -> gradebroker.v1.DrainServerResponse
+	29, // 73: gradebroker.v1.AdminService.GetQueueStats:output_type -> gradebroker.v1.GetQueueStatsResponse
+	31, // 74: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
+	33, // 75: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
+	35, // 76: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
+	37, // 77: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
+	39, // 78: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
+	41, // 79: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
+	43, // 80: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
+	45, // 81: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
+	47, // 82: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
+	49, // 83: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
+	51, // 84: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
+	53, // 85: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
+	55, // 86: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
+	57, // 87: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
+	60, // 88: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
+	62, // 89: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
+	63, // [63:90] is the sub-list for method output_type
+	36, // [36:63] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_admin_proto_init() }
@@ -3498,7 +3958,7 @@ func file_gradebroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gradebroker_v1_admin_proto_rawDesc), len(file_gradebroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,9 @@ const (
 	AdminService_UpdateServer_FullMethodName        = "/gradebroker.v1.AdminService/UpdateServer"
 	AdminService_ListServers_FullMethodName         = "/gradebroker.v1.AdminService/ListServers"
 	AdminService_RemoveServer_FullMethodName        = "/gradebroker.v1.AdminService/RemoveServer"
+	AdminService_RequeueServerJobs_FullMethodName   = "/gradebroker.v1.AdminService/RequeueServerJobs"
+	AdminService_DrainServer_FullMethodName         = "/gradebroker.v1.AdminService/DrainServer"
+	AdminService_GetQueueStats_FullMethodName       = "/gradebroker.v1.AdminService/GetQueueStats"
 	AdminService_AddTag_FullMethodName              = "/gradebroker.v1.AdminService/AddTag"
 	AdminService_ListTags_FullMethodName            = "/gradebroker.v1.AdminService/ListTags"
 	AdminService_RemoveTag_FullMethodName           = "/gradebroker.v1.AdminService/RemoveTag"
@@ -70,6 +73,18 @@ type AdminServiceClient interface {
 	ListServers(ctx context.Context, in *ListServersRequest, opts ...grpc.CallOption) (*ListServersResponse, error)
 	// RemoveServer removes a server; its stream is closed and its jobs requeued.
 	RemoveServer(ctx context.Context, in *RemoveServerRequest, opts ...grpc.CallOption) (*RemoveServerResponse, error)
+	// RequeueServerJobs takes every running job back from a server, as an
+	// operator's requeue of each: the server is told to cancel them, and the
+	// requeue does not count against their attempt limits.
+	RequeueServerJobs(ctx context.Context, in *RequeueServerJobsRequest, opts ...grpc.CallOption) (*RequeueServerJobsResponse, error)
+	// DrainServer stops giving a server new jobs (or, with undrain, starts
+	// again); the jobs it runs finish. The drain outlasts reconnects and
+	// broker restarts.
+	DrainServer(ctx context.Context, in *DrainServerRequest, opts ...grpc.CallOption) (*DrainServerResponse, error)
+	// GetQueueStats tells, per server type, how many jobs wait and run, how
+	// many servers are connected with how many free slots, and how long the
+	// oldest job has waited.
+	GetQueueStats(ctx context.Context, in *GetQueueStatsRequest, opts ...grpc.CallOption) (*GetQueueStatsResponse, error)
 	// AddTag registers a tag.
 	AddTag(ctx context.Context, in *AddTagRequest, opts ...grpc.CallOption) (*AddTagResponse, error)
 	// ListTags lists every tag.
@@ -189,6 +204,36 @@ func (c *adminServiceClient) RemoveServer(ctx context.Context, in *RemoveServerR
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveServerResponse)
 	err := c.cc.Invoke(ctx, AdminService_RemoveServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RequeueServerJobs(ctx context.Context, in *RequeueServerJobsRequest, opts ...grpc.CallOption) (*RequeueServerJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequeueServerJobsResponse)
+	err := c.cc.Invoke(ctx, AdminService_RequeueServerJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DrainServer(ctx context.Context, in *DrainServerRequest, opts ...grpc.CallOption) (*DrainServerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainServerResponse)
+	err := c.cc.Invoke(ctx, AdminService_DrainServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetQueueStats(ctx context.Context, in *GetQueueStatsRequest, opts ...grpc.CallOption) (*GetQueueStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetQueueStatsResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetQueueStats_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -380,6 +425,18 @@ type AdminServiceServer interface {
 	ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error)
 	// RemoveServer removes a server; its stream is closed and its jobs requeued.
 	RemoveServer(context.Context, *RemoveServerRequest) (*RemoveServerResponse, error)
+	// RequeueServerJobs takes every running job back from a server, as an
+	// operator's requeue of each: the server is told to cancel them, and the
+	// requeue does not count against their attempt limits.
+	RequeueServerJobs(context.Context, *RequeueServerJobsRequest) (*RequeueServerJobsResponse, error)
+	// DrainServer stops giving a server new jobs (or, with undrain, starts
+	// again); the jobs it runs finish. The drain outlasts reconnects and
+	// broker restarts.
+	DrainServer(context.Context, *DrainServerRequest) (*DrainServerResponse, error)
+	// GetQueueStats tells, per server type, how many jobs wait and run, how
+	// many servers are connected with how many free slots, and how long the
+	// oldest job has waited.
+	GetQueueStats(context.Context, *GetQueueStatsRequest) (*GetQueueStatsResponse, error)
 	// AddTag registers a tag.
 	AddTag(context.Context, *AddTagRequest) (*AddTagResponse, error)
 	// ListTags lists every tag.
@@ -448,6 +505,15 @@ func (UnimplementedAdminServiceServer) ListServers(context.Context, *ListServers
 }
 func (UnimplementedAdminServiceServer) RemoveServer(context.Context, *RemoveServerRequest) (*RemoveServerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveServer not implemented")
+}
+func (UnimplementedAdminServiceServer) RequeueServerJobs(context.Context, *RequeueServerJobsRequest) (*RequeueServerJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequeueServerJobs not implemented")
+}
+func (UnimplementedAdminServiceServer) DrainServer(context.Context, *DrainServerRequest) (*DrainServerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainServer not implemented")
+}
+func (UnimplementedAdminServiceServer) GetQueueStats(context.Context, *GetQueueStatsRequest) (*GetQueueStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQueueStats not implemented")
 }
 func (UnimplementedAdminServiceServer) AddTag(context.Context, *AddTagRequest) (*AddTagResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AddTag not implemented")
@@ -658,6 +724,60 @@ func _AdminService_RemoveServer_Handler(srv interface{}, ctx context.Context, de
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).RemoveServer(ctx, req.(*RemoveServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RequeueServerJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequeueServerJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RequeueServerJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RequeueServerJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RequeueServerJobs(ctx, req.(*RequeueServerJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DrainServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DrainServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DrainServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DrainServer(ctx, req.(*DrainServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetQueueStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQueueStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetQueueStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetQueueStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetQueueStats(ctx, req.(*GetQueueStatsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -988,6 +1108,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveServer",
 			Handler:    _AdminService_RemoveServer_Handler,
+		},
+		{
+			MethodName: "RequeueServerJobs",
+			Handler:    _AdminService_RequeueServerJobs_Handler,
+		},
+		{
+			MethodName: "DrainServer",
+			Handler:    _AdminService_DrainServer_Handler,
+		},
+		{
+			MethodName: "GetQueueStats",
+			Handler:    _AdminService_GetQueueStats_Handler,
 		},
 		{
 			MethodName: "AddTag",
