@@ -102,7 +102,7 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = cleanEnv()
+	p.cmd.Env = procEnv()
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	// Should the test binary die, its children go with it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -122,9 +122,9 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	return p
 }
 
-// cleanEnv is the test's environment without the variables that would
+// procEnv is the test's environment without the variables that would
 // change what graderd or broker admin do.
-func cleanEnv() []string {
+func procEnv() []string {
 	var env []string
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "GRADERD_") && !strings.HasPrefix(e, "GB_ADMIN_") {
@@ -261,10 +261,12 @@ func startBrokerProc(t *testing.T, dir, db, grpcAddr, httpAddr string, extra ...
 	t.Helper()
 	bin, _ := binaries(t)
 	args := append([]string{"serve",
-		"--database", db, "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+		"--database", db, "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--metrics-addr", "127.0.0.1:0",
 		"--ca-file", filepath.Join(dir, "ca.crt"),
 		"--cert-file", filepath.Join(dir, "broker.crt"), "--key-file", filepath.Join(dir, "broker.key"),
 		"--token-key-file", filepath.Join(dir, "broker-token.key"),
+		// Tests run side by side; the metrics port must not be shared.
+		"--metrics-addr", "127.0.0.1:0",
 	}, extra...)
 	b := &brokerProc{proc: startProc(t, "broker", bin, args...), dir: dir, db: db, grpcAddr: grpcAddr, httpAddr: httpAddr}
 	hc := devHTTPClient(t, dir)
@@ -301,15 +303,16 @@ func mustAdminAt(t *testing.T, dir, grpcAddr string, args ...string) string {
 	return out.String()
 }
 
-// registry is what the reliability tests register: one tag, one server type
-// covering it, the given servers (certificates DIR/clients/NAME.crt, made
-// here when missing) and the platform demo.
+// The tag every reliability job carries, and the server type covering it.
 const (
 	relTag  = "rel"
 	relType = "reltype"
 )
 
-func register(t *testing.T, dir, grpcAddr string, maxJobs int, servers ...string) {
+// registerRel registers what the reliability tests need: relTag, relType,
+// the given servers (certificates DIR/clients/NAME.crt, enrolled here when
+// missing) with maxJobs each, and the platform demo.
+func registerRel(t *testing.T, dir, grpcAddr string, maxJobs int, servers ...string) {
 	t.Helper()
 	mustAdminAt(t, dir, grpcAddr, "tag", "add", relTag)
 	mustAdminAt(t, dir, grpcAddr, "type", "add", relType, "--tags", relTag)
@@ -355,8 +358,8 @@ fi
 printf '{"ok":true,"by":"%s"}\n' "$GRADER_NAME"
 `
 
-// graderd is a graderd process.
-type graderd struct {
+// graderdProc is a graderd process.
+type graderdProc struct {
 	*proc
 	server string // its registered name, and its certificate's
 	spool  string
@@ -373,13 +376,13 @@ type graderdOpts struct {
 	slots    int
 }
 
-// startGraderd runs graderd as server name against the broker at
+// runGraderd runs graderd as server name against the broker at
 // grpcAddr and waits until it is connected.
-func startGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *graderd {
+func runGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *graderdProc {
 	t.Helper()
 	_, bin := binaries(t)
 	work := t.TempDir()
-	g := &graderd{server: name, spool: filepath.Join(work, "spool")}
+	g := &graderdProc{server: name, spool: filepath.Join(work, "spool")}
 	if o.slots == 0 {
 		o.slots = 4
 	}
@@ -414,7 +417,7 @@ func startGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *grad
 }
 
 // spooled lists the results waiting in g's spool.
-func (g *graderd) spooled(t *testing.T) []string {
+func (g *graderdProc) spooled(t *testing.T) []string {
 	t.Helper()
 	m, err := filepath.Glob(filepath.Join(g.spool, "*.result"))
 	if err != nil {
@@ -423,9 +426,9 @@ func (g *graderd) spooled(t *testing.T) []string {
 	return m
 }
 
-// eventually polls cond every 50ms until it holds or timeout passes; then it
+// pollUntil polls cond every 50ms until it holds or timeout passes; then it
 // fails the test with what.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -441,4 +444,113 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// partitionProxy forwards TCP connections to a target. Cut, it forwards
+// nothing in either direction but keeps every connection open, as a network
+// partition that silently drops packets does; healed, it delivers what it
+// held back, as TCP retransmission does once such a partition ends.
+type partitionProxy struct {
+	ln     net.Listener
+	target string
+	closed chan struct{}
+
+	mu     sync.Mutex
+	healed chan struct{} // closed while the link is up
+	conns  []net.Conn
+}
+
+// startProxy listens on a loopback port and forwards to target.
+func startProxy(t *testing.T, target string) *partitionProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &partitionProxy{ln: ln, target: target, closed: make(chan struct{}), healed: make(chan struct{})}
+	close(p.healed)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	t.Cleanup(func() {
+		close(p.closed)
+		ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
+	return p
+}
+
+// addr is where clients connect to reach the target through the proxy.
+func (p *partitionProxy) addr() string { return p.ln.Addr().String() }
+
+// cut stops all traffic, keeping the connections open.
+func (p *partitionProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.healed:
+		p.healed = make(chan struct{})
+	default:
+	}
+}
+
+// heal lets traffic through again, what was held back first.
+func (p *partitionProxy) heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.healed:
+	default:
+		close(p.healed)
+	}
+}
+
+func (p *partitionProxy) serve(c net.Conn) {
+	u, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, c, u)
+	p.mu.Unlock()
+	go p.pipe(u, c)
+	p.pipe(c, u)
+}
+
+// pipe copies src to dst while the link is up; when either side ends, both
+// are closed.
+func (p *partitionProxy) pipe(dst, src net.Conn) {
+	defer src.Close()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			up := p.healed
+			p.mu.Unlock()
+			select {
+			case <-up:
+			case <-p.closed:
+				return
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
