@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -160,6 +161,7 @@ func (d *Daemon) buildExecutors() func([]string) (executor.Executor, string) {
 				Command:     slices.Clone(s.Command),
 				Env:         slices.Clone(s.Env),
 				WorkRoot:    d.cfg.WorkRoot,
+				RunDir:      d.runDir(),
 				MemoryLimit: int64(l.MemoryLimit),
 				MaxStdout:   int64(l.MaxStdout),
 				MaxStderr:   int64(l.MaxStderr),
@@ -287,6 +289,11 @@ func (d *Daemon) openSpool() error {
 	sp, err := spool.Open(d.cfg.SpoolDir)
 	if err != nil {
 		return fmt.Errorf("opening the result spool: %w", err)
+	}
+	// A graderd that crashed may have left graders running; stop them before
+	// taking new jobs.
+	if _, err := executor.ReapOrphans(d.runDir(), d.log); err != nil {
+		d.log.Warn("cannot check for graders left running by a previous graderd", "err", err)
 	}
 	pending, err := sp.List()
 	if err != nil {
@@ -613,3 +620,7 @@ func (d *Daemon) toSend(sent map[int64]bool) ([]*gradebrokerv1.Result, int, <-ch
 	}
 	return out, d.capacityLocked(), d.changed
 }
+
+// runDir is where exec executors record their graders' process groups: beside
+// the results, in the spool directory that survives restarts.
+func (d *Daemon) runDir() string { return filepath.Join(d.cfg.SpoolDir, "running") }

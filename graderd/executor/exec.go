@@ -46,6 +46,10 @@ type Exec struct {
 	// Env is extra environment for the grader, as "KEY=value", added to
 	// graderd's own and overriding it.
 	Env []string
+	// RunDir, if set, gets a small record of each running grader's process
+	// group, so that ReapOrphans in a restarted graderd can kill graders a
+	// crashed one left running.
+	RunDir string
 	// WorkRoot is the parent of the per-job working directories; empty
 	// means os.TempDir(). It is created if missing.
 	WorkRoot string
@@ -187,6 +191,11 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		return temporary(fmt.Sprintf("cannot start grader: %v", err))
 	}
 	pid := cmd.Process.Pid
+	if rec, err := e.recordRun(job.LeaseID, pid); err != nil {
+		log.Warn("cannot record the grader's process group; a crash of graderd would leave it running", "err", err)
+	} else if rec != "" {
+		defer os.Remove(rec)
+	}
 
 	exited := make(chan struct{})
 	go func() {
