@@ -105,7 +105,7 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 					return err
 				}
 				var err error
-				deliveryID, err = tx.Finish(jobID, store.Final{State: broker.JobCancelled, LeaseID: l.id,
+				deliveryID, err = tx.Finish(jobID, store.Final{PlatformID: l.platform, State: broker.JobCancelled, LeaseID: l.id,
 					Error: "cancelled by " + actor, Actor: actor})
 				return err
 			},

@@ -632,7 +632,7 @@ func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie boo
 	if int(l.q.attempts) >= int(l.q.maxAttempts) {
 		errMsg := fmt.Sprintf("gave up after %d attempt(s); last: %s: %s", l.q.attempts, end, reason)
 		d.log.Warn("job failed: out of attempts", "job_id", l.jobID, "lease_id", l.id, "server", srvName, "attempts", l.q.attempts)
-		d.finish(l.jobID, l.id, store.Final{State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
+		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
 		return
 	}
 	d.requeueLocal(l, avoid, now)

@@ -366,12 +366,14 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 	ack := func() { sess.sendAck(r.JobId, r.LeaseId) }
 	outcome := broker.Outcome(r.Outcome)
 	valid := len(r.Result) == 0 || json.Valid(r.Result)
-	log := d.log.With("server", s.name, "job_id", l.jobID, "lease_id", l.id)
+	// The job's attributes go on each call rather than through log.With,
+	// which formats them even when the level is off (this runs per job).
+	log := d.log
 	switch {
 	case outcome == broker.OutcomeOK && len(r.Result) > 0 && valid:
 		d.mx.result(ResultOK)
-		log.Info("job done", "attempt", l.attempt)
-		d.finish(l.jobID, l.id, store.Final{State: broker.JobDone, Outcome: outcome, Result: r.Result,
+		log.Info("job done", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt)
+		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: outcome, Result: r.Result,
 			Log: r.Log, Actor: "server:" + s.name}, "ok", "", ack)
 	case outcome == broker.OutcomeFatal:
 		msg := r.Error
@@ -383,8 +385,8 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 			res = nil
 		}
 		d.mx.result(ResultFatal)
-		log.Info("job failed: fatal result", "attempt", l.attempt, "error", msg)
-		d.finish(l.jobID, l.id, store.Final{State: broker.JobFailed, Outcome: outcome, Result: res, Log: r.Log,
+		log.Info("job failed: fatal result", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "error", msg)
+		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: outcome, Result: res, Log: r.Log,
 			Error: msg, Actor: "server:" + s.name}, "fatal", msg, ack)
 	case outcome == broker.OutcomeTemporary || outcome == broker.OutcomeTimeout:
 		reason := r.Error
@@ -396,7 +398,7 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 		} else {
 			d.mx.result(ResultTemporary)
 		}
-		log.Info("attempt ended; requeueing", "attempt", l.attempt, "outcome", outcome.String(), "reason", reason)
+		log.Info("attempt ended; requeueing", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", outcome.String(), "reason", reason)
 		d.endAttempt(l, outcome.String(), reason, "server:"+s.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	default:
@@ -407,7 +409,7 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 			reason = "server sent a result that is not JSON"
 		}
 		d.mx.result(ResultInvalid)
-		log.Warn("invalid result; requeueing", "attempt", l.attempt, "outcome", int32(r.Outcome), "reason", reason)
+		log.Warn("invalid result; requeueing", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", int32(r.Outcome), "reason", reason)
 		d.endAttempt(l, "invalid", reason, "server:"+s.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	}

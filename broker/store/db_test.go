@@ -134,3 +134,60 @@ func TestLastOperatorCannotBeRemoved(t *testing.T) {
 		t.Errorf("removing one of two operators: %v", err)
 	}
 }
+
+// finishOne stores a job for platform p and makes it done; it returns the
+// delivery id Finish gave.
+func finishOne(t *testing.T, db *DB, p broker.Platform, passPlatform bool) int64 {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := db.BeginJobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	in, err := tx.InsertJob(broker.NewJob{PlatformID: p.ID, Name: "j", Timeout: time.Minute, JobData: []byte(`{}`), MaxAttempts: 1}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := Final{State: broker.JobDone, Outcome: broker.OutcomeOK, Result: []byte(`{}`), Actor: "test"}
+	if passPlatform {
+		f.PlatformID = p.ID
+	}
+	id, err := tx.Finish(in.ID, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Finish(in.ID, f); !errors.Is(err, broker.ErrFailedPrecondition) {
+		t.Errorf("second Finish: %v, want ErrFailedPrecondition", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// TestFinishMakesDeliveryOnlyWithReturnURL also checks that changing a
+// platform's return URL reaches Finish's cache at once.
+func TestFinishMakesDeliveryOnlyWithReturnURL(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	p, err := db.AddPlatform(ctx, broker.Platform{Name: "p", PublicKeyPEM: "k", ReturnURL: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pass := range []bool{true, false} {
+		if id := finishOne(t, db, p, pass); id != 0 {
+			t.Errorf("platform without return URL got delivery %d", id)
+		}
+	}
+	url := "https://example.org/cb"
+	if _, err := db.UpdatePlatform(ctx, "p", PlatformUpdate{ReturnURL: &url}); err != nil {
+		t.Fatal(err)
+	}
+	for _, pass := range []bool{true, false} {
+		if id := finishOne(t, db, p, pass); id == 0 {
+			t.Errorf("platform with a return URL (platform id passed: %v) got no delivery", pass)
+		}
+	}
+}

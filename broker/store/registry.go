@@ -398,6 +398,7 @@ func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platfo
 		p.ID, _ = res.LastInsertId()
 		return nil
 	})
+	db.callbacks.Delete(p.ID)
 	if err != nil {
 		return broker.Platform{}, err
 	}
@@ -423,6 +424,7 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 			if _, err := tx.ExecContext(ctx, `UPDATE platforms SET return_url = ? WHERE id = ?`, *u.ReturnURL, id); err != nil {
 				return err
 			}
+			defer db.callbacks.Delete(id)
 		}
 		if u.RestrictPaths != nil {
 			paths, _ := json.Marshal(nonNil(*u.RestrictPaths))
@@ -538,6 +540,7 @@ func (db *DB) RemovePlatform(ctx context.Context, name string) error {
 			return fmt.Errorf("%w: platform %q has %d unfinished job(s); cancel them first", broker.ErrInUse, name, n)
 		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM platforms WHERE id = ?`, id)
+		defer db.callbacks.Delete(id)
 		return err
 	})
 }
