@@ -1,0 +1,182 @@
+// Command gbbench is gradebroker's performance benchmark: throughput,
+// latency, queue-depth scaling and memory of the whole broker over real
+// mTLS, printed as a markdown table. `make bench` runs it; see -h.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gradebroker/gradebroker/bench"
+	"github.com/gradebroker/gradebroker/bench/apibench"
+	"github.com/gradebroker/gradebroker/broker/brokerd"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == bench.ChildArg {
+		os.Exit(serve(ctx, os.Args[2:]))
+	}
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "gbbench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// serve is the child broker of the memory run: `broker serve` with args.
+func serve(ctx context.Context, args []string) int {
+	cfg, err := brokerd.ParseServeFlags(args, os.Stderr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gbbench broker: %v\n", err)
+		return 2
+	}
+	log := brokerd.NewLogger(cfg, os.Stderr)
+	if err := brokerd.Run(ctx, cfg, log); err != nil {
+		log.Error("broker stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+const usage = `Usage: gbbench [flags]
+
+Benchmarks the broker over real mTLS with fake graderd clients and prints a
+markdown table (stdout); progress goes to stderr. By default it runs every
+scenario in under five minutes: throughput (1, 4, 16 servers × 16 slots),
+latency (open loop at half the 4 × 16 peak), scale (1,000 / 100,000 /
+1,000,000 jobs queued), memory (1,000,000 queued, 1,000 streams, broker in
+a child process), and the platform API (REST sendjob with real tokens beside
+the crypto-only rate, batch submission, result callbacks).
+
+Flags:
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o bench.Options
+	fs := flag.NewFlagSet("gbbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
+	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,api (default all)")
+	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
+	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
+	servers := fs.String("servers", "1,4,16", "throughput: comma-separated server counts")
+	scale := fs.String("scale", "", "scale: comma-separated queue depths (default 1000,100000,1000000)")
+	fs.StringVar(&o.Dir, "dir", "", "where to make the work directory (default $TMPDIR); must be a real disk")
+	fs.BoolVar(&o.Keep, "keep", false, "keep the work directory (databases, logs)")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the 4 × 16 throughput window to `file`")
+	fs.DurationVar(&o.Warmup, "warmup", 0, "warm-up before each measurement window (default by preset)")
+	fs.DurationVar(&o.Window, "window", 0, "measurement window of each drain (default by preset)")
+	fs.IntVar(&o.Slots, "slots", 16, "slots per server")
+	fs.IntVar(&o.ThroughputJobs, "throughput-jobs", 0, "jobs queued for each throughput run (default 20,000/s × (warm-up + window))")
+	fs.Float64Var(&o.LatRate, "lat-rate", 0, "latency: offered jobs/s (default half the measured 4 × 16 peak)")
+	fs.IntVar(&o.LatBatch, "lat-batch", 4, "latency: jobs per Submit call")
+	fs.DurationVar(&o.LatDuration, "lat-duration", 0, "latency: measured duration after warm-up (default by preset)")
+	fs.IntVar(&o.RSSJobs, "rss-jobs", 0, "memory: jobs queued (default 1,000,000)")
+	fs.IntVar(&o.RSSStreams, "rss-streams", 1000, "memory: connected streams")
+	fs.IntVar(&o.RSSSlots, "rss-slots", 1, "memory: slots per stream in the load phase")
+	fs.DurationVar(&o.RSSWindow, "rss-window", 0, "memory: length of the load phase (default by preset)")
+	fs.StringVar(&o.BrokerBin, "broker-bin", "", "memory: run this `broker` binary (e.g. bin/broker) instead of re-executing gbbench")
+	rssEnv := fs.String("rss-env", "", "memory: comma-separated KEY=VALUE for the child broker, e.g. GOMEMLIMIT=150MiB")
+	fs.StringVar(&o.LogLevel, "log-level", "warn", "the broker's log level in the in-process runs (info logs a line per job)")
+	fs.BoolVar(&o.InfoLogRow, "info-log-row", false, "add a 4 × 16 throughput run with the broker logging at info to a file")
+	fs.BoolVar(&o.InfoLogRow, "info-row", false, "same as --info-log-row")
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	switch {
+	case *quick && *full:
+		return errors.New("--quick and --full exclude each other")
+	case *quick:
+		o.Preset = "quick"
+	case *full:
+		o.Preset = "full"
+		o.InfoLogRow = true
+	}
+	var err error
+	if o.Servers, err = ints(*servers); err != nil {
+		return fmt.Errorf("--servers: %w", err)
+	}
+	if *scale != "" {
+		if o.ScaleSizes, err = ints(*scale); err != nil {
+			return fmt.Errorf("--scale: %w", err)
+		}
+	}
+	if *rssEnv != "" {
+		o.RSSEnv = strings.Split(*rssEnv, ",")
+	}
+	wantAPI := *only == ""
+	if *only != "" {
+		for _, sc := range strings.Split(*only, ",") {
+			if sc == "api" {
+				wantAPI = true
+				continue
+			}
+			o.Scenarios = append(o.Scenarios, sc)
+		}
+	}
+	ao := apibench.Options{Clients: *apiClients, Dir: o.Dir}
+	if ao.Bits, err = ints(*apiBits); err != nil {
+		return fmt.Errorf("--api-bits: %w", err)
+	}
+	switch {
+	case *quick:
+		ao.Window, ao.Bits = 3*time.Second, []int{2048}
+	case *full:
+		ao.Window = 20 * time.Second
+	}
+	if !*quiet {
+		o.Progress = stderr
+	}
+	o.Command = strings.Join(append([]string{"gbbench"}, args...), " ")
+	start := time.Now()
+	if *only == "" || len(o.Scenarios) > 0 {
+		err = bench.Run(ctx, o, stdout)
+	}
+	if err == nil && wantAPI {
+		if !*quiet {
+			ao.Progress = stderr
+		}
+		if ao.Dir == "" {
+			ao.Dir = os.TempDir()
+		}
+		var res apibench.Result
+		if res, err = apibench.Run(ctx, ao); err == nil {
+			err = res.Write(stdout)
+		}
+	}
+	if !*quiet {
+		fmt.Fprintf(stderr, "gbbench: done in %s\n", time.Since(start).Round(time.Second))
+	}
+	return err
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(strings.ReplaceAll(f, "_", "")))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
