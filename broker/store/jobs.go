@@ -211,13 +211,13 @@ type Final struct {
 	// a lookup); 0 makes Finish look it up.
 	PlatformID int64
 	State      broker.JobState // JobDone, JobFailed or JobCancelled
-	LeaseID int64           // the lease whose result this is; 0 if none
-	Outcome broker.Outcome  // 0 when no result was reported
-	Result  []byte
-	Log     string
-	Error   string
-	Actor   string
-	Detail  string
+	LeaseID    int64           // the lease whose result this is; 0 if none
+	Outcome    broker.Outcome  // 0 when no result was reported
+	Result     []byte
+	Log        string
+	Error      string
+	Actor      string
+	Detail     string
 }
 
 // Finish makes a job final: its state, its result row when a lease reported
