@@ -453,3 +453,38 @@ func TestScriptsBadArguments(t *testing.T) {
 		t.Errorf("refused enrolments left %s/clients behind (stat: %v)", dir, err)
 	}
 }
+
+// TestScriptsFailedOpensslLeavesNothing runs the scripts with an openssl
+// that always fails: they must exit non-zero and leave no half-written or
+// temporary file behind.
+func TestScriptsFailedOpensslLeavesNothing(t *testing.T) {
+	t.Parallel()
+	bin := t.TempDir()
+	fake := "#!/bin/sh\necho 'fake openssl: refusing' >&2\nexit 1\n"
+	if err := os.WriteFile(filepath.Join(bin, "openssl"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		script string
+		args   func(dir string) []string
+	}{
+		{"gb-keys.sh", func(dir string) []string { return []string{"--out", filepath.Join(dir, "k")} }},
+		{"gb-ca.sh", func(dir string) []string { return []string{"--dir", dir} }},
+	} {
+		dir := t.TempDir()
+		path, err := filepath.Abs(filepath.Join("..", "scripts", c.script))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("bash", append([]string{path}, c.args(dir)...)...)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("%s with a failing openssl succeeded:\n%s", c.script, out)
+		}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			t.Errorf("%s left %s behind after openssl failed", c.script, e.Name())
+		}
+	}
+}

@@ -38,13 +38,12 @@ remove DIR/broker.key too. stdout carries only "key: value" lines.
 USAGE
 }
 
-say() { printf '%s: %s\n' "$prog" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
-usage_error() {
-	printf '%s: error: %s\n' "$prog" "$*" >&2
-	printf "Run '%s --help' for usage.\n" "$prog" >&2
-	exit 2
-}
+# say, die, usage_error, start_tmp, ossl, newfile, place, new_key: gb-lib.sh,
+# found next to this script (symlinks followed), so it runs from anywhere.
+here=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}" 2>/dev/null || printf '%s\n' "${BASH_SOURCE[0]}")")
+[[ -r $here/gb-lib.sh ]] || { printf '%s: error: cannot read %s; the gb-*.sh scripts need it next to them\n' "$prog" "$here/gb-lib.sh" >&2; exit 1; }
+# shellcheck source=SCRIPTDIR/gb-lib.sh
+. "$here/gb-lib.sh"
 
 dir= name=gradebroker
 sans=()
@@ -111,50 +110,7 @@ command -v openssl >/dev/null 2>&1 || die "openssl not found in PATH; install op
 mkdir -p -- "$dir" || die "cannot create directory $dir"
 [[ -d $dir && -w $dir ]] || die "$dir is not a writable directory"
 
-tmp=$(mktemp -d)
-pending=()
-cleanup() {
-	rm -rf -- "$tmp"
-	local f
-	for f in ${pending[@]+"${pending[@]}"}; do rm -f -- "$f"; done
-}
-trap cleanup EXIT
-
-# ossl runs openssl, keeping its chatter out of sight unless it fails. No
-# command given to it prints key material, so its stderr is safe to show.
-ossl() {
-	if ! openssl "$@" 2>"$tmp/openssl.err"; then
-		say "openssl $1 failed:"
-		sed 's/^/  /' "$tmp/openssl.err" >&2
-		exit 1
-	fi
-}
-
-# newfile DEST prints a fresh temporary path next to DEST, so that the final
-# rename is atomic and a reader never sees a half-written file.
-newfile() {
-	local part
-	part=$(mktemp "$1.XXXXXX") || die "cannot create a file in $(dirname -- "$1")"
-	pending+=("$part")
-	printf '%s\n' "$part"
-}
-
-# place TMP DEST renames TMP to DEST; it never replaces an existing DEST.
-place() {
-	if [[ -e $2 ]]; then
-		die "$2 appeared while $prog was running; not replacing it"
-	fi
-	mv -f -- "$1" "$2"
-}
-
-new_key() {
-	local part
-	part=$(newfile "$1")
-	ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$part"
-	chmod 600 -- "$part"
-	place "$part" "$1"
-	say "wrote $1"
-}
+start_tmp
 
 serial() {
 	local s
@@ -198,12 +154,12 @@ fi
 if [[ -e $ca_key ]]; then
 	say "kept existing $ca_key"
 else
-	new_key "$ca_key"
+	new_ec_key "$ca_key"
 fi
 if [[ -e $ca_crt ]]; then
 	say "kept existing $ca_crt"
 else
-	part=$(newfile "$ca_crt")
+	newfile "$ca_crt"
 	ossl req -new -x509 -config "$tmp/openssl.cnf" -extensions v3_ca \
 		-key "$ca_key" -subj "/CN=$name CA" -days 3650 -sha256 \
 		-set_serial "$(serial)" -out "$part"
@@ -219,7 +175,7 @@ fi
 if [[ -e $broker_key ]]; then
 	say "kept existing $broker_key"
 else
-	new_key "$broker_key"
+	new_ec_key "$broker_key"
 fi
 if [[ -e $broker_crt ]]; then
 	say "kept existing $broker_crt"
@@ -229,7 +185,7 @@ if [[ -e $broker_crt ]]; then
 else
 	ossl req -new -config "$tmp/openssl.cnf" -key "$broker_key" \
 		-subj "/OU=broker/CN=$name" -out "$tmp/broker.csr"
-	part=$(newfile "$broker_crt")
+	newfile "$broker_crt"
 	ossl x509 -req -in "$tmp/broker.csr" -CA "$ca_crt" -CAkey "$ca_key" \
 		-set_serial "$(serial)" -days 825 -sha256 \
 		-extfile "$tmp/openssl.cnf" -extensions broker_ext -out "$part"

@@ -5,7 +5,6 @@ set -euo pipefail
 umask 077
 
 prog=${0##*/}
-here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 
 usage() {
 	cat <<USAGE
@@ -32,11 +31,12 @@ Options:
 USAGE
 }
 
-usage_error() {
-	printf '%s: error: %s\n' "$prog" "$*" >&2
-	printf "Run '%s --help' for usage.\n" "$prog" >&2
-	exit 2
-}
+# say, die, usage_error, start_tmp, ossl, newfile, place, new_key: gb-lib.sh,
+# found next to this script (symlinks followed), so it runs from anywhere.
+here=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}" 2>/dev/null || printf '%s\n' "${BASH_SOURCE[0]}")")
+[[ -r $here/gb-lib.sh ]] || { printf '%s: error: cannot read %s; the gb-*.sh scripts need it next to them\n' "$prog" "$here/gb-lib.sh" >&2; exit 1; }
+# shellcheck source=SCRIPTDIR/gb-lib.sh
+. "$here/gb-lib.sh"
 
 dir=
 while (($#)); do
@@ -74,8 +74,8 @@ if [[ ! -e $dir/wakeup.key ]]; then
 	openssl rand -out "$dir/wakeup.key.tmp" 32
 	chmod 600 -- "$dir/wakeup.key.tmp"
 	mv -f -- "$dir/wakeup.key.tmp" "$dir/wakeup.key"
-	printf '%s: wrote %s\n' "$prog" "$dir/wakeup.key" >&2
+	say "wrote $dir/wakeup.key"
 else
-	printf '%s: kept existing %s\n' "$prog" "$dir/wakeup.key" >&2
+	say "kept existing $dir/wakeup.key"
 fi
 echo "wakeup_key: $dir/wakeup.key"

@@ -47,13 +47,12 @@ stores (compare them when registering the server, operator or platform):
 USAGE
 }
 
-say() { printf '%s: %s\n' "$prog" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
-usage_error() {
-	printf '%s: error: %s\n' "$prog" "$*" >&2
-	printf "Run '%s --help' for usage.\n" "$prog" >&2
-	exit 2
-}
+# say, die, usage_error, start_tmp, ossl, newfile, place, new_key: gb-lib.sh,
+# found next to this script (symlinks followed), so it runs from anywhere.
+here=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}" 2>/dev/null || printf '%s\n' "${BASH_SOURCE[0]}")")
+[[ -r $here/gb-lib.sh ]] || { printf '%s: error: cannot read %s; the gb-*.sh scripts need it next to them\n' "$prog" "$here/gb-lib.sh" >&2; exit 1; }
+# shellcheck source=SCRIPTDIR/gb-lib.sh
+. "$here/gb-lib.sh"
 
 dir= role= name= days=365 out=
 while (($#)); do
@@ -102,41 +101,7 @@ ca_key=$dir/ca.key ca_crt=$dir/ca.crt
 mkdir -p -- "$out" || die "cannot create directory $out"
 [[ -d $out && -w $out ]] || die "$out is not a writable directory"
 
-tmp=$(mktemp -d)
-pending=()
-cleanup() {
-	rm -rf -- "$tmp"
-	local f
-	for f in ${pending[@]+"${pending[@]}"}; do rm -f -- "$f"; done
-}
-trap cleanup EXIT
-
-# ossl runs openssl, keeping its chatter out of sight unless it fails. No
-# command given to it prints key material, so its stderr is safe to show.
-ossl() {
-	if ! openssl "$@" 2>"$tmp/openssl.err"; then
-		say "openssl $1 failed:"
-		sed 's/^/  /' "$tmp/openssl.err" >&2
-		exit 1
-	fi
-}
-
-# newfile DEST prints a fresh temporary path next to DEST, so that the final
-# rename is atomic and a reader never sees a half-written file.
-newfile() {
-	local part
-	part=$(mktemp "$1.XXXXXX") || die "cannot create a file in $(dirname -- "$1")"
-	pending+=("$part")
-	printf '%s\n' "$part"
-}
-
-# place TMP DEST renames TMP to DEST; it never replaces an existing DEST.
-place() {
-	if [[ -e $2 ]]; then
-		die "$2 appeared while $prog was running; not replacing it"
-	fi
-	mv -f -- "$1" "$2"
-}
+start_tmp
 
 # dn prints a certificate's subject or issuer DN as RFC 2253, the form Go's
 # pkix.Name.String prints for the attributes these scripts use. -esc_msb is off
@@ -161,11 +126,7 @@ else
 	if [[ -e $key ]]; then
 		say "kept existing $key"
 	else
-		part=$(newfile "$key")
-		ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$part"
-		chmod 600 -- "$part"
-		place "$part" "$key"
-		say "wrote $key"
+		new_ec_key "$key"
 	fi
 	cat >"$tmp/openssl.cnf" <<CNF
 [ req ]
@@ -183,7 +144,7 @@ CNF
 	ossl req -new -config "$tmp/openssl.cnf" -key "$key" \
 		-subj "/OU=$role/CN=$name" -out "$tmp/client.csr"
 	serial=$(openssl rand -hex 16) || die "openssl rand failed"
-	part=$(newfile "$crt")
+	newfile "$crt"
 	ossl x509 -req -in "$tmp/client.csr" -CA "$ca_crt" -CAkey "$ca_key" \
 		-set_serial "0x$serial" -days "$days" -sha256 \
 		-extfile "$tmp/openssl.cnf" -extensions client_ext -out "$part"

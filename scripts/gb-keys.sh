@@ -32,13 +32,12 @@ the SHA-256 of the DER public key, lower-case hex, to compare keys by.
 USAGE
 }
 
-say() { printf '%s: %s\n' "$prog" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
-usage_error() {
-	printf '%s: error: %s\n' "$prog" "$*" >&2
-	printf "Run '%s --help' for usage.\n" "$prog" >&2
-	exit 2
-}
+# say, die, usage_error, start_tmp, ossl, newfile, place, new_key: gb-lib.sh,
+# found next to this script (symlinks followed), so it runs from anywhere.
+here=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}" 2>/dev/null || printf '%s\n' "${BASH_SOURCE[0]}")")
+[[ -r $here/gb-lib.sh ]] || { printf '%s: error: cannot read %s; the gb-*.sh scripts need it next to them\n' "$prog" "$here/gb-lib.sh" >&2; exit 1; }
+# shellcheck source=SCRIPTDIR/gb-lib.sh
+. "$here/gb-lib.sh"
 
 prefix= bits=
 while (($#)); do
@@ -80,41 +79,7 @@ parent=$(dirname -- "$prefix")
 mkdir -p -- "$parent" || die "cannot create directory $parent"
 [[ -d $parent && -w $parent ]] || die "$parent is not a writable directory"
 
-tmp=$(mktemp -d)
-pending=()
-cleanup() {
-	rm -rf -- "$tmp"
-	local f
-	for f in ${pending[@]+"${pending[@]}"}; do rm -f -- "$f"; done
-}
-trap cleanup EXIT
-
-# ossl runs openssl, keeping its chatter out of sight unless it fails. No
-# command given to it prints key material, so its stderr is safe to show.
-ossl() {
-	if ! openssl "$@" 2>"$tmp/openssl.err"; then
-		say "openssl $1 failed:"
-		sed 's/^/  /' "$tmp/openssl.err" >&2
-		exit 1
-	fi
-}
-
-# newfile DEST prints a fresh temporary path next to DEST, so that the final
-# rename is atomic and a reader never sees a half-written file.
-newfile() {
-	local part
-	part=$(mktemp "$1.XXXXXX") || die "cannot create a file in $(dirname -- "$1")"
-	pending+=("$part")
-	printf '%s\n' "$part"
-}
-
-# place TMP DEST renames TMP to DEST; it never replaces an existing DEST.
-place() {
-	if [[ -e $2 ]]; then
-		die "$2 appeared while $prog was running; not replacing it"
-	fi
-	mv -f -- "$1" "$2"
-}
+start_tmp
 
 if [[ -e $key ]]; then
 	say "kept existing $key"
@@ -126,7 +91,7 @@ if [[ -e $key ]]; then
 			die "$pub does not hold the public key of $key; remove $pub to rewrite it from the key"
 		say "kept existing $pub"
 	else
-		part=$(newfile "$pub")
+		newfile "$pub"
 		cp -- "$tmp/derived.pub" "$part"
 		chmod 644 -- "$part"
 		place "$part" "$pub"
@@ -134,12 +99,8 @@ if [[ -e $key ]]; then
 	fi
 else
 	[[ ! -e $pub ]] || die "$pub exists but $key is missing; remove $pub to make a new key pair"
-	part=$(newfile "$key")
-	ossl genpkey -algorithm RSA -pkeyopt "rsa_keygen_bits:${bits:-3072}" -out "$part"
-	chmod 600 -- "$part"
-	place "$part" "$key"
-	say "wrote $key"
-	part=$(newfile "$pub")
+	new_key "$key" -algorithm RSA -pkeyopt "rsa_keygen_bits:${bits:-3072}"
+	newfile "$pub"
 	ossl pkey -in "$key" -pubout -out "$part"
 	chmod 644 -- "$part"
 	place "$part" "$pub"
