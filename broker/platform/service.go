@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -101,6 +102,7 @@ type Service struct {
 	log    *slog.Logger
 
 	keyCache sync.Map // PEM string → *rsa.PublicKey
+	reg      atomic.Pointer[registry]
 }
 
 // New returns the platform API over db and d, reading tokens with keys.
@@ -119,7 +121,7 @@ func New(cfg Config, db *store.DB, d *dispatch.Dispatcher, keys *token.KeyRing, 
 type signers struct{ s *Service }
 
 func (k signers) SignerKey(ctx context.Context, name string) (*rsa.PublicKey, error) {
-	p, err := k.s.db.PlatformByName(ctx, name)
+	p, err := k.s.platformByName(ctx, name)
 	if errors.Is(err, broker.ErrNotFound) {
 		return nil, fmt.Errorf("%w: no platform is registered as %q", token.ErrUnknownSigner, name)
 	}
@@ -127,6 +129,19 @@ func (k signers) SignerKey(ctx context.Context, name string) (*rsa.PublicKey, er
 		return nil, err
 	}
 	return k.s.publicKey(p)
+}
+
+// platformByName answers from the registry snapshot.
+func (s *Service) platformByName(ctx context.Context, name string) (broker.Platform, error) {
+	reg, err := s.registry(ctx)
+	if err != nil {
+		return broker.Platform{}, err
+	}
+	p, ok := reg.platforms[name]
+	if !ok {
+		return broker.Platform{}, fmt.Errorf("%w: platform %q", broker.ErrNotFound, name)
+	}
+	return p, nil
 }
 
 func (s *Service) publicKey(p broker.Platform) (*rsa.PublicKey, error) {
@@ -170,7 +185,7 @@ func (s *Service) open(ctx context.Context, compact, want string) (request, erro
 	if err != nil {
 		return request{}, s.tokenError(ctx, err)
 	}
-	p, err := s.db.PlatformByName(ctx, claims.Signer)
+	p, err := s.platformByName(ctx, claims.Signer)
 	if err != nil {
 		return request{}, s.tokenError(ctx, err)
 	}
@@ -324,30 +339,49 @@ func (s *Service) submit(ctx context.Context, r request, jobs []broker.NewJob) (
 	return out, nil
 }
 
-// registry is what a submission is checked against.
+// registry is what a request is checked against: a snapshot of the tags,
+// server types and platforms, taken again only when the store says they
+// changed, so that a request reads none of them from SQLite.
 type registry struct {
-	tags  map[string]bool
-	types []broker.ServerType
+	version   int64
+	tags      map[string]bool
+	types     []broker.ServerType
+	platforms map[string]broker.Platform
 }
 
-func (s *Service) registry(ctx context.Context) (registry, error) {
+func (s *Service) registry(ctx context.Context) (*registry, error) {
+	v := s.db.RegistryVersion()
+	if r := s.reg.Load(); r != nil && r.version == v {
+		return r, nil
+	}
 	tags, err := s.db.ListTags(ctx)
 	if err != nil {
-		return registry{}, err
+		return nil, err
 	}
 	types, err := s.db.ListServerTypes(ctx)
 	if err != nil {
-		return registry{}, err
+		return nil, err
 	}
-	r := registry{tags: make(map[string]bool, len(tags)), types: types}
+	platforms, err := s.db.ListPlatforms(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &registry{version: v, tags: make(map[string]bool, len(tags)), types: types,
+		platforms: make(map[string]broker.Platform, len(platforms))}
 	for _, t := range tags {
 		r.tags[t.Name] = true
 	}
+	for _, p := range platforms {
+		r.platforms[p.Name] = p
+	}
+	// A change during the reads makes the version differ next time, so the
+	// snapshot is never kept past a change it may have missed.
+	s.reg.Store(r)
 	return r, nil
 }
 
 // buildJob validates one job of a platform's request.
-func (s *Service) buildJob(p broker.Platform, spec jobSpec, reg registry) (broker.NewJob, error) {
+func (s *Service) buildJob(p broker.Platform, spec jobSpec, reg *registry) (broker.NewJob, error) {
 	data, err := normalizeJobdata(spec.Jobdata)
 	if err != nil {
 		return broker.NewJob{}, err

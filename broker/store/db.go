@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -40,6 +41,8 @@ type DB struct {
 	// callbacks caches, per platform id, whether it has a return URL; the
 	// platform methods of this package invalidate it.
 	callbacks sync.Map
+	// registryVersion counts changes to tags, types and platforms.
+	registryVersion atomic.Int64
 }
 
 // Options tune Open. The zero value is what production uses.
@@ -87,6 +90,7 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	rq.Set("_foreign_keys", "on")
 	rq.Set("_busy_timeout", "10000")
 	rq.Set("_query_only", "1")
+	rq.Set("_stmt_cache_size", "64")
 	r, err := sql.Open("sqlite3", "file:"+path+"?"+rq.Encode())
 	if err != nil {
 		w.Close()

@@ -111,6 +111,7 @@ func (db *DB) RemoveOperator(ctx context.Context, name string) error {
 
 // AddTag registers a tag.
 func (db *DB) AddTag(ctx context.Context, name, description string) (broker.Tag, error) {
+	defer db.registryChanged()
 	if err := broker.CheckName("tag", name); err != nil {
 		return broker.Tag{}, err
 	}
@@ -151,6 +152,7 @@ func (db *DB) ListTags(ctx context.Context) ([]broker.Tag, error) {
 // RemoveTag removes a tag. It returns ErrInUse, naming the user, when a
 // server type, a platform's force tag or an unfinished job still uses it.
 func (db *DB) RemoveTag(ctx context.Context, name string) error {
+	defer db.registryChanged()
 	return db.write(ctx, func(tx *sql.Tx) error {
 		var id int64
 		if err := tx.QueryRowContext(ctx, `SELECT id FROM tags WHERE name = ?`, name).Scan(&id); err != nil {
@@ -235,6 +237,7 @@ func NormalizeTags(tags []string) ([]string, error) {
 
 // AddServerType registers a server type with its tags; every tag must exist.
 func (db *DB) AddServerType(ctx context.Context, name string, tags []string) (broker.ServerType, error) {
+	defer db.registryChanged()
 	if err := broker.CheckName("server type", name); err != nil {
 		return broker.ServerType{}, err
 	}
@@ -267,6 +270,7 @@ func (db *DB) AddServerType(ctx context.Context, name string, tags []string) (br
 // UpdateServerType replaces a type's tags. Jobs already queued keep the
 // eligibility computed when they were sent.
 func (db *DB) UpdateServerType(ctx context.Context, name string, tags []string) (broker.ServerType, error) {
+	defer db.registryChanged()
 	tags, err := NormalizeTags(tags)
 	if err != nil {
 		return broker.ServerType{}, err
@@ -337,6 +341,7 @@ func listServerTypes(ctx context.Context, tx *sql.Tx) ([]broker.ServerType, erro
 
 // RemoveServerType removes a type no server uses.
 func (db *DB) RemoveServerType(ctx context.Context, name string) error {
+	defer db.registryChanged()
 	return db.write(ctx, func(tx *sql.Tx) error {
 		var server string
 		err := tx.QueryRowContext(ctx, `SELECT s.name FROM servers s JOIN server_types st ON st.id = s.type_id
@@ -372,6 +377,7 @@ type PlatformUpdate struct {
 
 // AddPlatform registers a platform. The caller has validated the key and URL.
 func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platform, error) {
+	defer db.registryChanged()
 	if err := broker.CheckName("platform", p.Name); err != nil {
 		return broker.Platform{}, err
 	}
@@ -407,6 +413,7 @@ func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platfo
 
 // UpdatePlatform changes the fields u sets.
 func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate) (broker.Platform, error) {
+	defer db.registryChanged()
 	err := db.write(ctx, func(tx *sql.Tx) error {
 		var id int64
 		if err := tx.QueryRowContext(ctx, `SELECT id FROM platforms WHERE name = ?`, name).Scan(&id); err != nil {
@@ -524,6 +531,7 @@ func (db *DB) ListPlatforms(ctx context.Context) ([]broker.Platform, error) {
 // RemovePlatform removes a platform and its finished jobs. It returns
 // ErrInUse while the platform has unfinished jobs.
 func (db *DB) RemovePlatform(ctx context.Context, name string) error {
+	defer db.registryChanged()
 	return db.write(ctx, func(tx *sql.Tx) error {
 		var id int64
 		if err := tx.QueryRowContext(ctx, `SELECT id FROM platforms WHERE name = ?`, name).Scan(&id); err != nil {
@@ -790,3 +798,9 @@ func nonNil(s []string) []string {
 	}
 	return s
 }
+
+// RegistryVersion changes whenever a tag, server type or platform is added,
+// changed or removed, so that callers may cache them and reload only then.
+func (db *DB) RegistryVersion() int64 { return db.registryVersion.Load() }
+
+func (db *DB) registryChanged() { db.registryVersion.Add(1) }
