@@ -43,6 +43,12 @@ type DB struct {
 	callbacks sync.Map
 	// registryVersion counts changes to tags, types and platforms.
 	registryVersion atomic.Int64
+
+	cp        *sql.DB // the checkpointer's connection
+	stopCP    chan struct{}
+	cpDone    chan struct{}
+	closeOnce sync.Once
+	cpStarted bool
 }
 
 // Options tune Open. The zero value is what production uses.
@@ -99,7 +105,21 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 
-	db := &DB{path: path, w: w, r: r, now: opts.Now}
+	// The checkpointer has a connection of its own: a checkpoint copies the
+	// WAL into the database file and fsyncs it, which took milliseconds
+	// inside whichever commit crossed SQLite's automatic threshold, stalling
+	// every job behind it. On its own connection it runs beside the writer.
+	cp, err := sql.Open("sqlite3", wdsn)
+	if err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	cp.SetMaxOpenConns(1)
+	cp.SetMaxIdleConns(1)
+	cp.SetConnMaxLifetime(0)
+
+	db := &DB{path: path, w: w, r: r, cp: cp, now: opts.Now, stopCP: make(chan struct{}), cpDone: make(chan struct{})}
 	if err := w.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -108,7 +128,38 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate database %s: %w", path, err)
 	}
+	// The writer only checkpoints as a safety net, if the WAL grows past
+	// ~80 MB (the checkpointer fell behind); SQLite's default is 1000 pages.
+	if _, err := w.ExecContext(ctx, `PRAGMA wal_autocheckpoint = 20000`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	db.cpStarted = true
+	go db.checkpointer()
 	return db, nil
+}
+
+// checkpointInterval is how often the checkpointer copies the WAL into the
+// database file.
+const checkpointInterval = 250 * time.Millisecond
+
+// checkpointer runs PASSIVE checkpoints, which never wait for the writer or
+// readers, until Close.
+func (db *DB) checkpointer() {
+	defer close(db.cpDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-db.stopCP:
+			return
+		case <-t.C:
+		}
+		var busy, frames, done int
+		// Errors are not fatal here: the writer's own threshold still
+		// bounds the WAL, and the next tick tries again.
+		_ = db.cp.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &frames, &done)
+	}
 }
 
 // Path returns the database file's path.
@@ -116,7 +167,13 @@ func (db *DB) Path() string { return db.path }
 
 // Close closes both pools.
 func (db *DB) Close() error {
-	return errors.Join(db.r.Close(), db.w.Close())
+	db.closeOnce.Do(func() {
+		close(db.stopCP)
+		if db.cpStarted {
+			<-db.cpDone
+		}
+	})
+	return errors.Join(db.r.Close(), db.w.Close(), db.cp.Close())
 }
 
 func (db *DB) migrate(ctx context.Context) error {
