@@ -9,11 +9,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
+	"github.com/gradebroker/gradebroker/broker/dispatch"
 )
 
 // brokerConfig is the broker's configuration for a benchmark database: the
@@ -31,7 +34,8 @@ func brokerConfig(p *PKI, dbPath, logLevel string) brokerd.Config {
 }
 
 // drainSpec is one drain measurement: a broker in-process over a seeded
-// database, fake graderds over mTLS, everything queued before start.
+// database, fake graderds over mTLS, everything queued before start; with
+// hold, a feeder keeps the queue topped up while it drains (steady state).
 type drainSpec struct {
 	pki      *PKI
 	dbPath   string
@@ -47,6 +51,12 @@ type drainSpec struct {
 	// start and stop, if set, run when the servers get their slots and
 	// when the measurement ends (for testing.B's timer).
 	start, stop func()
+	// hold, if > 0, is the queue depth a feeder goroutine keeps up during
+	// the whole run by submitting fx.NewJob jobs through Dispatcher.Submit
+	// whenever Stats().Queued falls feedMin or more below it. The run then
+	// never drains: it is timed over the window like a deep queue.
+	hold int
+	fx   Fixture
 }
 
 // drainResult is what a drain measured.
@@ -65,6 +75,87 @@ type drainResult struct {
 	LoadAvg        string        // 1-minute load average when the run started
 	Verified       int           // sampled acked jobs found done in the database
 	DrainTime      time.Duration // Whole: from the slots to the last Ack
+
+	// With drainSpec.hold: the depth held, Stats().Queued sampled every
+	// 100 ms in the window, and the jobs the feeder submitted in it.
+	Hold             int
+	HoldMin, HoldMax int
+	HoldAvg          float64
+	HoldSamples      int
+	Fed              int64 // jobs submitted by the feeder in the window
+	FedCalls         int64 // Submit calls in the window
+}
+
+// fedRate is the feeder's submissions per second in the window.
+func (r drainResult) fedRate() float64 {
+	if r.Measured <= 0 {
+		return 0
+	}
+	return float64(r.Fed) / r.Measured.Seconds()
+}
+
+// The feeder of a held queue submits when the queue is at least feedMin
+// below the depth, at most feedMax jobs per Submit call, and otherwise
+// looks again after feedPoll. The same for every depth.
+const (
+	feedMin  = 32
+	feedMax  = 1024
+	feedPoll = time.Millisecond
+)
+
+// feeder keeps a dispatcher's queue at a depth (see drainSpec.hold).
+type feeder struct {
+	fed, calls atomic.Int64
+	err        error
+	stop       context.CancelFunc
+	done       chan struct{}
+}
+
+func startFeeder(ctx context.Context, disp *dispatch.Dispatcher, fx Fixture, depth int, firstName int) *feeder {
+	fctx, cancel := context.WithCancel(ctx)
+	f := &feeder{stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		name := firstName
+		t := time.NewTimer(0)
+		defer t.Stop()
+		for {
+			deficit := depth - disp.Stats().Queued
+			if deficit < min(feedMin, depth) {
+				t.Reset(feedPoll)
+				select {
+				case <-fctx.Done():
+					return
+				case <-t.C:
+				}
+				continue
+			}
+			jobs := make([]broker.NewJob, min(deficit, feedMax))
+			for i := range jobs {
+				jobs[i] = fx.NewJob(name)
+				name++
+			}
+			if _, err := disp.Submit(fctx, jobs, nil, benchActor); err != nil {
+				if fctx.Err() == nil {
+					f.err = fmt.Errorf("feeder: submit: %w", err)
+				}
+				return
+			}
+			f.fed.Add(int64(len(jobs)))
+			f.calls.Add(1)
+		}
+	}()
+	return f
+}
+
+// Stop stops the feeder, waits for it and returns its error, if any.
+func (f *feeder) Stop() error {
+	if f == nil {
+		return nil
+	}
+	f.stop()
+	<-f.done
+	return f.err
 }
 
 func (r drainResult) opsPerCommit() float64 {
@@ -96,6 +187,7 @@ func (r drainResult) commitsPerSec() float64 {
 type sample struct {
 	at           int64 // tally clock
 	acked        int64
+	fed, calls   int64 // by the feeder, if any
 	batches, ops uint64
 	cpu          time.Duration // this process's user+system CPU time
 }
@@ -145,7 +237,11 @@ func runDrain(ctx context.Context, s drainSpec) (res drainResult, err error) {
 		return res, fmt.Errorf("broker loaded %d queued jobs, want %d", st.Queued, s.jobs)
 	}
 
-	tally := NewTally(s.jobs)
+	target := s.jobs
+	if s.hold > 0 {
+		target = 0 // never drains: no end, no 95 % mark
+	}
+	tally := NewTally(target)
 	clients, err := DialAll(ctx, b.GRPCAddr(), s.pki, s.servers, tally, DialOptions{Slots: 0}, 8)
 	if err != nil {
 		return res, err
@@ -157,12 +253,21 @@ func runDrain(ctx context.Context, s drainSpec) (res drainResult, err error) {
 	runtime.GC()
 	time.Sleep(300 * time.Millisecond)
 
+	var feed *feeder
+	defer func() { feed.Stop() }() // before b.Close
 	snap := func() sample {
 		st := disp.Stats()
-		return sample{at: tally.now(), acked: tally.Acked(), batches: st.Batches, ops: st.BatchOps, cpu: processCPU()}
+		sm := sample{at: tally.now(), acked: tally.Acked(), batches: st.Batches, ops: st.BatchOps, cpu: processCPU()}
+		if feed != nil {
+			sm.fed, sm.calls = feed.fed.Load(), feed.calls.Load()
+		}
+		return sm
 	}
 	if s.start != nil {
 		s.start()
+	}
+	if s.hold > 0 {
+		feed = startFeeder(ctx, disp, s.fx, s.hold, int(s.jobs))
 	}
 	start := snap()
 	t0 := start.at
@@ -176,6 +281,14 @@ func runDrain(ctx context.Context, s drainSpec) (res drainResult, err error) {
 	var samples []sample
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	// The depth actually held: Queued every 100 ms of the window.
+	var depthTick <-chan time.Time
+	if s.hold > 0 {
+		dt := time.NewTicker(100 * time.Millisecond)
+		defer dt.Stop()
+		depthTick = dt.C
+	}
+	var depths []int
 	var profFile *os.File
 	stopProfile := func() {
 		if profFile != nil {
@@ -194,6 +307,11 @@ loop:
 			break loop
 		case <-b.Failed():
 			return res, fmt.Errorf("broker failed: %w", b.Err())
+		case <-depthTick:
+			if now := tally.now(); now >= warmEnd && now < end {
+				depths = append(depths, disp.Stats().Queued)
+			}
+			continue
 		case <-tick.C:
 		}
 		sm := snap()
@@ -218,6 +336,9 @@ loop:
 		s.stop()
 	}
 	final := snap()
+	if err := feed.Stop(); err != nil {
+		return res, err
+	}
 	for _, c := range clients {
 		if err := c.Err(); err != nil {
 			return res, fmt.Errorf("fake graderd %s: %w", c.Name, err)
@@ -254,7 +375,7 @@ loop:
 		res.CPU = final.cpu - start.cpu
 	default:
 		b := final
-		if final.acked >= s.jobs {
+		if s.hold == 0 && final.acked >= s.jobs {
 			// Drained inside the window: stop at 95 % so that the
 			// ramp-down of the last leases does not count.
 			res.Drained = true
@@ -269,9 +390,27 @@ loop:
 		res.Acked = b.acked - a.acked
 		res.Batches, res.Ops = b.batches-a.batches, b.ops-a.ops
 		res.CPU = b.cpu - a.cpu
+		res.Fed, res.FedCalls = b.fed-a.fed, b.calls-a.calls
 	}
 	if res.Measured > 0 {
 		res.Rate = float64(res.Acked) / res.Measured.Seconds()
+	}
+	if s.hold > 0 {
+		res.Hold = s.hold
+		if len(depths) == 0 {
+			return res, fmt.Errorf("no queue depth sampled in the window")
+		}
+		res.HoldSamples = len(depths)
+		res.HoldMin, res.HoldMax = slices.Min(depths), slices.Max(depths)
+		sum := 0
+		for _, d := range depths {
+			sum += d
+		}
+		res.HoldAvg = float64(sum) / float64(len(depths))
+		progressf(s.progress, "  %d×%d, %d held: %.0f jobs/s over %s (load %s, %.1f ops/commit, %s CPU/job; queued min %d avg %.0f max %d; fed %.0f jobs/s in %d calls)",
+			res.Servers, res.Slots, s.hold, res.Rate, res.Measured.Round(time.Millisecond), res.Load.Round(time.Millisecond), res.opsPerCommit(), fmtDur(res.cpuPerJob()),
+			res.HoldMin, res.HoldAvg, res.HoldMax, res.fedRate(), res.FedCalls)
+		return res, nil
 	}
 	progressf(s.progress, "  %d×%d, %d queued: %.0f jobs/s over %s (load %s, %.1f ops/commit, %s CPU/job)",
 		res.Servers, res.Slots, res.Queued, res.Rate, res.Measured.Round(time.Millisecond), res.Load.Round(time.Millisecond), res.opsPerCommit(), fmtDur(res.cpuPerJob()))

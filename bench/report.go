@@ -33,19 +33,83 @@ type scaleRow struct {
 	Runs []drainResult
 }
 
-// median returns the run with the median rate.
-func (r scaleRow) median() drainResult {
-	runs := slices.Clone(r.Runs)
-	slices.SortFunc(runs, func(a, b drainResult) int {
-		switch {
-		case a.Rate < b.Rate:
-			return -1
-		case a.Rate > b.Rate:
-			return 1
-		}
+// rate is the median of the runs' rates (of an even number, the mean of the
+// middle two).
+func (r scaleRow) rate() float64 {
+	var v []float64
+	for _, x := range r.Runs {
+		v = append(v, x.Rate)
+	}
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[n/2]
+}
+
+// cpuPerJob is the median of the runs' CPU per job (of an even number, the
+// mean of the middle two).
+func (r scaleRow) cpuPerJob() time.Duration {
+	var c []time.Duration
+	for _, x := range r.Runs {
+		c = append(c, x.cpuPerJob())
+	}
+	slices.Sort(c)
+	n := len(c)
+	if n%2 == 0 {
+		return (c[n/2-1] + c[n/2]) / 2
+	}
+	return c[n/2]
+}
+
+// load is the mean broker start (brokerd.New + Start) of the runs.
+func (r scaleRow) load() time.Duration {
+	var t time.Duration
+	for _, x := range r.Runs {
+		t += x.Load
+	}
+	return t / time.Duration(len(r.Runs))
+}
+
+// fedRate is what the feeder submitted per second over all the windows.
+func (r scaleRow) fedRate() float64 {
+	var n int64
+	var t time.Duration
+	for _, x := range r.Runs {
+		n += x.Fed
+		t += x.Measured
+	}
+	if t <= 0 {
 		return 0
-	})
-	return runs[len(runs)/2]
+	}
+	return float64(n) / t.Seconds()
+}
+
+// loadAvgs lists the runs' 1-minute load averages at their start.
+func (r scaleRow) loadAvgs() string {
+	var l []string
+	for _, x := range r.Runs {
+		l = append(l, x.LoadAvg)
+	}
+	return strings.Join(l, ", ")
+}
+
+// held returns the lowest Queued sampled in any run's window and the mean
+// of all the samples.
+func (r scaleRow) held() (lo int, avg float64) {
+	n := 0
+	for i, x := range r.Runs {
+		if i == 0 || x.HoldMin < lo {
+			lo = x.HoldMin
+		}
+		avg += x.HoldAvg * float64(x.HoldSamples)
+		n += x.HoldSamples
+	}
+	if n > 0 {
+		avg /= float64(n)
+	}
+	return lo, avg
 }
 
 func verified(rows []throughputRow) int {
@@ -180,45 +244,53 @@ func (r *Report) Write(w io.Writer) error {
 	}
 
 	if len(r.Scale) > 0 {
-		p("### Scale: drain rate by queue depth (4 × 16)")
+		runs := len(r.Scale[0].Runs)
+		avg := "median"
+		switch {
+		case runs == 1:
+			avg = ""
+		case runs == 2:
+			avg = "mean"
+		case runs%2 == 0:
+			avg = "median (mean of the middle two)"
+		}
+		p("### Scale: drain rate by queue depth, held in steady state (4 × 16)")
 		p("")
-		p("| jobs queued at start | broker start (loads the queue) | jobs/s | vs best | CPU per job | load avg |")
-		p("| ---: | ---: | ---: | ---: | ---: | ---: |")
+		p("| queue depth held | queued in the window (lowest / mean) | broker start (loads the queue) | jobs/s | vs best | jobs fed/s | CPU per job | load avg |")
+		p("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 		best, worst := 0.0, 0.0
 		cpuLo, cpuHi := time.Duration(0), time.Duration(0)
 		for i, s := range r.Scale {
-			md := s.median()
-			if i == 0 || md.Rate > best {
-				best = md.Rate
+			rate := s.rate()
+			if i == 0 || rate > best {
+				best = rate
 			}
-			if i == 0 || md.Rate < worst {
-				worst = md.Rate
+			if i == 0 || rate < worst {
+				worst = rate
 			}
-			if c := md.cpuPerJob(); i == 0 || c < cpuLo {
+			if c := s.cpuPerJob(); i == 0 || c < cpuLo {
 				cpuLo = c
 			}
-			if c := md.cpuPerJob(); c > cpuHi {
+			if c := s.cpuPerJob(); c > cpuHi {
 				cpuHi = c
 			}
 		}
 		for _, s := range r.Scale {
-			md := s.median()
-			rate := num(md.Rate)
+			rate := num(s.rate())
 			if len(s.Runs) > 1 {
-				lo, hi := md.Rate, md.Rate
+				lo, hi := s.Runs[0].Rate, s.Runs[0].Rate
 				for _, x := range s.Runs {
 					lo, hi = min(lo, x.Rate), max(hi, x.Rate)
 				}
-				rate += fmt.Sprintf(" (median of %d: %s–%s)", len(s.Runs), num(lo), num(hi))
+				rate += fmt.Sprintf(" (%d runs: %s–%s)", len(s.Runs), num(lo), num(hi))
 			}
-			if md.Whole {
-				rate += fmt.Sprintf("; all drained in %s", fmtDur(md.DrainTime))
-			} else if md.Drained {
-				rate += fmt.Sprintf(", %.1f s to 95 %%", md.Measured.Seconds())
-			} else {
-				rate += fmt.Sprintf(", %.0f s window", md.Measured.Seconds())
+			vs := 0.0
+			if best > 0 {
+				vs = 100 * (s.rate() - best) / best
 			}
-			p("| %s | %.2f s | %s | %+.0f %% | %s | %s |", num(float64(s.Size)), md.Load.Seconds(), rate, 100*(md.Rate-best)/best, fmtDur(md.cpuPerJob()), md.LoadAvg)
+			lo, mean := s.held()
+			p("| %s | %s / %s | %.2f s | %s | %+.0f %% | %s | %s | %s |", num(float64(s.Size)), num(float64(lo)), num(mean),
+				s.load().Seconds(), rate, vs, num(s.fedRate()), fmtDur(s.cpuPerJob()), s.loadAvgs())
 		}
 		spread := 0.0
 		if best > 0 {
@@ -228,15 +300,29 @@ func (r *Report) Write(w io.Writer) error {
 		if cpuHi > 0 {
 			cpuSpread = float64(cpuHi-cpuLo) / float64(cpuHi)
 		}
+		r0 := r.Scale[0].Runs[0]
+		how := "one run per depth"
+		if runs > 1 {
+			how = fmt.Sprintf("%d runs per depth, taken in turn round the depths so that a busy spell on the machine does not land on one depth only; jobs/s and CPU per job are the %s of the runs, broker start the mean", runs, avg)
+		}
 		p("")
 		p("Within 20 %% of each other: %s by jobs/s (slowest %.0f %% below the fastest); CPU per job differs by %.0f %%",
 			yes(spread <= targetSpread), 100*spread, 100*cpuSpread)
-		p("(%s by that measure, which other load on the machine disturbs less). A queue that empties during the", yes(cpuSpread <= targetSpread))
-		p("warm-up is timed from the first Ack to the Ack that reaches 95 %% of it (so neither the first commit and round")
-		p("trip nor the last leases in flight count; the full time from Slots to the last Ack is shown too), repeated,")
-		p("median shown; its CPU per job covers the whole drain, start-up included. Deeper queues: a %s window after %s",
-			o.Window, o.Warmup)
-		p("of warm-up.")
+		p("(%s by that measure, which other load on the machine disturbs less).", yes(cpuSpread <= targetSpread))
+		p("")
+		p("Every depth is measured the same way, in steady state. The database is seeded with that many queued jobs")
+		p("(store BeginJobs/InsertJob; loaded by the dispatcher at broker start) and, from the moment the fake graderds")
+		p("get their slots, a feeder goroutine keeps the queue at that depth: whenever Dispatcher.Stats().Queued is %d",
+			feedMin)
+		p("or more below it, it submits the difference (at most %s jobs per call) through Dispatcher.Submit, the same",
+			num(feedMax))
+		p("group-committed path as the platform API; otherwise it looks again after %s. No queue empties, so each rate", feedPoll)
+		p("is acks in a %s window after %s of warm-up (%s).", o.Window, o.Warmup, how)
+		p("Queued (waiting jobs, not the %d leased ones) is sampled every 100 ms of each window (%d samples per run):",
+			r0.Servers*r0.Slots, r0.HoldSamples)
+		p("lowest sample of all runs / mean of all samples. Jobs fed/s (over all the windows) should equal jobs/s. CPU per")
+		p("job is the whole process's CPU in the window / jobs acked, so it includes inserting the job that replaces each")
+		p("one drained. Load avg: the 1-minute load average at the start of each run.")
 		p("")
 	}
 

@@ -38,8 +38,12 @@ type Options struct {
 	LatBatch    int     // jobs per Submit
 	LatDuration time.Duration
 
+	// ScaleSizes are the queue depths the scale scenario holds while it
+	// drains, each measured ScaleRepeats times, the depths in turn (the
+	// report shows the median; of an even number, the mean of the middle
+	// two).
 	ScaleSizes   []int
-	ScaleRepeats int // repeats of sizes that drain during warm-up
+	ScaleRepeats int
 
 	RSSJobs    int
 	RSSStreams int
@@ -63,9 +67,9 @@ func (o *Options) Defaults() error {
 		rssJobs, repeats             int
 	}
 	presets := map[string]preset{
-		"default": {2 * time.Second, 10 * time.Second, 20 * time.Second, 10 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 9},
-		"quick":   {time.Second, 4 * time.Second, 6 * time.Second, 4 * time.Second, []int{1_000, 20_000, 100_000}, 100_000, 3},
-		"full":    {3 * time.Second, 30 * time.Second, 60 * time.Second, 30 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 15},
+		"default": {2 * time.Second, 10 * time.Second, 20 * time.Second, 10 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 2},
+		"quick":   {time.Second, 4 * time.Second, 6 * time.Second, 4 * time.Second, []int{1_000, 20_000, 100_000}, 100_000, 1},
+		"full":    {3 * time.Second, 30 * time.Second, 60 * time.Second, 30 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 3},
 	}
 	if o.Preset == "" {
 		o.Preset = "default"
@@ -149,6 +153,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 
 	// The biggest scale size and the memory run share one seeded file.
 	var bigBase string
+	var bigFx Fixture
 	bigSize := 0
 	var rssServers []ServerCert
 	needBig := func(size int) (string, error) {
@@ -166,7 +171,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 			}
 			servers = append(slices.Clone(bench), rssServers...)
 		}
-		if err := seedWithServers(ctx, path, p, bench, servers, o.Slots, size); err != nil {
+		if bigFx, err = seedWithServers(ctx, path, p, bench, servers, o.Slots, size); err != nil {
 			return "", err
 		}
 		progressf(o.Progress, "seeded %d jobs and %d servers in %s", size, len(servers), time.Since(t).Round(time.Millisecond))
@@ -181,7 +186,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 		progressf(o.Progress, "throughput: seeding %d jobs", o.ThroughputJobs)
 		base := dbPath(dir, "throughput-base")
 		t := time.Now()
-		if err := seedWithServers(ctx, base, p, bench, bench, o.Slots, o.ThroughputJobs); err != nil {
+		if _, err := seedWithServers(ctx, base, p, bench, bench, o.Slots, o.ThroughputJobs); err != nil {
 			return err
 		}
 		rep.SeedRate = float64(o.ThroughputJobs) / time.Since(t).Seconds()
@@ -228,7 +233,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 				progressf(o.Progress, "latency: measuring the 4×16 peak first")
 				path := dbPath(dir, "peak")
 				n := int(20000 * (time.Second + 4*time.Second).Seconds())
-				if err := seedWithServers(ctx, path, p, bench, bench, o.Slots, n); err != nil {
+				if _, err := seedWithServers(ctx, path, p, bench, bench, o.Slots, n); err != nil {
 					return err
 				}
 				res, err := runDrain(ctx, drainSpec{pki: p, dbPath: path, servers: bench[:4], slots: o.Slots,
@@ -253,39 +258,64 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 	}
 
 	if o.want("scale") {
-		for _, size := range o.ScaleSizes {
-			progressf(o.Progress, "scale: %d queued", size)
-			row := scaleRow{Size: size}
-			repeats := 1
-			for r := 0; r < repeats; r++ {
+		// Every depth is measured in steady state: seeded to the depth, then
+		// held there by a feeder (Dispatcher.Submit) while the fake graderds
+		// drain it, so that no queue empties and every rate is over the same
+		// warm-up and window. Repeats go round the depths in turn, so that a
+		// busy spell on the shared machine does not land on one depth only.
+		// Each depth is seeded once, copied for each run.
+		type seeded struct {
+			path string
+			fx   Fixture
+		}
+		bases := map[int]seeded{}
+		scaleBase := func(size int) (string, Fixture, error) {
+			if b, ok := bases[size]; ok {
+				return b.path, b.fx, nil
+			}
+			path := dbPath(dir, fmt.Sprintf("scale-base-%d", size))
+			fx, err := seedWithServers(ctx, path, p, bench, bench, o.Slots, size)
+			if err != nil {
+				return "", fx, err
+			}
+			bases[size] = seeded{path, fx}
+			return path, fx, nil
+		}
+		rows := make([]scaleRow, len(o.ScaleSizes))
+		for r := 0; r < o.ScaleRepeats; r++ {
+			for i, size := range o.ScaleSizes {
+				progressf(o.Progress, "scale: %d queued, held (run %d of %d)", size, r+1, o.ScaleRepeats)
+				rows[i].Size = size
 				path := dbPath(dir, fmt.Sprintf("scale-%d", size))
+				var base string
+				var fx Fixture
 				if size == slices.Max(o.ScaleSizes) {
-					base, err := needBig(size)
-					if err != nil {
+					if base, err = needBig(size); err != nil {
 						return err
 					}
-					if err := copyFile(base, path); err != nil {
-						return err
-					}
-				} else if err := seedWithServers(ctx, path, p, bench, bench, o.Slots, size); err != nil {
+					fx = bigFx
+				} else if base, fx, err = scaleBase(size); err != nil {
+					return err
+				}
+				if err := copyFile(base, path); err != nil {
 					return err
 				}
 				res, err := runDrain(ctx, drainSpec{pki: p, dbPath: path, servers: bench[:4], slots: o.Slots,
-					jobs: int64(size), warmup: o.Warmup, window: o.Window, logLevel: o.LogLevel, logFile: logFile,
-					progress: o.Progress})
+					jobs: int64(size), hold: size, fx: fx, warmup: o.Warmup, window: o.Window, logLevel: o.LogLevel,
+					logFile: logFile, progress: o.Progress})
 				if err != nil {
 					return fmt.Errorf("scale %d: %w", size, err)
 				}
 				os.Remove(path)
 				os.Remove(path + "-wal")
 				os.Remove(path + "-shm")
-				row.Runs = append(row.Runs, res)
-				if res.Whole {
-					repeats = o.ScaleRepeats // short drains are noisy: repeat them
-				}
+				rows[i].Runs = append(rows[i].Runs, res)
 			}
-			rep.Scale = append(rep.Scale, row)
 		}
+		for _, b := range bases {
+			os.Remove(b.path)
+		}
+		rep.Scale = rows
 	}
 
 	if o.want("rss") {
@@ -312,21 +342,22 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 }
 
 // seedWithServers seeds a database at path: the registry, every server in
-// servers (bench servers get maxJobs, the others 1), and n jobs.
-func seedWithServers(ctx context.Context, path string, p *PKI, bench, servers []ServerCert, maxJobs, n int) error {
+// servers (bench servers get maxJobs, the others 1), and n jobs. It returns
+// the registry's ids.
+func seedWithServers(ctx context.Context, path string, p *PKI, bench, servers []ServerCert, maxJobs, n int) (Fixture, error) {
 	db, fx, err := CreateDB(ctx, path, p, bench, maxJobs)
 	if err != nil {
-		return err
+		return fx, err
 	}
 	if len(servers) > len(bench) {
 		if err := AddServers(ctx, db, servers[len(bench):], 1); err != nil {
 			db.Close()
-			return err
+			return fx, err
 		}
 	}
 	if err := Seed(ctx, db, fx, 0, n, 20000); err != nil {
 		db.Close()
-		return err
+		return fx, err
 	}
-	return db.Close()
+	return fx, db.Close()
 }

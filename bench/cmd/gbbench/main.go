@@ -56,10 +56,11 @@ const usage = `Usage: gbbench [flags]
 Benchmarks the broker over real mTLS with fake graderd clients and prints a
 markdown table (stdout); progress goes to stderr. By default it runs every
 scenario in under five minutes: throughput (1, 4, 16 servers × 16 slots),
-latency (open loop at half the 4 × 16 peak), scale (1,000 / 100,000 /
-1,000,000 jobs queued), memory (1,000,000 queued, 1,000 streams, broker in
-a child process), and the platform API (REST sendjob with real tokens beside
-the crypto-only rate, batch submission, result callbacks).
+latency (open loop at half the 4 × 16 peak), scale (drain rate with 1,000 /
+100,000 / 1,000,000 jobs queued, each depth held by a feeder while it
+drains), memory (1,000,000 queued, 1,000 streams, broker in a child
+process), and the platform API (REST sendjob with real tokens beside the
+crypto-only rate, batch submission, result callbacks).
 
 Flags:
 `
@@ -75,7 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
 	servers := fs.String("servers", "1,4,16", "throughput: comma-separated server counts")
-	scale := fs.String("scale", "", "scale: comma-separated queue depths (default 1000,100000,1000000)")
+	scale := fs.String("scale", "", "scale: comma-separated queue depths, each held while it drains (default 1000,100000,1000000)")
 	fs.StringVar(&o.Dir, "dir", "", "where to make the work directory (default $TMPDIR); must be a real disk")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the work directory (databases, logs)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the 4 × 16 throughput window to `file`")
