@@ -22,6 +22,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gradebroker/gradebroker/internal/cliflag"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -199,7 +201,7 @@ func (m *cli) run(ctx context.Context, cmd *command, conn connFlags, args []stri
 	}
 	r := &runner{cli: m, conn: &conn, fs: fs}
 	run := cmd.flags(fs, r)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cliflag.ParseInterleaved(fs, args)
 	if err == nil && len(pos) != len(cmd.args) {
 		if len(pos) < len(cmd.args) {
 			err = usagef("missing %s", strings.Join(cmd.args[len(pos):], " "))
@@ -249,28 +251,6 @@ func (m *cli) run(ctx context.Context, cmd *command, conn connFlags, args []stri
 	}
 	fmt.Fprintf(m.stderr, "error: %v\n", err)
 	return ExitError
-}
-
-// parseInterleaved parses flags that come before, between and after
-// positional arguments (the flag package alone stops at the first
-// positional one), so that "server add g1 --type py" works as people type
-// it. Everything after "--" is positional.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
 }
 
 // runner is what a command's run function works with.

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/gradebroker/gradebroker/internal/cliflag"
 )
 
 // Exit codes of Main.
@@ -173,7 +175,7 @@ func (m *cli) run(ctx context.Context, cmd *command, c common, args []string) in
 	fs.SetOutput(io.Discard)
 	c.register(fs)
 	run := cmd.flags(fs)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cliflag.ParseInterleaved(fs, args)
 	if err == nil {
 		switch {
 		case len(pos) < cmd.minArgs:
@@ -205,28 +207,6 @@ func (m *cli) run(ctx context.Context, cmd *command, c common, args []string) in
 	}
 	fmt.Fprintf(m.stderr, "error: %v\n", err)
 	return ExitError
-}
-
-// parseInterleaved parses flags that come before, between and after
-// positional arguments (the flag package alone stops at the first
-// positional one), so that "getjob 12 --wait 30s" works as people type it.
-// Everything after "--" is positional.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
 }
 
 // --- usage ---
