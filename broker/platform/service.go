@@ -201,6 +201,18 @@ func (s *Service) open(ctx context.Context, compact, want string) (request, erro
 	return request{platform: p, claims: claims, payload: payload}, nil
 }
 
+// openAs is open followed by decoding the payload's own fields into v.
+func (s *Service) openAs(ctx context.Context, compact, want string, v any) (request, error) {
+	r, err := s.open(ctx, compact, want)
+	if err != nil {
+		return request{}, err
+	}
+	if err := decodePayload(r.payload, v); err != nil {
+		return request{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return r, nil
+}
+
 // tokenError maps a token refusal to a status a platform developer can act on.
 func (s *Service) tokenError(ctx context.Context, err error) error {
 	if r := RefusalReason(err); r != "" && s.cfg.TokenRefused != nil {
@@ -234,13 +246,10 @@ func (s *Service) Test(ctx context.Context, req *gbv1.TestRequest) (*gbv1.TestRe
 
 // SendJob implements PlatformService.SendJob.
 func (s *Service) SendJob(ctx context.Context, req *gbv1.SendJobRequest) (*gbv1.SendJobResponse, error) {
-	r, err := s.open(ctx, req.GetToken(), "sendjob")
+	var spec jobSpec
+	r, err := s.openAs(ctx, req.GetToken(), "sendjob", &spec)
 	if err != nil {
 		return nil, err
-	}
-	var spec jobSpec
-	if err := decodePayload(r.payload, &spec); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	reg, err := s.registry(ctx)
 	if err != nil {
@@ -260,13 +269,10 @@ func (s *Service) SendJob(ctx context.Context, req *gbv1.SendJobRequest) (*gbv1.
 // SendJobs implements PlatformService.SendJobs: many jobs, one token, all or
 // none.
 func (s *Service) SendJobs(ctx context.Context, req *gbv1.SendJobsRequest) (*gbv1.SendJobsResponse, error) {
-	r, err := s.open(ctx, req.GetToken(), "sendjobs")
+	var p sendJobsPayload
+	r, err := s.openAs(ctx, req.GetToken(), "sendjobs", &p)
 	if err != nil {
 		return nil, err
-	}
-	var p sendJobsPayload
-	if err := decodePayload(r.payload, &p); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if len(p.Jobs) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "jobs is required: an array of at least one job")
@@ -293,13 +299,10 @@ func (s *Service) SendJobs(ctx context.Context, req *gbv1.SendJobsRequest) (*gbv
 
 // SendSolution implements PlatformService.SendSolution.
 func (s *Service) SendSolution(ctx context.Context, req *gbv1.SendSolutionRequest) (*gbv1.SendSolutionResponse, error) {
-	r, err := s.open(ctx, req.GetToken(), "sendsolution")
+	var p sendSolutionPayload
+	r, err := s.openAs(ctx, req.GetToken(), "sendsolution", &p)
 	if err != nil {
 		return nil, err
-	}
-	var p sendSolutionPayload
-	if err := decodePayload(r.payload, &p); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	jd, err := solutionJobdata(p)
 	if err != nil {
@@ -461,13 +464,10 @@ func (s *Service) ownJob(ctx context.Context, r request, ref jobRef) (int64, err
 
 // GetJob implements PlatformService.GetJob.
 func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.GetJobResponse, error) {
-	r, err := s.open(ctx, req.GetToken(), "getjob")
+	var ref jobRef
+	r, err := s.openAs(ctx, req.GetToken(), "getjob", &ref)
 	if err != nil {
 		return nil, err
-	}
-	var ref jobRef
-	if err := decodePayload(r.payload, &ref); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	id, err := s.ownJob(ctx, r, ref)
 	if err != nil {
@@ -500,13 +500,10 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 
 // CancelJob implements PlatformService.CancelJob.
 func (s *Service) CancelJob(ctx context.Context, req *gbv1.CancelJobRequest) (*gbv1.CancelJobResponse, error) {
-	r, err := s.open(ctx, req.GetToken(), "canceljob")
+	var ref jobRef
+	r, err := s.openAs(ctx, req.GetToken(), "canceljob", &ref)
 	if err != nil {
 		return nil, err
-	}
-	var ref jobRef
-	if err := decodePayload(r.payload, &ref); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	id, err := s.ownJob(ctx, r, ref)
 	if err != nil {
