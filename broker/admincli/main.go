@@ -33,14 +33,11 @@ import (
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
-// Exit codes of Main.
+// Exit codes of Main, shared by gradebroker's command-line tools.
 const (
-	// ExitOK means the command did what was asked.
-	ExitOK = 0
-	// ExitError means the broker (or a file, or the network) refused.
-	ExitError = 1
-	// ExitUsage means the command line was wrong; nothing was sent.
-	ExitUsage = 2
+	ExitOK    = cliflag.ExitOK    // the command did what was asked
+	ExitError = cliflag.ExitError // the broker refused, or a file or the network failed
+	ExitUsage = cliflag.ExitUsage // the command line was wrong; nothing was sent
 )
 
 // DefaultAddr is where the broker's gRPC port listens unless told otherwise.

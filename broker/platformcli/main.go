@@ -27,14 +27,11 @@ import (
 	"github.com/gradebroker/gradebroker/internal/cliflag"
 )
 
-// Exit codes of Main.
+// Exit codes of Main, shared by gradebroker's command-line tools.
 const (
-	// ExitOK means the command did what was asked.
-	ExitOK = 0
-	// ExitError means the broker refused, or a file or the network failed.
-	ExitError = 1
-	// ExitUsage means the command line was wrong; nothing was sent.
-	ExitUsage = 2
+	ExitOK    = cliflag.ExitOK    // the command did what was asked
+	ExitError = cliflag.ExitError // the broker refused, or a file or the network failed
+	ExitUsage = cliflag.ExitUsage // the command line was wrong; nothing was sent
 )
 
 // DefaultURL is where the broker's REST gateway listens in the demo setup.

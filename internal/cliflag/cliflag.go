@@ -26,3 +26,13 @@ func ParseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		args = rest[1:]
 	}
 }
+
+// Exit codes of gradebroker's command-line tools.
+const (
+	// ExitOK means the command did what was asked.
+	ExitOK = 0
+	// ExitError means the broker refused, or a file or the network failed.
+	ExitError = 1
+	// ExitUsage means the command line was wrong; nothing was sent.
+	ExitUsage = 2
+)
