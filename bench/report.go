@@ -212,7 +212,7 @@ func (r *Report) Write(w io.Writer) error {
 	}
 
 	if l := r.Latency; l != nil {
-		p("### Latency: job eligible (its Submit returned) → Assign received by a fake graderd with a free slot")
+		p("### Latency: job eligible (committed by its Submit) → Assign received by a fake graderd with a free slot")
 		p("")
 		p("| offered load | p50 | p90 | p99 | p99.9 | max | target p99 < 5 ms |")
 		p("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -220,7 +220,8 @@ func (r *Report) Write(w io.Writer) error {
 		if o.LatRate == 0 {
 			load += fmt.Sprintf(" (half the 4 × 16 peak of %s)", num(r.Peak4))
 		}
-		p("| %s | %s | %s | %s | %s | %s | %s |", load, fmtDur(l.P50), fmtDur(l.P90), fmtDur(l.P99), fmtDur(l.P999), fmtDur(l.Max), yes(l.P99 < targetP99))
+		p("| %s, from Submit's return (lower bound) | %s | %s | %s | %s | %s | %s |", load, fmtDur(l.P50), fmtDur(l.P90), fmtDur(l.P99), fmtDur(l.P999), fmtDur(l.Max), yes(l.P99 < targetP99))
+		p("| same jobs, from Submit's call (upper bound) | %s | %s | %s | %s | %s | %s |", fmtDur(l.CallP50), fmtDur(l.CallP90), fmtDur(l.CallP99), fmtDur(l.CallP999), fmtDur(l.CallMax), yes(l.CallP99 < targetP99))
 		p("")
 		p("4 × 16 fake graderds, queue empty at start. Open loop: Dispatcher.Submit in batches of %d jobs, each call in",
 			l.Batch)
@@ -228,7 +229,10 @@ func (r *Report) Write(w io.Writer) error {
 			num(l.Rate/float64(l.Batch)), o.LatDuration, o.Warmup, num(float64(l.Jobs)), num(l.Achieved))
 		p("jobs/s submitted, %s jobs/s drained, %.1f ops/commit). Each job's latency is the fake client's receive",
 			num(l.Drained), l.OpsPerBatch)
-		p("time of its Assign minus the time its Submit returned (same process, monotonic clock). Submit itself (it")
+		p("time of its Assign minus the time its Submit returned (same process, monotonic clock). A job submitted while a")
+		p("server has a free slot is stored and leased in one transaction, and its Assign is queued for the stream as soon")
+		p("as that commits, before Submit returns; so the second row also measures from the Submit call, which counts the")
+		p("wait for the commit that makes the job eligible (an upper bound of eligible → Assign). Submit itself (it")
 		p("waits for the group commit) took p50 %s, p99 %s. %s jobs (%.2f %%) took 5 ms or more; they fall in %d of the",
 			fmtDur(l.SubmitP50), fmtDur(l.SubmitP99), num(float64(l.Over)), 100*float64(l.Over)/float64(max(1, l.Jobs)), l.OverPeriods)
 		p("%d 100 ms periods measured (few periods: stalls, e.g. another process or a WAL checkpoint; many: the", l.Periods)

@@ -36,7 +36,9 @@ func (d *Dispatcher) Submit(ctx context.Context, jobs []broker.NewJob, tok *Toke
 		jobs[i].Timeout = min(jobs[i].Timeout, d.cfg.MaxTimeout)
 	}
 	out := make([]store.Inserted, len(jobs))
-	err := d.w.submit(ctx, &op{
+	var o *op
+	var assigned []func()
+	o = &op{
 		fallible: true,
 		apply: func(tx *store.JobTx) error {
 			if tok != nil {
@@ -51,33 +53,55 @@ func (d *Dispatcher) Submit(ctx context.Context, jobs []broker.NewJob, tok *Toke
 				}
 				out[i] = in
 			}
+			// Nothing below can refuse the op: queue the jobs now and give
+			// those a server can take at once their leases in this same
+			// transaction, so that a job submitted while a slot is free
+			// costs one commit and its Assign leaves as soon as it is stored.
+			assigned, o.fatal = d.queueInline(tx, jobs, out)
 			return nil
 		},
 		after: func() {
-			now := d.cfg.Now()
+			for _, f := range assigned {
+				f()
+			}
 			d.mu.Lock()
-			defer d.mu.Unlock()
-			touched := make(map[*class]bool)
-			for i, in := range out {
-				if in.Duplicate {
-					continue
-				}
-				nj := jobs[i]
-				c := d.classFor(nj.TypeIDs)
-				c.push(nj.Priority, nj.PlatformID, qjob{id: in.ID, created: in.CreatedAt.UnixMilli(),
-					timeoutMS: nj.Timeout.Milliseconds(), maxAttempts: int32(nj.MaxAttempts)})
-				touched[c] = true
-			}
-			for c := range touched {
-				d.fillClass(c, now)
-			}
-			d.wakeIdle(now)
+			d.wakeIdle(d.cfg.Now())
+			d.mu.Unlock()
 		},
-	})
+	}
+	err := d.w.submit(ctx, o)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// queueInline puts the jobs just inserted into tx in their classes and
+// matches them with servers that have a free slot, writing those leases into
+// tx. It returns what to run after the commit (the Assign messages), or a
+// storage failure.
+func (d *Dispatcher) queueInline(tx *store.JobTx, jobs []broker.NewJob, out []store.Inserted) ([]func(), error) {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	in := &inlineTx{tx: tx}
+	d.inline = in
+	defer func() { d.inline = nil }()
+	touched := make(map[*class]bool)
+	for i, ins := range out {
+		if ins.Duplicate {
+			continue
+		}
+		nj := jobs[i]
+		c := d.classFor(nj.TypeIDs)
+		c.push(nj.Priority, nj.PlatformID, qjob{id: ins.ID, created: ins.CreatedAt.UnixMilli(),
+			timeoutMS: nj.Timeout.Milliseconds(), maxAttempts: int32(nj.MaxAttempts)})
+		touched[c] = true
+	}
+	for c := range touched {
+		d.fillClass(c, now)
+	}
+	return in.after, in.err
 }
 
 // CancelJob cancels a job that is not final: a queued one at once, a running

@@ -417,3 +417,54 @@ func TestProbeLeavesLiveStreamAlone(t *testing.T) {
 	}
 	e.waitState(ids[0], broker.JobDone)
 }
+
+// A job submitted while a server has a free slot is stored and leased in one
+// transaction: when Submit returns it is already assigned in the database.
+// A job that finds no free slot waits in the queue; a refused submission
+// leaves nothing queued or leased.
+func TestSubmitWithAFreeSlotIsAssignedInTheSameCommit(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 2)
+	st0 := e.d.Stats()
+	ids := e.submit(e.platform, 3, 0)
+	for _, id := range ids[:2] {
+		if st := e.state(id); st != broker.JobAssigned {
+			t.Fatalf("job %d is %s when Submit returned, want assigned (leased in the same commit)", id, st)
+		}
+	}
+	if st := e.state(ids[2]); st != broker.JobQueued {
+		t.Fatalf("third job is %s, want queued: the server has 2 slots", st)
+	}
+	if st := e.d.Stats(); st.Running != st0.Running+2 || st.Queued != st0.Queued+1 {
+		t.Fatalf("after Submit: running %d queued %d, want %d and %d", st.Running, st.Queued, st0.Running+2, st0.Queued+1)
+	}
+	first := []*gbv1.Assign{g.nextAssign(), g.nextAssign()}
+	if first[0].JobId != ids[0] || first[1].JobId != ids[1] {
+		t.Fatalf("assigned jobs %d and %d, want %d and %d", first[0].JobId, first[1].JobId, ids[0], ids[1])
+	}
+	g.result(first[0], gbv1.Outcome_OUTCOME_OK, map[string]int{"score": 1})
+	if a := g.nextAssign(); a.JobId != ids[2] {
+		t.Fatalf("after a result, Assign of job %d, want the queued job %d", a.JobId, ids[2])
+	}
+
+	// A replayed token refuses the whole submission: nothing is queued,
+	// nothing is leased, the server hears nothing.
+	g.result(first[1], gbv1.Outcome_OUTCOME_OK, map[string]int{"score": 1})
+	g.awaitAckOrReject()
+	tok := &TokenUse{Signer: "plat", JTI: "once", Expires: time.Now().Add(time.Minute)}
+	job := []broker.NewJob{{PlatformID: e.platform.ID, Name: "j", Tags: []string{"py"}, Timeout: 10 * time.Second,
+		JobData: []byte(`{}`), TypeIDs: []int64{e.typeID}}}
+	if _, err := e.d.Submit(context.Background(), job, tok, "platform:plat"); err != nil {
+		t.Fatal(err)
+	}
+	g.nextAssign()
+	before := e.d.Stats()
+	if _, err := e.d.Submit(context.Background(), job, tok, "platform:plat"); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("replayed token: got %v, want ErrConflict", err)
+	}
+	if st := e.d.Stats(); st.Running != before.Running || st.Queued != before.Queued || st.Assigned != before.Assigned {
+		t.Fatalf("refused Submit changed the dispatcher: before %+v after %+v", before, st)
+	}
+	g.none(200 * time.Millisecond)
+}

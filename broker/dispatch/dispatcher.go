@@ -188,11 +188,22 @@ type Dispatcher struct {
 	closed          bool
 
 	w *writer
+	// inline, while set, makes assign write its lease into this transaction
+	// rather than queue an op for a later one (see Submit).
+	inline *inlineTx
 
 	runCtx  context.Context
 	stop    context.CancelCauseFunc
 	wg      sync.WaitGroup
 	stopped chan struct{}
+}
+
+// inlineTx collects the leases assign wrote into a transaction that is
+// being applied, and what to do once it commits.
+type inlineTx struct {
+	tx    *store.JobTx
+	after []func()
+	err   error // a storage failure; the batch must not commit
 }
 
 // New makes a Dispatcher over db. Call Start before use.
@@ -537,7 +548,8 @@ func (d *Dispatcher) fillAll(now time.Time) {
 	}
 }
 
-// assign creates a lease of q on s and queues its commit; the Assign message
+// assign creates a lease of q on s and queues its commit, or writes it into
+// the transaction being applied when d.inline is set; the Assign message
 // goes out after the commit.
 func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int64, now time.Time) {
 	id := d.nextLease
@@ -555,7 +567,7 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 	sess := s.sess
 	var aj store.AssignedJob
 	var aerr error
-	d.w.enqueue(&op{
+	o := &op{
 		apply: func(tx *store.JobTx) error {
 			aj, aerr = tx.Assign(q.id, id, s.id, s.name, l.attempt, l.deadline)
 			if errors.Is(aerr, broker.ErrFailedPrecondition) {
@@ -576,7 +588,18 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 			d.dropLease(l)
 			d.updateFree(s)
 		},
-	})
+	}
+	if in := d.inline; in != nil {
+		// The job's lease joins the transaction being applied: one commit
+		// makes the job durable and assigned, and the Assign leaves right
+		// after it.
+		if in.err == nil {
+			in.err = o.apply(in.tx)
+		}
+		in.after = append(in.after, o.after)
+		return
+	}
+	d.w.enqueue(o)
 }
 
 // dropLease forgets a lease everywhere.

@@ -25,6 +25,9 @@ type op struct {
 	done chan error
 
 	err error
+	// fatal, set by apply, is a storage failure inside a fallible op: unlike
+	// the op's own refusal it stops the dispatcher.
+	fatal error
 }
 
 // writer commits queued ops in batches: while one transaction commits, the
@@ -165,7 +168,10 @@ func (w *writer) commit(ctx context.Context, batch []*op) error {
 		if err := tx.Savepoint(); err != nil {
 			return err
 		}
-		if o.err = o.apply(tx); o.err != nil {
+		if o.err = o.apply(tx); o.fatal != nil {
+			return o.fatal
+		}
+		if o.err != nil {
 			if err := tx.RollbackToSavepoint(); err != nil {
 				return err
 			}
