@@ -84,7 +84,7 @@ func (d *Dispatcher) queueInline(tx *store.JobTx, jobs []broker.NewJob, out []st
 	now := d.cfg.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	in := &inlineTx{tx: tx}
+	in := &inlineTx{tx: tx, inserted: make(map[int64]*broker.NewJob, len(jobs))}
 	d.inline = in
 	defer func() { d.inline = nil }()
 	touched := make(map[*class]bool)
@@ -92,7 +92,8 @@ func (d *Dispatcher) queueInline(tx *store.JobTx, jobs []broker.NewJob, out []st
 		if ins.Duplicate {
 			continue
 		}
-		nj := jobs[i]
+		nj := &jobs[i]
+		in.inserted[ins.ID] = nj
 		c := d.classFor(nj.TypeIDs)
 		c.push(nj.Priority, nj.PlatformID, qjob{id: ins.ID, created: ins.CreatedAt.UnixMilli(),
 			timeoutMS: nj.Timeout.Milliseconds(), maxAttempts: int32(nj.MaxAttempts)})

@@ -201,9 +201,12 @@ type Dispatcher struct {
 // inlineTx collects the leases assign wrote into a transaction that is
 // being applied, and what to do once it commits.
 type inlineTx struct {
-	tx    *store.JobTx
-	after []func()
-	err   error // a storage failure; the batch must not commit
+	tx *store.JobTx
+	// inserted are the jobs this transaction stored, whose fields need not
+	// be read back to send their Assign.
+	inserted map[int64]*broker.NewJob
+	after    []func()
+	err      error // a storage failure; the batch must not commit
 }
 
 // New makes a Dispatcher over db. Call Start before use.
@@ -594,7 +597,12 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 		// makes the job durable and assigned, and the Assign leaves right
 		// after it.
 		if in.err == nil {
-			in.err = o.apply(in.tx)
+			if nj := in.inserted[q.id]; nj != nil {
+				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds()}
+				in.err = in.tx.AssignInserted(q.id, id, s.id, s.name, l.attempt, l.deadline)
+			} else {
+				in.err = o.apply(in.tx)
+			}
 		}
 		in.after = append(in.after, o.after)
 		return

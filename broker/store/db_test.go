@@ -191,3 +191,45 @@ func TestFinishMakesDeliveryOnlyWithReturnURL(t *testing.T) {
 		}
 	}
 }
+
+// AssignInserted, like Assign, leases only a queued job and records the
+// lease; it just does not read the job back.
+func TestAssignInserted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := setup(t)
+	p, err := db.AddPlatform(ctx, broker.Platform{Name: "plat", PublicKeyPEM: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginJobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	in, err := tx.InsertJob(broker.NewJob{PlatformID: p.ID, Name: "j", Timeout: time.Minute, JobData: []byte(`{}`), MaxAttempts: 3}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := tx.Now().Add(time.Minute)
+	if err := tx.AssignInserted(in.ID, 7, 1, "g1", 1, deadline); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.AssignInserted(in.ID, 8, 1, "g1", 2, deadline); !errors.Is(err, broker.ErrFailedPrecondition) {
+		t.Fatalf("second AssignInserted: %v, want ErrFailedPrecondition", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	st, _, err := db.JobState(ctx, in.ID)
+	if err != nil || st != broker.JobAssigned {
+		t.Fatalf("job is %v (%v), want assigned", st, err)
+	}
+	open, err := db.OpenLeases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(open) != 1 || open[0].ID != 7 || open[0].JobID != in.ID || open[0].Number != 1 || open[0].ServerID != 1 {
+		t.Fatalf("open leases = %+v, want lease 7 of job %d", open, in.ID)
+	}
+}

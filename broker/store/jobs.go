@@ -168,11 +168,31 @@ func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attemp
 	if err := json.Unmarshal([]byte(tags), &a.Tags); err != nil {
 		return a, fmt.Errorf("job %d: tags: %w", jobID, err)
 	}
+	return a, t.lease(jobID, leaseID, serverID, serverName, attempt, deadline)
+}
+
+// AssignInserted is Assign for a job inserted earlier in this transaction,
+// whose fields the caller still has: it does not read them back.
+func (t *JobTx) AssignInserted(jobID, leaseID, serverID int64, serverName string, attempt int, deadline time.Time) error {
+	res, err := t.exec(`UPDATE jobs SET state = 2, lease_id = ?, attempts = ?, server_id = ?,
+		server_name = ?, updated_at = ? WHERE id = ? AND state = 1`,
+		leaseID, attempt, serverID, serverName, t.now, jobID)
+	if err != nil {
+		return translate(err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: job %d is not queued", broker.ErrFailedPrecondition, jobID)
+	}
+	return t.lease(jobID, leaseID, serverID, serverName, attempt, deadline)
+}
+
+// lease records a new lease of an assigned job and its event.
+func (t *JobTx) lease(jobID, leaseID, serverID int64, serverName string, attempt int, deadline time.Time) error {
 	if _, err := t.exec(`INSERT INTO leases (id, job_id, server_id, server_name, number, assigned_at, deadline)
 		VALUES (?, ?, ?, ?, ?, ?, ?)`, leaseID, jobID, serverID, serverName, attempt, t.now, ms(deadline)); err != nil {
-		return a, translate(err)
+		return translate(err)
 	}
-	return a, t.Event(jobID, "assigned", "server:"+serverName, leaseID, "attempt "+strconv.Itoa(attempt))
+	return t.Event(jobID, "assigned", "server:"+serverName, leaseID, "attempt "+strconv.Itoa(attempt))
 }
 
 // EndLease records how a lease ended. end is one of "ok", "fatal",
