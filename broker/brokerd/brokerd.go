@@ -100,7 +100,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		LeaseGrace:        cfg.LeaseGrace,
 		ReconnectGrace:    cfg.ReconnectGrace,
 		HeartbeatInterval: cfg.HeartbeatInterval,
-		OnCommit:          b.metrics.ObserveCommit,
+		OnCommit:          onCommit(b.metrics, cfg.OnCommit),
 	}, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
 	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
@@ -398,4 +398,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	cerr := b.Close()
 	return errors.Join(b.Err(), cerr)
+}
+
+// onCommit feeds the dispatcher's group commits to the metrics and to the
+// configured hook, if any.
+func onCommit(m *metrics.Metrics, hook func(int, time.Duration)) func(int, time.Duration) {
+	if hook == nil {
+		return m.ObserveCommit
+	}
+	return func(ops int, took time.Duration) {
+		m.ObserveCommit(ops, took)
+		hook(ops, took)
+	}
 }

@@ -88,6 +88,12 @@ type Config struct {
 
 	// Maint is retention and alerting (maint.go).
 	Maint MaintConfig `yaml:",inline"`
+
+	// OnCommit, if set, is called after each group commit of the
+	// dispatcher, beside the metrics, with its number of changes and how
+	// long it took (dispatch.Config.OnCommit). It is for benchmarks and
+	// cannot be set from a file.
+	OnCommit func(ops int, took time.Duration) `yaml:"-"`
 }
 
 // DefaultConfig returns the defaults: files under ./dev as `make dev-pki`
