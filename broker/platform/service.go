@@ -19,7 +19,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/gradebroker/gradebroker/broker"
@@ -336,7 +335,11 @@ func (s *Service) submit(ctx context.Context, r request, jobs []broker.NewJob) (
 	for i, in := range ins {
 		out[i] = &gbv1.SendJobResponse{JobId: in.ID, Duplicate: in.Duplicate, State: adminapi.JobStateToProto(in.State)}
 		if !in.Duplicate {
-			s.log.Info("job queued", "job_id", in.ID, "platform", r.platform.Name, "tags", jobs[i].Tags, "priority", jobs[i].Priority)
+			// The first line of a job's trail at info, before the
+			// dispatcher's "job done" or "job failed": one per job, also
+			// in a batch, so that an operator can follow a job_id.
+			s.log.LogAttrs(ctx, slog.LevelInfo, "job queued", slog.Int64("job_id", in.ID),
+				slog.String("platform", r.platform.Name), slog.Any("tags", jobs[i].Tags), slog.Int("priority", jobs[i].Priority))
 		}
 	}
 	return out, nil
@@ -541,12 +544,7 @@ func peerFromContext(ctx context.Context) (certs.Identity, bool) {
 // Handler returns the REST gateway: the PlatformService routes of
 // gateway.yaml, GET /v1/keys, and the body size limit.
 func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
-	mux := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
-			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true},
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
-		}),
-	)
+	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayJSON()))
 	if err := gbv1.RegisterPlatformServiceHandlerServer(ctx, mux, s); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,108 @@
+package platform
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+)
+
+// TestGatewayJSONDecoder checks the request decoder against what the
+// gateway's handlers expect of one: io.EOF for an empty body, the
+// handler's size error passed on, unknown members ignored, anything that
+// is not one JSON object refused.
+func TestGatewayJSONDecoder(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, body string
+		limit      int64
+		want       string // the token decoded
+		wantErr    string // a part of the error; "EOF" for io.EOF
+	}{
+		{name: "token", body: `{"token": "a.b.c.d.e"}`, want: "a.b.c.d.e"},
+		{name: "spaces around", body: " \n{\"token\":\"t\"}\n", want: "t"},
+		{name: "unknown member", body: `{"token": "t", "extra": [1, {"x": 2}]}`, want: "t"},
+		{name: "empty", body: "", wantErr: "EOF"},
+		{name: "only spaces", body: " \r\n\t", wantErr: "EOF"},
+		{name: "not JSON", body: `token=t`, wantErr: "syntax error"},
+		{name: "token not a string", body: `{"token": 5}`, wantErr: "token"},
+		{name: "data after the object", body: `{"token": "t"} {"token": "u"}`, wantErr: "syntax error"},
+		{name: "too large", body: `{"token": "` + strings.Repeat("x", 100) + `"}`, limit: 64, wantErr: "too large"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			var body io.Reader = strings.NewReader(c.body)
+			if c.limit > 0 {
+				body = http.MaxBytesReader(httptest.NewRecorder(), io.NopCloser(body), c.limit)
+			}
+			var req gbv1.SendJobRequest
+			err := newGatewayJSON().NewDecoder(body).Decode(&req)
+			switch {
+			case c.wantErr == "EOF":
+				if !errors.Is(err, io.EOF) {
+					t.Fatalf("err = %v, want io.EOF", err)
+				}
+			case c.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err = %v, want one with %q", err, c.wantErr)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case req.GetToken() != c.want:
+				t.Fatalf("token = %q, want %q", req.GetToken(), c.want)
+			}
+		})
+	}
+}
+
+// BenchmarkGatewayDecode compares the gateway's request decoding with
+// runtime.JSONPb's, for a body holding a token the size of a 2048-bit
+// sendjob.
+func BenchmarkGatewayDecode(b *testing.B) {
+	body := `{"token":"` + strings.Repeat("eyJhbGciOiJSU0EtT0FFUC0yNTYi", 60) + `"}`
+	jsonpb := &runtime.JSONPb{UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true}}
+	for _, m := range []struct {
+		name string
+		m    runtime.Marshaler
+	}{{"JSONPb", jsonpb}, {"gatewayJSON", newGatewayJSON()}} {
+		b.Run(m.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var req gbv1.SendJobRequest
+				if err := m.m.NewDecoder(strings.NewReader(body)).Decode(&req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// FuzzGatewayDecoder feeds arbitrary request bodies to the gateway's
+// decoder: it must never panic, and whatever it accepts must be what
+// protojson itself reads from the same bytes.
+func FuzzGatewayDecoder(f *testing.F) {
+	for _, s := range []string{`{"token": "a.b.c.d.e"}`, ``, ` `, `{"token": 5}`, `{"token": "t"} x`, `[]`, `{"token":"\u00e9"}`, `{"extra":{"a":[1,2]},"token":"t"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var got gbv1.SendJobRequest
+		err := newGatewayJSON().NewDecoder(strings.NewReader(string(body))).Decode(&got)
+		if err != nil {
+			return
+		}
+		var want gbv1.SendJobRequest
+		if perr := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, &want); perr != nil {
+			t.Fatalf("decoder accepted %q, which protojson refuses: %v", body, perr)
+		}
+		if got.GetToken() != want.GetToken() {
+			t.Fatalf("token %q, protojson reads %q", got.GetToken(), want.GetToken())
+		}
+	})
+}
