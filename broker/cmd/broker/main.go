@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/gradebroker/gradebroker/broker/admincli"
@@ -54,6 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		log := brokerd.NewLogger(cfg, stderr)
+		log.Info("go scheduler", "gomaxprocs", brokerd.AddWriterProc(), "cpus", runtime.NumCPU())
 		if err := brokerd.Run(ctx, cfg, log); err != nil {
 			log.Error("broker stopped with an error", "err", err)
 			return 1
