@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -24,8 +25,14 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// The broker runs in this process (or in a child re-executing it):
+	// give it the scheduler setting `broker serve` uses.
+	brokerd.AddWriterProc()
 	if len(os.Args) > 1 && os.Args[1] == bench.ChildArg {
 		os.Exit(serve(ctx, os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == apibench.ChildArg {
+		os.Exit(apibench.ServeChild(ctx, os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -62,6 +69,9 @@ drains), memory (1,000,000 queued, 1,000 streams, broker in a child
 process), and the platform API (REST sendjob with real tokens beside the
 crypto-only rate, batch submission, result callbacks).
 
+Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
+(GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
+
 Flags:
 `
 
@@ -75,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,api (default all)")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
+	apiProfile := fs.String("api-cpuprofile", "", "api: write a CPU profile of one extra sendjob window to `file` (key size appended when several)")
+	apiChild := fs.Bool("api-child", false, "api: run the broker in a child process and read its CPU time there (which the switching between the two processes inflates), instead of splitting a profile of one process")
 	servers := fs.String("servers", "1,4,16", "throughput: comma-separated server counts")
 	scale := fs.String("scale", "", "scale: comma-separated queue depths, each held while it drains (default 1000,100000,1000000)")
 	fs.StringVar(&o.Dir, "dir", "", "where to make the work directory (default $TMPDIR); must be a real disk")
@@ -134,7 +146,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			o.Scenarios = append(o.Scenarios, sc)
 		}
 	}
-	ao := apibench.Options{Clients: *apiClients, Dir: o.Dir}
+	ao := apibench.Options{Clients: *apiClients, Dir: o.Dir, CPUProfile: *apiProfile}
+	if *apiChild {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		ao.Child = func(args []string) *exec.Cmd {
+			return exec.Command(self, append([]string{apibench.ChildArg}, args...)...)
+		}
+	}
 	if ao.Bits, err = ints(*apiBits); err != nil {
 		return fmt.Errorf("--api-bits: %w", err)
 	}
