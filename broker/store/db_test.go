@@ -233,3 +233,57 @@ func TestAssignInserted(t *testing.T) {
 		t.Fatalf("open leases = %+v, want lease 7 of job %d", open, in.ID)
 	}
 }
+
+// A JobTx is BEGIN IMMEDIATE ... COMMIT on the writer connection: a rollback
+// leaves nothing and hands the connection back outside any transaction, and
+// a finished JobTx cannot be committed again.
+func TestJobTxCommitAndRollback(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := setup(t)
+	p, err := db.AddPlatform(ctx, broker.Platform{Name: "plat", PublicKeyPEM: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	insert := func(tx *JobTx) int64 {
+		t.Helper()
+		in, err := tx.InsertJob(broker.NewJob{PlatformID: p.ID, Name: "j", Timeout: time.Minute, JobData: []byte(`{}`), MaxAttempts: 1}, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in.ID
+	}
+	tx, err := db.BeginJobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := insert(tx)
+	tx.Rollback()
+	tx.Rollback() // a second call is harmless
+	if err := tx.Commit(); err == nil {
+		t.Fatal("Commit after Rollback succeeded")
+	}
+	if _, _, err := db.JobState(ctx, gone); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("rolled-back job: %v, want ErrNotFound", err)
+	}
+
+	tx, err = db.BeginJobs(ctx) // the connection is usable again
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := insert(tx)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback() // safe after Commit: changes nothing
+	if err := tx.Commit(); err == nil {
+		t.Fatal("second Commit succeeded")
+	}
+	if st, _, err := db.JobState(ctx, kept); err != nil || st != broker.JobQueued {
+		t.Fatalf("committed job: %v %v, want queued", st, err)
+	}
+	// The write helpers share the one writer connection with JobTx.
+	if _, err := db.AddTag(ctx, "after", ""); err != nil {
+		t.Fatalf("write after JobTx: %v", err)
+	}
+}

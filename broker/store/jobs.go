@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,37 +11,86 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mattn/go-sqlite3"
+
 	"github.com/gradebroker/gradebroker/broker"
 )
 
 // JobTx is one write transaction of the dispatcher's group-commit writer:
 // many job state changes, one commit, one fsync. Its methods run on the one
 // writer connection; a JobTx must be finished with Commit or Rollback.
+//
+// It runs BEGIN IMMEDIATE and COMMIT itself on a *sql.Conn rather than use a
+// *sql.Tx: database/sql gives a Tx a cancellable context, and then starts a
+// goroutine for every query in it to watch that context, which for the
+// writer (a query per assigned job) cost a goroutine and a thread wake-up
+// per job.
 type JobTx struct {
-	ctx context.Context
-	tx  *sql.Tx
-	db  *DB
-	now int64
+	ctx  context.Context
+	conn *sql.Conn
+	tx   *sql.Conn // the connection the statements run on
+	db   *DB
+	now  int64
+	done bool
 }
 
 // BeginJobs starts a write transaction for job changes. All times written in
 // it are the time it began.
 func (db *DB) BeginJobs(ctx context.Context) (*JobTx, error) {
-	tx, err := db.w.BeginTx(ctx, nil)
+	conn, err := db.w.Conn(ctx)
 	if err != nil {
 		return nil, translate(err)
 	}
-	return &JobTx{ctx: ctx, tx: tx, db: db, now: ms(db.now())}, nil
+	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+		conn.Close()
+		return nil, translate(err)
+	}
+	return &JobTx{ctx: ctx, conn: conn, tx: conn, db: db, now: ms(db.now())}, nil
 }
 
 // Now returns the time the transaction writes as "now".
 func (t *JobTx) Now() time.Time { return fromMS(t.now) }
 
 // Commit commits the transaction; when it returns nil the changes are on disk.
-func (t *JobTx) Commit() error { return translate(t.tx.Commit()) }
+// After an error the transaction is rolled back.
+func (t *JobTx) Commit() error {
+	if t.done {
+		return errors.New("store: transaction already finished")
+	}
+	if _, err := t.conn.ExecContext(context.WithoutCancel(t.ctx), `COMMIT`); err != nil {
+		t.Rollback()
+		return translate(err)
+	}
+	t.done = true
+	return translate(t.conn.Close())
+}
 
 // Rollback abandons the transaction. It is safe after Commit.
-func (t *JobTx) Rollback() { _ = t.tx.Rollback() }
+func (t *JobTx) Rollback() {
+	if t.done {
+		return
+	}
+	t.done = true
+	if _, err := t.conn.ExecContext(context.WithoutCancel(t.ctx), `ROLLBACK`); err != nil && !t.autocommit() {
+		// The connection is still inside a transaction it cannot end: drop
+		// it rather than hand it back to the pool.
+		_ = t.conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+	_ = t.conn.Close()
+}
+
+// autocommit reports whether the connection is outside any transaction (a
+// failed COMMIT may have ended it already, and then ROLLBACK fails).
+func (t *JobTx) autocommit() bool {
+	ok := false
+	_ = t.conn.Raw(func(c any) error {
+		if sc, is := c.(*sqlite3.SQLiteConn); is {
+			ok = sc.AutoCommit()
+		}
+		return nil
+	})
+	return ok
+}
 
 // Savepoint marks a point that RollbackToSavepoint returns to, so that one
 // failing request does not abort the others of its batch.
@@ -304,7 +354,7 @@ func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
 
 // wantsCallbacks reports whether a platform has a return URL, from a cache
 // that every platform change in this package invalidates.
-func (db *DB) wantsCallbacks(ctx context.Context, tx *sql.Tx, platformID int64) (bool, error) {
+func (db *DB) wantsCallbacks(ctx context.Context, tx *sql.Conn, platformID int64) (bool, error) {
 	if v, ok := db.callbacks.Load(platformID); ok {
 		return v.(bool), nil
 	}
