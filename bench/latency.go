@@ -53,6 +53,10 @@ type latencyResult struct {
 	OverPeriods int // distinct 100 ms periods (by commit) they fall in
 	Periods     int // 100 ms periods measured
 	OpsPerBatch float64
+	// Group commits that began in the measured part: how long each took
+	// (begin to commit), and how many took 5 ms or more.
+	Commits, SlowCommits int
+	CommitTime           dist
 }
 
 // dist is a latency distribution's summary.
@@ -244,6 +248,16 @@ func runLatency(ctx context.Context, s latencySpec) (latencyResult, error) {
 		return res, fmt.Errorf("no Assign arrived for the %d measured jobs", res.Jobs)
 	}
 	res.Commit, res.Return, res.Call = distOf(fromCommit), distOf(fromReturn), distOf(fromCall)
+	var took []time.Duration
+	for _, c := range commits {
+		if c.begin >= measureFrom && c.begin < end {
+			took = append(took, time.Duration(c.end-c.begin))
+			if c.end-c.begin >= int64(targetP99) {
+				res.SlowCommits++
+			}
+		}
+	}
+	res.Commits, res.CommitTime = len(took), distOf(took)
 	slices.Sort(subDur)
 	res.SubmitP50, res.SubmitP99 = quantile(subDur, 0.50), quantile(subDur, 0.99)
 	secs := s.duration.Seconds()
@@ -255,6 +269,8 @@ func runLatency(ctx context.Context, s latencySpec) (latencyResult, error) {
 	progressf(s.progress, "  open loop %.0f jobs/s (%d per Submit), from the commit: p50 %s p99 %s max %s over %d jobs; %d over 5 ms in %d of %d 100 ms periods; from Submit's return p99 %s, from its call p99 %s",
 		s.rate, s.batch, fmtDur(res.Commit.P50), fmtDur(res.Commit.P99), fmtDur(res.Commit.Max), res.Jobs, res.Over, res.OverPeriods, res.Periods,
 		fmtDur(res.Return.P99), fmtDur(res.Call.P99))
+	progressf(s.progress, "  %d commits: p50 %s p99 %s max %s, %d took 5 ms or more",
+		res.Commits, fmtDur(res.CommitTime.P50), fmtDur(res.CommitTime.P99), fmtDur(res.CommitTime.Max), res.SlowCommits)
 	return res, nil
 }
 

@@ -245,6 +245,9 @@ func (r *Report) Write(w io.Writer) error {
 		p("p50 %s, p99 %s. %s jobs (%.2f %%) took 5 ms or more from their commit; they fall in %d of the %d 100 ms periods",
 			fmtDur(l.SubmitP50), fmtDur(l.SubmitP99), num(float64(l.Over)), 100*float64(l.Over)/float64(max(1, l.Jobs)), l.OverPeriods, l.Periods)
 		p("measured (few periods: stalls, e.g. another process or a WAL checkpoint; many: the dispatch path itself is slow).")
+		p("The %s group commits of the measured part took p50 %s, p99 %s, max %s from begin to commit; %d took 5 ms or",
+			num(float64(l.Commits)), fmtDur(l.CommitTime.P50), fmtDur(l.CommitTime.P99), fmtDur(l.CommitTime.Max), l.SlowCommits)
+		p("more (a slow commit delays every job behind it; a tail without slow commits is scheduling on the shared cores).")
 		if l.Drained < 0.95*l.Rate || l.Commit.P50 > 50*time.Millisecond {
 			p("**The broker did not keep up with the offered load during this run** (a backlog built up): the latency is")
 			p("queueing, not the dispatch path. Compare with the throughput table's load average and rerun with --lat-rate.")
