@@ -468,3 +468,50 @@ func TestSubmitWithAFreeSlotIsAssignedInTheSameCommit(t *testing.T) {
 	}
 	g.none(200 * time.Millisecond)
 }
+
+// A Submit's transaction leases only the jobs it stores. A requeued job
+// whose requeue is still queued behind the Submit must get its new lease
+// after that requeue is written, not inside the Submit's transaction, where
+// the database still has it assigned (found in review: the lease was
+// refused and the job forgotten, queued in the database and nowhere else).
+func TestSubmitLeasesOnlyItsOwnJobsInline(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{AvoidFor: time.Hour}, "g1", "g2")
+	g1 := e.connect("g1", 2)
+	e.submit(e.platform, 2, 0)
+	a1, _ := g1.nextAssign(), g1.nextAssign()
+	g2 := e.connect("g2", 1)
+	e.submit(e.platform, 1, 0)
+	g2.nextAssign()
+
+	release := e.holdWriter()
+	submitted := make(chan error, 1)
+	go func() {
+		_, err := e.d.Submit(context.Background(), []broker.NewJob{{PlatformID: e.platform.ID, Name: "n", Tags: []string{"py"},
+			Timeout: 10 * time.Second, JobData: []byte(`{}`), TypeIDs: []int64{e.typeID}}}, nil, "platform:plat")
+		submitted <- err
+	}()
+	e.waitFor("the Submit to queue", func() bool { return e.pendingOps() == 1 })
+	// The job fails for now on g1: requeued in memory, avoiding g1 while g2
+	// is connected; its requeue is queued behind the Submit.
+	g1.result(a1, gbv1.Outcome_OUTCOME_TEMPORARY, nil)
+	e.waitFor("the requeue to queue", func() bool { return e.pendingOps() >= 3 })
+	// g2 goes away: g1 may now take the job again.
+	g2.close()
+	e.waitFor("g2 to go", func() bool {
+		e.d.mu.Lock()
+		defer e.d.mu.Unlock()
+		return e.d.connectedByType[e.typeID] == 1
+	})
+	release()
+	if err := <-submitted; err != nil {
+		t.Fatal(err)
+	}
+	a := g1.wait(func(m *gbv1.ConnectResponse) bool { return m.GetAssign().GetJobId() == a1.JobId }).GetAssign()
+	if a.Attempt != 2 || a.LeaseId == a1.LeaseId {
+		t.Fatalf("second Assign of job %d: attempt %d lease %d, want attempt 2 on a new lease", a1.JobId, a.Attempt, a.LeaseId)
+	}
+	if st := e.state(a1.JobId); st != broker.JobAssigned {
+		t.Fatalf("job %d is %s, want assigned", a1.JobId, st)
+	}
+}

@@ -593,19 +593,20 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 		},
 	}
 	if in := d.inline; in != nil {
-		// The job's lease joins the transaction being applied: one commit
-		// makes the job durable and assigned, and the Assign leaves right
-		// after it.
-		if in.err == nil {
-			if nj := in.inserted[q.id]; nj != nil {
+		if nj := in.inserted[q.id]; nj != nil {
+			// A job this transaction stored: its lease joins it, so one
+			// commit makes the job durable and assigned, and the Assign
+			// leaves right after it.
+			if in.err == nil {
 				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds()}
 				in.err = in.tx.AssignInserted(q.id, id, s.id, s.name, l.attempt, l.deadline)
-			} else {
-				in.err = o.apply(in.tx)
 			}
+			in.after = append(in.after, o.after)
+			return
 		}
-		in.after = append(in.after, o.after)
-		return
+		// Any other job (a requeued one, say) may have changes queued for
+		// the writer that this transaction has not applied yet: its lease
+		// must be written after them, in queue order.
 	}
 	d.w.enqueue(o)
 }

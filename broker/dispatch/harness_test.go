@@ -344,3 +344,34 @@ func (fs *fakeServer) awaitAckOrReject() *gbv1.ConnectResponse {
 	fs.t.Helper()
 	return fs.wait(func(m *gbv1.ConnectResponse) bool { return m.GetAck() != nil || m.GetReject() != nil })
 }
+
+// pendingOps returns how many ops wait for the writer.
+func (e *env) pendingOps() int {
+	e.d.w.mu.Lock()
+	defer e.d.w.mu.Unlock()
+	return len(e.d.w.pending)
+}
+
+// waitFor polls f until it is true, failing after 5 s.
+func (e *env) waitFor(what string, f func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timeout waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// holdWriter makes the writer wait inside a batch until the returned
+// function is called.
+func (e *env) holdWriter() (release func()) {
+	e.t.Helper()
+	block, entered := make(chan struct{}), make(chan struct{})
+	e.d.mu.Lock()
+	e.d.w.enqueue(&op{apply: func(*store.JobTx) error { close(entered); <-block; return nil }})
+	e.d.mu.Unlock()
+	<-entered
+	return func() { close(block) }
+}

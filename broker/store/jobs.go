@@ -35,17 +35,21 @@ type JobTx struct {
 }
 
 // BeginJobs starts a write transaction for job changes. All times written in
-// it are the time it began.
+// it are the time it began. ctx bounds the wait for the writer connection;
+// once begun, the transaction ends only by Commit or Rollback (a cancelled
+// statement could otherwise end it halfway, leaving later statements to run
+// on their own).
 func (db *DB) BeginJobs(ctx context.Context) (*JobTx, error) {
 	conn, err := db.w.Conn(ctx)
 	if err != nil {
 		return nil, translate(err)
 	}
-	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
-		conn.Close()
+	t := &JobTx{ctx: context.WithoutCancel(ctx), conn: conn, tx: conn, db: db, now: ms(db.now())}
+	if _, err := conn.ExecContext(t.ctx, `BEGIN IMMEDIATE`); err != nil {
+		t.Rollback()
 		return nil, translate(err)
 	}
-	return &JobTx{ctx: ctx, conn: conn, tx: conn, db: db, now: ms(db.now())}, nil
+	return t, nil
 }
 
 // Now returns the time the transaction writes as "now".
@@ -57,7 +61,7 @@ func (t *JobTx) Commit() error {
 	if t.done {
 		return errors.New("store: transaction already finished")
 	}
-	if _, err := t.conn.ExecContext(context.WithoutCancel(t.ctx), `COMMIT`); err != nil {
+	if _, err := t.conn.ExecContext(t.ctx, `COMMIT`); err != nil {
 		t.Rollback()
 		return translate(err)
 	}
@@ -71,7 +75,7 @@ func (t *JobTx) Rollback() {
 		return
 	}
 	t.done = true
-	if _, err := t.conn.ExecContext(context.WithoutCancel(t.ctx), `ROLLBACK`); err != nil && !t.autocommit() {
+	if _, err := t.conn.ExecContext(t.ctx, `ROLLBACK`); err != nil && !t.autocommit() {
 		// The connection is still inside a transaction it cannot end: drop
 		// it rather than hand it back to the pool.
 		_ = t.conn.Raw(func(any) error { return driver.ErrBadConn })
