@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/certs"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
@@ -513,5 +514,50 @@ func TestSubmitLeasesOnlyItsOwnJobsInline(t *testing.T) {
 	}
 	if st := e.state(a1.JobId); st != broker.JobAssigned {
 		t.Fatalf("job %d is %s, want assigned", a1.JobId, st)
+	}
+}
+
+// When a commit fails the dispatcher stops, and every caller waiting for a
+// commit, in the failed batch or behind it, gets an error instead of
+// waiting forever, and a Stop under way returns. (MaxBatch 1 leaves ops
+// queued behind the failed batch.)
+func TestStorageFailureAnswersEveryWaiter(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{MaxBatch: 1}, "g1")
+	queued := e.submit(e.platform, 1, 0)[0] // no server is connected: it stays queued
+	release := e.holdWriter()
+	errs := make(chan error, 2)
+	go func() {
+		_, err := e.d.Submit(context.Background(), []broker.NewJob{{PlatformID: e.platform.ID, Name: "n", Tags: []string{"py"},
+			Timeout: 10 * time.Second, JobData: []byte(`{}`), TypeIDs: []int64{e.typeID}}}, nil, "platform:plat")
+		errs <- err
+	}()
+	e.waitFor("the Submit to queue", func() bool { return e.pendingOps() == 1 })
+	go func() { errs <- e.d.CancelJob(context.Background(), queued, "operator:test") }()
+	e.waitFor("the cancel to queue", func() bool { return e.pendingOps() == 2 })
+	// A storage failure in the next batch, ahead of both.
+	e.d.w.mu.Lock()
+	e.d.w.pending = append([]*op{{apply: func(*store.JobTx) error { return errors.New("disk on fire") }}}, e.d.w.pending...)
+	e.d.w.mu.Unlock()
+	stopped := make(chan struct{})
+	go func() { e.d.Stop(); close(stopped) }()
+	release()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err == nil {
+				t.Fatal("a change succeeded after a storage failure")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a caller still waits after the storage failure")
+		}
+	}
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop still waits after the storage failure")
+	}
+	if err := e.d.Err(); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("Err() = %v, want the storage failure", err)
 	}
 }

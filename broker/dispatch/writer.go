@@ -139,10 +139,19 @@ func (w *writer) run(ctx context.Context) {
 			w.mu.Unlock()
 			if err := w.commit(ctx, batch); err != nil {
 				w.d.fail(err)
+				// Nothing more will be committed: answer everyone waiting,
+				// in this batch and behind it, and let flush return.
 				w.mu.Lock()
+				rest := w.pending
+				w.pending = nil
 				w.busy = false
 				w.idle.Broadcast()
 				w.mu.Unlock()
+				for _, o := range append(batch, rest...) {
+					if o.done != nil {
+						o.done <- errShuttingDown
+					}
+				}
 				return
 			}
 		}
