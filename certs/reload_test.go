@@ -1,7 +1,6 @@
 package certs_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io/fs"
@@ -9,38 +8,19 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gradebroker/gradebroker/certs"
 	"github.com/gradebroker/gradebroker/certs/certstest"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // logBuffer collects a Source's log lines; Watch writes from its own
 // goroutine, hence the lock.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+type logBuffer struct{ testutil.SyncBuffer }
 
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
+func (l *logBuffer) count(s string) int { return strings.Count(l.String(), s) }
 
 // installed is a broker whose certificate, key and CA live at fixed paths in
 // their own directory, as in a deployment, so files can be replaced under it.

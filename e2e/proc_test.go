@@ -20,6 +20,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 	"github.com/gradebroker/gradebroker/platformclient"
 )
 
@@ -68,22 +69,7 @@ func binaries(t *testing.T) (brokerBin, graderdBin string) {
 }
 
 // syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // proc is a child process whose output (stdout and stderr together) is
 // kept, and shown in the test log if the test fails.

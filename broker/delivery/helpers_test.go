@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -21,6 +20,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 const brokerName = "gb-test"
@@ -53,40 +53,10 @@ func publicPEM(tb testing.TB, k *rsa.PrivateKey) string {
 }
 
 // clock is a fake clock shared by the store, the worker and the receivers.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type clock = testutil.Clock
 
 // syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // env is one test's broker side: a database on a fake clock, the broker's
 // key ring and a log.
@@ -106,7 +76,7 @@ func setup(tb testing.TB) *env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e := &env{t: tb, path: filepath.Join(tb.TempDir(), "gb.db"), clk: &clock{t: time.Unix(1_800_000_000, 0)}, ring: ring, logs: &syncBuffer{}}
+	e := &env{t: tb, path: filepath.Join(tb.TempDir(), "gb.db"), clk: testutil.NewClock(time.Unix(1_800_000_000, 0)), ring: ring, logs: &syncBuffer{}}
 	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.open()
 	tb.Cleanup(func() {

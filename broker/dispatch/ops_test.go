@@ -3,7 +3,6 @@ package dispatch
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,28 +11,14 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // opsClock is a settable clock that starts at the real time, since the
 // store stamps jobs with the real time.
-type opsClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type opsClock = testutil.Clock
 
-func newOpsClock() *opsClock { return &opsClock{t: time.Now()} }
-
-func (c *opsClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *opsClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newOpsClock() *opsClock { return testutil.NewClock(time.Now()) }
 
 // addGPUType registers tag "gpu" and type "gputype", which no server has.
 func (e *env) addGPUType() int64 {

@@ -2,7 +2,6 @@ package maint
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,44 +18,15 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // clock is a settable clock shared by the store, the dispatcher and the
 // service under test.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type clock = testutil.Clock
 
 // logBuffer collects a logger's output.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type logBuffer = testutil.SyncBuffer
 
 // env is a database with a fake clock, a platform with a return URL and one
 // without, tag "py" and server type "pytype".
@@ -74,7 +44,7 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{t: t, clk: &clock{t: time.UnixMilli(1_800_000_000_000)}, logs: &logBuffer{}}
+	e := &env{t: t, clk: testutil.NewClock(time.UnixMilli(1_800_000_000_000)), logs: &logBuffer{}}
 	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "gb.db"), store.Options{Now: e.clk.Now})
 	if err != nil {

@@ -1,7 +1,6 @@
 package platformcli
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -28,6 +27,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/certs/certstest"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 	"github.com/gradebroker/gradebroker/platformclient"
 )
 
@@ -50,22 +50,7 @@ var keys = sync.OnceValue(func() (ks struct{ broker, platform *rsa.PrivateKey })
 
 // syncBuffer is a bytes.Buffer that Main may write from several goroutines
 // while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // files are the PEM files a platform operator holds.
 type files struct {

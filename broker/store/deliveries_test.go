@@ -5,39 +5,24 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // dlClock is a settable clock for the store.
-type dlClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *dlClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *dlClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type dlClock = testutil.Clock
 
 var dlBase = time.UnixMilli(1_800_000_000_000)
 
 // dlSetup opens a fresh database whose clock the test moves.
 func dlSetup(t *testing.T) (*DB, *dlClock) {
 	t.Helper()
-	clk := &dlClock{t: dlBase}
+	clk := testutil.NewClock(dlBase)
 	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "gb.db"), Options{Now: clk.Now})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
