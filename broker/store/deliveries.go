@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
@@ -238,42 +237,26 @@ func (db *DB) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Delivery,
 	if f.State < 0 || f.State > broker.DeliveryDead {
 		return nil, fmt.Errorf("%w: delivery state %d does not exist", broker.ErrInvalid, int(f.State))
 	}
-	if f.Limit < 0 || f.BeforeID < 0 {
-		return nil, fmt.Errorf("%w: limit and before id must not be negative", broker.ErrInvalid)
+	page, err := newListPage(f.Limit, f.BeforeID, DefaultDeliveryListLimit, MaxDeliveryListLimit)
+	if err != nil {
+		return nil, err
 	}
-	limit := f.Limit
-	switch {
-	case limit == 0:
-		limit = DefaultDeliveryListLimit
-	case limit > MaxDeliveryListLimit:
-		limit = MaxDeliveryListLimit
-	}
-	var where []string
-	var args []any
 	if f.State != 0 {
-		where, args = append(where, "d.state = ?"), append(args, int(f.State))
+		page.and("d.state = ?", int(f.State))
 	}
 	if f.PlatformID != 0 {
-		where, args = append(where, "d.platform_id = ?"), append(args, f.PlatformID)
+		page.and("d.platform_id = ?", f.PlatformID)
 	}
 	if f.Platform != "" {
-		where, args = append(where, "p.name = ?"), append(args, f.Platform)
+		page.and("p.name = ?", f.Platform)
 	}
 	if f.JobID != 0 {
-		where, args = append(where, "d.job_id = ?"), append(args, f.JobID)
+		page.and("d.job_id = ?", f.JobID)
 	}
-	if f.BeforeID != 0 {
-		where, args = append(where, "d.id < ?"), append(args, f.BeforeID)
-	}
-	q := listDeliveryQuery
-	if len(where) > 0 {
-		q += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	q += ` ORDER BY d.id DESC LIMIT ?`
-	args = append(args, limit)
+	q, args := page.query(listDeliveryQuery, "d.id", f.BeforeID)
 
 	out := []Delivery{}
-	err := db.read(ctx, func(tx *sql.Tx) error {
+	err = db.read(ctx, func(tx *sql.Tx) error {
 		if f.Platform != "" {
 			if _, err := platformID(ctx, tx, f.Platform); err != nil {
 				return err

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
@@ -82,51 +81,30 @@ func (db *DB) ListJobs(ctx context.Context, f JobFilter) ([]broker.Job, error) {
 	if f.State < 0 || f.State > broker.JobCancelled {
 		return nil, fmt.Errorf("%w: job state %d does not exist", broker.ErrInvalid, int(f.State))
 	}
-	if f.Limit < 0 || f.BeforeID < 0 {
-		return nil, fmt.Errorf("%w: limit and before id must not be negative", broker.ErrInvalid)
+	page, err := newListPage(f.Limit, f.BeforeID, DefaultJobListLimit, MaxJobListLimit)
+	if err != nil {
+		return nil, err
 	}
-	limit := f.Limit
-	switch {
-	case limit == 0:
-		limit = DefaultJobListLimit
-	case limit > MaxJobListLimit:
-		limit = MaxJobListLimit
-	}
-	var where []string
-	var args []any
 	if f.State != 0 {
-		where, args = append(where, "j.state = ?"), append(args, int(f.State))
+		page.and("j.state = ?", int(f.State))
 	}
 	if f.PlatformID != 0 {
-		where, args = append(where, "j.platform_id = ?"), append(args, f.PlatformID)
+		page.and("j.platform_id = ?", f.PlatformID)
 	}
 	if f.Platform != "" {
-		where, args = append(where, "p.name = ?"), append(args, f.Platform)
+		page.and("p.name = ?", f.Platform)
 	}
 	if f.Server != "" {
-		where, args = append(where, "j.server_name = ?"), append(args, f.Server)
+		page.and("j.server_name = ?", f.Server)
 	}
-	if f.BeforeID != 0 {
-		where, args = append(where, "j.id < ?"), append(args, f.BeforeID)
-	}
-	q := `SELECT ` + jobColumns
-	if len(where) > 0 {
-		q += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	q += ` ORDER BY j.id DESC LIMIT ?`
-	args = append(args, limit)
+	q, args := page.query(`SELECT `+jobColumns, "j.id", f.BeforeID)
 
 	out := []broker.Job{}
-	err := db.read(ctx, func(tx *sql.Tx) error {
+	err = db.read(ctx, func(tx *sql.Tx) error {
 		if f.Platform != "" {
 			// An unknown platform is more likely a typo than a platform
 			// without jobs; say so instead of listing nothing.
-			var id int64
-			err := tx.QueryRowContext(ctx, `SELECT id FROM platforms WHERE name = ?`, f.Platform).Scan(&id)
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: platform %q; see 'broker admin platform list'", broker.ErrNotFound, f.Platform)
-			}
-			if err != nil {
+			if _, err := platformID(ctx, tx, f.Platform); err != nil {
 				return err
 			}
 		}
