@@ -80,7 +80,7 @@ var (
 	listDeliveryQuery = `SELECT ` + fmt.Sprintf(deliveryColumns, `NULL, ''`) + ` FROM deliveries d` + deliveryJoins
 )
 
-func scanDelivery(row interface{ Scan(...any) error }) (Delivery, error) {
+func scanDelivery(row rowScanner) (Delivery, error) {
 	var d Delivery
 	var next, created int64
 	var delivered sql.NullInt64
@@ -112,24 +112,14 @@ func (db *DB) DueDeliveries(ctx context.Context, now time.Time, limit, perPlatfo
 		// uses the partial index deliveries_due; CROSS JOIN keeps the few
 		// due rows as the outer loop, so that the (large) history of
 		// delivered rows is never scanned.
-		rows, err := tx.QueryContext(ctx, `WITH due AS (
+		var err error
+		out, err = queryAll(ctx, tx, out, scanDelivery, `WITH due AS (
 				SELECT id, ROW_NUMBER() OVER (PARTITION BY platform_id ORDER BY next_attempt_at, id) AS rn
 				FROM deliveries WHERE state = 1 AND next_attempt_at <= ?)
 			SELECT `+fmt.Sprintf(deliveryColumns, `r.result, p.public_key_pem`)+`
 			FROM due CROSS JOIN deliveries d ON d.id = due.id`+deliveryJoins+`
 			WHERE due.rn <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?`, ms(now), perPlatform, limit)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			d, err := scanDelivery(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, d)
-		}
-		return rows.Err()
+		return err
 	})
 	if err != nil {
 		return nil, deliveryErr(err, "due deliveries")
@@ -262,19 +252,9 @@ func (db *DB) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Delivery,
 				return err
 			}
 		}
-		rows, err := tx.QueryContext(ctx, q, args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			d, err := scanDelivery(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, d)
-		}
-		return rows.Err()
+		var err error
+		out, err = queryAll(ctx, tx, out, scanDelivery, q, args...)
+		return err
 	})
 	if err != nil {
 		return nil, deliveryErr(err, "list deliveries")

@@ -51,7 +51,7 @@ const jobColumns = `j.id, j.platform_id, p.name, j.name, j.state, j.priority, j.
 	COALESCE((SELECT d.state FROM deliveries d WHERE d.job_id = j.id ORDER BY d.id DESC LIMIT 1), 0)
 	FROM jobs j JOIN platforms p ON p.id = j.platform_id`
 
-func scanJob(row interface{ Scan(...any) error }) (broker.Job, error) {
+func scanJob(row rowScanner) (broker.Job, error) {
 	var j broker.Job
 	var tags, paths string
 	var timeoutMS, created, updated int64
@@ -108,19 +108,9 @@ func (db *DB) ListJobs(ctx context.Context, f JobFilter) ([]broker.Job, error) {
 				return err
 			}
 		}
-		rows, err := tx.QueryContext(ctx, q, args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			j, err := scanJob(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, j)
-		}
-		return rows.Err()
+		var err error
+		out, err = queryAll(ctx, tx, out, scanJob, q, args...)
+		return err
 	})
 	if err != nil {
 		return nil, withContext(err, "list jobs")

@@ -426,7 +426,7 @@ const openJobQuery = `SELECT j.id, j.platform_id, j.priority, j.state, j.created
 	j.max_attempts, COALESCE(j.lease_id, 0), COALESCE(j.avoid_server_id, 0), COALESCE(group_concat(jt.type_id), '')
 	FROM jobs j LEFT JOIN job_types jt ON jt.job_id = j.id`
 
-func scanOpenJob(row interface{ Scan(...any) error }) (OpenJob, error) {
+func scanOpenJob(row rowScanner) (OpenJob, error) {
 	var j OpenJob
 	var state int
 	var created int64

@@ -1,6 +1,8 @@
 package store
 
 import (
+	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 
@@ -48,4 +50,24 @@ func (p *listPage) query(base, idCol string, beforeID int64) (string, []any) {
 	}
 	q += ` ORDER BY ` + idCol + ` DESC LIMIT ?`
 	return q, append(p.args, p.limit)
+}
+
+// rowScanner is a *sql.Row or *sql.Rows.
+type rowScanner interface{ Scan(...any) error }
+
+// queryAll runs q in tx and appends every row, read by scan, to out.
+func queryAll[T any](ctx context.Context, tx *sql.Tx, out []T, scan func(rowScanner) (T, error), q string, args ...any) ([]T, error) {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return out, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
 }

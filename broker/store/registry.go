@@ -472,7 +472,7 @@ const platformColumns = `p.id, p.name, p.public_key_pem, p.return_url, p.restric
 	p.cert_serial, p.cert_issuer, p.cert_subject, p.cert_fingerprint, p.cert_not_after, p.created_at
 	FROM platforms p LEFT JOIN tags t ON t.id = p.force_tag_id`
 
-func scanPlatform(row interface{ Scan(...any) error }) (broker.Platform, error) {
+func scanPlatform(row rowScanner) (broker.Platform, error) {
 	var p broker.Platform
 	var paths string
 	var serial, issuer, subject, fp sql.NullString
@@ -511,19 +511,9 @@ func (db *DB) PlatformByName(ctx context.Context, name string) (broker.Platform,
 func (db *DB) ListPlatforms(ctx context.Context) ([]broker.Platform, error) {
 	var out []broker.Platform
 	err := db.read(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT `+platformColumns+` ORDER BY p.name`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			p, err := scanPlatform(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, p)
-		}
-		return rows.Err()
+		var err error
+		out, err = queryAll(ctx, tx, out, scanPlatform, `SELECT `+platformColumns+` ORDER BY p.name`)
+		return err
 	})
 	return out, err
 }
@@ -649,7 +639,7 @@ const serverColumns = `s.id, s.name, s.cert_serial, s.cert_issuer, s.cert_subjec
 	s.cert_not_after, st.name, s.type_id, s.max_concurrent_jobs, s.wakeup_url, s.wakeup_fails, s.last_seen,
 	s.created_at FROM servers s JOIN server_types st ON st.id = s.type_id`
 
-func scanServer(row interface{ Scan(...any) error }) (broker.Server, error) {
+func scanServer(row rowScanner) (broker.Server, error) {
 	var s broker.Server
 	var notAfter, lastSeen, created int64
 	err := row.Scan(&s.ID, &s.Name, &s.Cert.Serial, &s.Cert.Issuer, &s.Cert.Subject, &s.Cert.Fingerprint,
@@ -692,19 +682,9 @@ func (db *DB) ServerByFingerprint(ctx context.Context, fingerprint string) (brok
 func (db *DB) ListServers(ctx context.Context) ([]broker.Server, error) {
 	var out []broker.Server
 	err := db.read(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT `+serverColumns+` ORDER BY s.name`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			s, err := scanServer(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, s)
-		}
-		return rows.Err()
+		var err error
+		out, err = queryAll(ctx, tx, out, scanServer, `SELECT `+serverColumns+` ORDER BY s.name`)
+		return err
 	})
 	return out, err
 }
