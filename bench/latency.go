@@ -53,6 +53,10 @@ type latencyResult struct {
 	OverPeriods int // distinct 100 ms periods (by commit) they fall in
 	Periods     int // 100 ms periods measured
 	OpsPerBatch float64
+	// Leases written in the measured part, and how many of them in the
+	// commit that stored their job: the job found a free slot at once.
+	Leases, Inline uint64
+	Slots          int
 	// Group commits that began in the measured part: how long each took
 	// (begin to commit), and how many took 5 ms or more.
 	Commits, SlowCommits int
@@ -97,7 +101,7 @@ type submitted struct {
 }
 
 func runLatency(ctx context.Context, s latencySpec) (latencyResult, error) {
-	res := latencyResult{Rate: s.rate, Batch: s.batch}
+	res := latencyResult{Rate: s.rate, Batch: s.batch, Slots: s.slots}
 	path := dbPath(s.dir, "latency")
 	db, fx, err := CreateDB(ctx, path, s.pki, s.servers, s.slots)
 	if err != nil {
@@ -263,12 +267,14 @@ func runLatency(ctx context.Context, s latencySpec) (latencyResult, error) {
 	secs := s.duration.Seconds()
 	res.Achieved = float64(res.Jobs) / secs
 	res.Drained = float64(ack1-ack0) / secs
+	res.Leases, res.Inline = st1.Assigned-st0.Assigned, st1.AssignedInline-st0.AssignedInline
 	if d := st1.Batches - st0.Batches; d > 0 {
 		res.OpsPerBatch = float64(st1.BatchOps-st0.BatchOps) / float64(d)
 	}
 	progressf(s.progress, "  open loop %.0f jobs/s (%d per Submit), from the commit: p50 %s p99 %s max %s over %d jobs; %d over 5 ms in %d of %d 100 ms periods; from Submit's return p99 %s, from its call p99 %s",
 		s.rate, s.batch, fmtDur(res.Commit.P50), fmtDur(res.Commit.P99), fmtDur(res.Commit.Max), res.Jobs, res.Over, res.OverPeriods, res.Periods,
 		fmtDur(res.Return.P99), fmtDur(res.Call.P99))
+	progressf(s.progress, "  %d of %d leases written in the commit that stored the job (a slot was free)", res.Inline, res.Leases)
 	progressf(s.progress, "  %d commits: p50 %s p99 %s max %s, %d took 5 ms or more",
 		res.Commits, fmtDur(res.CommitTime.P50), fmtDur(res.CommitTime.P99), fmtDur(res.CommitTime.Max), res.SlowCommits)
 	return res, nil

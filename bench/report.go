@@ -231,8 +231,8 @@ func (r *Report) Write(w io.Writer) error {
 		row("", "Submit's return (shorter)", l.Return, false)
 		row("", "Submit's call (longer: includes the commit)", l.Call, false)
 		p("")
-		p("4 × 16 fake graderds, queue empty at start. Open loop: Dispatcher.Submit in batches of %d jobs, each call in",
-			l.Batch)
+		p("4 × %d fake graderds, queue empty at start. Open loop: Dispatcher.Submit in batches of %d jobs, each call in",
+			l.Slots, l.Batch)
 		p("its own goroutine on a fixed schedule (%s calls/s), %s measured after %s of warm-up (%s jobs; achieved %s",
 			num(l.Rate/float64(l.Batch)), o.LatDuration, o.Warmup, num(float64(l.Jobs)), num(l.Achieved))
 		p("jobs/s submitted, %s jobs/s drained, %.1f ops/commit). A job is eligible when the group commit that stores it",
@@ -241,7 +241,11 @@ func (r *Report) Write(w io.Writer) error {
 		p("began after its Submit was called (if that guess is early, the latency comes out longer, never shorter). Its")
 		p("latency is the fake client's receive time of its Assign minus that end (same process, monotonic clock). A job")
 		p("submitted while a server has a free slot is stored and leased in that one transaction and its Assign is queued")
-		p("for the stream right after the commit, before Submit returns. Submit itself (it waits for the group commit) took")
+		p("for the stream right after the commit, before Submit returns: %s of the %s leases of the measured part were",
+			num(float64(l.Inline)), num(float64(l.Leases)))
+		p("written so (the others waited for a slot to free: the latency is defined for a server with a free slot, which")
+		p("is why the servers have %d slots here; with --lat-slots 16 and no-op jobs, slots run out during slow commits).", l.Slots)
+		p("Submit itself (it waits for the group commit) took")
 		p("p50 %s, p99 %s. %s jobs (%.2f %%) took 5 ms or more from their commit; they fall in %d of the %d 100 ms periods",
 			fmtDur(l.SubmitP50), fmtDur(l.SubmitP99), num(float64(l.Over)), 100*float64(l.Over)/float64(max(1, l.Jobs)), l.OverPeriods, l.Periods)
 		p("measured (few periods: stalls, e.g. another process or a WAL checkpoint; many: the dispatch path itself is slow).")

@@ -437,8 +437,9 @@ func TestSubmitWithAFreeSlotIsAssignedInTheSameCommit(t *testing.T) {
 	if st := e.state(ids[2]); st != broker.JobQueued {
 		t.Fatalf("third job is %s, want queued: the server has 2 slots", st)
 	}
-	if st := e.d.Stats(); st.Running != st0.Running+2 || st.Queued != st0.Queued+1 {
-		t.Fatalf("after Submit: running %d queued %d, want %d and %d", st.Running, st.Queued, st0.Running+2, st0.Queued+1)
+	if st := e.d.Stats(); st.Running != st0.Running+2 || st.Queued != st0.Queued+1 || st.AssignedInline != st0.AssignedInline+2 {
+		t.Fatalf("after Submit: running %d queued %d leased inline %d, want %d, %d and %d", st.Running, st.Queued,
+			st.AssignedInline, st0.Running+2, st0.Queued+1, st0.AssignedInline+2)
 	}
 	first := []*gbv1.Assign{g.nextAssign(), g.nextAssign()}
 	if first[0].JobId != ids[0] || first[1].JobId != ids[1] {
@@ -447,6 +448,10 @@ func TestSubmitWithAFreeSlotIsAssignedInTheSameCommit(t *testing.T) {
 	g.result(first[0], gbv1.Outcome_OUTCOME_OK, map[string]int{"score": 1})
 	if a := g.nextAssign(); a.JobId != ids[2] {
 		t.Fatalf("after a result, Assign of job %d, want the queued job %d", a.JobId, ids[2])
+	}
+	if st := e.d.Stats(); st.Assigned != st0.Assigned+3 || st.AssignedInline != st0.AssignedInline+2 {
+		t.Fatalf("assigned %d, inline %d: want %d and %d (the third job's lease waited for a slot)", st.Assigned,
+			st.AssignedInline, st0.Assigned+3, st0.AssignedInline+2)
 	}
 
 	// A replayed token refuses the whole submission: nothing is queued,

@@ -152,11 +152,14 @@ type Stats struct {
 	FreeSlots    int
 	StaleResults uint64
 	Assigned     uint64
-	Finished     uint64
-	Requeued     uint64
-	Expired      uint64
-	Batches      uint64
-	BatchOps     uint64
+	// AssignedInline counts the leases written in the transaction that
+	// stored their job (a slot was free when it was submitted).
+	AssignedInline uint64
+	Finished       uint64
+	Requeued       uint64
+	Expired        uint64
+	Batches        uint64
+	BatchOps       uint64
 }
 
 // Dispatcher is the matching engine and lease keeper.
@@ -597,6 +600,7 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 			// A job this transaction stored: its lease joins it, so one
 			// commit makes the job durable and assigned, and the Assign
 			// leaves right after it.
+			d.stats.AssignedInline++
 			if in.err == nil {
 				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds()}
 				in.err = in.tx.AssignInserted(q.id, id, s.id, s.name, l.attempt, l.deadline)

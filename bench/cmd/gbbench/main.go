@@ -98,6 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.ThroughputJobs, "throughput-jobs", 0, "jobs queued for each throughput run (default 20,000/s × (warm-up + window))")
 	fs.Float64Var(&o.LatRate, "lat-rate", 0, "latency: offered jobs/s (default half the measured 4 × 16 peak)")
 	fs.IntVar(&o.LatBatch, "lat-batch", 4, "latency: jobs per Submit call")
+	fs.IntVar(&o.LatSlots, "lat-slots", 64, "latency: slots of each of the 4 fake graderds (16 is the throughput runs' size: at half their peak some jobs then wait for a slot, which the report counts)")
 	fs.DurationVar(&o.LatDuration, "lat-duration", 0, "latency: measured duration after warm-up (default by preset)")
 	fs.IntVar(&o.RSSJobs, "rss-jobs", 0, "memory: jobs queued (default 1,000,000)")
 	fs.IntVar(&o.RSSStreams, "rss-streams", 1000, "memory: connected streams")
