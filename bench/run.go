@@ -72,7 +72,7 @@ func (o *Options) Defaults() error {
 		rssJobs, repeats             int
 	}
 	presets := map[string]preset{
-		"default": {2 * time.Second, 10 * time.Second, 20 * time.Second, 10 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 2},
+		"default": {2 * time.Second, 10 * time.Second, 15 * time.Second, 8 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 2},
 		"quick":   {time.Second, 4 * time.Second, 6 * time.Second, 4 * time.Second, []int{1_000, 20_000, 100_000}, 100_000, 1},
 		"full":    {3 * time.Second, 30 * time.Second, 60 * time.Second, 30 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 3},
 	}

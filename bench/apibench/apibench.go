@@ -47,7 +47,7 @@ type Options struct {
 	Bits []int
 	// Clients is how many concurrent HTTP clients send; default 64.
 	Clients int
-	// Window is how long each rate is measured, in all; default 10 s.
+	// Window is how long each rate is measured, in all; default 8 s.
 	Window time.Duration
 	// Rounds is how many slices Window is cut into. The crypto-only rate
 	// and the sendjob rate are measured in turn, slice by slice (crypto,
@@ -80,7 +80,7 @@ func (o *Options) defaults() {
 		o.Clients = 64
 	}
 	if o.Window <= 0 {
-		o.Window = 10 * time.Second
+		o.Window = 8 * time.Second
 	}
 	if o.Rounds <= 0 {
 		o.Rounds = 5
@@ -473,6 +473,14 @@ func (s *sender) halt() {
 	s.wg.Wait()
 }
 
+// add appends the bodies of more tokens; the clients must be halted.
+func (s *sender) add(toks []string) {
+	for _, t := range toks {
+		b, _ := json.Marshal(map[string]string{"token": t})
+		s.bodies = append(s.bodies, b)
+	}
+}
+
 // exhausted says whether every body has been taken.
 func (s *sender) exhausted() bool { return int(s.next.Load()) >= len(s.bodies) }
 
@@ -566,20 +574,19 @@ func runBits(ctx context.Context, o Options, bits int) (row Row, err error) {
 	job := func(i int) map[string]any {
 		return map[string]any{"tags": "bench", "jobname": "api", "jobdata": map[string]any{"i": i}}
 	}
-	// Enough tokens for the window, its ramps, a warm-up and a profiled
-	// window at a generous rate per core (this machine's 2 cores do about
-	// 1,400 and 300); sealing is not timed, and running out is an error.
+	// Tokens are sealed before they are needed (sealing is not timed, and
+	// running out is an error), and sealing is most of this scenario's
+	// time: first enough for the warm-up at a generous rate per core (this
+	// machine's 2 cores open about 1,400 and 300 a second), then, from the
+	// rate the warm-up reached, enough for the window, its ramps and a
+	// profiled window, with half as much again to spare.
 	perSec := 1000.0 * float64(runtime.NumCPU())
 	if bits >= 4096 {
 		perSec /= 5
 	}
-	secs := o.Window.Seconds() + float64(o.Rounds)*maxRamp.Seconds() + 2
-	if o.CPUProfile != "" {
-		secs += o.Window.Seconds()
-	}
-	want := int(secs * perSec)
-	o.progressf("%d-bit keys: sealing %d tokens (not timed)", bits, want)
-	toks, err := e.tokens(want, "sendjob", job)
+	warmup := time.Second
+	o.progressf("%d-bit keys: sealing %d tokens for the warm-up (not timed)", bits, int(perSec*warmup.Seconds()))
+	toks, err := e.tokens(int(perSec*warmup.Seconds()), "sendjob", job)
 	if err != nil {
 		return row, err
 	}
@@ -593,7 +600,22 @@ func runBits(ctx context.Context, o Options, bits int) (row Row, err error) {
 
 	// Warm-up, not timed: TLS handshakes, the database's first pages, and
 	// the latency that sets how long each slice ramps up.
-	ok, _, took := s.run(o.Clients, time.Second)
+	ok, _, took := s.run(o.Clients, warmup)
+	if s.exhausted() {
+		return row, fmt.Errorf("%d-bit keys: the warm-up used all %d tokens; raise the rate per core in apibench", bits, len(toks))
+	}
+	secs := o.Window.Seconds() + float64(o.Rounds)*maxRamp.Seconds() + 1
+	if o.CPUProfile != "" {
+		secs += o.Window.Seconds()
+	}
+	more := int(1.5*float64(ok)/warmup.Seconds()*secs) + o.Clients
+	o.progressf("%d-bit keys: warm-up at %d requests/s; sealing %d more tokens (not timed)", bits, int(float64(ok)/warmup.Seconds()), more)
+	extra, err := e.tokens(more, "sendjob", job)
+	if err != nil {
+		return row, err
+	}
+	s.add(extra)
+	toks = append(toks, extra...)
 	ramp := maxRamp
 	if ok > 0 {
 		ramp = min(maxRamp, max(minRamp, 2*time.Duration(o.Clients)*took/time.Duration(ok)))

@@ -63,9 +63,9 @@ const usage = `Usage: gbbench [flags]
 Benchmarks the broker over real mTLS with fake graderd clients and prints a
 markdown table (stdout); progress goes to stderr. By default it runs every
 scenario in under five minutes: throughput (1, 4, 16 servers × 16 slots),
-latency (open loop at half the 4 × 16 peak), scale (drain rate with 1,000 /
-100,000 / 1,000,000 jobs queued, each depth held by a feeder while it
-drains), memory (1,000,000 queued, 1,000 streams, broker in a child
+latency (open loop at half the 4 × 16 peak, to 4 servers with 64 slots
+each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
+/ 1,000,000 jobs queued, each depth held by a feeder while it drains), memory (1,000,000 queued, 1,000 streams, broker in a child
 process), and the platform API (REST sendjob with real tokens beside the
 crypto-only rate, batch submission, result callbacks).
 
