@@ -578,8 +578,10 @@ func runBits(ctx context.Context, o Options, bits int) (row Row, err error) {
 	// running out is an error), and sealing is most of this scenario's
 	// time: first enough for the warm-up at a generous rate per core (this
 	// machine's 2 cores open about 1,400 and 300 a second), then, from the
-	// rate the warm-up reached, enough for the window, its ramps and a
-	// profiled window, with half as much again to spare.
+	// rate the warm-up reached, twice what the window, its ramps and a
+	// profiled window need (the warm-up's rate includes the TLS handshakes
+	// and is lower than the steady one), and never less than the warm-up
+	// sealed.
 	perSec := 1000.0 * float64(runtime.NumCPU())
 	if bits >= 4096 {
 		perSec /= 5
@@ -608,7 +610,7 @@ func runBits(ctx context.Context, o Options, bits int) (row Row, err error) {
 	if o.CPUProfile != "" {
 		secs += o.Window.Seconds()
 	}
-	more := int(1.5*float64(ok)/warmup.Seconds()*secs) + o.Clients
+	more := max(len(toks), int(2*float64(ok)/warmup.Seconds()*secs)+o.Clients)
 	o.progressf("%d-bit keys: warm-up at %d requests/s; sealing %d more tokens (not timed)", bits, int(float64(ok)/warmup.Seconds()), more)
 	extra, err := e.tokens(more, "sendjob", job)
 	if err != nil {
