@@ -227,7 +227,6 @@ func runDrain(ctx context.Context, s drainSpec) (res drainResult, err error) {
 		return res, err
 	}
 	if err := b.Start(ctx); err != nil {
-		b.DB().Close()
 		return res, err
 	}
 	defer b.Close()

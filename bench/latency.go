@@ -132,7 +132,6 @@ func runLatency(ctx context.Context, s latencySpec) (latencyResult, error) {
 		return res, err
 	}
 	if err := b.Start(ctx); err != nil {
-		b.DB().Close()
 		return res, err
 	}
 	defer b.Close()

@@ -265,7 +265,6 @@ func newEnv(ctx context.Context, o Options, bits int, returnURL string, child fu
 		// tells its CPU from the clients' in a profile.
 		pprof.Do(ctx, brokerLabels, func(ctx context.Context) { err = b.Start(ctx) })
 		if err != nil {
-			b.DB().Close()
 			return nil, err
 		}
 		e.b, addr = b, b.HTTPAddr()

@@ -48,7 +48,6 @@ func ServeChild(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return 1
 	}
 	if err := b.Start(ctx); err != nil {
-		b.DB().Close()
 		log.Error("broker did not start", "err", err)
 		return 1
 	}

@@ -180,18 +180,20 @@ func (b *Broker) GRPCAddr() string { return b.grpcLis.Addr().String() }
 func (b *Broker) HTTPAddr() string { return b.httpLis.Addr().String() }
 
 // Start opens both listeners, then serves in the background. It returns
-// once the broker accepts connections.
+// once the broker accepts connections. A broker that fails to start is
+// closed, its database too; Close is then a no-op.
 func (b *Broker) Start(ctx context.Context) error {
-	var err error
-	if err := b.listenMetrics(); err != nil {
-		return err
-	}
 	started := false
 	defer func() {
 		if !started {
 			b.stopMetrics(context.Background())
+			b.closed.Do(func() { b.db.Close() })
 		}
 	}()
+	var err error
+	if err := b.listenMetrics(); err != nil {
+		return err
+	}
 	if b.grpcLis, err = net.Listen("tcp", b.cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("grpc_addr: %w", err)
 	}
@@ -388,7 +390,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	if err := b.Start(ctx); err != nil {
-		b.db.Close()
 		return err
 	}
 	select {

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -58,6 +59,17 @@ func writeRSAKey(t *testing.T, path string) *rsa.PrivateKey {
 // startBroker starts a broker with metrics on 127.0.0.1:0 (or as mod sets).
 func startBroker(t *testing.T, mod func(*Config)) *testEnv {
 	t.Helper()
+	e := newBroker(t, mod)
+	if err := e.b.Start(context.Background()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { e.b.Close() })
+	return e
+}
+
+// newBroker makes a broker on a new database with a test CA, not started.
+func newBroker(t *testing.T, mod func(*Config)) *testEnv {
+	t.Helper()
 	dir := t.TempDir()
 	ca := certstest.NewCA(t, "test")
 	bf := ca.Broker(t)
@@ -74,11 +86,30 @@ func startBroker(t *testing.T, mod func(*Config)) *testEnv {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := b.Start(context.Background()); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() { b.Close() })
 	return &testEnv{t: t, b: b, ca: ca}
+}
+
+// TestFailedStartClosesTheBroker: a Start that fails (here the HTTP port
+// is taken) leaves nothing open, the database included, and Close after it
+// has nothing left to do.
+func TestFailedStartClosesTheBroker(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	e := newBroker(t, func(c *Config) { c.HTTPAddr = taken.Addr().String() })
+	err = e.b.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "http_addr") {
+		t.Fatalf("Start with the HTTP port taken = %v, want an http_addr error", err)
+	}
+	if _, err := e.b.DB().ListServerTypes(context.Background()); err == nil {
+		t.Fatal("the database still answers after a failed Start")
+	}
+	if err := e.b.Close(); err != nil {
+		t.Fatalf("Close after a failed Start = %v, want nil", err)
+	}
 }
 
 // scrape fetches /metrics from the metrics port and returns every sample,
