@@ -5,7 +5,6 @@
 package adminapitest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -29,6 +28,7 @@ import (
 	"github.com/gradebroker/gradebroker/certs"
 	"github.com/gradebroker/gradebroker/certs/certstest"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // OperatorName is the operator Start registers, as the bootstrap would.
@@ -48,7 +48,7 @@ type Env struct {
 	// Dispatcher is the fake the service calls.
 	Dispatcher *FakeDispatcher
 
-	logs *lockedBuffer
+	logs *testutil.SyncBuffer
 }
 
 // Start starts an admin API with a fresh CA and database, and registers an
@@ -62,7 +62,7 @@ func Start(tb testing.TB) *Env {
 		CA:         certstest.NewCA(tb, "test"),
 		DBPath:     filepath.Join(tb.TempDir(), "gb.db"),
 		Dispatcher: NewFakeDispatcher(),
-		logs:       &lockedBuffer{},
+		logs:       &testutil.SyncBuffer{},
 	}
 	db, err := store.Open(ctx, e.DBPath, store.Options{})
 	if err != nil {
@@ -290,22 +290,4 @@ func (f *FakeDispatcher) CancelJob(_ context.Context, id int64, actor string) er
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.jobErr
-}
-
-// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
