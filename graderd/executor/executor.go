@@ -59,6 +59,10 @@ type Job struct {
 	// Timeout is the wall-time limit of the run; zero or less means none
 	// (the broker always sets one, so only tests and tools leave it out).
 	Timeout time.Duration
+	// RestrictPaths are the platform's restrict_paths for the job, from the
+	// Assign; an executor exposes them only inside paths its own
+	// configuration allows.
+	RestrictPaths []string
 }
 
 // Result is how a run ended.
@@ -76,6 +80,11 @@ type Result struct {
 	Error string
 	// Duration is how long the grader ran.
 	Duration time.Duration
+	// Usage is what the run used, as far as the executor could measure it.
+	Usage Usage
+	// Limit is the limit that ended the run, if one did; Error then names
+	// it in words too.
+	Limit Limit
 }
 
 // Executor runs jobs.

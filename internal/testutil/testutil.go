@@ -50,3 +50,38 @@ func (b *SyncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// WaitTimeout is how long Eventually waits before it fails the test. It is
+// generous because the tests run with the race detector on two busy cores;
+// a test that passes never waits for it.
+const WaitTimeout = 30 * time.Second
+
+// TB is the part of testing.TB that Eventually needs.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+// Eventually waits until cond reports true, checking it again every few
+// milliseconds, and fails the test with "timed out waiting for WHAT" after
+// WaitTimeout. It is the one way tests here wait for a state that another
+// goroutine or process reaches: never a fixed sleep.
+func Eventually(t TB, what string, cond func() bool) {
+	t.Helper()
+	EventuallyWithin(t, WaitTimeout, what, cond)
+}
+
+// EventuallyWithin is Eventually with its own time limit.
+func EventuallyWithin(t TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	poll := time.Millisecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+			return
+		}
+		time.Sleep(poll)
+		poll = min(2*poll, 20*time.Millisecond)
+	}
+}

@@ -26,3 +26,39 @@ func TestClockAndSyncBuffer(t *testing.T) {
 		t.Errorf("buffer holds %d bytes, want 20", n)
 	}
 }
+
+// fakeTB records a failure instead of ending the test.
+type fakeTB struct{ failed string }
+
+func (f *fakeTB) Helper() {}
+func (f *fakeTB) Fatalf(format string, args ...any) {
+	f.failed = fmt.Sprintf(format, args...)
+}
+
+func TestEventually(t *testing.T) {
+	var mu sync.Mutex
+	ready := false
+	go func() {
+		mu.Lock()
+		ready = true
+		mu.Unlock()
+	}()
+	var f fakeTB
+	Eventually(&f, "the flag", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return ready
+	})
+	if f.failed != "" {
+		t.Fatalf("Eventually failed on a condition that became true: %s", f.failed)
+	}
+
+	calls := 0
+	EventuallyWithin(&f, 30*time.Millisecond, "never", func() bool { calls++; return false })
+	if want := "timed out after 30ms waiting for never"; f.failed != want {
+		t.Errorf("failure = %q, want %q", f.failed, want)
+	}
+	if calls < 2 {
+		t.Errorf("cond was checked %d times, want it checked again before giving up", calls)
+	}
+}

@@ -238,7 +238,11 @@ type Server struct {
 	// When it was last heard from.
 	LastSeen *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	// Whether an operator drained it: it gets no new jobs.
-	Drained       bool `protobuf:"varint,11,opt,name=drained,proto3" json:"drained,omitempty"`
+	Drained bool `protobuf:"varint,11,opt,name=drained,proto3" json:"drained,omitempty"`
+	// The graderd version it reported when it connected.
+	Version string `protobuf:"bytes,12,opt,name=version,proto3" json:"version,omitempty"`
+	// Its executors and their sandboxes, as it reported them when it connected.
+	Executors     []*ExecutorInfo `protobuf:"bytes,13,rep,name=executors,proto3" json:"executors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -348,6 +352,20 @@ func (x *Server) GetDrained() bool {
 		return x.Drained
 	}
 	return false
+}
+
+func (x *Server) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Server) GetExecutors() []*ExecutorInfo {
+	if x != nil {
+		return x.Executors
+	}
+	return nil
 }
 
 // Tag is a registered tag.
@@ -3513,7 +3531,7 @@ var File_gradebroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1agradebroker/v1/admin.proto\x12\x0egradebroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18gradebroker/v1/job.proto\"\xd4\x01\n" +
+	"\x1agradebroker/v1/admin.proto\x12\x0egradebroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bgradebroker/v1/grader.proto\x1a\x18gradebroker/v1/job.proto\"\xd4\x01\n" +
 	"\fCertIdentity\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12-\n" +
@@ -3530,7 +3548,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12>\n" +
 	"\vcertificate\x18\x06 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x9b\x03\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xf1\x03\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x12\x12\n" +
@@ -3545,7 +3563,9 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\arunning\x18\t \x01(\rR\arunning\x127\n" +
 	"\tlast_seen\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x18\n" +
-	"\adrained\x18\v \x01(\bR\adrained\";\n" +
+	"\adrained\x18\v \x01(\bR\adrained\x12\x18\n" +
+	"\aversion\x18\f \x01(\tR\aversion\x12:\n" +
+	"\texecutors\x18\r \x03(\v2\x1c.gradebroker.v1.ExecutorInfoR\texecutors\";\n" +
 	"\x03Tag\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"4\n" +
@@ -3841,10 +3861,11 @@ var file_gradebroker_v1_admin_proto_goTypes = []any{
 	(*RedeliverDeliveriesRequest)(nil),    // 61: gradebroker.v1.RedeliverDeliveriesRequest
 	(*RedeliverDeliveriesResponse)(nil),   // 62: gradebroker.v1.RedeliverDeliveriesResponse
 	(*timestamppb.Timestamp)(nil),         // 63: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 64: google.protobuf.Duration
-	(JobState)(0),                         // 65: gradebroker.v1.JobState
-	(*Job)(nil),                           // 66: gradebroker.v1.Job
-	(DeliveryState)(0),                    // 67: gradebroker.v1.DeliveryState
+	(*ExecutorInfo)(nil),                  // 64: gradebroker.v1.ExecutorInfo
+	(*durationpb.Duration)(nil),           // 65: google.protobuf.Duration
+	(JobState)(0),                         // 66: gradebroker.v1.JobState
+	(*Job)(nil),                           // 67: gradebroker.v1.Job
+	(DeliveryState)(0),                    // 68: gradebroker.v1.DeliveryState
 }
 var file_gradebroker_v1_admin_proto_depIdxs = []int32{
 	63, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
@@ -3853,95 +3874,96 @@ var file_gradebroker_v1_admin_proto_depIdxs = []int32{
 	0,  // 3: gradebroker.v1.Server.certificate:type_name -> gradebroker.v1.CertIdentity
 	63, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
 	63, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
-	0,  // 6: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
-	63, // 7: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 8: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
-	6,  // 9: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
-	1,  // 10: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
-	1,  // 11: gradebroker.v1.ListPlatformsResponse.platforms:type_name -> gradebroker.v1.Platform
-	2,  // 12: gradebroker.v1.AddServerResponse.server:type_name -> gradebroker.v1.Server
-	2,  // 13: gradebroker.v1.UpdateServerResponse.server:type_name -> gradebroker.v1.Server
-	2,  // 14: gradebroker.v1.ListServersResponse.servers:type_name -> gradebroker.v1.Server
-	2,  // 15: gradebroker.v1.DrainServerResponse.server:type_name -> gradebroker.v1.Server
-	64, // 16: gradebroker.v1.TypeQueueStats.oldest_waiting:type_name -> google.protobuf.Duration
-	28, // 17: gradebroker.v1.GetQueueStatsResponse.types:type_name -> gradebroker.v1.TypeQueueStats
-	3,  // 18: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
-	3,  // 19: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
-	4,  // 20: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	4,  // 21: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	4,  // 22: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
-	5,  // 23: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
-	5,  // 24: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
-	65, // 25: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
-	66, // 26: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
-	66, // 27: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
-	66, // 28: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
-	66, // 29: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
-	67, // 30: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
-	63, // 31: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	63, // 32: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
-	63, // 33: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
-	67, // 34: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
-	58, // 35: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
-	7,  // 36: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
-	9,  // 37: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
-	11, // 38: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
-	13, // 39: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
-	15, // 40: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
-	17, // 41: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
-	19, // 42: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
-	21, // 43: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
-	23, // 44: gradebroker.v1.AdminService.RequeueServerJobs:input_type -> gradebroker.v1.RequeueServerJobsRequest
-	25, // 45: gradebroker.v1.AdminService.DrainServer:input_type -> gradebroker.v1.DrainServerRequest
-	27, // 46: gradebroker.v1.AdminService.GetQueueStats:input_type -> gradebroker.v1.GetQueueStatsRequest
-	30, // 47: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
-	32, // 48: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
-	34, // 49: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
-	36, // 50: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
-	38, // 51: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
-	40, // 52: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
-	42, // 53: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
-	44, // 54: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
-	46, // 55: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
-	48, // 56: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
-	50, // 57: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
-	52, // 58: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
-	54, // 59: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
-	56, // 60: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
-	59, // 61: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
-	61, // 62: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
-	8,  // 63: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
-	10, // 64: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
-	12, // 65: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
-	14, // 66: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
-	16, // 67: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
-	18, // 68: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
-	20, // 69: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
-	22, // 70: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
-	24, // 71: gradebroker.v1.AdminService.RequeueServerJobs:output_type -> gradebroker.v1.RequeueServerJobsResponse
-	26, // 72: gradebroker.v1.AdminService.DrainServer:output_type -> gradebroker.v1.DrainServerResponse
-	29, // 73: gradebroker.v1.AdminService.GetQueueStats:output_type -> gradebroker.v1.GetQueueStatsResponse
-	31, // 74: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
-	33, // 75: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
-	35, // 76: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
-	37, // 77: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
-	39, // 78: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
-	41, // 79: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
-	43, // 80: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
-	45, // 81: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
-	47, // 82: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
-	49, // 83: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
-	51, // 84: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
-	53, // 85: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
-	55, // 86: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
-	57, // 87: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
-	60, // 88: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
-	62, // 89: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
-	63, // [63:90] is the sub-list for method output_type
-	36, // [36:63] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	64, // 6: gradebroker.v1.Server.executors:type_name -> gradebroker.v1.ExecutorInfo
+	0,  // 7: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
+	63, // 8: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 9: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
+	6,  // 10: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
+	1,  // 11: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
+	1,  // 12: gradebroker.v1.ListPlatformsResponse.platforms:type_name -> gradebroker.v1.Platform
+	2,  // 13: gradebroker.v1.AddServerResponse.server:type_name -> gradebroker.v1.Server
+	2,  // 14: gradebroker.v1.UpdateServerResponse.server:type_name -> gradebroker.v1.Server
+	2,  // 15: gradebroker.v1.ListServersResponse.servers:type_name -> gradebroker.v1.Server
+	2,  // 16: gradebroker.v1.DrainServerResponse.server:type_name -> gradebroker.v1.Server
+	65, // 17: gradebroker.v1.TypeQueueStats.oldest_waiting:type_name -> google.protobuf.Duration
+	28, // 18: gradebroker.v1.GetQueueStatsResponse.types:type_name -> gradebroker.v1.TypeQueueStats
+	3,  // 19: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
+	3,  // 20: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
+	4,  // 21: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	4,  // 22: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	4,  // 23: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
+	5,  // 24: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
+	5,  // 25: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
+	66, // 26: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
+	67, // 27: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
+	67, // 28: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
+	67, // 29: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
+	67, // 30: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
+	68, // 31: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
+	63, // 32: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	63, // 33: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
+	63, // 34: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
+	68, // 35: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
+	58, // 36: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
+	7,  // 37: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
+	9,  // 38: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
+	11, // 39: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
+	13, // 40: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
+	15, // 41: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
+	17, // 42: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
+	19, // 43: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
+	21, // 44: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
+	23, // 45: gradebroker.v1.AdminService.RequeueServerJobs:input_type -> gradebroker.v1.RequeueServerJobsRequest
+	25, // 46: gradebroker.v1.AdminService.DrainServer:input_type -> gradebroker.v1.DrainServerRequest
+	27, // 47: gradebroker.v1.AdminService.GetQueueStats:input_type -> gradebroker.v1.GetQueueStatsRequest
+	30, // 48: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
+	32, // 49: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
+	34, // 50: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
+	36, // 51: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
+	38, // 52: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
+	40, // 53: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
+	42, // 54: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
+	44, // 55: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
+	46, // 56: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
+	48, // 57: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
+	50, // 58: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
+	52, // 59: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
+	54, // 60: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
+	56, // 61: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
+	59, // 62: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
+	61, // 63: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
+	8,  // 64: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
+	10, // 65: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
+	12, // 66: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
+	14, // 67: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
+	16, // 68: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
+	18, // 69: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
+	20, // 70: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
+	22, // 71: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
+	24, // 72: gradebroker.v1.AdminService.RequeueServerJobs:output_type -> gradebroker.v1.RequeueServerJobsResponse
+	26, // 73: gradebroker.v1.AdminService.DrainServer:output_type -> gradebroker.v1.DrainServerResponse
+	29, // 74: gradebroker.v1.AdminService.GetQueueStats:output_type -> gradebroker.v1.GetQueueStatsResponse
+	31, // 75: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
+	33, // 76: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
+	35, // 77: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
+	37, // 78: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
+	39, // 79: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
+	41, // 80: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
+	43, // 81: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
+	45, // 82: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
+	47, // 83: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
+	49, // 84: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
+	51, // 85: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
+	53, // 86: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
+	55, // 87: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
+	57, // 88: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
+	60, // 89: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
+	62, // 90: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
+	64, // [64:91] is the sub-list for method output_type
+	37, // [37:64] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_admin_proto_init() }
@@ -3949,6 +3971,7 @@ func file_gradebroker_v1_admin_proto_init() {
 	if File_gradebroker_v1_admin_proto != nil {
 		return
 	}
+	file_gradebroker_v1_grader_proto_init()
 	file_gradebroker_v1_job_proto_init()
 	file_gradebroker_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
 	file_gradebroker_v1_admin_proto_msgTypes[17].OneofWrappers = []any{}

@@ -84,6 +84,75 @@ func (Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{0}
 }
 
+// Limit names the limit that ended a run.
+type Limit int32
+
+const (
+	// No limit ended the run.
+	Limit_LIMIT_UNSPECIFIED Limit = 0
+	// The job's timeout (wall-clock time).
+	Limit_LIMIT_WALL_TIME Limit = 1
+	// The CPU-time limit of all the run's processes together.
+	Limit_LIMIT_CPU_TIME Limit = 2
+	// The memory limit (tmpfs pages included).
+	Limit_LIMIT_MEMORY Limit = 3
+	// The limit on processes and threads.
+	Limit_LIMIT_PIDS Limit = 4
+	// The cap on the result (standard output).
+	Limit_LIMIT_OUTPUT Limit = 5
+	// A size limit of the run's writable file systems (work directory, /tmp).
+	Limit_LIMIT_DISK Limit = 6
+)
+
+// Enum value maps for Limit.
+var (
+	Limit_name = map[int32]string{
+		0: "LIMIT_UNSPECIFIED",
+		1: "LIMIT_WALL_TIME",
+		2: "LIMIT_CPU_TIME",
+		3: "LIMIT_MEMORY",
+		4: "LIMIT_PIDS",
+		5: "LIMIT_OUTPUT",
+		6: "LIMIT_DISK",
+	}
+	Limit_value = map[string]int32{
+		"LIMIT_UNSPECIFIED": 0,
+		"LIMIT_WALL_TIME":   1,
+		"LIMIT_CPU_TIME":    2,
+		"LIMIT_MEMORY":      3,
+		"LIMIT_PIDS":        4,
+		"LIMIT_OUTPUT":      5,
+		"LIMIT_DISK":        6,
+	}
+)
+
+func (x Limit) Enum() *Limit {
+	p := new(Limit)
+	*p = x
+	return p
+}
+
+func (x Limit) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Limit) Descriptor() protoreflect.EnumDescriptor {
+	return file_gradebroker_v1_grader_proto_enumTypes[1].Descriptor()
+}
+
+func (Limit) Type() protoreflect.EnumType {
+	return &file_gradebroker_v1_grader_proto_enumTypes[1]
+}
+
+func (x Limit) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Limit.Descriptor instead.
+func (Limit) EnumDescriptor() ([]byte, []int) {
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{1}
+}
+
 // ConnectRequest is one message from graderd to the broker.
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -411,7 +480,10 @@ type Hello struct {
 	// A connection test (graderd -t): the broker checks the certificate,
 	// answers Welcome and ends the stream, leaving any live stream of the same
 	// server and its leases alone.
-	Probe         bool `protobuf:"varint,5,opt,name=probe,proto3" json:"probe,omitempty"`
+	Probe bool `protobuf:"varint,5,opt,name=probe,proto3" json:"probe,omitempty"`
+	// graderd's executors and how each isolates its runs, for operators
+	// (broker admin server list, the console).
+	Executors     []*ExecutorInfo `protobuf:"bytes,6,rep,name=executors,proto3" json:"executors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -481,6 +553,78 @@ func (x *Hello) GetProbe() bool {
 	return false
 }
 
+func (x *Hello) GetExecutors() []*ExecutorInfo {
+	if x != nil {
+		return x.Executors
+	}
+	return nil
+}
+
+// ExecutorInfo describes one of graderd's executors.
+type ExecutorInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The executor's name in graderd's config ("default" for the default one).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its kind: "exec", "docker", "scenarios", "kubernetes", "noop".
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// How its runs are isolated, for example "crun", "docker", "kubernetes";
+	// "none" when an operator turned the sandbox off.
+	Sandbox       string `protobuf:"bytes,3,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecutorInfo) Reset() {
+	*x = ExecutorInfo{}
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecutorInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecutorInfo) ProtoMessage() {}
+
+func (x *ExecutorInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecutorInfo.ProtoReflect.Descriptor instead.
+func (*ExecutorInfo) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ExecutorInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExecutorInfo) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ExecutorInfo) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
 // Welcome tells graderd who the broker thinks it is.
 type Welcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -500,7 +644,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[4]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +656,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[4]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +669,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{4}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Welcome) GetServer() string {
@@ -581,14 +725,18 @@ type Assign struct {
 	// How long the grader may run.
 	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// When the lease ends unless a heartbeat extends it.
-	Deadline      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// Paths the platform restricts the grader to (its registered
+	// restrict_paths). graderd makes them visible to the run read-only only
+	// where they fall inside paths its own configuration allows.
+	RestrictPaths []string `protobuf:"bytes,9,rep,name=restrict_paths,json=restrictPaths,proto3" json:"restrict_paths,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assign) Reset() {
 	*x = Assign{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[5]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +748,7 @@ func (x *Assign) String() string {
 func (*Assign) ProtoMessage() {}
 
 func (x *Assign) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[5]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +761,7 @@ func (x *Assign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assign.ProtoReflect.Descriptor instead.
 func (*Assign) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{5}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Assign) GetJobId() int64 {
@@ -672,6 +820,13 @@ func (x *Assign) GetDeadline() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Assign) GetRestrictPaths() []string {
+	if x != nil {
+		return x.RestrictPaths
+	}
+	return nil
+}
+
 // Result reports how one lease ended.
 type Result struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -688,14 +843,18 @@ type Result struct {
 	// Why the job failed, for outcomes other than OK.
 	Error string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	// How long the grader ran.
-	Duration      *durationpb.Duration `protobuf:"bytes,7,opt,name=duration,proto3" json:"duration,omitempty"`
+	Duration *durationpb.Duration `protobuf:"bytes,7,opt,name=duration,proto3" json:"duration,omitempty"`
+	// What the run used; unset when the executor could not measure it.
+	Usage *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The limit that ended the run, if one did.
+	Limit         Limit `protobuf:"varint,9,opt,name=limit,proto3,enum=gradebroker.v1.Limit" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[6]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +866,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[6]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +879,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{6}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Result) GetJobId() int64 {
@@ -772,6 +931,84 @@ func (x *Result) GetDuration() *durationpb.Duration {
 	return nil
 }
 
+func (x *Result) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *Result) GetLimit() Limit {
+	if x != nil {
+		return x.Limit
+	}
+	return Limit_LIMIT_UNSPECIFIED
+}
+
+// Usage is what one run used, all its processes together.
+type Usage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CPU time, user and system.
+	CpuTime *durationpb.Duration `protobuf:"bytes,1,opt,name=cpu_time,json=cpuTime,proto3" json:"cpu_time,omitempty"`
+	// The highest memory use seen, in bytes.
+	PeakMemoryBytes uint64 `protobuf:"varint,2,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
+	// Wall-clock time from start to end.
+	WallTime      *durationpb.Duration `protobuf:"bytes,3,opt,name=wall_time,json=wallTime,proto3" json:"wall_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Usage) Reset() {
+	*x = Usage{}
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Usage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Usage) ProtoMessage() {}
+
+func (x *Usage) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Usage.ProtoReflect.Descriptor instead.
+func (*Usage) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Usage) GetCpuTime() *durationpb.Duration {
+	if x != nil {
+		return x.CpuTime
+	}
+	return nil
+}
+
+func (x *Usage) GetPeakMemoryBytes() uint64 {
+	if x != nil {
+		return x.PeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *Usage) GetWallTime() *durationpb.Duration {
+	if x != nil {
+		return x.WallTime
+	}
+	return nil
+}
+
 // Heartbeat says which leases are still running.
 type Heartbeat struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -783,7 +1020,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[7]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +1032,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[7]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +1045,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{7}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Heartbeat) GetRunning() []*LeaseRef {
@@ -829,7 +1066,7 @@ type Slots struct {
 
 func (x *Slots) Reset() {
 	*x = Slots{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[8]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +1078,7 @@ func (x *Slots) String() string {
 func (*Slots) ProtoMessage() {}
 
 func (x *Slots) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[8]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1091,7 @@ func (x *Slots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slots.ProtoReflect.Descriptor instead.
 func (*Slots) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{8}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Slots) GetSlots() uint32 {
@@ -875,7 +1112,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[9]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1124,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[9]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1137,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{9}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Ack) GetLeases() []*LeaseRef {
@@ -925,7 +1162,7 @@ type Reject struct {
 
 func (x *Reject) Reset() {
 	*x = Reject{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[10]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1174,7 @@ func (x *Reject) String() string {
 func (*Reject) ProtoMessage() {}
 
 func (x *Reject) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[10]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1187,7 @@ func (x *Reject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reject.ProtoReflect.Descriptor instead.
 func (*Reject) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{10}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Reject) GetLease() *LeaseRef {
@@ -987,7 +1224,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[11]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1236,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_gradebroker_v1_grader_proto_msgTypes[11]
+	mi := &file_gradebroker_v1_grader_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1249,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{11}
+	return file_gradebroker_v1_grader_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Cancel) GetLease() *LeaseRef {
@@ -1049,19 +1286,24 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\x03msg\"<\n" +
 	"\bLeaseRef\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\x03R\x05jobId\x12\x19\n" +
-	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"\x9d\x01\n" +
+	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"\xd9\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05slots\x18\x02 \x01(\rR\x05slots\x12\x1a\n" +
 	"\bhostname\x18\x03 \x01(\tR\bhostname\x122\n" +
 	"\arunning\x18\x04 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\x12\x14\n" +
-	"\x05probe\x18\x05 \x01(\bR\x05probe\"\xc3\x01\n" +
+	"\x05probe\x18\x05 \x01(\bR\x05probe\x12:\n" +
+	"\texecutors\x18\x06 \x03(\v2\x1c.gradebroker.v1.ExecutorInfoR\texecutors\"P\n" +
+	"\fExecutorInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
+	"\asandbox\x18\x03 \x01(\tR\asandbox\"\xc3\x01\n" +
 	"\aWelcome\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
 	"\x04tags\x18\x03 \x03(\tR\x04tags\x12H\n" +
 	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12.\n" +
-	"\x13max_concurrent_jobs\x18\x05 \x01(\rR\x11maxConcurrentJobs\"\x83\x02\n" +
+	"\x13max_concurrent_jobs\x18\x05 \x01(\rR\x11maxConcurrentJobs\"\xaa\x02\n" +
 	"\x06Assign\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\x03R\x05jobId\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x03R\aleaseId\x12\x18\n" +
@@ -1070,7 +1312,8 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\ajobdata\x18\x05 \x01(\fR\ajobdata\x12\x12\n" +
 	"\x04tags\x18\x06 \x03(\tR\x04tags\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x126\n" +
-	"\bdeadline\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\"\xe4\x01\n" +
+	"\bdeadline\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12%\n" +
+	"\x0erestrict_paths\x18\t \x03(\tR\rrestrictPaths\"\xbe\x02\n" +
 	"\x06Result\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\x03R\x05jobId\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x03R\aleaseId\x121\n" +
@@ -1078,7 +1321,13 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\x06result\x18\x04 \x01(\fR\x06result\x12\x10\n" +
 	"\x03log\x18\x05 \x01(\tR\x03log\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x125\n" +
-	"\bduration\x18\a \x01(\v2\x19.google.protobuf.DurationR\bduration\"?\n" +
+	"\bduration\x18\a \x01(\v2\x19.google.protobuf.DurationR\bduration\x12+\n" +
+	"\x05usage\x18\b \x01(\v2\x15.gradebroker.v1.UsageR\x05usage\x12+\n" +
+	"\x05limit\x18\t \x01(\x0e2\x15.gradebroker.v1.LimitR\x05limit\"\xa1\x01\n" +
+	"\x05Usage\x124\n" +
+	"\bcpu_time\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\acpuTime\x12*\n" +
+	"\x11peak_memory_bytes\x18\x02 \x01(\x04R\x0fpeakMemoryBytes\x126\n" +
+	"\twall_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bwallTime\"?\n" +
 	"\tHeartbeat\x122\n" +
 	"\arunning\x18\x01 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\"\x1d\n" +
 	"\x05Slots\x12\x14\n" +
@@ -1098,7 +1347,17 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"OUTCOME_OK\x10\x01\x12\x11\n" +
 	"\rOUTCOME_FATAL\x10\x02\x12\x15\n" +
 	"\x11OUTCOME_TEMPORARY\x10\x03\x12\x13\n" +
-	"\x0fOUTCOME_TIMEOUT\x10\x042_\n" +
+	"\x0fOUTCOME_TIMEOUT\x10\x04*\x8b\x01\n" +
+	"\x05Limit\x12\x15\n" +
+	"\x11LIMIT_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fLIMIT_WALL_TIME\x10\x01\x12\x12\n" +
+	"\x0eLIMIT_CPU_TIME\x10\x02\x12\x10\n" +
+	"\fLIMIT_MEMORY\x10\x03\x12\x0e\n" +
+	"\n" +
+	"LIMIT_PIDS\x10\x04\x12\x10\n" +
+	"\fLIMIT_OUTPUT\x10\x05\x12\x0e\n" +
+	"\n" +
+	"LIMIT_DISK\x10\x062_\n" +
 	"\rGraderService\x12N\n" +
 	"\aConnect\x12\x1e.gradebroker.v1.ConnectRequest\x1a\x1f.gradebroker.v1.ConnectResponse(\x010\x01BEZCgithub.com/gradebroker/gradebroker/gen/gradebroker/v1;gradebrokerv1b\x06proto3"
 
@@ -1114,52 +1373,60 @@ func file_gradebroker_v1_grader_proto_rawDescGZIP() []byte {
 	return file_gradebroker_v1_grader_proto_rawDescData
 }
 
-var file_gradebroker_v1_grader_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_gradebroker_v1_grader_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_gradebroker_v1_grader_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_gradebroker_v1_grader_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_gradebroker_v1_grader_proto_goTypes = []any{
 	(Outcome)(0),                  // 0: gradebroker.v1.Outcome
-	(*ConnectRequest)(nil),        // 1: gradebroker.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 2: gradebroker.v1.ConnectResponse
-	(*LeaseRef)(nil),              // 3: gradebroker.v1.LeaseRef
-	(*Hello)(nil),                 // 4: gradebroker.v1.Hello
-	(*Welcome)(nil),               // 5: gradebroker.v1.Welcome
-	(*Assign)(nil),                // 6: gradebroker.v1.Assign
-	(*Result)(nil),                // 7: gradebroker.v1.Result
-	(*Heartbeat)(nil),             // 8: gradebroker.v1.Heartbeat
-	(*Slots)(nil),                 // 9: gradebroker.v1.Slots
-	(*Ack)(nil),                   // 10: gradebroker.v1.Ack
-	(*Reject)(nil),                // 11: gradebroker.v1.Reject
-	(*Cancel)(nil),                // 12: gradebroker.v1.Cancel
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(Limit)(0),                    // 1: gradebroker.v1.Limit
+	(*ConnectRequest)(nil),        // 2: gradebroker.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 3: gradebroker.v1.ConnectResponse
+	(*LeaseRef)(nil),              // 4: gradebroker.v1.LeaseRef
+	(*Hello)(nil),                 // 5: gradebroker.v1.Hello
+	(*ExecutorInfo)(nil),          // 6: gradebroker.v1.ExecutorInfo
+	(*Welcome)(nil),               // 7: gradebroker.v1.Welcome
+	(*Assign)(nil),                // 8: gradebroker.v1.Assign
+	(*Result)(nil),                // 9: gradebroker.v1.Result
+	(*Usage)(nil),                 // 10: gradebroker.v1.Usage
+	(*Heartbeat)(nil),             // 11: gradebroker.v1.Heartbeat
+	(*Slots)(nil),                 // 12: gradebroker.v1.Slots
+	(*Ack)(nil),                   // 13: gradebroker.v1.Ack
+	(*Reject)(nil),                // 14: gradebroker.v1.Reject
+	(*Cancel)(nil),                // 15: gradebroker.v1.Cancel
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_gradebroker_v1_grader_proto_depIdxs = []int32{
-	4,  // 0: gradebroker.v1.ConnectRequest.hello:type_name -> gradebroker.v1.Hello
-	7,  // 1: gradebroker.v1.ConnectRequest.result:type_name -> gradebroker.v1.Result
-	8,  // 2: gradebroker.v1.ConnectRequest.heartbeat:type_name -> gradebroker.v1.Heartbeat
-	9,  // 3: gradebroker.v1.ConnectRequest.slots:type_name -> gradebroker.v1.Slots
-	5,  // 4: gradebroker.v1.ConnectResponse.welcome:type_name -> gradebroker.v1.Welcome
-	6,  // 5: gradebroker.v1.ConnectResponse.assign:type_name -> gradebroker.v1.Assign
-	10, // 6: gradebroker.v1.ConnectResponse.ack:type_name -> gradebroker.v1.Ack
-	11, // 7: gradebroker.v1.ConnectResponse.reject:type_name -> gradebroker.v1.Reject
-	12, // 8: gradebroker.v1.ConnectResponse.cancel:type_name -> gradebroker.v1.Cancel
-	3,  // 9: gradebroker.v1.Hello.running:type_name -> gradebroker.v1.LeaseRef
-	13, // 10: gradebroker.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	13, // 11: gradebroker.v1.Assign.timeout:type_name -> google.protobuf.Duration
-	14, // 12: gradebroker.v1.Assign.deadline:type_name -> google.protobuf.Timestamp
-	0,  // 13: gradebroker.v1.Result.outcome:type_name -> gradebroker.v1.Outcome
-	13, // 14: gradebroker.v1.Result.duration:type_name -> google.protobuf.Duration
-	3,  // 15: gradebroker.v1.Heartbeat.running:type_name -> gradebroker.v1.LeaseRef
-	3,  // 16: gradebroker.v1.Ack.leases:type_name -> gradebroker.v1.LeaseRef
-	3,  // 17: gradebroker.v1.Reject.lease:type_name -> gradebroker.v1.LeaseRef
-	3,  // 18: gradebroker.v1.Cancel.lease:type_name -> gradebroker.v1.LeaseRef
-	1,  // 19: gradebroker.v1.GraderService.Connect:input_type -> gradebroker.v1.ConnectRequest
-	2,  // 20: gradebroker.v1.GraderService.Connect:output_type -> gradebroker.v1.ConnectResponse
-	20, // [20:21] is the sub-list for method output_type
-	19, // [19:20] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	5,  // 0: gradebroker.v1.ConnectRequest.hello:type_name -> gradebroker.v1.Hello
+	9,  // 1: gradebroker.v1.ConnectRequest.result:type_name -> gradebroker.v1.Result
+	11, // 2: gradebroker.v1.ConnectRequest.heartbeat:type_name -> gradebroker.v1.Heartbeat
+	12, // 3: gradebroker.v1.ConnectRequest.slots:type_name -> gradebroker.v1.Slots
+	7,  // 4: gradebroker.v1.ConnectResponse.welcome:type_name -> gradebroker.v1.Welcome
+	8,  // 5: gradebroker.v1.ConnectResponse.assign:type_name -> gradebroker.v1.Assign
+	13, // 6: gradebroker.v1.ConnectResponse.ack:type_name -> gradebroker.v1.Ack
+	14, // 7: gradebroker.v1.ConnectResponse.reject:type_name -> gradebroker.v1.Reject
+	15, // 8: gradebroker.v1.ConnectResponse.cancel:type_name -> gradebroker.v1.Cancel
+	4,  // 9: gradebroker.v1.Hello.running:type_name -> gradebroker.v1.LeaseRef
+	6,  // 10: gradebroker.v1.Hello.executors:type_name -> gradebroker.v1.ExecutorInfo
+	16, // 11: gradebroker.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	16, // 12: gradebroker.v1.Assign.timeout:type_name -> google.protobuf.Duration
+	17, // 13: gradebroker.v1.Assign.deadline:type_name -> google.protobuf.Timestamp
+	0,  // 14: gradebroker.v1.Result.outcome:type_name -> gradebroker.v1.Outcome
+	16, // 15: gradebroker.v1.Result.duration:type_name -> google.protobuf.Duration
+	10, // 16: gradebroker.v1.Result.usage:type_name -> gradebroker.v1.Usage
+	1,  // 17: gradebroker.v1.Result.limit:type_name -> gradebroker.v1.Limit
+	16, // 18: gradebroker.v1.Usage.cpu_time:type_name -> google.protobuf.Duration
+	16, // 19: gradebroker.v1.Usage.wall_time:type_name -> google.protobuf.Duration
+	4,  // 20: gradebroker.v1.Heartbeat.running:type_name -> gradebroker.v1.LeaseRef
+	4,  // 21: gradebroker.v1.Ack.leases:type_name -> gradebroker.v1.LeaseRef
+	4,  // 22: gradebroker.v1.Reject.lease:type_name -> gradebroker.v1.LeaseRef
+	4,  // 23: gradebroker.v1.Cancel.lease:type_name -> gradebroker.v1.LeaseRef
+	2,  // 24: gradebroker.v1.GraderService.Connect:input_type -> gradebroker.v1.ConnectRequest
+	3,  // 25: gradebroker.v1.GraderService.Connect:output_type -> gradebroker.v1.ConnectResponse
+	25, // [25:26] is the sub-list for method output_type
+	24, // [24:25] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_grader_proto_init() }
@@ -1185,8 +1452,8 @@ func file_gradebroker_v1_grader_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gradebroker_v1_grader_proto_rawDesc), len(file_gradebroker_v1_grader_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   12,
+			NumEnums:      2,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

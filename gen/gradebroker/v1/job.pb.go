@@ -162,7 +162,11 @@ type Attempt struct {
 	// "disconnected", "cancelled", "requeued"; empty while it runs.
 	End string `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
 	// Why it ended, when it did not end with a result.
-	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What the run used, when the server reported it.
+	Usage *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The limit that ended the run, if one did.
+	Limit         Limit `protobuf:"varint,9,opt,name=limit,proto3,enum=gradebroker.v1.Limit" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -244,6 +248,20 @@ func (x *Attempt) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Attempt) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *Attempt) GetLimit() Limit {
+	if x != nil {
+		return x.Limit
+	}
+	return Limit_LIMIT_UNSPECIFIED
 }
 
 // Event is one entry in a job's audit trail.
@@ -569,7 +587,7 @@ var File_gradebroker_v1_job_proto protoreflect.FileDescriptor
 
 const file_gradebroker_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x18gradebroker/v1/job.proto\x12\x0egradebroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x01\n" +
+	"\x18gradebroker/v1/job.proto\x12\x0egradebroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bgradebroker/v1/grader.proto\"\xcc\x02\n" +
 	"\aAttempt\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x03R\aleaseId\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\rR\x06number\x12\x16\n" +
@@ -578,7 +596,9 @@ const file_gradebroker_v1_job_proto_rawDesc = "" +
 	"assignedAt\x125\n" +
 	"\bended_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12\x10\n" +
 	"\x03end\x18\x06 \x01(\tR\x03end\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"\x90\x01\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12+\n" +
+	"\x05usage\x18\b \x01(\v2\x15.gradebroker.v1.UsageR\x05usage\x12+\n" +
+	"\x05limit\x18\t \x01(\x0e2\x15.gradebroker.v1.LimitR\x05limit\"\x90\x01\n" +
 	"\x05Event\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
@@ -646,25 +666,29 @@ var file_gradebroker_v1_job_proto_goTypes = []any{
 	(*Event)(nil),                 // 3: gradebroker.v1.Event
 	(*Job)(nil),                   // 4: gradebroker.v1.Job
 	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
+	(*Usage)(nil),                 // 6: gradebroker.v1.Usage
+	(Limit)(0),                    // 7: gradebroker.v1.Limit
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
 }
 var file_gradebroker_v1_job_proto_depIdxs = []int32{
 	5,  // 0: gradebroker.v1.Attempt.assigned_at:type_name -> google.protobuf.Timestamp
 	5,  // 1: gradebroker.v1.Attempt.ended_at:type_name -> google.protobuf.Timestamp
-	5,  // 2: gradebroker.v1.Event.at:type_name -> google.protobuf.Timestamp
-	0,  // 3: gradebroker.v1.Job.state:type_name -> gradebroker.v1.JobState
-	6,  // 4: gradebroker.v1.Job.timeout:type_name -> google.protobuf.Duration
-	5,  // 5: gradebroker.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	5,  // 6: gradebroker.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	5,  // 7: gradebroker.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 8: gradebroker.v1.Job.delivery_state:type_name -> gradebroker.v1.DeliveryState
-	2,  // 9: gradebroker.v1.Job.history:type_name -> gradebroker.v1.Attempt
-	3,  // 10: gradebroker.v1.Job.events:type_name -> gradebroker.v1.Event
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	6,  // 2: gradebroker.v1.Attempt.usage:type_name -> gradebroker.v1.Usage
+	7,  // 3: gradebroker.v1.Attempt.limit:type_name -> gradebroker.v1.Limit
+	5,  // 4: gradebroker.v1.Event.at:type_name -> google.protobuf.Timestamp
+	0,  // 5: gradebroker.v1.Job.state:type_name -> gradebroker.v1.JobState
+	8,  // 6: gradebroker.v1.Job.timeout:type_name -> google.protobuf.Duration
+	5,  // 7: gradebroker.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	5,  // 8: gradebroker.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	5,  // 9: gradebroker.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 10: gradebroker.v1.Job.delivery_state:type_name -> gradebroker.v1.DeliveryState
+	2,  // 11: gradebroker.v1.Job.history:type_name -> gradebroker.v1.Attempt
+	3,  // 12: gradebroker.v1.Job.events:type_name -> gradebroker.v1.Event
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_job_proto_init() }
@@ -672,6 +696,7 @@ func file_gradebroker_v1_job_proto_init() {
 	if File_gradebroker_v1_job_proto != nil {
 		return
 	}
+	file_gradebroker_v1_grader_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
