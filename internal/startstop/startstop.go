@@ -130,15 +130,16 @@ func (b *Base) Stop(prepare func()) {
 // Cancel ends the run context with cause, without waiting: for a service
 // that fails from one of its own goroutines, which cannot wait for itself.
 // Nothing starts any more; Done closes once the goroutines returned, and
-// Err returns cause. Stop after Cancel only waits.
+// Err returns cause, also when a Stop was under way (a failure during the
+// last work of Stop is still reported). Stop after Cancel only waits.
 func (b *Base) Cancel(cause error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state != running {
-		return
+	if b.cancel == nil {
+		return // never started
 	}
 	b.state = stopping
-	b.cancel(cause)
+	b.cancel(cause) // the first cause wins
 }
 
 // Done is closed once the service has stopped (by Stop, or by Cancel and

@@ -131,3 +131,17 @@ func TestCancelFromInside(t *testing.T) {
 	}
 	b.Stop(func() { t.Error("prepare ran after Cancel") })
 }
+
+// A failure during Stop's last work is reported, not hidden by the Stop.
+func TestCancelDuringStopKeepsTheCause(t *testing.T) {
+	t.Parallel()
+	var b Base
+	if _, err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("commit failed")
+	b.Stop(func() { b.Cancel(boom) })
+	if !errors.Is(b.Err(), boom) {
+		t.Errorf("Err = %v, want the failure during Stop", b.Err())
+	}
+}
