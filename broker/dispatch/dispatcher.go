@@ -20,6 +20,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/startstop"
 )
 
 // Config tunes a Dispatcher. The zero value of each field means its default.
@@ -195,10 +196,8 @@ type Dispatcher struct {
 	// rather than queue an op for a later one (see Submit).
 	inline *inlineTx
 
-	runCtx  context.Context
-	stop    context.CancelCauseFunc
-	wg      sync.WaitGroup
-	stopped chan struct{}
+	life    startstop.Base
+	stopped <-chan struct{} // life.Done(), kept for the writer's hot path
 }
 
 // inlineTx collects the leases assign wrote into a transaction that is
@@ -233,8 +232,8 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
 		leaseByJob:      make(map[int64]*lease),
 		cancelled:       make(map[int64]struct{}),
 		waiters:         make(map[int64][]chan struct{}),
-		stopped:         make(chan struct{}),
 	}
+	d.stopped = d.life.Done()
 	d.w = newWriter(d)
 	return d
 }
@@ -252,16 +251,24 @@ func (d *Dispatcher) SetFinalHook(fn func(jobID, deliveryID int64)) {
 }
 
 // Start rebuilds the queues and leases from the database and starts the
-// writer and the deadline ticker. It returns once the state is loaded.
+// writer and the deadline ticker. It returns once the state is loaded; ctx
+// bounds the loading, and the dispatcher runs until Stop (see
+// internal/startstop).
 func (d *Dispatcher) Start(ctx context.Context) error {
-	d.runCtx, d.stop = context.WithCancelCause(context.Background())
+	if _, err := d.life.Start(ctx); err != nil {
+		return fmt.Errorf("dispatcher: %w", err)
+	}
+	// The writer runs from the start: loading queues changes (leases that
+	// expired while the broker was down), and a Stop during the load
+	// flushes them.
+	d.life.Go(d.w.run)
 	if err := d.load(ctx); err != nil {
+		d.Stop()
 		return fmt.Errorf("load dispatcher state: %w", err)
 	}
-	d.wg.Add(2)
-	go func() { defer d.wg.Done(); d.w.run(d.runCtx) }()
-	go func() { defer d.wg.Done(); d.tick(d.runCtx) }()
-	go func() { d.wg.Wait(); close(d.stopped) }()
+	if !d.life.Go(d.tick) {
+		return fmt.Errorf("dispatcher: %w during start", startstop.ErrStopped)
+	}
 	return nil
 }
 
@@ -271,57 +278,34 @@ func (d *Dispatcher) Done() <-chan struct{} { return d.stopped }
 
 // Err returns why the dispatcher stopped, or nil while it runs or after a
 // clean Stop.
-func (d *Dispatcher) Err() error {
-	if d.runCtx == nil {
-		return nil
-	}
-	if err := context.Cause(d.runCtx); err != nil && !errors.Is(err, errStopped) {
-		return err
-	}
-	return nil
+func (d *Dispatcher) Err() error { return d.life.Err() }
+
+// Stop closes every server session, commits what is pending and stops. It
+// is idempotent, and safe before Start.
+func (d *Dispatcher) Stop() {
+	d.shutdown()
+	d.life.Stop(d.w.flush)
 }
 
-var errStopped = errors.New("dispatcher stopped")
-
-// Stop closes every server stream, commits what is pending and stops. It is
-// idempotent.
-func (d *Dispatcher) Stop() {
+// shutdown refuses new work from now on and closes every server session.
+func (d *Dispatcher) shutdown() {
 	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		if d.stop != nil {
-			<-d.stopped
-		}
-		return
-	}
+	defer d.mu.Unlock()
 	d.closed = true
 	for _, s := range d.servers {
 		if s.sess != nil {
 			s.sess.close(errShuttingDown)
 		}
 	}
-	d.mu.Unlock()
-	if d.stop == nil {
-		return
-	}
-	d.w.flush()
-	d.stop(errStopped)
-	<-d.stopped
 }
 
 // fail stops the dispatcher after a storage failure: the in-memory state can
 // no longer be trusted to match the database, and a restart rebuilds it.
+// It runs on the writer, so it does not wait for the writer to end.
 func (d *Dispatcher) fail(err error) {
 	d.log.Error("dispatcher stopping: storage failed; restart the broker to rebuild from the database", "err", err)
-	d.mu.Lock()
-	d.closed = true
-	for _, s := range d.servers {
-		if s.sess != nil {
-			s.sess.close(errShuttingDown)
-		}
-	}
-	d.mu.Unlock()
-	d.stop(err)
+	d.shutdown()
+	d.life.Cancel(err)
 }
 
 // load rebuilds the in-memory state from the database.

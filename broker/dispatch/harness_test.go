@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -126,11 +127,9 @@ func (e *env) stop() {
 // committed is all that survives, as after a kill -9.
 func (e *env) crash() {
 	e.srv.Stop()
-	e.d.mu.Lock()
-	e.d.closed = true
-	e.d.mu.Unlock()
-	e.d.stop(errStopped)
-	<-e.d.stopped
+	e.d.shutdown()
+	e.d.life.Cancel(errors.New("crashed"))
+	<-e.d.Done()
 	e.db.Close()
 	e.d, e.db = nil, nil
 }
