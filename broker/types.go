@@ -221,8 +221,50 @@ type Attempt struct {
 	AssignedAt time.Time
 	Deadline   time.Time
 	EndedAt    time.Time
-	End        string
+	End        LeaseEnd // empty while the lease runs
 	Reason     string
+}
+
+// LeaseEnd is how a lease ended, as stored with its attempt and shown to
+// operators and platforms.
+type LeaseEnd string
+
+// The ways a lease ends. The first four are the server's outcomes.
+const (
+	// EndOK: the server reported a final result.
+	EndOK LeaseEnd = "ok"
+	// EndFatal: the server reported a final error.
+	EndFatal LeaseEnd = "fatal"
+	// EndTemporary: the server reported a failure another server might not
+	// have.
+	EndTemporary LeaseEnd = "temporary"
+	// EndTimeout: the grader ran past its timeout.
+	EndTimeout LeaseEnd = "timeout"
+	// EndInvalid: the server sent an empty, non-JSON or unknown result.
+	EndInvalid LeaseEnd = "invalid"
+	// EndExpired: no result by the lease deadline.
+	EndExpired LeaseEnd = "expired"
+	// EndDisconnected: the server did not come back within the reconnect
+	// grace.
+	EndDisconnected LeaseEnd = "disconnected"
+	// EndLost: the server reconnected without it.
+	EndLost LeaseEnd = "lost"
+	// EndCancelled: the job was cancelled.
+	EndCancelled LeaseEnd = "cancelled"
+	// EndRequeued: an operator took the job back.
+	EndRequeued LeaseEnd = "requeued"
+	// EndRemoved: an operator removed the server.
+	EndRemoved LeaseEnd = "removed"
+)
+
+// Reported tells whether the server reported this end in a result, rather
+// than the broker deciding it.
+func (e LeaseEnd) Reported() bool {
+	switch e {
+	case EndOK, EndFatal, EndTemporary, EndTimeout, EndInvalid:
+		return true
+	}
+	return false
 }
 
 // Event is one entry of a job's audit trail.

@@ -354,7 +354,7 @@ func TestThousandJobsMixedBehaviours(t *testing.T) {
 	behaviours := []struct {
 		server   string
 		behavior int
-		end      string // how its attempts end
+		end      gb.LeaseEnd // how its attempts end
 	}{
 		{"echo", 6, "ok"},
 		{"fatal", 3, "fatal"},
@@ -362,7 +362,7 @@ func TestThousandJobsMixedBehaviours(t *testing.T) {
 		{"invalid", 5, "invalid"},
 		{"hang", 1, "expired"},
 	}
-	endOf := map[string]string{}
+	endOf := map[string]gb.LeaseEnd{}
 	var names []string
 	for _, bh := range behaviours {
 		names = append(names, bh.server)
@@ -437,7 +437,7 @@ func TestThousandJobsMixedBehaviours(t *testing.T) {
 		case j.History[len(j.History)-1].End == "fatal":
 			counts["fatal"]++
 		default:
-			counts["gave up: "+j.History[len(j.History)-1].End]++
+			counts["gave up: "+string(j.History[len(j.History)-1].End)]++
 		}
 	}
 	t.Logf("outcomes of %d jobs in %d attempts: %v; attempts per server: %v", jobs, attempts, counts, perServer)
@@ -474,7 +474,7 @@ func TestThousandJobsMixedBehaviours(t *testing.T) {
 
 // checkMixedJob checks one final job of TestThousandJobsMixedBehaviours
 // against the rules, and returns what is wrong, or "".
-func checkMixedJob(j gb.Job, data []byte, endOf map[string]string, maxAttempts int) string {
+func checkMixedJob(j gb.Job, data []byte, endOf map[string]gb.LeaseEnd, maxAttempts int) string {
 	h := j.History
 	if len(h) == 0 || len(h) != j.Attempts {
 		return fmt.Sprintf("%d attempt(s) recorded for an attempt count of %d", len(h), j.Attempts)

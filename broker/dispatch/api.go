@@ -126,7 +126,7 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		var deliveryID int64
 		d.w.enqueue(&op{
 			apply: func(tx *store.JobTx) error {
-				if err := tx.EndLease(l.id, "cancelled", "cancelled by "+actor); err != nil {
+				if err := tx.EndLease(l.id, broker.EndCancelled, "cancelled by "+actor); err != nil {
 					return err
 				}
 				var err error
@@ -200,7 +200,7 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		done := make(chan error, 1)
 		d.w.enqueue(&op{
 			apply: func(tx *store.JobTx) error {
-				if err := tx.EndLease(l.id, "requeued", "requeued by "+actor); err != nil {
+				if err := tx.EndLease(l.id, broker.EndRequeued, "requeued by "+actor); err != nil {
 					return err
 				}
 				if err := tx.SetMaxAttempts(jobID, maxAttempts); err != nil {
@@ -340,7 +340,7 @@ func (d *Dispatcher) ServerRemoved(ctx context.Context, name string) int {
 		if l.zombie {
 			continue
 		}
-		d.endAttempt(l, "removed", "server "+name+" was removed by an operator", "broker")
+		d.endAttempt(l, broker.EndRemoved, "server "+name+" was removed by an operator", "broker")
 		n++
 	}
 	delete(d.servers, s.id)

@@ -383,7 +383,7 @@ func (d *Dispatcher) load(ctx context.Context) error {
 		return err
 	}
 	for _, l := range expired {
-		d.endAttempt(l, "expired", "lease deadline passed while the broker was down", "broker")
+		d.endAttempt(l, broker.EndExpired, "lease deadline passed while the broker was down", "broker")
 	}
 	for _, s := range d.servers {
 		s.disconnectedAt = now
@@ -625,26 +625,26 @@ func (d *Dispatcher) requeueLocal(l *lease, avoid int64, now time.Time) {
 // lost, temporary, timeout): the job is requeued, or fails when it has used
 // its attempts. The lease is forgotten at once; the change is committed by
 // the writer.
-func (d *Dispatcher) endAttempt(l *lease, end, reason, actor string) {
+func (d *Dispatcher) endAttempt(l *lease, end broker.LeaseEnd, reason, actor string) {
 	d.endAttemptZ(l, end, reason, actor, false)
 }
 
 // endAttemptZ is endAttempt; with zombie set, a connected server keeps the
 // lease counted against its slots until it lets go of it.
-func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie bool) {
+func (d *Dispatcher) endAttemptZ(l *lease, end broker.LeaseEnd, reason, actor string, zombie bool) {
 	now := d.cfg.Now()
 	d.dropLease(l)
 	if zombie && l.srv != nil && l.srv.sess != nil {
 		l.zombie = true
 		l.srv.leases[l.id] = l
-		l.srv.sess.sendCancel(l, end)
+		l.srv.sess.sendCancel(l, string(end))
 	}
 	var avoid int64
 	var srvName string
 	if l.srv != nil {
 		avoid, srvName = l.srv.id, l.srv.name
 	}
-	if end != broker.OutcomeTemporary.String() && end != broker.OutcomeTimeout.String() && end != "invalid" {
+	if !end.Reported() {
 		// Results that end an attempt are logged where they arrive.
 		d.log.Warn("attempt ended without a result", "job_id", l.jobID, "lease_id", l.id, "server", srvName,
 			"attempt", l.attempt, "end", end, "reason", reason)
@@ -660,14 +660,14 @@ func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie boo
 		if err := tx.EndLease(l.id, end, reason); err != nil {
 			return err
 		}
-		return tx.Requeue(l.jobID, avoid, actor, l.id, end+": "+reason)
+		return tx.Requeue(l.jobID, avoid, actor, l.id, string(end)+": "+reason)
 	}})
 	d.fillClass(l.cls, now)
 }
 
 // finish queues a job's final state. end and reason close its lease, if
 // leaseID is set; after runs after commit.
-func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end, reason string, after func()) {
+func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end broker.LeaseEnd, reason string, after func()) {
 	d.stats.Finished++
 	d.mx.finalState(f.State)
 	var deliveryID int64
@@ -766,7 +766,7 @@ func (d *Dispatcher) expire(now time.Time) {
 					delete(s.leases, l.id)
 					continue
 				}
-				d.endAttempt(l, "disconnected", fmt.Sprintf("server %s did not come back within %s", s.name, d.cfg.ReconnectGrace), "broker")
+				d.endAttempt(l, broker.EndDisconnected, fmt.Sprintf("server %s did not come back within %s", s.name, d.cfg.ReconnectGrace), "broker")
 			}
 		}
 	}
@@ -778,7 +778,7 @@ func (d *Dispatcher) expire(now time.Time) {
 			d.stats.Expired++
 			// The server may still be running it: stop it and keep the slot
 			// counted until it lets go.
-			d.endAttemptZ(l, "expired", fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339)), "broker", true)
+			d.endAttemptZ(l, broker.EndExpired, fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339)), "broker", true)
 		}
 	}
 	d.fillAll(now)

@@ -302,7 +302,7 @@ func (d *Dispatcher) RequeueServerJobs(ctx context.Context, name, actor string) 
 	d.w.enqueue(&op{
 		apply: func(tx *store.JobTx) error {
 			for _, it := range items {
-				if err := tx.EndLease(it.l.id, "requeued", reason); err != nil {
+				if err := tx.EndLease(it.l.id, broker.EndRequeued, reason); err != nil {
 					return err
 				}
 				if err := tx.SetMaxAttempts(it.l.jobID, it.maxAttempts); err != nil {

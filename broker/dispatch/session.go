@@ -301,7 +301,7 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, hello *gbv1.Hello)
 		case l.zombie:
 			delete(s.leases, l.id)
 		default:
-			d.endAttempt(l, "lost", "server reconnected without it (graderd restarted?)", "server:"+s.name)
+			d.endAttempt(l, broker.EndLost, "server reconnected without it (graderd restarted?)", "server:"+s.name)
 		}
 	}
 	d.fill(s, now)
@@ -374,7 +374,7 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 		d.mx.result(ResultOK)
 		log.Info("job done", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt)
 		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: outcome, Result: r.Result,
-			Log: r.Log, Actor: "server:" + s.name}, "ok", "", ack)
+			Log: r.Log, Actor: "server:" + s.name}, broker.EndOK, "", ack)
 	case outcome == broker.OutcomeFatal:
 		msg := r.Error
 		if msg == "" {
@@ -387,19 +387,21 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 		d.mx.result(ResultFatal)
 		log.Info("job failed: fatal result", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "error", msg)
 		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: outcome, Result: res, Log: r.Log,
-			Error: msg, Actor: "server:" + s.name}, "fatal", msg, ack)
+			Error: msg, Actor: "server:" + s.name}, broker.EndFatal, msg, ack)
 	case outcome == broker.OutcomeTemporary || outcome == broker.OutcomeTimeout:
 		reason := r.Error
 		if reason == "" {
 			reason = "no reason given"
 		}
+		end := broker.EndTemporary
 		if outcome == broker.OutcomeTimeout {
+			end = broker.EndTimeout
 			d.mx.result(ResultTimeout)
 		} else {
 			d.mx.result(ResultTemporary)
 		}
-		log.Info("attempt ended; requeueing", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", outcome.String(), "reason", reason)
-		d.endAttempt(l, outcome.String(), reason, "server:"+s.name)
+		log.Info("attempt ended; requeueing", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", end, "reason", reason)
+		d.endAttempt(l, end, reason, "server:"+s.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	default:
 		// An OK without a JSON result, or an unknown outcome: the server is
@@ -410,7 +412,7 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 		}
 		d.mx.result(ResultInvalid)
 		log.Warn("invalid result; requeueing", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", int32(r.Outcome), "reason", reason)
-		d.endAttempt(l, "invalid", reason, "server:"+s.name)
+		d.endAttempt(l, broker.EndInvalid, reason, "server:"+s.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	}
 	d.fill(s, now)

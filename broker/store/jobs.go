@@ -249,10 +249,8 @@ func (t *JobTx) lease(jobID, leaseID, serverID int64, serverName string, attempt
 	return t.Event(jobID, "assigned", "server:"+serverName, leaseID, "attempt "+strconv.Itoa(attempt))
 }
 
-// EndLease records how a lease ended. end is one of "ok", "fatal",
-// "temporary", "timeout", "expired", "disconnected", "lost", "cancelled",
-// "requeued", "removed".
-func (t *JobTx) EndLease(leaseID int64, end, reason string) error {
+// EndLease records how a lease ended.
+func (t *JobTx) EndLease(leaseID int64, end broker.LeaseEnd, reason string) error {
 	_, err := t.exec(`UPDATE leases SET ended_at = ?, end_kind = ?, reason = ? WHERE id = ? AND ended_at IS NULL`,
 		t.now, end, reason, leaseID)
 	return translate(err)
