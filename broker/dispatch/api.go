@@ -114,12 +114,7 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.dropLease(l)
-		if l.srv != nil && l.srv.sess != nil {
-			l.zombie = true
-			l.srv.leases[l.id] = l
-			l.srv.sess.sendCancel(l, "cancelled by "+actor)
-		}
+		d.revoke(l, "cancelled by "+actor)
 		done := make(chan error, 1)
 		d.stats.Finished++
 		d.mx.finalState(broker.JobCancelled)
@@ -186,12 +181,7 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.dropLease(l)
-		if l.srv != nil && l.srv.sess != nil {
-			l.zombie = true
-			l.srv.leases[l.id] = l
-			l.srv.sess.sendCancel(l, "requeued by "+actor)
-		}
+		d.revoke(l, "requeued by "+actor)
 		if l.q.attempts >= l.q.maxAttempts {
 			l.q.maxAttempts = l.q.attempts + 1
 		}

@@ -621,24 +621,32 @@ func (d *Dispatcher) requeueLocal(l *lease, avoid int64, now time.Time) {
 	d.stats.Requeued++
 }
 
+// revoke takes lease l back from its server: forgotten as a lease, it
+// stays counted against the server's slots as a zombie while the server is
+// connected, and the server is told to stop it. The zombie goes when the
+// server reports it or stops listing it.
+func (d *Dispatcher) revoke(l *lease, reason string) {
+	d.dropLease(l)
+	if s := l.srv; s != nil && s.sess != nil {
+		l.zombie = true
+		s.leases[l.id] = l
+		s.sess.sendCancel(l, reason)
+	}
+}
+
 // endAttempt ends lease l without a final result (expired, disconnected,
 // lost, temporary, timeout): the job is requeued, or fails when it has used
 // its attempts. The lease is forgotten at once; the change is committed by
 // the writer.
 func (d *Dispatcher) endAttempt(l *lease, end broker.LeaseEnd, reason, actor string) {
-	d.endAttemptZ(l, end, reason, actor, false)
+	d.dropLease(l)
+	d.requeueOrFail(l, end, reason, actor)
 }
 
-// endAttemptZ is endAttempt; with zombie set, a connected server keeps the
-// lease counted against its slots until it lets go of it.
-func (d *Dispatcher) endAttemptZ(l *lease, end broker.LeaseEnd, reason, actor string, zombie bool) {
+// requeueOrFail puts the job of a lease that ended without a final result
+// back in the queue, or fails it when it has used its attempts.
+func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor string) {
 	now := d.cfg.Now()
-	d.dropLease(l)
-	if zombie && l.srv != nil && l.srv.sess != nil {
-		l.zombie = true
-		l.srv.leases[l.id] = l
-		l.srv.sess.sendCancel(l, string(end))
-	}
 	var avoid int64
 	var srvName string
 	if l.srv != nil {
@@ -778,7 +786,9 @@ func (d *Dispatcher) expire(now time.Time) {
 			d.stats.Expired++
 			// The server may still be running it: stop it and keep the slot
 			// counted until it lets go.
-			d.endAttemptZ(l, broker.EndExpired, fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339)), "broker", true)
+			reason := fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339))
+			d.revoke(l, string(broker.EndExpired))
+			d.requeueOrFail(l, broker.EndExpired, reason, "broker")
 		}
 	}
 	d.fillAll(now)

@@ -285,12 +285,7 @@ func (d *Dispatcher) RequeueServerJobs(ctx context.Context, name, actor string) 
 	items := make([]requeued, 0, len(ls))
 	touched := make(map[*class]bool)
 	for _, l := range ls {
-		d.dropLease(l)
-		if s.sess != nil {
-			l.zombie = true
-			s.leases[l.id] = l
-			s.sess.sendCancel(l, reason)
-		}
+		d.revoke(l, reason)
 		l.q.maxAttempts++
 		items = append(items, requeued{l, int(l.q.maxAttempts)})
 		// Avoid the server for a while: the operator took the jobs off it
