@@ -27,13 +27,13 @@ import (
 	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/graderapi"
 	"github.com/gradebroker/gradebroker/broker/metrics"
 	"github.com/gradebroker/gradebroker/broker/platform"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/broker/wakeup"
 	"github.com/gradebroker/gradebroker/certs"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
 // Broker is one running broker.
@@ -44,6 +44,7 @@ type Broker struct {
 	db      *store.DB
 	tls     *certs.Source
 	disp    *dispatch.Dispatcher
+	grader  *graderapi.Server
 	admin   *adminapi.Service
 	plat    *platform.Service
 	deliv   *delivery.Worker
@@ -102,6 +103,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		OnCommit:          onCommit(b.metrics, cfg.OnCommit),
 	}, log)
+	b.grader = graderapi.New(b.disp, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
 	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
 		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
@@ -170,6 +172,9 @@ func (b *Broker) DB() *store.DB { return b.db }
 // Delivery returns the broker's result outbox worker.
 func (b *Broker) Delivery() *delivery.Worker { return b.deliv }
 
+// Waker returns the broker's wakeup sender.
+func (b *Broker) Waker() *wakeup.Waker { return b.wake }
+
 // Dispatcher returns the broker's dispatcher.
 func (b *Broker) Dispatcher() *dispatch.Dispatcher { return b.disp }
 
@@ -232,7 +237,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
-	gbv1.RegisterGraderServiceServer(b.grpc, b.disp)
+	b.grader.Register(b.grpc)
 	b.admin.Register(b.grpc)
 	b.health = health.NewServer()
 	healthpb.RegisterHealthServer(b.grpc, b.health)
@@ -359,8 +364,9 @@ func (b *Broker) Close() error {
 		}
 		b.stopMetrics(ctx)
 		b.stopMaint()
-		// The dispatcher ends the graderd streams, so that GracefulStop
-		// does not wait for them forever.
+		// The graderd streams end first, so that GracefulStop does not
+		// wait for them forever.
+		b.grader.Stop()
 		b.disp.Stop()
 		b.deliv.Stop()
 		b.wake.Stop()

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 )
@@ -273,16 +270,10 @@ func (d *Dispatcher) ServerChanged(ctx context.Context, name string) {
 		d.log.Error("reload server registration", "server", name, "err", err)
 		return
 	}
-	types, err := d.db.ListServerTypes(ctx)
+	tags, err := d.typeTags(ctx, rec.TypeID)
 	if err != nil {
 		d.log.Error("reload server types", "err", err)
 		return
-	}
-	var tags []string
-	for _, t := range types {
-		if t.ID == rec.TypeID {
-			tags = t.Tags
-		}
 	}
 	now := d.cfg.Now()
 	d.mu.Lock()
@@ -295,7 +286,7 @@ func (d *Dispatcher) ServerChanged(ctx context.Context, name string) {
 	if s.sess != nil && s.fp != rec.Cert.Fingerprint {
 		sess := s.sess
 		d.detachLocked(sess)
-		sess.close(status.Error(codes.Unauthenticated, "this server's certificate was replaced by an operator; reconnect with the new one"))
+		sess.end(errCertReplaced)
 	}
 	if s.sess != nil && s.typeID != rec.TypeID {
 		d.connectedByType[s.typeID]--
@@ -323,7 +314,7 @@ func (d *Dispatcher) ServerRemoved(ctx context.Context, name string) int {
 	if s.sess != nil {
 		sess := s.sess
 		d.detachLocked(sess)
-		sess.close(status.Error(codes.PermissionDenied, "this server was removed by an operator"))
+		sess.end(errRemoved)
 	}
 	n := 0
 	for _, l := range s.leases {

@@ -19,7 +19,6 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/internal/startstop"
 )
 
@@ -107,7 +106,7 @@ type server struct {
 	maxJobs  int
 	fp       string // certificate fingerprint, to notice a changed certificate
 
-	sess           *session // nil while disconnected
+	sess           *Session // nil while disconnected
 	slots          int
 	leases         map[int64]*lease // every lease it holds, including zombies
 	disconnectedAt time.Time
@@ -163,10 +162,10 @@ type Stats struct {
 	BatchOps       uint64
 }
 
-// Dispatcher is the matching engine and lease keeper.
+// Dispatcher is the matching engine and lease keeper. Servers talk to it
+// through Sessions (session.go); platforms and operators through its
+// methods.
 type Dispatcher struct {
-	gbv1.UnimplementedGraderServiceServer
-
 	cfg Config
 	db  *store.DB
 	log *slog.Logger
@@ -190,6 +189,7 @@ type Dispatcher struct {
 	wake            wakeState
 	mx              metricCounts
 	closed          bool
+	lastTouch       time.Time // when servers' last_seen was last written
 
 	w *writer
 	// inline, while set, makes assign write its lease into this transaction
@@ -294,7 +294,7 @@ func (d *Dispatcher) shutdown() {
 	d.closed = true
 	for _, s := range d.servers {
 		if s.sess != nil {
-			s.sess.close(errShuttingDown)
+			s.sess.end(errShuttingDown)
 		}
 	}
 }
@@ -728,25 +728,29 @@ func (d *Dispatcher) finalized(jobID, deliveryID int64) {
 func (d *Dispatcher) tick(ctx context.Context) {
 	t := time.NewTicker(d.cfg.TickInterval)
 	defer t.Stop()
-	var lastTouch time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		now := d.cfg.Now()
-		d.mu.Lock()
-		if !d.closed {
-			d.expire(now)
-			if now.Sub(lastTouch) >= touchEvery {
-				lastTouch = now
-				d.touchServers()
-			}
-			d.wakeIdle(now)
-		}
-		d.mu.Unlock()
+		d.onTick(d.cfg.Now())
 	}
+}
+
+// onTick is one tick of the deadline ticker.
+func (d *Dispatcher) onTick(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	d.expire(now)
+	if now.Sub(d.lastTouch) >= touchEvery {
+		d.lastTouch = now
+		d.touchServers()
+	}
+	d.wakeIdle(now)
 }
 
 // touchEvery is how often connected servers' last_seen is written, so that
