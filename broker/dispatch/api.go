@@ -105,6 +105,13 @@ func (d *Dispatcher) queueInline(tx *store.JobTx, jobs []broker.NewJob, out []st
 // CancelJob cancels a job that is not final: a queued one at once, a running
 // one also on its server. It returns ErrFailedPrecondition for a final job.
 func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) error {
+	// A queued job stays in its class until a server reaches it; the class
+	// counts it as cancelled meanwhile, so that it is not counted as
+	// waiting.
+	types, err := d.db.JobTypeIDs(ctx, jobID)
+	if err != nil {
+		return err
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -132,7 +139,11 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		d.mu.Unlock()
 		return waitDone(ctx, done)
 	}
-	d.cancelled[jobID] = struct{}{}
+	c := d.classes[classKey(types)]
+	d.cancelled[jobID] = c
+	if c != nil {
+		c.cancelled++
+	}
 	var deliveryID int64
 	o := &op{
 		fallible: true,
@@ -147,7 +158,7 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		},
 		failed: func(error) {
 			d.mu.Lock()
-			delete(d.cancelled, jobID)
+			d.dropCancelled(jobID)
 			d.mu.Unlock()
 		},
 		done: make(chan error, 1),
@@ -215,7 +226,7 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		after: func() {
 			d.mu.Lock()
 			defer d.mu.Unlock()
-			delete(d.cancelled, jobID)
+			d.dropCancelled(jobID)
 			c := d.classFor(oj.TypeIDs)
 			c.push(oj.Priority, platform, qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS,
 				maxAttempts: int32(oj.MaxAttempts)})

@@ -181,7 +181,7 @@ type Dispatcher struct {
 	connectedByType map[int64]int
 	leases          map[int64]*lease // current leases by id
 	leaseByJob      map[int64]*lease
-	cancelled       map[int64]struct{} // queued jobs cancelled, dropped when reached
+	cancelled       map[int64]*class // queued jobs cancelled, dropped when reached; their class if known
 	nextLease       int64
 	waiters         map[int64][]chan struct{}
 	stats           Stats
@@ -230,7 +230,7 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
 		connectedByType: make(map[int64]int),
 		leases:          make(map[int64]*lease),
 		leaseByJob:      make(map[int64]*lease),
-		cancelled:       make(map[int64]struct{}),
+		cancelled:       make(map[int64]*class),
 		waiters:         make(map[int64][]chan struct{}),
 	}
 	d.stopped = d.life.Done()
@@ -418,9 +418,20 @@ func (d *Dispatcher) classFor(types []int64) *class {
 func (d *Dispatcher) queuedLocked() int {
 	n := 0
 	for _, c := range d.classes {
-		n += c.n
+		n += c.waiting()
 	}
 	return n
+}
+
+// dropCancelled forgets that queued job id was cancelled: its entry left
+// class c, or the cancellation did not happen.
+func (d *Dispatcher) dropCancelled(id int64) {
+	if c, ok := d.cancelled[id]; ok {
+		delete(d.cancelled, id)
+		if c != nil {
+			c.cancelled--
+		}
+	}
 }
 
 // updateFree keeps the per-type set of servers with a free slot current.
@@ -479,7 +490,7 @@ func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool)
 		for _, pq := range lv.plats {
 			j, fromAgain := pq.head()
 			if _, gone := d.cancelled[j.id]; gone {
-				delete(d.cancelled, j.id)
+				d.dropCancelled(j.id)
 				c.take(lv, pq, fromAgain)
 				return nil, true
 			}
@@ -813,18 +824,4 @@ func (d *Dispatcher) Stats() Stats {
 	}
 	st.Batches, st.BatchOps = d.w.counts()
 	return st
-}
-
-// QueueDepth returns how many jobs wait, per server type id (a job eligible
-// for several types counts in each).
-func (d *Dispatcher) QueueDepth() map[int64]int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make(map[int64]int)
-	for _, c := range d.classes {
-		for _, t := range c.types {
-			out[t] += c.n
-		}
-	}
-	return out
 }

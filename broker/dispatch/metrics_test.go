@@ -60,8 +60,9 @@ func TestMetricsSnapshotFollowsJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A queued job cancelled where no server drains it stays counted but
-	// does not age.
+	// A queued job cancelled where no server drains it stays in its queue
+	// until a server reaches it, but it waits for nothing: it is neither
+	// counted nor aged.
 	srv.sess.SetSlots(0)
 	late := e.submit(e.platform, 1, 0)
 	if err := e.d.CancelJob(context.Background(), late[0], "test"); err != nil {
@@ -69,8 +70,11 @@ func TestMetricsSnapshotFollowsJobs(t *testing.T) {
 	}
 
 	s = e.d.MetricsSnapshot()
-	if g := s.Types[e.typeID]; g.Queued != 1 || !g.OldestQueued.IsZero() {
-		t.Fatalf("after cancelling the queued job: %+v, want it counted but not aged", g)
+	if g := s.Types[e.typeID]; g.Queued != 0 || !g.OldestQueued.IsZero() {
+		t.Fatalf("after cancelling the queued job: %+v, want it neither counted nor aged", g)
+	}
+	if s.Stats.Queued != 0 {
+		t.Fatalf("Stats.Queued = %d after cancelling the only queued job, want 0", s.Stats.Queued)
 	}
 	wantResults := [numResults]uint64{ResultOK: 1, ResultFatal: 1, ResultTemporary: 1, ResultInvalid: 1}
 	if diff := cmp.Diff(wantResults, s.Results); diff != "" {

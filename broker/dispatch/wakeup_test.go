@@ -185,3 +185,32 @@ func TestNoWakerNoWakeups(t *testing.T) {
 		t.Errorf("woken %v, want g1 for the job that waited", got)
 	}
 }
+
+// Jobs cancelled while queued stay in their queue until a server reaches
+// them, but they wait for nothing: they wake no server, and do not count
+// among the jobs a wakeup is for.
+func TestCancelledJobsWakeNobody(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{TickInterval: noTicks})
+	e.sleeper("g1", 1)
+	e.sleeper("g2", 1)
+	ids := e.submit(e.platform, 3, 0)
+	for _, id := range ids[:2] {
+		if err := e.d.CancelJob(context.Background(), id, "platform:plat"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fw := &fakeWaker{}
+	e.d.SetWaker(fw, time.Hour)
+	e.tick()
+	if got := fw.wokenExactly(t, 1); got[0].waiting != 1 {
+		t.Errorf("woken %v, want one server for the one job that waits", got)
+	}
+	if err := e.d.CancelJob(context.Background(), ids[2], "platform:plat"); err != nil {
+		t.Fatal(err)
+	}
+	fw2 := &fakeWaker{}
+	e.d.SetWaker(fw2, time.Hour)
+	e.tick()
+	fw2.wokenExactly(t, 0)
+}

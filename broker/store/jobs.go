@@ -526,6 +526,18 @@ func (db *DB) JobState(ctx context.Context, jobID int64) (broker.JobState, int64
 	return broker.JobState(state), platform, err
 }
 
+// JobTypeIDs returns the server types that may take job jobID, sorted;
+// none for a job that does not exist.
+func (db *DB) JobTypeIDs(ctx context.Context, jobID int64) ([]int64, error) {
+	var ids []int64
+	err := db.read(ctx, func(tx *sql.Tx) error {
+		var err error
+		ids, err = jobTypeIDs(ctx, tx, jobID)
+		return err
+	})
+	return ids, err
+}
+
 // TouchServers records when servers were last heard from.
 func (t *JobTx) TouchServers(seen map[int64]time.Time) error {
 	for id, at := range seen {
