@@ -320,6 +320,7 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 			d.endAttempt(l, broker.EndLost, "server reconnected without it (graderd restarted?)", "server:"+s.name)
 		}
 	}
+	d.holdReported(s, h.Held)
 	d.fill(s, now)
 	w := Welcome{Server: s.name, Type: s.typeName, Tags: tags, HeartbeatInterval: d.cfg.HeartbeatInterval,
 		MaxConcurrentJobs: s.maxJobs}
@@ -457,6 +458,7 @@ func (s *Session) Heartbeat(hb Heartbeat) {
 			}
 		}
 	}
+	d.holdReported(srv, hb.Running)
 	freed := false
 	for id, l := range srv.leases {
 		if l.zombie && !running[id] {
@@ -466,6 +468,20 @@ func (s *Session) Heartbeat(hb Heartbeat) {
 	}
 	if freed {
 		d.fill(srv, now)
+	}
+}
+
+// holdReported counts against server s's slots every lease it reports
+// holding that the dispatcher had ended or never knew (their deadline
+// passed while the broker was down, say): the server still runs them, or
+// still has their result to send. They are zombies: their results are
+// refused, and they go when the server reports them or stops listing them.
+func (d *Dispatcher) holdReported(s *server, refs []LeaseRef) {
+	for _, r := range refs {
+		if s.leases[r.LeaseID] != nil || d.leases[r.LeaseID] != nil {
+			continue
+		}
+		s.leases[r.LeaseID] = &lease{id: r.LeaseID, jobID: r.JobID, srv: s, zombie: true}
 	}
 }
 
