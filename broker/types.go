@@ -151,6 +151,9 @@ const (
 	OutcomeFatal     Outcome = 2
 	OutcomeTemporary Outcome = 3
 	OutcomeTimeout   Outcome = 4
+	// OutcomeNotStarted: the server had no free slot for the job and did
+	// not start it.
+	OutcomeNotStarted Outcome = 5
 )
 
 // String returns the outcome's lower-case name, as stored in an attempt's end.
@@ -164,6 +167,8 @@ func (o Outcome) String() string {
 		return "temporary"
 	case OutcomeTimeout:
 		return "timeout"
+	case OutcomeNotStarted:
+		return "not_started"
 	}
 	return fmt.Sprintf("outcome(%d)", int(o))
 }
@@ -255,13 +260,16 @@ const (
 	EndRequeued LeaseEnd = "requeued"
 	// EndRemoved: an operator removed the server.
 	EndRemoved LeaseEnd = "removed"
+	// EndNotStarted: the server had no free slot and did not start the
+	// job; the attempt was given back.
+	EndNotStarted LeaseEnd = "not_started"
 )
 
 // Reported tells whether the server reported this end in a result, rather
 // than the broker deciding it.
 func (e LeaseEnd) Reported() bool {
 	switch e {
-	case EndOK, EndFatal, EndTemporary, EndTimeout, EndInvalid:
+	case EndOK, EndFatal, EndTemporary, EndTimeout, EndInvalid, EndNotStarted:
 		return true
 	}
 	return false

@@ -390,7 +390,8 @@ func (d *Daemon) cancelJobs() {
 }
 
 // startJob takes one Assign: it runs the job on its own goroutine, or hands
-// it straight back as TEMPORARY when graderd cannot run it now.
+// it straight back as NOT_STARTED when graderd has no slot for it now (the
+// broker then requeues it without using an attempt).
 func (d *Daemon) startJob(a *gradebrokerv1.Assign) {
 	ref := &gradebrokerv1.LeaseRef{JobId: a.GetJobId(), LeaseId: a.GetLeaseId()}
 	log := d.log.With("job_id", ref.JobId, "lease_id", ref.LeaseId)
@@ -416,7 +417,7 @@ func (d *Daemon) startJob(a *gradebrokerv1.Assign) {
 		log.Warn("handing job back to the broker", "reason", refuse)
 		d.finish(ref, log, &gradebrokerv1.Result{
 			JobId: ref.JobId, LeaseId: ref.LeaseId,
-			Outcome: gradebrokerv1.Outcome_OUTCOME_TEMPORARY,
+			Outcome: gradebrokerv1.Outcome_OUTCOME_NOT_STARTED,
 			Error:   refuse,
 		})
 		return

@@ -235,8 +235,8 @@ func TestAssignBeyondSlotsIsHandedBack(t *testing.T) {
 	ex.waitStarted(t)
 	bs.assign(&gradebrokerv1.Assign{JobId: 2, LeaseId: 2})
 	r := bs.result(t)
-	if r.GetLeaseId() != 2 || r.GetOutcome() != gradebrokerv1.Outcome_OUTCOME_TEMPORARY || !strings.Contains(r.GetError(), "slots") {
-		t.Errorf("result = %v, want lease 2 TEMPORARY about slots", r)
+	if r.GetLeaseId() != 2 || r.GetOutcome() != gradebrokerv1.Outcome_OUTCOME_NOT_STARTED || !strings.Contains(r.GetError(), "slots") {
+		t.Errorf("result = %v, want lease 2 NOT_STARTED about slots", r)
 	}
 	close(ex.release)
 	if r := bs.result(t); r.GetLeaseId() != 1 || r.GetOutcome() != gradebrokerv1.Outcome_OUTCOME_OK {

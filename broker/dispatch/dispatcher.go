@@ -114,6 +114,12 @@ type server struct {
 	wakeupURL      string // empty: it cannot be woken (wakeup.go)
 	// drained: an operator drained it (ops.go); it gets no new jobs.
 	drained bool
+	// full: it handed a job back for want of a free slot, so the
+	// dispatcher's count of its leases is short; it gets no new jobs
+	// until it frees one by its own word (a result, or a heartbeat that
+	// no longer lists a lease taken back from it), changes its slots or
+	// reconnects.
+	full bool
 }
 
 func (s *server) capacity() int {
@@ -123,7 +129,12 @@ func (s *server) capacity() int {
 	return min(s.slots, s.maxJobs)
 }
 
-func (s *server) freeSlots() int { return s.capacity() - len(s.leases) }
+func (s *server) freeSlots() int {
+	if s.full {
+		return 0
+	}
+	return s.capacity() - len(s.leases)
+}
 
 // lease is one running attempt.
 type lease struct {
@@ -680,6 +691,27 @@ func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor 
 			return err
 		}
 		return tx.Requeue(l.jobID, avoid, actor, l.id, string(end)+": "+reason)
+	}})
+	d.fillClass(l.cls, now)
+}
+
+// giveBack puts the job of a lease its server never started (it had no
+// free slot) back in the queue without using an attempt: the dispatcher
+// gave the server more than it runs, and that must not cost the job.
+func (d *Dispatcher) giveBack(l *lease, reason, actor string) {
+	now := d.cfg.Now()
+	d.dropLease(l)
+	l.q.attempts--
+	attempts := int(l.q.attempts)
+	d.requeueLocal(l, 0, now)
+	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
+		if err := tx.EndLease(l.id, broker.EndNotStarted, reason); err != nil {
+			return err
+		}
+		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(broker.EndNotStarted)+": "+reason); err != nil {
+			return err
+		}
+		return tx.SetAttempts(l.jobID, attempts)
 	}})
 	d.fillClass(l.cls, now)
 }

@@ -15,11 +15,13 @@ const (
 	ResultTimeout
 	// ResultInvalid is an OK without a JSON result, or an unknown outcome.
 	ResultInvalid
+	// ResultNotStarted is a job handed back for want of a free slot.
+	ResultNotStarted
 	numResults
 )
 
 // ResultNames are the metric labels of the result kinds, by index.
-var ResultNames = [numResults]string{"ok", "fatal", "temporary", "timeout", "invalid"}
+var ResultNames = [numResults]string{"ok", "fatal", "temporary", "timeout", "invalid", "not_started"}
 
 // MaxAttemptBucket is the largest attempt number counted on its own in
 // MetricsSnapshot.AssignAttempts; later attempts share the last slot.

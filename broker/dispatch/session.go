@@ -303,6 +303,7 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 	sess := newSession(d, s)
 	s.sess = sess
 	s.slots = h.Slots
+	s.full = false
 	s.lastSeen = now
 	d.connectedByType[s.typeID]++
 
@@ -369,6 +370,10 @@ func (s *Session) Result(r Result) {
 	defer d.mu.Unlock()
 	srv := s.srv
 	srv.lastSeen = now
+	// A result frees the server's slot; a job handed back for want of one
+	// says it has none.
+	srv.full = r.Outcome == broker.OutcomeNotStarted
+	d.updateFree(srv)
 	l := d.leases[r.Lease.LeaseID]
 	if l == nil || l.jobID != r.Lease.JobID || l.srv != srv || !s.current() {
 		d.stats.StaleResults++
@@ -421,6 +426,16 @@ func (s *Session) Result(r Result) {
 		log.Info("attempt ended; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", end, "reason", reason)
 		d.endAttempt(l, end, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
+	case r.Outcome == broker.OutcomeNotStarted:
+		reason := r.Error
+		if reason == "" {
+			reason = "the server had no free slot"
+		}
+		d.mx.result(ResultNotStarted)
+		log.Warn("server had no free slot for the job; requeueing it without using an attempt", "server", srv.name,
+			"job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "reason", reason)
+		d.giveBack(l, reason, "server:"+srv.name)
+		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	default:
 		// An OK without a JSON result, or an unknown outcome: the server is
 		// misbehaving. The attempt counts and another server gets the job.
@@ -467,6 +482,8 @@ func (s *Session) Heartbeat(hb Heartbeat) {
 		}
 	}
 	if freed {
+		// The server let go of a lease: a slot is free by its word.
+		srv.full = false
 		d.fill(srv, now)
 	}
 }
@@ -495,7 +512,7 @@ func (s *Session) SetSlots(n int) {
 	if !s.current() {
 		return
 	}
-	srv.slots = n
+	srv.slots, srv.full = n, false
 	d.log.Info("server changed its slots", "server", srv.name, "slots", n)
 	d.fill(srv, now)
 }

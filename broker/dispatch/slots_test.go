@@ -90,3 +90,40 @@ func TestZombieHoldsItsSlotWhileListed(t *testing.T) {
 		t.Fatalf("after the cancelled lease's result got job %d, want %d", b.Lease.JobID, ids[1])
 	}
 }
+
+// A job a server hands back for want of a free slot goes back to the queue
+// without using an attempt (with one attempt allowed, counting it would
+// fail the job), and the server gets no new job until it frees a slot by
+// its own word.
+func TestNotStartedGivesTheAttemptBack(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{MaxAttempts: 1}, "g1")
+	g := e.connect("g1", 2)
+	ids := e.submit(e.platform, 3, 0)
+	a, b := g.nextAssign(), g.nextAssign()
+	g.sess.Result(Result{Lease: b.Lease, Outcome: broker.OutcomeNotStarted, Error: "graderd already runs its 1 jobs"})
+	if m, ok := g.awaitAckOrReject().(*Ack); !ok {
+		t.Fatalf("hand-back got %#v, want Ack", m)
+	}
+	j := e.getJob(b.Lease.JobID)
+	if j.State != broker.JobQueued || j.Attempts != 0 || len(j.History) != 1 || j.History[0].End != broker.EndNotStarted ||
+		j.History[0].Reason != "graderd already runs its 1 jobs" {
+		t.Fatalf("job %d after the hand-back: %s, %d attempt(s), history %+v; want queued with its attempt given back",
+			j.ID, j.State, j.Attempts, j.History)
+	}
+	g.none() // the server said it is full
+	g.running(a.Lease)
+	g.none() // a heartbeat frees nothing
+	g.result(a, broker.OutcomeOK, map[string]int{"score": 1})
+	g.awaitAckOrReject()
+	// A result frees a slot by the server's word; the dispatcher's count
+	// says two, and the job handed back goes first, as the older one.
+	again, c := g.nextAssign(), g.nextAssign()
+	if again.Lease.JobID != b.Lease.JobID || again.Attempt != 1 || c.Lease.JobID != ids[2] {
+		t.Fatalf("after a result got job %d attempt %d and job %d; want job %d attempt 1 again, then job %d",
+			again.Lease.JobID, again.Attempt, c.Lease.JobID, b.Lease.JobID, ids[2])
+	}
+	if n := e.d.MetricsSnapshot().Results[ResultNotStarted]; n != 1 {
+		t.Errorf("not_started results counted %d, want 1", n)
+	}
+}

@@ -270,6 +270,13 @@ func (t *JobTx) Requeue(jobID, avoidServerID int64, actor string, leaseID int64,
 	return t.Event(jobID, "requeued", actor, leaseID, reason)
 }
 
+// SetAttempts sets how many attempts a job has used: a lease its server
+// never started gives its attempt back.
+func (t *JobTx) SetAttempts(jobID int64, n int) error {
+	_, err := t.exec(`UPDATE jobs SET attempts = ? WHERE id = ?`, n, jobID)
+	return translate(err)
+}
+
 // SetMaxAttempts changes a job's attempt limit (an operator's requeue of a
 // job that used them all gives it one more).
 func (t *JobTx) SetMaxAttempts(jobID int64, n int) error {

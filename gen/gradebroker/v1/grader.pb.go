@@ -37,6 +37,11 @@ const (
 	Outcome_OUTCOME_TEMPORARY Outcome = 3
 	// The grader ran past its timeout; the job is requeued.
 	Outcome_OUTCOME_TIMEOUT Outcome = 4
+	// graderd did not start the job: it had no free slot (every slot was
+	// busy, or it was draining). The broker gave it more than it runs; it
+	// requeues the job without counting an attempt and gives the server
+	// nothing more until it frees a slot.
+	Outcome_OUTCOME_NOT_STARTED Outcome = 5
 )
 
 // Enum value maps for Outcome.
@@ -47,6 +52,7 @@ var (
 		2: "OUTCOME_FATAL",
 		3: "OUTCOME_TEMPORARY",
 		4: "OUTCOME_TIMEOUT",
+		5: "OUTCOME_NOT_STARTED",
 	}
 	Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED": 0,
@@ -54,6 +60,7 @@ var (
 		"OUTCOME_FATAL":       2,
 		"OUTCOME_TEMPORARY":   3,
 		"OUTCOME_TIMEOUT":     4,
+		"OUTCOME_NOT_STARTED": 5,
 	}
 )
 
@@ -1340,14 +1347,15 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\amessage\x18\x03 \x01(\tR\amessage\"P\n" +
 	"\x06Cancel\x12.\n" +
 	"\x05lease\x18\x01 \x01(\v2\x18.gradebroker.v1.LeaseRefR\x05lease\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*q\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason*\x8a\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"OUTCOME_OK\x10\x01\x12\x11\n" +
 	"\rOUTCOME_FATAL\x10\x02\x12\x15\n" +
 	"\x11OUTCOME_TEMPORARY\x10\x03\x12\x13\n" +
-	"\x0fOUTCOME_TIMEOUT\x10\x04*\x8b\x01\n" +
+	"\x0fOUTCOME_TIMEOUT\x10\x04\x12\x17\n" +
+	"\x13OUTCOME_NOT_STARTED\x10\x05*\x8b\x01\n" +
 	"\x05Limit\x12\x15\n" +
 	"\x11LIMIT_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fLIMIT_WALL_TIME\x10\x01\x12\x12\n" +
