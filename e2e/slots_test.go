@@ -8,6 +8,7 @@ import (
 	"time"
 
 	gb "github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/brokerd"
 	"github.com/gradebroker/gradebroker/broker/store"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/internal/testutil"
@@ -100,4 +101,49 @@ func TestLeasesExpiredWhileTheBrokerWasDown(t *testing.T) {
 		}
 		checkNoHandBack(t, r.GetJob())
 	}
+}
+
+// TestHeartbeatsQueuedInAPartition: graderd (one slot) is cut off from the
+// broker while the broker assigns it a job; the lease expires behind the
+// cut and the broker tells graderd to cancel it. When the link heals,
+// graderd's heartbeats from the partition arrive first: they list no
+// lease, because graderd had not received the Assign when it sent them.
+// They must not free the slot, or the broker assigns the job again at
+// once and graderd, still stopping the first lease, hands it back. The
+// slot frees when the cancelled lease's result arrives.
+func TestHeartbeatsQueuedInAPartition(t *testing.T) {
+	t.Parallel()
+	dir := devPKI(t)
+	b := startBroker(t, dir, func(c *brokerd.Config) {
+		c.LeaseGrace = time.Second
+		c.HeartbeatInterval = 200 * time.Millisecond
+	})
+	bootstrap(t, dir, b.db)
+	registerRel(t, dir, b.GRPCAddr(), 1, "grader1")
+	proxy := startProxy(t, b.GRPCAddr())
+	runGraderd(t, dir, proxy.addr(), "grader1", graderdOpts{sleep: "2", sleepAttempt: 1, slots: 1})
+	proxy.cut()
+
+	sent, err := demoClient(t, dir, b.HTTPAddr()).SendJob(ctxTimeout(t, 30*time.Second), platformclient.Job{
+		Data: map[string]any{"task": "partition"}, Name: "behind-the-cut", Tags: []string{relTag}, TimeoutSec: 1})
+	if err != nil {
+		t.Fatalf("SendJob: %v", err)
+	}
+	id := sent.GetJobId()
+	// The lease expires behind the cut: the job waits again, and the slot
+	// stays taken by the lease graderd may be running.
+	testutil.Eventually(t, "the first lease to expire", func() bool {
+		j, err := b.DB().GetJob(t.Context(), id)
+		return err == nil && len(j.History) == 1 && j.History[0].End == gb.EndExpired && j.State == gb.JobQueued
+	})
+	if _, _, running, _ := b.Dispatcher().ServerStatus("grader1"); running != 1 {
+		t.Fatalf("grader1 runs %d lease(s) by the broker's count while cut off, want its expired one", running)
+	}
+	proxy.heal()
+
+	r, err := demoClient(t, dir, b.HTTPAddr()).GetJob(ctxTimeout(t, 40*time.Second), id, 30*time.Second)
+	if err != nil {
+		t.Fatalf("GetJob %d: %v", id, err)
+	}
+	checkNoHandBack(t, r.GetJob())
 }

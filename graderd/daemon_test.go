@@ -214,15 +214,17 @@ func TestHeartbeatListsRunningLeases(t *testing.T) {
 	ex.waitStarted(t)
 	ex.waitStarted(t)
 	want := []*gradebrokerv1.LeaseRef{ref(1, 11), ref(2, 12)}
-	bs.expect(t, 5*time.Second, "a heartbeat listing both leases", func(m *gradebrokerv1.ConnectRequest) bool {
+	// Each heartbeat also says how many Assigns it reflects, so that the
+	// broker can tell a lease not listed yet from one let go of.
+	bs.expect(t, 5*time.Second, "a heartbeat listing both leases, counting 2 Assigns", func(m *gradebrokerv1.ConnectRequest) bool {
 		hb := m.GetHeartbeat()
-		return hb != nil && cmp.Diff(want, hb.GetRunning(), protocmp.Transform()) == ""
+		return hb != nil && cmp.Diff(want, hb.GetRunning(), protocmp.Transform()) == "" && hb.GetAssignsReceived() == 2
 	})
 	close(ex.release)
 	bs.result(t)
 	bs.result(t)
-	bs.expect(t, 5*time.Second, "an empty heartbeat", func(m *gradebrokerv1.ConnectRequest) bool {
-		return m.GetHeartbeat() != nil && len(m.GetHeartbeat().GetRunning()) == 0
+	bs.expect(t, 5*time.Second, "an empty heartbeat counting 2 Assigns", func(m *gradebrokerv1.ConnectRequest) bool {
+		return m.GetHeartbeat() != nil && len(m.GetHeartbeat().GetRunning()) == 0 && m.GetHeartbeat().GetAssignsReceived() == 2
 	})
 }
 

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
@@ -116,9 +117,8 @@ type server struct {
 	drained bool
 	// full: it handed a job back for want of a free slot, so the
 	// dispatcher's count of its leases is short; it gets no new jobs
-	// until it frees one by its own word (a result, or a heartbeat that
-	// no longer lists a lease taken back from it), changes its slots or
-	// reconnects.
+	// until it reports again (a result or a heartbeat), changes its slots
+	// or reconnects.
 	full bool
 }
 
@@ -153,6 +153,13 @@ type lease struct {
 	// run it; it counts against the server's slots until the server reports
 	// it or stops listing it, and its result is refused.
 	zombie bool
+	// assignSeq is the number of the lease's Assign among those its session
+	// sent, 0 until it is sent; reported says the server listed the lease
+	// in a Hello or heartbeat. A heartbeat that does not list the lease
+	// shows the server let go of it only if it counts the Assign or the
+	// server listed the lease before.
+	assignSeq atomic.Uint64
+	reported  bool
 }
 
 // Stats are counters for monitoring.

@@ -63,6 +63,10 @@ type Result struct {
 type Heartbeat struct {
 	// Running lists the leases the server runs now.
 	Running []LeaseRef
+	// AssignsReceived is how many of the session's Assigns the server had
+	// received when it sent the heartbeat: a lease whose Assign came later
+	// is missing from Running for that reason alone.
+	AssignsReceived uint64
 }
 
 // Message is one message for the server: *Assign, *Ack, *Reject or
@@ -120,13 +124,14 @@ type Session struct {
 	d   *Dispatcher
 	srv *server
 
-	mu     sync.Mutex
-	queue  []Message
-	acks   []LeaseRef
-	ready  chan struct{}
-	done   chan struct{}
-	err    error
-	closed bool
+	mu      sync.Mutex
+	queue   []Message
+	acks    []LeaseRef
+	assigns uint64 // Assigns queued so far
+	ready   chan struct{}
+	done    chan struct{}
+	err     error
+	closed  bool
 }
 
 func newSession(d *Dispatcher, srv *server) *Session {
@@ -200,8 +205,16 @@ func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Durati
 	if s == nil {
 		return
 	}
-	s.push(&Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
-		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline})
+	m := &Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
+		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline}
+	s.mu.Lock()
+	if !s.closed {
+		s.queue = append(s.queue, m)
+		s.assigns++
+		l.assignSeq.Store(s.assigns)
+	}
+	s.mu.Unlock()
+	s.poke()
 }
 
 func (s *Session) sendCancel(l *lease, reason string) {
@@ -315,6 +328,7 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 		switch {
 		case held[l.id]:
 			// Still running there, or its result is on its way: keep it.
+			l.reported = true
 		case l.zombie:
 			delete(s.leases, l.id)
 		default:
@@ -372,13 +386,18 @@ func (s *Session) Result(r Result) {
 	srv.lastSeen = now
 	// A result frees the server's slot; a job handed back for want of one
 	// says it has none.
+	wasFull := srv.full
 	srv.full = r.Outcome == broker.OutcomeNotStarted
 	d.updateFree(srv)
 	l := d.leases[r.Lease.LeaseID]
 	if l == nil || l.jobID != r.Lease.JobID || l.srv != srv || !s.current() {
 		d.stats.StaleResults++
+		refill := wasFull && !srv.full
 		if z := srv.leases[r.Lease.LeaseID]; z != nil && z.zombie {
 			delete(srv.leases, r.Lease.LeaseID)
+			refill = true
+		}
+		if refill {
 			d.fill(srv, now)
 		}
 		d.log.Warn("refused a result for a lease that is not current", "server", srv.name, "job_id", r.Lease.JobID, "lease_id", r.Lease.LeaseID)
@@ -463,7 +482,11 @@ func (s *Session) Heartbeat(hb Heartbeat) {
 	running := make(map[int64]bool, len(hb.Running))
 	for _, r := range hb.Running {
 		running[r.LeaseID] = true
-		if l := srv.leases[r.LeaseID]; l != nil && !l.zombie {
+		l := srv.leases[r.LeaseID]
+		if l != nil {
+			l.reported = true
+		}
+		if l != nil && !l.zombie {
 			ext := now.Add(3 * d.cfg.HeartbeatInterval)
 			if ext.After(l.deadline) {
 				l.deadline = ext
@@ -476,14 +499,25 @@ func (s *Session) Heartbeat(hb Heartbeat) {
 	d.holdReported(srv, hb.Running)
 	freed := false
 	for id, l := range srv.leases {
-		if l.zombie && !running[id] {
+		if !l.zombie || running[id] {
+			continue
+		}
+		// Not listed, because the server let go of it, or because it had
+		// not received its Assign when it sent the heartbeat (queued
+		// behind a partition, say): only the first frees the slot.
+		if seq := l.assignSeq.Load(); l.reported || seq != 0 && seq <= hb.AssignsReceived {
 			delete(srv.leases, id)
 			freed = true
 		}
 	}
+	// A server that said it had no free slot counts as full until its next
+	// report: the leases a heartbeat lists are all counted now, so a slot
+	// the dispatcher still sees free is free by the server's word too (at
+	// worst it hands back one more job per heartbeat, at no attempt's cost).
+	if srv.full {
+		srv.full, freed = false, true
+	}
 	if freed {
-		// The server let go of a lease: a slot is free by its word.
-		srv.full = false
 		d.fill(srv, now)
 	}
 }
@@ -498,7 +532,7 @@ func (d *Dispatcher) holdReported(s *server, refs []LeaseRef) {
 		if s.leases[r.LeaseID] != nil || d.leases[r.LeaseID] != nil {
 			continue
 		}
-		s.leases[r.LeaseID] = &lease{id: r.LeaseID, jobID: r.JobID, srv: s, zombie: true}
+		s.leases[r.LeaseID] = &lease{id: r.LeaseID, jobID: r.JobID, srv: s, zombie: true, reported: true}
 	}
 }
 

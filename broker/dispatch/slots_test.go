@@ -93,8 +93,7 @@ func TestZombieHoldsItsSlotWhileListed(t *testing.T) {
 
 // A job a server hands back for want of a free slot goes back to the queue
 // without using an attempt (with one attempt allowed, counting it would
-// fail the job), and the server gets no new job until it frees a slot by
-// its own word.
+// fail the job), and the server gets no new job until it reports again.
 func TestNotStartedGivesTheAttemptBack(t *testing.T) {
 	t.Parallel()
 	e := setup(t, Config{MaxAttempts: 1}, "g1")
@@ -111,19 +110,65 @@ func TestNotStartedGivesTheAttemptBack(t *testing.T) {
 		t.Fatalf("job %d after the hand-back: %s, %d attempt(s), history %+v; want queued with its attempt given back",
 			j.ID, j.State, j.Attempts, j.History)
 	}
-	g.none() // the server said it is full
-	g.running(a.Lease)
-	g.none() // a heartbeat frees nothing
+	g.none()           // the server said it is full
+	g.running(a.Lease) // one job of 2: a slot is free
+	// The job handed back goes first, as the older one.
+	if again := g.nextAssign(); again.Lease.JobID != b.Lease.JobID || again.Attempt != 1 {
+		t.Fatalf("after a heartbeat with a slot free got job %d attempt %d, want job %d attempt 1 again",
+			again.Lease.JobID, again.Attempt, b.Lease.JobID)
+	}
+	g.none()
 	g.result(a, broker.OutcomeOK, map[string]int{"score": 1})
 	g.awaitAckOrReject()
-	// A result frees a slot by the server's word; the dispatcher's count
-	// says two, and the job handed back goes first, as the older one.
-	again, c := g.nextAssign(), g.nextAssign()
-	if again.Lease.JobID != b.Lease.JobID || again.Attempt != 1 || c.Lease.JobID != ids[2] {
-		t.Fatalf("after a result got job %d attempt %d and job %d; want job %d attempt 1 again, then job %d",
-			again.Lease.JobID, again.Attempt, c.Lease.JobID, b.Lease.JobID, ids[2])
+	if c := g.nextAssign(); c.Lease.JobID != ids[2] {
+		t.Fatalf("after a result got job %d, want %d", c.Lease.JobID, ids[2])
 	}
 	if n := e.d.MetricsSnapshot().Results[ResultNotStarted]; n != 1 {
 		t.Errorf("not_started results counted %d, want 1", n)
+	}
+}
+
+// A heartbeat the server sent before it received an Assign does not list
+// that lease, and says nothing of it: after a partition, heartbeats queued
+// behind the cut arrive while the server is only now getting the Assign
+// (and, the lease having expired meanwhile, its Cancel). The slot of the
+// lease taken back stays taken until a heartbeat that counts its Assign no
+// longer lists it, or its result comes.
+func TestHeartbeatsOlderThanAnAssignKeepItsSlot(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 1)
+	ids := e.submit(e.platform, 2, 0)
+	a := g.nextAssign() // the session's first Assign
+	if err := e.d.RequeueJob(context.Background(), ids[0], "operator:test"); err != nil {
+		t.Fatal(err)
+	}
+	g.nextCancel()
+	// Sent before the server got the Assign: it lists nothing.
+	g.sess.Heartbeat(Heartbeat{AssignsReceived: 0})
+	g.none()
+	// Sent after it got the Assign and the Cancel stopped the job.
+	g.sess.Heartbeat(Heartbeat{AssignsReceived: 1})
+	if b := g.nextAssign(); b.Lease == a.Lease {
+		t.Fatalf("got lease %d again", a.Lease.LeaseID)
+	}
+}
+
+// A lease the server listed in a heartbeat is let go of by the first
+// heartbeat that no longer lists it, whatever it counts: the server had it.
+func TestHeartbeatLetsGoOfListedLeases(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	g := e.connect("g1", 1)
+	ids := e.submit(e.platform, 2, 0)
+	a := g.nextAssign()
+	g.running(a.Lease)
+	if err := e.d.CancelJob(context.Background(), ids[0], "platform:plat"); err != nil {
+		t.Fatal(err)
+	}
+	g.nextCancel()
+	g.sess.Heartbeat(Heartbeat{AssignsReceived: 0})
+	if b := g.nextAssign(); b.Lease.JobID != ids[1] {
+		t.Fatalf("got job %d, want %d", b.Lease.JobID, ids[1])
 	}
 }

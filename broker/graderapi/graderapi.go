@@ -189,7 +189,8 @@ func receive(stream gbv1.GraderService_ConnectServer, sess *dispatch.Session) er
 		case *gbv1.ConnectRequest_Result:
 			sess.Result(resultOf(msg.Result))
 		case *gbv1.ConnectRequest_Heartbeat:
-			sess.Heartbeat(dispatch.Heartbeat{Running: refsOf(msg.Heartbeat.GetRunning())})
+			sess.Heartbeat(dispatch.Heartbeat{Running: refsOf(msg.Heartbeat.GetRunning()),
+				AssignsReceived: msg.Heartbeat.GetAssignsReceived()})
 		case *gbv1.ConnectRequest_Slots:
 			sess.SetSlots(int(msg.Slots.GetSlots()))
 		case *gbv1.ConnectRequest_Hello:

@@ -325,3 +325,30 @@ func TestProbeReplaceRemoveStop(t *testing.T) {
 		t.Errorf("a stream opened after Stop ended with %v, want Unavailable", err)
 	}
 }
+
+// A heartbeat's count of Assigns crosses the wire: one that counts the
+// Assign of a cancelled lease and does not list it frees the slot; one
+// sent before that Assign does not.
+func TestHeartbeatCountsAssigns(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "g1")
+	g := e.connect("g1", 1)
+	first := e.submit()
+	a := g.recv().GetAssign()
+	second := e.submit()
+	if err := e.d.CancelJob(context.Background(), first, "platform:plat"); err != nil {
+		t.Fatal(err)
+	}
+	if c := g.recv().GetCancel(); c.GetLease().GetLeaseId() != a.GetLeaseId() {
+		t.Fatalf("got Cancel %v, want lease %d's", c, a.GetLeaseId())
+	}
+	hb := func(n uint64) {
+		g.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Heartbeat{Heartbeat: &gbv1.Heartbeat{AssignsReceived: n}}})
+	}
+	hb(0)
+	hb(1)
+	testutil.Eventually(t, "the second job assigned", func() bool { return e.d.Stats().Assigned == 2 })
+	if b := g.recv().GetAssign(); b.GetJobId() != second {
+		t.Fatalf("after a heartbeat counting the Assign got %v, want job %d", b, second)
+	}
+}

@@ -1020,9 +1020,15 @@ func (x *Usage) GetWallTime() *durationpb.Duration {
 type Heartbeat struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The leases graderd is running now.
-	Running       []*LeaseRef `protobuf:"bytes,1,rep,name=running,proto3" json:"running,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Running []*LeaseRef `protobuf:"bytes,1,rep,name=running,proto3" json:"running,omitempty"`
+	// How many Assign messages graderd had received on this stream when it
+	// sent the heartbeat. A lease whose Assign came later is missing from
+	// running for that reason alone: the broker lets go of a lease it took
+	// back (expired, cancelled) only when a heartbeat that counts its Assign,
+	// or that listed it before, no longer lists it, or when its result comes.
+	AssignsReceived uint64 `protobuf:"varint,2,opt,name=assigns_received,json=assignsReceived,proto3" json:"assigns_received,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -1060,6 +1066,13 @@ func (x *Heartbeat) GetRunning() []*LeaseRef {
 		return x.Running
 	}
 	return nil
+}
+
+func (x *Heartbeat) GetAssignsReceived() uint64 {
+	if x != nil {
+		return x.AssignsReceived
+	}
+	return 0
 }
 
 // Slots changes the server's capacity.
@@ -1334,9 +1347,10 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\x05Usage\x124\n" +
 	"\bcpu_time\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\acpuTime\x12*\n" +
 	"\x11peak_memory_bytes\x18\x02 \x01(\x04R\x0fpeakMemoryBytes\x126\n" +
-	"\twall_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bwallTime\"?\n" +
+	"\twall_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bwallTime\"j\n" +
 	"\tHeartbeat\x122\n" +
-	"\arunning\x18\x01 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\"\x1d\n" +
+	"\arunning\x18\x01 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\x12)\n" +
+	"\x10assigns_received\x18\x02 \x01(\x04R\x0fassignsReceived\"\x1d\n" +
 	"\x05Slots\x12\x14\n" +
 	"\x05slots\x18\x01 \x01(\rR\x05slots\"7\n" +
 	"\x03Ack\x120\n" +
