@@ -82,6 +82,9 @@ type Worker struct {
 		attempts, delivered, retried, dead, superseded atomic.Uint64
 		latencySum, latencyMax                         atomic.Int64
 	}
+	// polls counts finished polls, so that a test can wait for a few
+	// rather than for a while.
+	polls atomic.Uint64
 }
 
 // New makes a Worker that reads deliveries from db and signs callbacks with
@@ -263,6 +266,7 @@ func (w *Worker) loop(ctx context.Context) {
 // poll loads due deliveries the worker does not hold yet and starts what
 // the limits allow.
 func (w *Worker) poll() {
+	defer w.polls.Add(1)
 	w.mu.Lock()
 	if w.stopping {
 		w.mu.Unlock()
