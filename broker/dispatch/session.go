@@ -387,8 +387,9 @@ func (s *Session) Result(r Result) {
 	// A result frees the server's slot; a job handed back for want of one
 	// says it has none.
 	wasFull := srv.full
-	srv.full = r.Outcome == broker.OutcomeNotStarted
-	d.updateFree(srv)
+	if srv.full = r.Outcome == broker.OutcomeNotStarted; srv.full != wasFull {
+		d.updateFree(srv)
+	}
 	l := d.leases[r.Lease.LeaseID]
 	if l == nil || l.jobID != r.Lease.JobID || l.srv != srv || !s.current() {
 		d.stats.StaleResults++
