@@ -138,9 +138,6 @@ func newSession(d *Dispatcher, srv *server) *Session {
 	return &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// Server returns the server's registered name when the session opened.
-func (s *Session) Server() string { return s.srv.name }
-
 // Ready receives a value when messages wait for Messages to take them.
 func (s *Session) Ready() <-chan struct{} { return s.ready }
 
@@ -348,6 +345,7 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 func (s *Session) Close(reason error) {
 	s.d.mu.Lock()
 	s.d.detachLocked(s)
+	name := s.srv.name // an operator may rename it meanwhile
 	s.d.mu.Unlock()
 	s.end(nil)
 	msg := "closed"
@@ -356,7 +354,7 @@ func (s *Session) Close(reason error) {
 	} else if reason != nil {
 		msg = reason.Error()
 	}
-	s.d.log.Info("server disconnected", "server", s.srv.name, "reason", msg)
+	s.d.log.Info("server disconnected", "server", name, "reason", msg)
 }
 
 func (d *Dispatcher) detachLocked(sess *Session) {
