@@ -482,7 +482,9 @@ type Hello struct {
 	Hostname string `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// Leases graderd still holds after a reconnect: running, or finished with
 	// a result in its spool not yet acknowledged. The broker keeps these and
-	// requeues any other lease it had given the server.
+	// requeues any other lease it had given the server; one it had ended or
+	// never knew still takes a slot until its result comes or a heartbeat no
+	// longer lists it.
 	Running []*LeaseRef `protobuf:"bytes,4,rep,name=running,proto3" json:"running,omitempty"`
 	// A connection test (graderd -t): the broker checks the certificate,
 	// answers Welcome and ends the stream, leaving any live stream of the same
