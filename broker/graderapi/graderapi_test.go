@@ -130,8 +130,13 @@ func (e *env) open(name string, role certs.Role, hello *gbv1.Hello) *grader {
 		e.t.Fatal(err)
 	}
 	g := &grader{t: e.t, stream: stream}
-	if hello != nil {
-		g.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Hello{Hello: hello}})
+	if hello == nil {
+		return g
+	}
+	// A refused stream may end before the Hello is sent: Send then says
+	// io.EOF, and Recv says why.
+	if err := stream.Send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
+		e.t.Fatalf("send Hello: %v", err)
 	}
 	return g
 }
