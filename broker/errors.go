@@ -34,3 +34,8 @@ var ErrPermissionDenied = errors.New("permission denied")
 // ErrUnavailable means the broker cannot do it now but may later (shutting
 // down, the database is busy past its timeout).
 var ErrUnavailable = errors.New("unavailable")
+
+// ErrAborted means the operation was cut short by a newer one that took its
+// place (a server's connection replaced by its next one); the caller may
+// try again.
+var ErrAborted = errors.New("aborted")

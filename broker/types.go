@@ -151,6 +151,9 @@ const (
 	OutcomeFatal     Outcome = 2
 	OutcomeTemporary Outcome = 3
 	OutcomeTimeout   Outcome = 4
+	// OutcomeNotStarted: the server had no free slot for the job and did
+	// not start it.
+	OutcomeNotStarted Outcome = 5
 )
 
 // String returns the outcome's lower-case name, as stored in an attempt's end.
@@ -164,6 +167,8 @@ func (o Outcome) String() string {
 		return "temporary"
 	case OutcomeTimeout:
 		return "timeout"
+	case OutcomeNotStarted:
+		return "not_started"
 	}
 	return fmt.Sprintf("outcome(%d)", int(o))
 }
@@ -221,8 +226,53 @@ type Attempt struct {
 	AssignedAt time.Time
 	Deadline   time.Time
 	EndedAt    time.Time
-	End        string
+	End        LeaseEnd // empty while the lease runs
 	Reason     string
+}
+
+// LeaseEnd is how a lease ended, as stored with its attempt and shown to
+// operators and platforms.
+type LeaseEnd string
+
+// The ways a lease ends. The first four are the server's outcomes.
+const (
+	// EndOK: the server reported a final result.
+	EndOK LeaseEnd = "ok"
+	// EndFatal: the server reported a final error.
+	EndFatal LeaseEnd = "fatal"
+	// EndTemporary: the server reported a failure another server might not
+	// have.
+	EndTemporary LeaseEnd = "temporary"
+	// EndTimeout: the grader ran past its timeout.
+	EndTimeout LeaseEnd = "timeout"
+	// EndInvalid: the server sent an empty, non-JSON or unknown result.
+	EndInvalid LeaseEnd = "invalid"
+	// EndExpired: no result by the lease deadline.
+	EndExpired LeaseEnd = "expired"
+	// EndDisconnected: the server did not come back within the reconnect
+	// grace.
+	EndDisconnected LeaseEnd = "disconnected"
+	// EndLost: the server reconnected without it.
+	EndLost LeaseEnd = "lost"
+	// EndCancelled: the job was cancelled.
+	EndCancelled LeaseEnd = "cancelled"
+	// EndRequeued: an operator took the job back.
+	EndRequeued LeaseEnd = "requeued"
+	// EndRemoved: an operator removed the server.
+	EndRemoved LeaseEnd = "removed"
+	// EndNotStarted: the server had no free slot and did not start the
+	// job; the attempt was given back.
+	EndNotStarted LeaseEnd = "not_started"
+)
+
+// Reported tells whether the server reported this end in a result, rather
+// than the broker deciding it.
+func (e LeaseEnd) Reported() bool {
+	switch e {
+	case EndOK, EndFatal, EndTemporary, EndTimeout, EndInvalid, EndNotStarted:
+		return true
+	}
+	return false
 }
 
 // Event is one entry of a job's audit trail.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,8 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/token"
+	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 	"github.com/gradebroker/gradebroker/platformclient"
 )
@@ -140,11 +142,7 @@ func (p *proc) signal(sig syscall.Signal) {
 func (p *proc) kill() {
 	p.t.Helper()
 	p.signal(syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.t.Fatalf("%s did not die within 10s of SIGKILL", p.name)
-	}
+	testutil.WaitClosed(p.t, p.name+" to die of SIGKILL", p.done)
 }
 
 // stop asks the process to end (SIGCONT, in case it is stopped, then
@@ -155,10 +153,14 @@ func (p *proc) stop(grace time.Duration) {
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	// Not a wait for a state: the grace a process gets to end on its own
+	// before it is killed.
+	t := time.NewTimer(grace)
+	defer t.Stop()
 	select {
 	case <-p.done:
 		return
-	case <-time.After(grace):
+	case <-t.C:
 	}
 	_ = p.cmd.Process.Kill()
 	<-p.done
@@ -183,26 +185,6 @@ func (p *proc) lines(parts ...string) []string {
 		}
 	}
 	return out
-}
-
-// waitLines waits until at least n lines contain every one of parts, and
-// returns them. It fails the test if the process exits first or timeout
-// passes.
-func (p *proc) waitLines(timeout time.Duration, n int, parts ...string) []string {
-	p.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if ls := p.lines(parts...); len(ls) >= n {
-			return ls
-		}
-		if p.exited() {
-			p.t.Fatalf("%s exited (%v) before logging %d line(s) with %q", p.name, p.err, n, parts)
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("%s logged %d line(s) with %q within %v; want %d", p.name, len(p.lines(parts...)), parts, timeout, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // freeAddr returns a loopback address with a port nobody listened on a
@@ -256,24 +238,18 @@ func startBrokerProc(t *testing.T, dir, db, grpcAddr, httpAddr string, extra ...
 	}, extra...)
 	b := &brokerProc{proc: startProc(t, "broker", bin, args...), dir: dir, db: db, grpcAddr: grpcAddr, httpAddr: httpAddr}
 	hc := devHTTPClient(t, dir)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := hc.Get("https://" + httpAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return b
-			}
-			err = errors.New(resp.Status)
-		}
+	testutil.Eventually(t, "the broker to be ready", func() bool {
 		if b.exited() {
 			t.Fatalf("broker exited before it was ready (%v)", b.err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("broker not ready within 20s: %v", err)
+		resp, err := hc.Get("https://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return b
 }
 
 // mustAdminAt runs `broker admin` in-process as the dev PKI's operator
@@ -332,12 +308,16 @@ func demoClient(t *testing.T, dir, httpAddr string) *platformclient.Client {
 	return c
 }
 
-// graderScript is an exec grader: it reads the job, sleeps $GRADER_SLEEP
-// seconds (only on attempt $GRADER_SLEEP_ATTEMPT when that is set) and
-// answers OK with the name of the server that graded it, so that a test can
-// tell whose result the broker kept.
+// graderScript is an exec grader: it reads the job, leaves a file named
+// after the job and lease in $GRADER_RUNS (so that a test sees that the
+// grader runs), sleeps $GRADER_SLEEP seconds (only on attempt
+// $GRADER_SLEEP_ATTEMPT when that is set) and answers OK with the name of
+// the server that graded it, so that a test can tell whose result the
+// broker kept.
 const graderScript = `#!/bin/sh
 job=$(cat)
+field() { printf '%s' "$job" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+: > "$GRADER_RUNS/job-$(field job_id)-lease-$(field lease_id)"
 if [ -z "$GRADER_SLEEP_ATTEMPT" ] || printf '%s' "$job" | grep -q "\"attempt\":$GRADER_SLEEP_ATTEMPT,"; then
 	sleep "${GRADER_SLEEP:-0}"
 fi
@@ -349,6 +329,7 @@ type graderdProc struct {
 	*proc
 	server string // its registered name, and its certificate's
 	spool  string
+	runs   string // where the test grader leaves a file for each run
 }
 
 // graderdOpts says how to run one graderd.
@@ -368,7 +349,10 @@ func runGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *grader
 	t.Helper()
 	_, bin := binaries(t)
 	work := t.TempDir()
-	g := &graderdProc{server: name, spool: filepath.Join(work, "spool")}
+	g := &graderdProc{server: name, spool: filepath.Join(work, "spool"), runs: filepath.Join(work, "runs")}
+	if err := os.Mkdir(g.runs, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if o.slots == 0 {
 		o.slots = 4
 	}
@@ -386,7 +370,7 @@ func runGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *grader
 		if err := os.WriteFile(grader, []byte(graderScript), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		env := fmt.Sprintf("[GRADER_NAME=%s, GRADER_SLEEP=%s", name, o.sleep)
+		env := fmt.Sprintf("[GRADER_NAME=%s, GRADER_RUNS=%s, GRADER_SLEEP=%s", name, g.runs, o.sleep)
 		if o.sleepAttempt > 0 {
 			env += fmt.Sprintf(", GRADER_SLEEP_ATTEMPT=%d", o.sleepAttempt)
 		}
@@ -398,8 +382,62 @@ func runGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *grader
 		args = append(args, "--config", cfgFile)
 	}
 	g.proc = startProc(t, name, bin, args...)
-	g.waitLines(20*time.Second, 1, `msg="connected to broker"`)
+	testutil.Eventually(t, name+" connected", func() bool {
+		if g.exited() {
+			t.Fatalf("%s exited (%v) before it connected", name, g.err)
+		}
+		return serverConnected(t, dir, grpcAddr, name)
+	})
 	return g
+}
+
+// serverConnected asks the broker at grpcAddr whether server name is
+// connected.
+func serverConnected(t *testing.T, dir, grpcAddr, name string) bool {
+	t.Helper()
+	var resp gbv1.ListServersResponse
+	if err := protojson.Unmarshal([]byte(mustAdminAt(t, dir, grpcAddr, "--json", "server", "list")), &resp); err != nil {
+		t.Fatalf("server list --json: %v", err)
+	}
+	for _, s := range resp.GetServers() {
+		if s.GetName() == name {
+			return s.GetConnected()
+		}
+	}
+	return false
+}
+
+// started lists the runs of g's grader so far, as job-J-lease-L.
+func (g *graderdProc) started(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir(g.runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// waitStarted waits until g's grader has started n runs, of job id when id
+// is not 0.
+func (g *graderdProc) waitStarted(t *testing.T, n int, id int64) {
+	t.Helper()
+	prefix := "job-"
+	if id != 0 {
+		prefix = fmt.Sprintf("job-%d-", id)
+	}
+	testutil.Eventually(t, fmt.Sprintf("%d run(s) of %s's grader", n, g.server), func() bool {
+		runs := 0
+		for _, r := range g.started(t) {
+			if strings.HasPrefix(r, prefix) {
+				runs++
+			}
+		}
+		return runs >= n
+	})
 }
 
 // spooled lists the results waiting in g's spool.
@@ -410,19 +448,6 @@ func (g *graderdProc) spooled(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	return m
-}
-
-// pollUntil polls cond every 50ms until it holds or timeout passes; then it
-// fails the test with what.
-func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // ctxTimeout is a context for one step of a test.

@@ -86,6 +86,11 @@ type Daemon struct {
 	aborted  bool
 	ran      bool
 
+	// assigns, under mu, counts the Assigns received on the current
+	// stream; each heartbeat says how many it reflects
+	// (Heartbeat.assigns_received).
+	assigns uint64
+
 	jobsWG sync.WaitGroup
 
 	sleep sleepState // idle disconnections and wakeups (idle.go)
@@ -390,12 +395,14 @@ func (d *Daemon) cancelJobs() {
 }
 
 // startJob takes one Assign: it runs the job on its own goroutine, or hands
-// it straight back as TEMPORARY when graderd cannot run it now.
+// it straight back as NOT_STARTED when graderd has no slot for it now (the
+// broker then requeues it without using an attempt).
 func (d *Daemon) startJob(a *gradebrokerv1.Assign) {
 	ref := &gradebrokerv1.LeaseRef{JobId: a.GetJobId(), LeaseId: a.GetLeaseId()}
 	log := d.log.With("job_id", ref.JobId, "lease_id", ref.LeaseId)
 
 	d.mu.Lock()
+	d.assigns++
 	_, running := d.jobs[ref.LeaseId]
 	_, done := d.unacked[ref.LeaseId]
 	var refuse string
@@ -416,7 +423,7 @@ func (d *Daemon) startJob(a *gradebrokerv1.Assign) {
 		log.Warn("handing job back to the broker", "reason", refuse)
 		d.finish(ref, log, &gradebrokerv1.Result{
 			JobId: ref.JobId, LeaseId: ref.LeaseId,
-			Outcome: gradebrokerv1.Outcome_OUTCOME_TEMPORARY,
+			Outcome: gradebrokerv1.Outcome_OUTCOME_NOT_STARTED,
 			Error:   refuse,
 		})
 		return
@@ -571,13 +578,14 @@ func (d *Daemon) held() []*gradebrokerv1.LeaseRef {
 	return refs
 }
 
-// running returns the leases of the running jobs, in lease order.
-func (d *Daemon) running() []*gradebrokerv1.LeaseRef {
+// heartbeat returns the leases of the running jobs, in lease order, and how
+// many Assigns of the stream they reflect.
+func (d *Daemon) heartbeat() *gradebrokerv1.Heartbeat {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	refs := d.runningLocked()
 	sortRefs(refs)
-	return refs
+	return &gradebrokerv1.Heartbeat{Running: refs, AssignsReceived: d.assigns}
 }
 
 func (d *Daemon) runningLocked() []*gradebrokerv1.LeaseRef {

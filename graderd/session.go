@@ -226,6 +226,7 @@ func (d *Daemon) session(ctx context.Context) (welcomed bool, err error) {
 
 	d.mu.Lock()
 	slots := d.capacityLocked()
+	d.assigns = 0 // a new stream: its Assigns are counted from 0
 	d.mu.Unlock()
 	hello := &gradebrokerv1.Hello{Version: Version, Slots: uint32(slots), Hostname: d.hostname, Running: d.held()}
 	type opened struct {
@@ -327,7 +328,7 @@ func (d *Daemon) sendLoop(ctx context.Context, stream gradebrokerv1.GraderServic
 			return err
 		case <-changed:
 		case <-hb.C:
-			if err := send(&gradebrokerv1.ConnectRequest{Msg: &gradebrokerv1.ConnectRequest_Heartbeat{Heartbeat: &gradebrokerv1.Heartbeat{Running: d.running()}}}); err != nil {
+			if err := send(&gradebrokerv1.ConnectRequest{Msg: &gradebrokerv1.ConnectRequest_Heartbeat{Heartbeat: d.heartbeat()}}); err != nil {
 				return err
 			}
 		}

@@ -120,7 +120,7 @@ func AttemptToProto(a broker.Attempt) *gradebrokerv1.Attempt {
 		Server:     a.Server,
 		AssignedAt: Timestamp(a.AssignedAt),
 		EndedAt:    Timestamp(a.EndedAt),
-		End:        a.End,
+		End:        string(a.End),
 		Reason:     a.Reason,
 	}
 }

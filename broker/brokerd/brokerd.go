@@ -27,13 +27,13 @@ import (
 	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/graderapi"
 	"github.com/gradebroker/gradebroker/broker/metrics"
 	"github.com/gradebroker/gradebroker/broker/platform"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/broker/wakeup"
 	"github.com/gradebroker/gradebroker/certs"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
 // Broker is one running broker.
@@ -44,6 +44,7 @@ type Broker struct {
 	db      *store.DB
 	tls     *certs.Source
 	disp    *dispatch.Dispatcher
+	grader  *graderapi.Server
 	admin   *adminapi.Service
 	plat    *platform.Service
 	deliv   *delivery.Worker
@@ -61,12 +62,24 @@ type Broker struct {
 
 	maintSvc maintServices // retention and alerts (maint.go)
 
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	// stops undoes what Start started, in the order it started it; Close,
+	// or a Start that fails, runs it backwards.
+	stops []stopStep
+	// afterStep, if set, is called after each step of Start with its name;
+	// an error fails Start there. Tests use it.
+	afterStep func(name string) error
+
 	errOnce sync.Once
 	err     error
 	failed  chan struct{}
 	closed  sync.Once
+}
+
+// stopStep undoes one step of Start; ctx bounds the waiting for requests
+// and streams under way (ShutdownTimeout).
+type stopStep struct {
+	name string
+	stop func(ctx context.Context)
 }
 
 // New checks cfg, opens the database and loads the certificates. Nothing
@@ -102,6 +115,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		OnCommit:          onCommit(b.metrics, cfg.OnCommit),
 	}, log)
+	b.grader = graderapi.New(b.disp, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
 	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
 		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
@@ -170,6 +184,9 @@ func (b *Broker) DB() *store.DB { return b.db }
 // Delivery returns the broker's result outbox worker.
 func (b *Broker) Delivery() *delivery.Worker { return b.deliv }
 
+// Waker returns the broker's wakeup sender.
+func (b *Broker) Waker() *wakeup.Waker { return b.wake }
+
 // Dispatcher returns the broker's dispatcher.
 func (b *Broker) Dispatcher() *dispatch.Dispatcher { return b.disp }
 
@@ -179,49 +196,42 @@ func (b *Broker) GRPCAddr() string { return b.grpcLis.Addr().String() }
 // HTTPAddr returns the address the REST gateway listens on, once started.
 func (b *Broker) HTTPAddr() string { return b.httpLis.Addr().String() }
 
-// Start opens both listeners, then serves in the background. It returns
-// once the broker accepts connections. A broker that fails to start is
-// closed, its database too; Close is then a no-op.
-func (b *Broker) Start(ctx context.Context) error {
-	started := false
+// Start opens the listeners, starts the services, then serves in the
+// background. It returns once the broker accepts connections. ctx bounds
+// the start only: the broker runs until Close. A broker that fails to start
+// stops what it started, in reverse order, and closes its database; Close
+// is then a no-op.
+func (b *Broker) Start(ctx context.Context) (err error) {
 	defer func() {
-		if !started {
-			b.stopMetrics(context.Background())
-			b.closed.Do(func() { b.db.Close() })
+		if err != nil {
+			b.closed.Do(func() {
+				b.stopAll()
+				b.db.Close()
+			})
 		}
 	}()
-	var err error
 	if err := b.listenMetrics(); err != nil {
+		return err
+	}
+	if err := b.started("metrics listener", func(context.Context) { b.closeMetricsListener() }); err != nil {
 		return err
 	}
 	if b.grpcLis, err = net.Listen("tcp", b.cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("grpc_addr: %w", err)
 	}
-	if b.httpLis, err = net.Listen("tcp", b.cfg.HTTPAddr); err != nil {
-		b.grpcLis.Close()
-		return fmt.Errorf("http_addr: %w", err)
-	}
-	if err := b.disp.Start(ctx); err != nil {
-		b.grpcLis.Close()
-		b.httpLis.Close()
+	if err := b.started("grpc listener", func(context.Context) { b.grpcLis.Close() }); err != nil {
 		return err
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	b.cancel = cancel
-	if err := b.deliv.Start(runCtx); err != nil {
-		cancel()
-		b.disp.Stop()
-		b.grpcLis.Close()
-		b.httpLis.Close()
-		return fmt.Errorf("delivery: %w", err)
+	if b.httpLis, err = net.Listen("tcp", b.cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("http_addr: %w", err)
 	}
-	if err := b.wake.Start(runCtx); err != nil {
-		cancel()
-		b.deliv.Stop()
-		b.disp.Stop()
-		b.grpcLis.Close()
-		b.httpLis.Close()
-		return fmt.Errorf("wakeup: %w", err)
+	if err := b.started("https listener", func(context.Context) { b.httpLis.Close() }); err != nil {
+		return err
+	}
+	err = b.startServices(ctx, service{"dispatcher", b.disp.Start, b.disp.Stop},
+		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop})
+	if err != nil {
+		return err
 	}
 
 	b.grpc = grpc.NewServer(
@@ -232,18 +242,14 @@ func (b *Broker) Start(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
-	gbv1.RegisterGraderServiceServer(b.grpc, b.disp)
+	b.grader.Register(b.grpc)
 	b.admin.Register(b.grpc)
 	b.health = health.NewServer()
 	healthpb.RegisterHealthServer(b.grpc, b.health)
 	reflection.Register(b.grpc)
 
-	gateway, err := b.plat.Handler(runCtx)
+	gateway, err := b.plat.Handler(context.WithoutCancel(ctx))
 	if err != nil {
-		cancel()
-		b.disp.Stop()
-		b.grpcLis.Close()
-		b.httpLis.Close()
 		return fmt.Errorf("gateway: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -260,41 +266,126 @@ func (b *Broker) Start(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelWarn),
 	}
 
-	b.wg.Add(4)
-	go func() {
-		defer b.wg.Done()
+	err = b.serve("grpc server", func(context.Context) error {
 		if err := b.grpc.Serve(b.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			b.fail(fmt.Errorf("grpc server: %w", err))
+			return fmt.Errorf("grpc server: %w", err)
 		}
-	}()
-	go func() {
-		defer b.wg.Done()
+		return nil
+	}, func(ctx context.Context) {
+		// The graderd streams end first, or GracefulStop would wait for
+		// them for ever.
+		b.grader.Stop()
+		done := make(chan struct{})
+		go func() { b.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			b.grpc.Stop()
+		}
+	})
+	if err != nil {
+		return err
+	}
+	err = b.serve("https server", func(context.Context) error {
 		if err := b.http.ServeTLS(b.httpLis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			b.fail(fmt.Errorf("https server: %w", err))
+			return fmt.Errorf("https server: %w", err)
 		}
-	}()
-	go func() {
-		defer b.wg.Done()
-		b.tls.Watch(runCtx)
-	}()
-	go func() {
-		defer b.wg.Done()
+		return nil
+	}, func(ctx context.Context) {
+		if err := b.http.Shutdown(ctx); err != nil {
+			b.http.Close()
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if err := b.serve("certificate reload", func(ctx context.Context) error { b.tls.Watch(ctx); return nil }, nil); err != nil {
+		return err
+	}
+	err = b.serve("dispatcher watch", func(ctx context.Context) error {
 		select {
 		case <-b.disp.Done():
-			if err := b.disp.Err(); err != nil {
-				b.fail(err)
-			}
-		case <-runCtx.Done():
+			return b.disp.Err()
+		case <-ctx.Done():
+			return nil
 		}
-	}()
-	b.serveMetrics()
-	started = true
-	if err := b.startMaint(runCtx); err != nil {
-		b.fail(fmt.Errorf("maintenance: %w", err))
+	}, nil)
+	if err != nil {
+		return err
+	}
+	if err := b.serveMetrics(); err != nil {
+		return err
+	}
+	if err := b.startMaint(ctx); err != nil {
+		return err
 	}
 	b.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	b.log.Info("broker started", "name", b.cfg.Name, "grpc_addr", b.GRPCAddr(), "http_addr", b.HTTPAddr(), "database", b.cfg.Database)
 	return nil
+}
+
+// service is a background service (internal/startstop): Start(ctx) error
+// and Stop().
+type service struct {
+	name  string
+	start func(context.Context) error
+	stop  func()
+}
+
+// startServices starts svcs in order, each a step of Start.
+func (b *Broker) startServices(ctx context.Context, svcs ...service) error {
+	for _, svc := range svcs {
+		if err := svc.start(ctx); err != nil {
+			return fmt.Errorf("%s: %w", svc.name, err)
+		}
+		if err := b.started(svc.name, func(context.Context) { svc.stop() }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// started records how to undo the step of Start just done.
+func (b *Broker) started(name string, stop func(ctx context.Context)) error {
+	b.stops = append(b.stops, stopStep{name: name, stop: stop})
+	if b.afterStep != nil {
+		return b.afterStep(name)
+	}
+	return nil
+}
+
+// serve runs run on its own goroutine until its stop (shutdown, when not
+// nil, then the end of run's context) and records the step. An error from
+// run fails the broker.
+func (b *Broker) serve(name string, run func(ctx context.Context) error, shutdown func(ctx context.Context)) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := run(ctx); err != nil {
+			b.fail(err)
+		}
+	}()
+	return b.started(name, func(stopCtx context.Context) {
+		if shutdown != nil {
+			shutdown(stopCtx)
+		}
+		cancel()
+		<-done
+	})
+}
+
+// stopAll undoes the steps of Start, last first.
+func (b *Broker) stopAll() {
+	if b.health != nil {
+		b.health.Shutdown()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
+	defer cancel()
+	for i := len(b.stops) - 1; i >= 0; i-- {
+		b.stops[i].stop(ctx)
+	}
+	b.stops = nil
 }
 
 func (b *Broker) readyz(w http.ResponseWriter, r *http.Request) {
@@ -342,41 +433,12 @@ func (b *Broker) Err() error {
 }
 
 // Close stops the broker in the reverse order of Start: no new requests,
-// streams closed, pending changes committed, database closed. It is
-// idempotent.
+// streams closed, services stopped, pending changes committed, database
+// closed. It is idempotent.
 func (b *Broker) Close() error {
 	var err error
 	b.closed.Do(func() {
-		if b.health != nil {
-			b.health.Shutdown()
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
-		defer cancel()
-		if b.http != nil {
-			if e := b.http.Shutdown(ctx); e != nil {
-				b.http.Close()
-			}
-		}
-		b.stopMetrics(ctx)
-		b.stopMaint()
-		// The dispatcher ends the graderd streams, so that GracefulStop
-		// does not wait for them forever.
-		b.disp.Stop()
-		b.deliv.Stop()
-		b.wake.Stop()
-		if b.grpc != nil {
-			done := make(chan struct{})
-			go func() { b.grpc.GracefulStop(); close(done) }()
-			select {
-			case <-done:
-			case <-ctx.Done():
-				b.grpc.Stop()
-			}
-		}
-		if b.cancel != nil {
-			b.cancel()
-		}
-		b.wg.Wait()
+		b.stopAll()
 		err = b.db.Close()
 		b.log.Info("broker stopped")
 	})

@@ -214,24 +214,8 @@ func (b *Broker) newMaint() error {
 
 // startMaint starts retention and alerts.
 func (b *Broker) startMaint(ctx context.Context) error {
-	if err := b.maintSvc.maint.Start(ctx); err != nil {
-		return err
-	}
-	if err := b.maintSvc.alerts.Start(ctx); err != nil {
-		b.maintSvc.maint.Stop()
-		return err
-	}
-	return nil
-}
-
-// stopMaint stops alerts and retention; a batch in progress commits first.
-func (b *Broker) stopMaint() {
-	if b.maintSvc.alerts != nil {
-		b.maintSvc.alerts.Stop()
-	}
-	if b.maintSvc.maint != nil {
-		b.maintSvc.maint.Stop()
-	}
+	return b.startServices(ctx, service{"retention", b.maintSvc.maint.Start, b.maintSvc.maint.Stop},
+		service{"alerts", b.maintSvc.alerts.Start, b.maintSvc.alerts.Stop})
 }
 
 // Maintainer returns the broker's retention service.

@@ -132,9 +132,9 @@ func (b *Broker) listenMetrics() error {
 
 // serveMetrics serves /metrics, /healthz and /readyz in plain HTTP on the
 // metrics port, if it is open.
-func (b *Broker) serveMetrics() {
+func (b *Broker) serveMetrics() error {
 	if b.metricsLis == nil {
-		return
+		return nil
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", b.metrics.Handler())
@@ -148,26 +148,29 @@ func (b *Broker) serveMetrics() {
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelWarn),
 	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
+	err := b.serve("metrics server", func(context.Context) error {
 		if err := b.metricsSrv.Serve(b.metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			b.fail(fmt.Errorf("metrics server: %w", err))
+			return fmt.Errorf("metrics server: %w", err)
 		}
-	}()
-	b.log.Info("metrics listening", "metrics_addr", b.MetricsAddr())
-}
-
-// stopMetrics closes the metrics port: scrapes under way finish first, so
-// that none reads the database after it is closed.
-func (b *Broker) stopMetrics(ctx context.Context) {
-	switch {
-	case b.metricsSrv != nil:
+		return nil
+	}, func(ctx context.Context) {
+		// Scrapes under way finish first, so that none reads the database
+		// after it is closed.
 		if err := b.metricsSrv.Shutdown(ctx); err != nil {
 			b.metricsSrv.Close()
 		}
-	case b.metricsLis != nil:
-		b.metricsLis.Close() // opened, but Start failed before serving
+	})
+	if err == nil {
+		b.log.Info("metrics listening", "metrics_addr", b.MetricsAddr())
+	}
+	return err
+}
+
+// closeMetricsListener closes the metrics port when it was opened but not
+// served (Start failed before); the server closes it otherwise.
+func (b *Broker) closeMetricsListener() {
+	if b.metricsLis != nil && b.metricsSrv == nil {
+		b.metricsLis.Close()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,7 +59,13 @@ func BenchmarkDeliver(b *testing.B) {
 			if err := tx.Commit(); err != nil {
 				b.Fatal(err)
 			}
-			w, err := New(db, e.ring, Config{Broker: brokerName}, slog.New(slog.DiscardHandler))
+			var delivered atomic.Int64
+			all := make(chan struct{})
+			w, err := New(db, e.ring, Config{Broker: brokerName, OnDelivered: func(time.Duration) {
+				if delivered.Add(1) == int64(b.N) {
+					close(all)
+				}
+			}}, slog.New(slog.DiscardHandler))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -67,9 +74,7 @@ func BenchmarkDeliver(b *testing.B) {
 			if err := w.Start(context.Background()); err != nil {
 				b.Fatal(err)
 			}
-			for w.Stats().Delivered < uint64(b.N) {
-				time.Sleep(time.Millisecond)
-			}
+			<-all
 			elapsed := time.Since(start)
 			b.StopTimer()
 			w.Stop()

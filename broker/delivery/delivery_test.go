@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/certs/certstest"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 func TestDeliveredOnce(t *testing.T) {
@@ -29,9 +31,9 @@ func TestDeliveredOnce(t *testing.T) {
 	jobID, id := e.finalJob(p, "ex1", "user-7-task-3", doneOK)
 	w.Notify(jobID, id)
 
-	e.eventually("the delivery to be delivered", 0, func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
+	testutil.Eventually(t, "the delivery to be delivered", func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
 	// Several more polls must not send it again.
-	time.Sleep(50 * time.Millisecond)
+	e.polls(w, 3)
 	calls := rcv.got()
 	if len(calls) != 1 {
 		t.Fatalf("the receiver got %d callbacks, want 1", len(calls))
@@ -86,7 +88,7 @@ func TestFailedAndCancelledPayloads(t *testing.T) {
 	_, failed := e.finalJob(p, "f", "", store.Final{State: broker.JobFailed, Outcome: broker.OutcomeFatal, Error: "compiler crashed"})
 	_, cancelled := e.finalJob(p, "c", "", store.Final{State: broker.JobCancelled, Error: "cancelled by op"})
 	w.Notify(0, cancelled)
-	e.eventually("two callbacks", 0, func() bool { return len(rcv.got()) == 2 })
+	testutil.Eventually(t, "two callbacks", func() bool { return len(rcv.got()) == 2 })
 	byID := map[int64]callback{}
 	for _, cb := range rcv.got() {
 		if cb.err != nil {
@@ -121,7 +123,7 @@ func TestRetriedWithBackoffThenDelivered(t *testing.T) {
 
 	// The first failure: retried 1-2 s later (backoff after one try), with
 	// the status and the body's first line in last_error.
-	e.eventually("the first try", 0, func() bool { return e.delivery(id).Tries == 1 })
+	testutil.Eventually(t, "the first try", func() bool { return e.delivery(id).Tries == 1 })
 	d := e.delivery(id)
 	now := e.clk.Now()
 	if d.State != broker.DeliveryPending || d.NextAttemptAt.Before(now.Add(time.Second)) || d.NextAttemptAt.After(now.Add(2*time.Second)) {
@@ -131,12 +133,12 @@ func TestRetriedWithBackoffThenDelivered(t *testing.T) {
 		t.Errorf("last_error = %q, want %q", d.LastError, "HTTP 500: try again later")
 	}
 	// Not due yet: nothing more is sent however often the worker polls.
-	time.Sleep(30 * time.Millisecond)
+	e.polls(w, 3)
 	if n := len(rcv.got()); n != 1 {
 		t.Errorf("%d requests before the retry was due, want 1", n)
 	}
 
-	e.eventually("the delivery to be delivered", 500*time.Millisecond, func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
+	e.advancing("the delivery to be delivered", 500*time.Millisecond, func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
 	calls := rcv.got()
 	if len(calls) != 3 {
 		t.Fatalf("%d requests, want 3 (two 500s, one 200)", len(calls))
@@ -186,7 +188,7 @@ func TestReceiverDownThenUp(t *testing.T) {
 	w := e.worker(Config{MinBackoff: time.Second, MaxBackoff: 4 * time.Second})
 	jobID, id := e.finalJob(p, "ex1", "", doneOK)
 	w.Notify(jobID, id)
-	e.eventually("three refused tries", time.Second, func() bool { return e.delivery(id).Tries >= 3 })
+	e.advancing("three refused tries", time.Second, func() bool { return e.delivery(id).Tries >= 3 })
 	if d := e.delivery(id); d.State != broker.DeliveryPending || !strings.Contains(d.LastError, "refused") {
 		t.Fatalf("while down: %+v; want pending with a connection refused error", d)
 	}
@@ -200,7 +202,7 @@ func TestReceiverDownThenUp(t *testing.T) {
 	rcv.Listener = ln
 	rcv.Start()
 	t.Cleanup(rcv.Close)
-	e.eventually("the delivery to be delivered", time.Second, func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
+	e.advancing("the delivery to be delivered", time.Second, func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
 	if calls := rcv.got(); len(calls) != 1 || calls[0].err != nil || calls[0].payload.DeliveryID != id {
 		t.Errorf("the receiver got %+v, want one callback of delivery %d", calls, id)
 	}
@@ -233,22 +235,21 @@ func TestResumeAfterRestart(t *testing.T) {
 		ids = append(ids, id)
 	}
 	w1.Notify(0, ids[0])
-	e.eventually("two requests under way", 0, func() bool { return len(rcv.got()) == 2 })
+	testutil.Eventually(t, "two requests under way", func() bool { return len(rcv.got()) == 2 })
 
 	// Stop waits for the two requests; they answer 503 once released.
 	stopped := make(chan struct{})
 	go func() { w1.Stop(); close(stopped) }()
+	// Past its poll loop, Stop waits for the requests, which wait for
+	// release.
+	<-w1.Done()
 	select {
 	case <-stopped:
 		t.Fatal("Stop returned with requests under way")
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	close(release)
-	select {
-	case <-stopped:
-	case <-time.After(20 * time.Second):
-		t.Fatal("Stop did not return after the requests ended")
-	}
+	testutil.WaitClosed(t, "Stop to return after the requests ended", stopped)
 	tried := 0
 	for _, id := range ids {
 		d := e.delivery(id)
@@ -269,7 +270,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	ids = append(ids, late)
 	up.Store(true)
 	e.worker(Config{})
-	e.eventually("every delivery to be delivered", time.Second, func() bool {
+	e.advancing("every delivery to be delivered", time.Second, func() bool {
 		for _, id := range ids {
 			if e.delivery(id).State != broker.DeliveryDelivered {
 				return false
@@ -310,7 +311,7 @@ func TestDeadAfterWindowThenRedeliver(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Notify(jobID, id)
-	e.eventually("the delivery to die", 2*time.Second, func() bool { return e.delivery(id).State == broker.DeliveryDead })
+	e.advancing("the delivery to die", 2*time.Second, func() bool { return e.delivery(id).State == broker.DeliveryDead })
 	d := e.delivery(id)
 	if !strings.HasPrefix(d.LastError, "gave up after ") || !strings.Contains(d.LastError, "in 1m0s: HTTP 502") {
 		t.Errorf("last_error = %q, want it to say it gave up after the window, with the last error", d.LastError)
@@ -343,7 +344,7 @@ func TestDeadAfterWindowThenRedeliver(t *testing.T) {
 		t.Fatalf("Redeliver = %d, %v", n, err)
 	}
 	var newID int64
-	e.eventually("the redelivery", 0, func() bool {
+	testutil.Eventually(t, "the redelivery", func() bool {
 		calls := rcv.got()
 		if len(calls) <= n0 {
 			return false
@@ -366,12 +367,9 @@ func TestPerPlatformLimit(t *testing.T) {
 	e := setup(t)
 	release := make(chan struct{})
 	slow := e.newReceiver("slow", nil)
-	slow.delay = func() {
-		select {
-		case <-release:
-		case <-time.After(20 * time.Second):
-		}
-	}
+	slow.delay = func() { <-release }
+	closeRelease := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(closeRelease) // should the test fail before it lets them go
 	fast := e.newReceiver("fast", nil)
 	sp := e.platform("slow", slow.URL, "")
 	fp := e.platform("fast", fast.URL, "")
@@ -386,7 +384,7 @@ func TestPerPlatformLimit(t *testing.T) {
 		fastIDs = append(fastIDs, id)
 	}
 	w.Notify(0, 0)
-	e.eventually("every fast delivery", 0, func() bool {
+	testutil.Eventually(t, "every fast delivery", func() bool {
 		for _, id := range fastIDs {
 			if e.delivery(id).State != broker.DeliveryDelivered {
 				return false
@@ -400,8 +398,8 @@ func TestPerPlatformLimit(t *testing.T) {
 	if busy != 2 || peak != 2 {
 		t.Errorf("the slow platform has %d requests running (peak %d), want PerPlatform = 2", busy, peak)
 	}
-	close(release)
-	e.eventually("every slow delivery", 0, func() bool {
+	closeRelease()
+	testutil.Eventually(t, "every slow delivery", func() bool {
 		for _, id := range slowIDs {
 			if e.delivery(id).State != broker.DeliveryDelivered {
 				return false
@@ -446,7 +444,7 @@ func TestHTTPSWithPrivateCA(t *testing.T) {
 	w := e.worker(Config{MinBackoff: time.Hour, MaxBackoff: time.Hour})
 	jobID, id := e.finalJob(p, "ex1", "", doneOK)
 	w.Notify(jobID, id)
-	e.eventually("a refused try", 0, func() bool { return e.delivery(id).Tries == 1 })
+	testutil.Eventually(t, "a refused try", func() bool { return e.delivery(id).Tries == 1 })
 	if d := e.delivery(id); d.State != broker.DeliveryPending || !strings.Contains(d.LastError, "certificate") {
 		t.Errorf("without the CA: %+v, want pending with a certificate error", d)
 	}
@@ -457,7 +455,7 @@ func TestHTTPSWithPrivateCA(t *testing.T) {
 	if _, err := w.Redeliver(context.Background(), store.Redelivery{IDs: []int64{id}}); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("the delivery over https", 0, func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
+	testutil.Eventually(t, "the delivery over https", func() bool { return e.delivery(id).State == broker.DeliveryDelivered })
 	if calls := rcv.got(); len(calls) != 1 || calls[0].err != nil {
 		t.Errorf("the receiver got %+v, want one good callback", calls)
 	}
@@ -494,7 +492,7 @@ func TestFailureKinds(t *testing.T) {
 			w := e.worker(Config{MinBackoff: time.Hour, MaxBackoff: time.Hour})
 			jobID, id := e.finalJob(p, "ex1", "", doneOK)
 			w.Notify(jobID, id)
-			e.eventually("one try", 0, func() bool { return e.delivery(id).Tries == 1 })
+			testutil.Eventually(t, "one try", func() bool { return e.delivery(id).Tries == 1 })
 			d := e.delivery(id)
 			if d.State != tc.wantState || !strings.Contains(d.LastError, tc.wantErr) {
 				t.Errorf("got %v %q, want %v with %q", d.State, d.LastError, tc.wantState, tc.wantErr)
@@ -522,7 +520,7 @@ func TestSupersededNotSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := e.worker(Config{})
-	e.eventually("the delivery to be dropped", 0, func() bool { return e.delivery(id).State == broker.DeliveryDead })
+	testutil.Eventually(t, "the delivery to be dropped", func() bool { return e.delivery(id).State == broker.DeliveryDead })
 	if d := e.delivery(id); !strings.Contains(d.LastError, "superseded") || d.Tries != 0 {
 		t.Errorf("dropped delivery = %+v, want a superseded error and no tries", d)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -181,26 +182,31 @@ func (e *env) delivery(id int64) store.Delivery {
 	return d
 }
 
-// eventually polls cond every few milliseconds for up to 20 s (a generous
-// bound for a loaded machine), moving the fake clock by step before each
-// check so that retries come due.
-func (e *env) eventually(what string, step time.Duration, cond func() bool) {
+// advancing waits until cond holds, moving the fake clock by step before
+// each new look, so that retries come due.
+func (e *env) advancing(what string, step time.Duration, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
+	testutil.Eventually(e.t, what, func() bool {
+		if cond() {
+			return true
 		}
 		e.clk.Add(step)
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 // idle waits until w holds no delivery: the outcomes of the tries a test
 // saw in the database are then counted in Stats too.
 func (e *env) idle(w *Worker) {
 	e.t.Helper()
-	e.eventually("the worker to be idle", 0, func() bool { return w.Stats().InFlight == 0 })
+	testutil.Eventually(e.t, "the worker to be idle", func() bool { return w.Stats().InFlight == 0 })
+}
+
+// polls waits until w has polled the database n more times.
+func (e *env) polls(w *Worker, n uint64) {
+	e.t.Helper()
+	from := w.polls.Load()
+	testutil.Eventually(e.t, fmt.Sprintf("%d more polls", n), func() bool { return w.polls.Load() >= from+n })
 }
 
 // callback is one request a receiver got, opened and verified.

@@ -36,6 +36,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/internal/startstop"
 )
 
 // holdFactor times PerPlatform is how many deliveries of one platform the
@@ -59,8 +60,9 @@ type Worker struct {
 	client *http.Client
 	hold   int
 
+	life startstop.Base
+
 	mu       sync.Mutex
-	started  bool
 	stopping bool
 	queued   map[int64][]store.Delivery // platform → deliveries waiting for a slot
 	ring     []int64                    // platforms with waiting deliveries, in turn order
@@ -74,15 +76,15 @@ type Worker struct {
 	finished map[int64]bool
 
 	wake     chan struct{}
-	quit     chan struct{}
-	loopDone chan struct{}
 	attempts sync.WaitGroup
-	stopOnce sync.Once
 
 	stats struct {
 		attempts, delivered, retried, dead, superseded atomic.Uint64
 		latencySum, latencyMax                         atomic.Int64
 	}
+	// polls counts finished polls, so that a test can wait for a few
+	// rather than for a while.
+	polls atomic.Uint64
 }
 
 // New makes a Worker that reads deliveries from db and signs callbacks with
@@ -122,8 +124,6 @@ func New(db *store.DB, keys *token.KeyRing, cfg Config, log *slog.Logger) (*Work
 		inflight: make(map[int64]bool),
 		finished: make(map[int64]bool),
 		wake:     make(chan struct{}, 1),
-		quit:     make(chan struct{}),
-		loopDone: make(chan struct{}),
 	}, nil
 }
 
@@ -132,25 +132,24 @@ func (w *Worker) Config() Config { return w.cfg }
 
 // Start starts the worker and returns. Every delivery left pending in the
 // database, by this run or an earlier one, is sent when it is due: the first
-// poll runs at once. ctx bounds only the start itself; Stop stops the
-// worker. A worker cannot be started twice.
+// poll runs at once. ctx bounds only the start itself; the worker runs until
+// Stop (see internal/startstop). A worker cannot be started twice, nor after
+// Stop.
 func (w *Worker) Start(ctx context.Context) error {
-	w.mu.Lock()
-	if w.started || w.stopping {
-		w.mu.Unlock()
-		return errors.New("delivery: the worker was already started")
+	if _, err := w.life.Start(ctx); err != nil {
+		return fmt.Errorf("delivery: %w", err)
 	}
-	w.started = true
-	w.mu.Unlock()
 	counts, err := w.db.DeliveryCounts(ctx)
 	if err != nil {
-		close(w.loopDone)
+		w.Stop()
 		return fmt.Errorf("start delivery worker: %w", err)
 	}
 	if n := counts[broker.DeliveryPending]; n > 0 {
 		w.log.Info("resuming pending deliveries", "pending", n)
 	}
-	go w.loop()
+	if !w.life.Go(w.loop) {
+		return fmt.Errorf("delivery: %w during start", startstop.ErrStopped)
+	}
 	return nil
 }
 
@@ -159,27 +158,29 @@ func (w *Worker) Start(ctx context.Context) error {
 // bounded by Timeout, and for their outcomes to be recorded. It is
 // idempotent, and safe before Start.
 func (w *Worker) Stop() {
-	w.stopOnce.Do(func() {
-		w.mu.Lock()
-		w.stopping = true
-		started := w.started
-		for p, q := range w.queued {
-			for _, d := range q {
-				delete(w.inflight, d.ID)
-			}
-			if w.held[p] -= len(q); w.held[p] <= 0 {
-				delete(w.held, p)
-			}
+	w.life.Stop(w.dropQueued)
+	w.attempts.Wait()
+}
+
+// Done is closed once the worker has stopped.
+func (w *Worker) Done() <-chan struct{} { return w.life.Done() }
+
+// dropQueued stops starting requests and forgets the deliveries waiting for
+// a slot.
+func (w *Worker) dropQueued() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopping = true
+	for p, q := range w.queued {
+		for _, d := range q {
+			delete(w.inflight, d.ID)
 		}
-		clear(w.queued)
-		w.ring = nil
-		w.mu.Unlock()
-		close(w.quit)
-		if started {
-			<-w.loopDone
+		if w.held[p] -= len(q); w.held[p] <= 0 {
+			delete(w.held, p)
 		}
-		w.attempts.Wait()
-	})
+	}
+	clear(w.queued)
+	w.ring = nil
 }
 
 // Notify tells the worker that a job became final with a delivery to make,
@@ -248,14 +249,13 @@ func (w *Worker) poke() {
 	}
 }
 
-func (w *Worker) loop() {
-	defer close(w.loopDone)
+func (w *Worker) loop(ctx context.Context) {
 	t := time.NewTicker(w.cfg.PollInterval)
 	defer t.Stop()
 	for {
 		w.poll()
 		select {
-		case <-w.quit:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-w.wake:
@@ -266,6 +266,7 @@ func (w *Worker) loop() {
 // poll loads due deliveries the worker does not hold yet and starts what
 // the limits allow.
 func (w *Worker) poll() {
+	defer w.polls.Add(1)
 	w.mu.Lock()
 	if w.stopping {
 		w.mu.Unlock()

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 )
@@ -108,25 +105,27 @@ func (d *Dispatcher) queueInline(tx *store.JobTx, jobs []broker.NewJob, out []st
 // CancelJob cancels a job that is not final: a queued one at once, a running
 // one also on its server. It returns ErrFailedPrecondition for a final job.
 func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) error {
+	// A queued job stays in its class until a server reaches it; the class
+	// counts it as cancelled meanwhile, so that it is not counted as
+	// waiting.
+	types, err := d.db.JobTypeIDs(ctx, jobID)
+	if err != nil {
+		return err
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.dropLease(l)
-		if l.srv != nil && l.srv.sess != nil {
-			l.zombie = true
-			l.srv.leases[l.id] = l
-			l.srv.sess.sendCancel(l, "cancelled by "+actor)
-		}
+		d.revoke(l, "cancelled by "+actor)
 		done := make(chan error, 1)
 		d.stats.Finished++
 		d.mx.finalState(broker.JobCancelled)
 		var deliveryID int64
 		d.w.enqueue(&op{
 			apply: func(tx *store.JobTx) error {
-				if err := tx.EndLease(l.id, "cancelled", "cancelled by "+actor); err != nil {
+				if err := tx.EndLease(l.id, broker.EndCancelled, "cancelled by "+actor); err != nil {
 					return err
 				}
 				var err error
@@ -140,7 +139,11 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		d.mu.Unlock()
 		return waitDone(ctx, done)
 	}
-	d.cancelled[jobID] = struct{}{}
+	c := d.classes[classKey(types)]
+	d.cancelled[jobID] = c
+	if c != nil {
+		c.cancelled++
+	}
 	var deliveryID int64
 	o := &op{
 		fallible: true,
@@ -155,7 +158,7 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		},
 		failed: func(error) {
 			d.mu.Lock()
-			delete(d.cancelled, jobID)
+			d.dropCancelled(jobID)
 			d.mu.Unlock()
 		},
 		done: make(chan error, 1),
@@ -186,12 +189,7 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.dropLease(l)
-		if l.srv != nil && l.srv.sess != nil {
-			l.zombie = true
-			l.srv.leases[l.id] = l
-			l.srv.sess.sendCancel(l, "requeued by "+actor)
-		}
+		d.revoke(l, "requeued by "+actor)
 		if l.q.attempts >= l.q.maxAttempts {
 			l.q.maxAttempts = l.q.attempts + 1
 		}
@@ -200,7 +198,7 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		done := make(chan error, 1)
 		d.w.enqueue(&op{
 			apply: func(tx *store.JobTx) error {
-				if err := tx.EndLease(l.id, "requeued", "requeued by "+actor); err != nil {
+				if err := tx.EndLease(l.id, broker.EndRequeued, "requeued by "+actor); err != nil {
 					return err
 				}
 				if err := tx.SetMaxAttempts(jobID, maxAttempts); err != nil {
@@ -228,7 +226,7 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		after: func() {
 			d.mu.Lock()
 			defer d.mu.Unlock()
-			delete(d.cancelled, jobID)
+			d.dropCancelled(jobID)
 			c := d.classFor(oj.TypeIDs)
 			c.push(oj.Priority, platform, qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS,
 				maxAttempts: int32(oj.MaxAttempts)})
@@ -283,16 +281,10 @@ func (d *Dispatcher) ServerChanged(ctx context.Context, name string) {
 		d.log.Error("reload server registration", "server", name, "err", err)
 		return
 	}
-	types, err := d.db.ListServerTypes(ctx)
+	tags, err := d.typeTags(ctx, rec.TypeID)
 	if err != nil {
 		d.log.Error("reload server types", "err", err)
 		return
-	}
-	var tags []string
-	for _, t := range types {
-		if t.ID == rec.TypeID {
-			tags = t.Tags
-		}
 	}
 	now := d.cfg.Now()
 	d.mu.Lock()
@@ -305,7 +297,7 @@ func (d *Dispatcher) ServerChanged(ctx context.Context, name string) {
 	if s.sess != nil && s.fp != rec.Cert.Fingerprint {
 		sess := s.sess
 		d.detachLocked(sess)
-		sess.close(status.Error(codes.Unauthenticated, "this server's certificate was replaced by an operator; reconnect with the new one"))
+		sess.end(errCertReplaced)
 	}
 	if s.sess != nil && s.typeID != rec.TypeID {
 		d.connectedByType[s.typeID]--
@@ -333,14 +325,14 @@ func (d *Dispatcher) ServerRemoved(ctx context.Context, name string) int {
 	if s.sess != nil {
 		sess := s.sess
 		d.detachLocked(sess)
-		sess.close(status.Error(codes.PermissionDenied, "this server was removed by an operator"))
+		sess.end(errRemoved)
 	}
 	n := 0
 	for _, l := range s.leases {
 		if l.zombie {
 			continue
 		}
-		d.endAttempt(l, "removed", "server "+name+" was removed by an operator", "broker")
+		d.endAttempt(l, broker.EndRemoved, "server "+name+" was removed by an operator", "broker")
 		n++
 	}
 	delete(d.servers, s.id)

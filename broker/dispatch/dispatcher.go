@@ -15,11 +15,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/startstop"
 )
 
 // Config tunes a Dispatcher. The zero value of each field means its default.
@@ -106,7 +107,7 @@ type server struct {
 	maxJobs  int
 	fp       string // certificate fingerprint, to notice a changed certificate
 
-	sess           *session // nil while disconnected
+	sess           *Session // nil while disconnected
 	slots          int
 	leases         map[int64]*lease // every lease it holds, including zombies
 	disconnectedAt time.Time
@@ -114,6 +115,11 @@ type server struct {
 	wakeupURL      string // empty: it cannot be woken (wakeup.go)
 	// drained: an operator drained it (ops.go); it gets no new jobs.
 	drained bool
+	// full: it handed a job back for want of a free slot, so the
+	// dispatcher's count of its leases is short; it gets no new jobs
+	// until it reports again (a result or a heartbeat), changes its slots
+	// or reconnects.
+	full bool
 }
 
 func (s *server) capacity() int {
@@ -123,7 +129,12 @@ func (s *server) capacity() int {
 	return min(s.slots, s.maxJobs)
 }
 
-func (s *server) freeSlots() int { return s.capacity() - len(s.leases) }
+func (s *server) freeSlots() int {
+	if s.full {
+		return 0
+	}
+	return s.capacity() - len(s.leases)
+}
 
 // lease is one running attempt.
 type lease struct {
@@ -142,6 +153,13 @@ type lease struct {
 	// run it; it counts against the server's slots until the server reports
 	// it or stops listing it, and its result is refused.
 	zombie bool
+	// assignSeq is the number of the lease's Assign among those its session
+	// sent, 0 until it is sent; reported says the server listed the lease
+	// in a Hello or heartbeat. A heartbeat that does not list the lease
+	// shows the server let go of it only if it counts the Assign or the
+	// server listed the lease before.
+	assignSeq atomic.Uint64
+	reported  bool
 }
 
 // Stats are counters for monitoring.
@@ -162,10 +180,10 @@ type Stats struct {
 	BatchOps       uint64
 }
 
-// Dispatcher is the matching engine and lease keeper.
+// Dispatcher is the matching engine and lease keeper. Servers talk to it
+// through Sessions (session.go); platforms and operators through its
+// methods.
 type Dispatcher struct {
-	gbv1.UnimplementedGraderServiceServer
-
 	cfg Config
 	db  *store.DB
 	log *slog.Logger
@@ -181,7 +199,7 @@ type Dispatcher struct {
 	connectedByType map[int64]int
 	leases          map[int64]*lease // current leases by id
 	leaseByJob      map[int64]*lease
-	cancelled       map[int64]struct{} // queued jobs cancelled, dropped when reached
+	cancelled       map[int64]*class // queued jobs cancelled, dropped when reached; their class if known
 	nextLease       int64
 	waiters         map[int64][]chan struct{}
 	stats           Stats
@@ -189,16 +207,15 @@ type Dispatcher struct {
 	wake            wakeState
 	mx              metricCounts
 	closed          bool
+	lastTouch       time.Time // when servers' last_seen was last written
 
 	w *writer
 	// inline, while set, makes assign write its lease into this transaction
 	// rather than queue an op for a later one (see Submit).
 	inline *inlineTx
 
-	runCtx  context.Context
-	stop    context.CancelCauseFunc
-	wg      sync.WaitGroup
-	stopped chan struct{}
+	life    startstop.Base
+	stopped <-chan struct{} // life.Done(), kept for the writer's hot path
 }
 
 // inlineTx collects the leases assign wrote into a transaction that is
@@ -231,10 +248,10 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
 		connectedByType: make(map[int64]int),
 		leases:          make(map[int64]*lease),
 		leaseByJob:      make(map[int64]*lease),
-		cancelled:       make(map[int64]struct{}),
+		cancelled:       make(map[int64]*class),
 		waiters:         make(map[int64][]chan struct{}),
-		stopped:         make(chan struct{}),
 	}
+	d.stopped = d.life.Done()
 	d.w = newWriter(d)
 	return d
 }
@@ -252,16 +269,24 @@ func (d *Dispatcher) SetFinalHook(fn func(jobID, deliveryID int64)) {
 }
 
 // Start rebuilds the queues and leases from the database and starts the
-// writer and the deadline ticker. It returns once the state is loaded.
+// writer and the deadline ticker. It returns once the state is loaded; ctx
+// bounds the loading, and the dispatcher runs until Stop (see
+// internal/startstop).
 func (d *Dispatcher) Start(ctx context.Context) error {
-	d.runCtx, d.stop = context.WithCancelCause(context.Background())
+	if _, err := d.life.Start(ctx); err != nil {
+		return fmt.Errorf("dispatcher: %w", err)
+	}
+	// The writer runs from the start: loading queues changes (leases that
+	// expired while the broker was down), and a Stop during the load
+	// flushes them.
+	d.life.Go(d.w.run)
 	if err := d.load(ctx); err != nil {
+		d.Stop()
 		return fmt.Errorf("load dispatcher state: %w", err)
 	}
-	d.wg.Add(2)
-	go func() { defer d.wg.Done(); d.w.run(d.runCtx) }()
-	go func() { defer d.wg.Done(); d.tick(d.runCtx) }()
-	go func() { d.wg.Wait(); close(d.stopped) }()
+	if !d.life.Go(d.tick) {
+		return fmt.Errorf("dispatcher: %w during start", startstop.ErrStopped)
+	}
 	return nil
 }
 
@@ -271,57 +296,34 @@ func (d *Dispatcher) Done() <-chan struct{} { return d.stopped }
 
 // Err returns why the dispatcher stopped, or nil while it runs or after a
 // clean Stop.
-func (d *Dispatcher) Err() error {
-	if d.runCtx == nil {
-		return nil
-	}
-	if err := context.Cause(d.runCtx); err != nil && !errors.Is(err, errStopped) {
-		return err
-	}
-	return nil
+func (d *Dispatcher) Err() error { return d.life.Err() }
+
+// Stop closes every server session, commits what is pending and stops. It
+// is idempotent, and safe before Start.
+func (d *Dispatcher) Stop() {
+	d.shutdown()
+	d.life.Stop(d.w.flush)
 }
 
-var errStopped = errors.New("dispatcher stopped")
-
-// Stop closes every server stream, commits what is pending and stops. It is
-// idempotent.
-func (d *Dispatcher) Stop() {
+// shutdown refuses new work from now on and closes every server session.
+func (d *Dispatcher) shutdown() {
 	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		if d.stop != nil {
-			<-d.stopped
-		}
-		return
-	}
+	defer d.mu.Unlock()
 	d.closed = true
 	for _, s := range d.servers {
 		if s.sess != nil {
-			s.sess.close(errShuttingDown)
+			s.sess.end(errShuttingDown)
 		}
 	}
-	d.mu.Unlock()
-	if d.stop == nil {
-		return
-	}
-	d.w.flush()
-	d.stop(errStopped)
-	<-d.stopped
 }
 
 // fail stops the dispatcher after a storage failure: the in-memory state can
 // no longer be trusted to match the database, and a restart rebuilds it.
+// It runs on the writer, so it does not wait for the writer to end.
 func (d *Dispatcher) fail(err error) {
 	d.log.Error("dispatcher stopping: storage failed; restart the broker to rebuild from the database", "err", err)
-	d.mu.Lock()
-	d.closed = true
-	for _, s := range d.servers {
-		if s.sess != nil {
-			s.sess.close(errShuttingDown)
-		}
-	}
-	d.mu.Unlock()
-	d.stop(err)
+	d.shutdown()
+	d.life.Cancel(err)
 }
 
 // load rebuilds the in-memory state from the database.
@@ -399,7 +401,7 @@ func (d *Dispatcher) load(ctx context.Context) error {
 		return err
 	}
 	for _, l := range expired {
-		d.endAttempt(l, "expired", "lease deadline passed while the broker was down", "broker")
+		d.endAttempt(l, broker.EndExpired, "lease deadline passed while the broker was down", "broker")
 	}
 	for _, s := range d.servers {
 		s.disconnectedAt = now
@@ -434,9 +436,20 @@ func (d *Dispatcher) classFor(types []int64) *class {
 func (d *Dispatcher) queuedLocked() int {
 	n := 0
 	for _, c := range d.classes {
-		n += c.n
+		n += c.waiting()
 	}
 	return n
+}
+
+// dropCancelled forgets that queued job id was cancelled: its entry left
+// class c, or the cancellation did not happen.
+func (d *Dispatcher) dropCancelled(id int64) {
+	if c, ok := d.cancelled[id]; ok {
+		delete(d.cancelled, id)
+		if c != nil {
+			c.cancelled--
+		}
+	}
 }
 
 // updateFree keeps the per-type set of servers with a free slot current.
@@ -495,7 +508,7 @@ func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool)
 		for _, pq := range lv.plats {
 			j, fromAgain := pq.head()
 			if _, gone := d.cancelled[j.id]; gone {
-				delete(d.cancelled, j.id)
+				d.dropCancelled(j.id)
 				c.take(lv, pq, fromAgain)
 				return nil, true
 			}
@@ -637,30 +650,38 @@ func (d *Dispatcher) requeueLocal(l *lease, avoid int64, now time.Time) {
 	d.stats.Requeued++
 }
 
+// revoke takes lease l back from its server: forgotten as a lease, it
+// stays counted against the server's slots as a zombie while the server is
+// connected, and the server is told to stop it. The zombie goes when the
+// server reports it or stops listing it.
+func (d *Dispatcher) revoke(l *lease, reason string) {
+	d.dropLease(l)
+	if s := l.srv; s != nil && s.sess != nil {
+		l.zombie = true
+		s.leases[l.id] = l
+		s.sess.sendCancel(l, reason)
+	}
+}
+
 // endAttempt ends lease l without a final result (expired, disconnected,
 // lost, temporary, timeout): the job is requeued, or fails when it has used
 // its attempts. The lease is forgotten at once; the change is committed by
 // the writer.
-func (d *Dispatcher) endAttempt(l *lease, end, reason, actor string) {
-	d.endAttemptZ(l, end, reason, actor, false)
+func (d *Dispatcher) endAttempt(l *lease, end broker.LeaseEnd, reason, actor string) {
+	d.dropLease(l)
+	d.requeueOrFail(l, end, reason, actor)
 }
 
-// endAttemptZ is endAttempt; with zombie set, a connected server keeps the
-// lease counted against its slots until it lets go of it.
-func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie bool) {
+// requeueOrFail puts the job of a lease that ended without a final result
+// back in the queue, or fails it when it has used its attempts.
+func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor string) {
 	now := d.cfg.Now()
-	d.dropLease(l)
-	if zombie && l.srv != nil && l.srv.sess != nil {
-		l.zombie = true
-		l.srv.leases[l.id] = l
-		l.srv.sess.sendCancel(l, end)
-	}
 	var avoid int64
 	var srvName string
 	if l.srv != nil {
 		avoid, srvName = l.srv.id, l.srv.name
 	}
-	if end != broker.OutcomeTemporary.String() && end != broker.OutcomeTimeout.String() && end != "invalid" {
+	if !end.Reported() {
 		// Results that end an attempt are logged where they arrive.
 		d.log.Warn("attempt ended without a result", "job_id", l.jobID, "lease_id", l.id, "server", srvName,
 			"attempt", l.attempt, "end", end, "reason", reason)
@@ -676,14 +697,35 @@ func (d *Dispatcher) endAttemptZ(l *lease, end, reason, actor string, zombie boo
 		if err := tx.EndLease(l.id, end, reason); err != nil {
 			return err
 		}
-		return tx.Requeue(l.jobID, avoid, actor, l.id, end+": "+reason)
+		return tx.Requeue(l.jobID, avoid, actor, l.id, string(end)+": "+reason)
+	}})
+	d.fillClass(l.cls, now)
+}
+
+// giveBack puts the job of a lease its server never started (it had no
+// free slot) back in the queue without using an attempt: the dispatcher
+// gave the server more than it runs, and that must not cost the job.
+func (d *Dispatcher) giveBack(l *lease, reason, actor string) {
+	now := d.cfg.Now()
+	d.dropLease(l)
+	l.q.attempts--
+	attempts := int(l.q.attempts)
+	d.requeueLocal(l, 0, now)
+	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
+		if err := tx.EndLease(l.id, broker.EndNotStarted, reason); err != nil {
+			return err
+		}
+		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(broker.EndNotStarted)+": "+reason); err != nil {
+			return err
+		}
+		return tx.SetAttempts(l.jobID, attempts)
 	}})
 	d.fillClass(l.cls, now)
 }
 
 // finish queues a job's final state. end and reason close its lease, if
 // leaseID is set; after runs after commit.
-func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end, reason string, after func()) {
+func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end broker.LeaseEnd, reason string, after func()) {
 	d.stats.Finished++
 	d.mx.finalState(f.State)
 	var deliveryID int64
@@ -736,25 +778,29 @@ func (d *Dispatcher) finalized(jobID, deliveryID int64) {
 func (d *Dispatcher) tick(ctx context.Context) {
 	t := time.NewTicker(d.cfg.TickInterval)
 	defer t.Stop()
-	var lastTouch time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		now := d.cfg.Now()
-		d.mu.Lock()
-		if !d.closed {
-			d.expire(now)
-			if now.Sub(lastTouch) >= touchEvery {
-				lastTouch = now
-				d.touchServers()
-			}
-			d.wakeIdle(now)
-		}
-		d.mu.Unlock()
+		d.onTick(d.cfg.Now())
 	}
+}
+
+// onTick is one tick of the deadline ticker.
+func (d *Dispatcher) onTick(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	d.expire(now)
+	if now.Sub(d.lastTouch) >= touchEvery {
+		d.lastTouch = now
+		d.touchServers()
+	}
+	d.wakeIdle(now)
 }
 
 // touchEvery is how often connected servers' last_seen is written, so that
@@ -782,7 +828,7 @@ func (d *Dispatcher) expire(now time.Time) {
 					delete(s.leases, l.id)
 					continue
 				}
-				d.endAttempt(l, "disconnected", fmt.Sprintf("server %s did not come back within %s", s.name, d.cfg.ReconnectGrace), "broker")
+				d.endAttempt(l, broker.EndDisconnected, fmt.Sprintf("server %s did not come back within %s", s.name, d.cfg.ReconnectGrace), "broker")
 			}
 		}
 	}
@@ -794,7 +840,9 @@ func (d *Dispatcher) expire(now time.Time) {
 			d.stats.Expired++
 			// The server may still be running it: stop it and keep the slot
 			// counted until it lets go.
-			d.endAttemptZ(l, "expired", fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339)), "broker", true)
+			reason := fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339))
+			d.revoke(l, string(broker.EndExpired))
+			d.requeueOrFail(l, broker.EndExpired, reason, "broker")
 		}
 	}
 	d.fillAll(now)
@@ -815,18 +863,4 @@ func (d *Dispatcher) Stats() Stats {
 	}
 	st.Batches, st.BatchOps = d.w.counts()
 	return st
-}
-
-// QueueDepth returns how many jobs wait, per server type id (a job eligible
-// for several types counts in each).
-func (d *Dispatcher) QueueDepth() map[int64]int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make(map[int64]int)
-	for _, c := range d.classes {
-		for _, t := range c.types {
-			out[t] += c.n
-		}
-	}
-	return out
 }

@@ -3,38 +3,31 @@ package dispatch
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
-	"github.com/gradebroker/gradebroker/certs"
-	"github.com/gradebroker/gradebroker/certs/certstest"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
-// env is a broker's dispatch side on 127.0.0.1:0 with real mTLS and a real
-// SQLite file.
+// env is a broker's dispatch side over a real SQLite file. Servers talk to
+// it through Sessions, as broker/graderapi does for graderd's streams
+// (whose translation graderapi's own tests cover over real mTLS).
 type env struct {
 	t        *testing.T
 	dbPath   string
 	db       *store.DB
 	d        *Dispatcher
 	cfg      Config
-	ca       *certstest.CA
-	addr     string
-	srv      *grpc.Server
 	platform broker.Platform
 	other    broker.Platform
 	typeID   int64
-	certs    map[string]certstest.Files
 }
 
 var testLog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -43,8 +36,7 @@ var testLog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level
 func setup(t *testing.T, cfg Config, servers ...string) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "gb.db"), cfg: cfg, ca: certstest.NewCA(t, "test CA"),
-		certs: make(map[string]certstest.Files)}
+	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "gb.db"), cfg: cfg}
 	db, err := store.Open(ctx, e.dbPath, store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -72,18 +64,25 @@ func setup(t *testing.T, cfg Config, servers ...string) *env {
 	return e
 }
 
+// fingerprint is the certificate fingerprint server name is registered
+// with: the dispatcher only compares it.
+func fingerprint(name string) string { return "fp-" + name }
+
 func (e *env) addServer(name string, maxJobs int) {
 	e.t.Helper()
-	f := e.ca.Client(e.t, certs.RoleServer, name)
-	e.certs[name] = f
-	id := certs.IdentityOf(f.Cert)
-	if _, err := e.db.AddServer(context.Background(), broker.Server{Name: name, Type: "pytype", MaxConcurrentJobs: maxJobs,
-		Cert: broker.CertIdentity{Serial: id.Serial, Issuer: id.Issuer, Subject: id.Subject, Fingerprint: id.Fingerprint, NotAfter: id.NotAfter}}); err != nil {
+	e.addServerOfType(name, "pytype", maxJobs)
+}
+
+func (e *env) addServerOfType(name, typ string, maxJobs int) {
+	e.t.Helper()
+	if _, err := e.db.AddServer(context.Background(), broker.Server{Name: name, Type: typ, MaxConcurrentJobs: maxJobs,
+		Cert: broker.CertIdentity{Serial: "serial-" + name, Issuer: "CN=test CA", Subject: "CN=" + name,
+			Fingerprint: fingerprint(name), NotAfter: time.Now().Add(time.Hour)}}); err != nil {
 		e.t.Fatal(err)
 	}
 }
 
-// start starts the dispatcher and its gRPC server (again, after stop).
+// start starts the dispatcher (again, after stop or crash).
 func (e *env) start() {
 	e.t.Helper()
 	if e.db == nil {
@@ -97,19 +96,6 @@ func (e *env) start() {
 	if err := e.d.Start(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
-	bf := e.ca.Broker(e.t)
-	src, err := certs.NewServerSource(bf.CertFile, bf.KeyFile, e.ca.CertFile, testLog)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.addr = lis.Addr().String()
-	e.srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(src.ServerTLSConfig())))
-	gbv1.RegisterGraderServiceServer(e.srv, e.d)
-	go e.srv.Serve(lis)
 }
 
 func (e *env) stop() {
@@ -117,7 +103,6 @@ func (e *env) stop() {
 		return
 	}
 	e.d.Stop()
-	e.srv.Stop()
 	e.db.Close()
 	e.d, e.db = nil, nil
 }
@@ -125,14 +110,17 @@ func (e *env) stop() {
 // crash stops everything without letting the dispatcher flush: what was
 // committed is all that survives, as after a kill -9.
 func (e *env) crash() {
-	e.srv.Stop()
-	e.d.mu.Lock()
-	e.d.closed = true
-	e.d.mu.Unlock()
-	e.d.stop(errStopped)
-	<-e.d.stopped
+	e.d.shutdown()
+	e.d.life.Cancel(errors.New("crashed"))
+	<-e.d.Done()
 	e.db.Close()
 	e.d, e.db = nil, nil
+}
+
+// job is a job of the default test shape for platform p.
+func (e *env) job(p broker.Platform, prio int) broker.NewJob {
+	return broker.NewJob{PlatformID: p.ID, Name: "j", Priority: prio, Tags: []string{"py"},
+		Timeout: 10 * time.Second, JobData: []byte(`{"n":1}`), TypeIDs: []int64{e.typeID}}
 }
 
 // submit queues n jobs for platform p and returns their ids.
@@ -140,14 +128,19 @@ func (e *env) submit(p broker.Platform, n, prio int) []int64 {
 	e.t.Helper()
 	jobs := make([]broker.NewJob, n)
 	for i := range jobs {
-		jobs[i] = broker.NewJob{PlatformID: p.ID, Name: "j", Priority: prio, Tags: []string{"py"},
-			Timeout: 10 * time.Second, JobData: []byte(`{"n":1}`), TypeIDs: []int64{e.typeID}}
+		jobs[i] = e.job(p, prio)
 	}
-	ins, err := e.d.Submit(context.Background(), jobs, nil, "platform:"+p.Name)
+	return e.submitJobs(jobs...)
+}
+
+// submitJobs queues jobs and returns their ids.
+func (e *env) submitJobs(jobs ...broker.NewJob) []int64 {
+	e.t.Helper()
+	ins, err := e.d.Submit(context.Background(), jobs, nil, "platform:test")
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ids := make([]int64, n)
+	ids := make([]int64, len(ins))
 	for i, in := range ins {
 		ids[i] = in.ID
 	}
@@ -163,88 +156,55 @@ func (e *env) state(id int64) broker.JobState {
 	return st
 }
 
-// waitState polls until job id reaches want.
+// waitState waits until job id reaches want.
 func (e *env) waitState(id int64, want broker.JobState) {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st := e.state(id)
-		if st == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("job %d is %s, want %s", id, st, want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(e.t, fmt.Sprintf("job %d %s", id, want), func() bool { return e.state(id) == want })
 }
 
-// fakeServer is a minimal graderd: it opens the stream and lets the test
-// drive every message.
-type fakeServer struct {
-	t      *testing.T
-	name   string
-	conn   *grpc.ClientConn
-	stream gbv1.GraderService_ConnectClient
-	cancel context.CancelFunc
-	in     chan *gbv1.ConnectResponse
-	errc   chan error
-	kept   []*gbv1.ConnectResponse // skipped by wait, returned by next
-}
-
-func (e *env) dial(name string) (*grpc.ClientConn, error) {
-	f := e.certs[name]
-	src, err := certs.NewClientSource(f.CertFile, f.KeyFile, e.ca.CertFile, testLog)
-	if err != nil {
-		return nil, err
-	}
-	return grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(src.ClientTLSConfig("localhost"))))
-}
-
-// connect opens a stream as server name with Hello{slots, running}.
-func (e *env) connect(name string, slots int, running ...*gbv1.LeaseRef) *fakeServer {
+// getJob reads a job with its history.
+func (e *env) getJob(id int64) broker.Job {
 	e.t.Helper()
-	conn, err := e.dial(name)
+	j, err := e.db.GetJob(context.Background(), id)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := gbv1.NewGraderServiceClient(conn).Connect(ctx)
+	return j
+}
+
+// settle waits until the writer has committed everything queued so far and
+// run what follows each commit: every Assign and Ack those changes send is
+// then in its session's outbox.
+func (e *env) settle() { e.d.w.flush() }
+
+// fakeServer is a grading server's session driven by the test.
+type fakeServer struct {
+	t    *testing.T
+	e    *env
+	name string
+	sess *Session
+	w    Welcome
+	in   []Message // taken from the session, not yet looked at
+	kept []Message // skipped by wait, returned by next
+}
+
+// connect opens a session as server name with Hello{slots, held}.
+func (e *env) connect(name string, slots int, held ...LeaseRef) *fakeServer {
+	e.t.Helper()
+	sess, w, err := e.d.Open(context.Background(), fingerprint(name), Hello{Slots: slots, Held: held, Hostname: name, Version: "test"})
 	if err != nil {
-		e.t.Fatal(err)
+		e.t.Fatalf("Open as %s: %v", name, err)
 	}
-	fs := &fakeServer{t: e.t, name: name, conn: conn, stream: stream, cancel: cancel,
-		in: make(chan *gbv1.ConnectResponse, 10000), errc: make(chan error, 1)}
-	if err := stream.Send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Hello{Hello: &gbv1.Hello{
-		Version: "test", Slots: uint32(slots), Hostname: name, Running: running}}}); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				fs.errc <- err
-				close(fs.in)
-				return
-			}
-			fs.in <- m
-		}
-	}()
-	w := fs.next()
-	if w.GetWelcome() == nil {
-		e.t.Fatalf("first message = %v, want Welcome", w)
-	}
+	fs := &fakeServer{t: e.t, e: e, name: name, sess: sess, w: w}
 	e.t.Cleanup(fs.close)
 	return fs
 }
 
-func (fs *fakeServer) close() {
-	fs.cancel()
-	fs.conn.Close()
-}
+// close ends the session from the server's side, as a broken stream does.
+func (fs *fakeServer) close() { fs.sess.Close(nil) }
 
-// next returns the next message, failing after 10 s.
-func (fs *fakeServer) next() *gbv1.ConnectResponse {
+// next returns the next message (kept ones first), waiting for one.
+func (fs *fakeServer) next() Message {
 	fs.t.Helper()
 	if len(fs.kept) > 0 {
 		m := fs.kept[0]
@@ -254,23 +214,22 @@ func (fs *fakeServer) next() *gbv1.ConnectResponse {
 	return fs.recv()
 }
 
-func (fs *fakeServer) recv() *gbv1.ConnectResponse {
+func (fs *fakeServer) recv() Message {
 	fs.t.Helper()
-	select {
-	case m, ok := <-fs.in:
-		if !ok {
-			fs.t.Fatalf("%s: stream ended: %v", fs.name, <-fs.errc)
+	testutil.Eventually(fs.t, fs.name+"'s next message", func() bool {
+		if len(fs.in) == 0 {
+			fs.in = fs.sess.Messages()
 		}
-		return m
-	case <-time.After(10 * time.Second):
-		fs.t.Fatalf("%s: no message within 10 s", fs.name)
-	}
-	return nil
+		return len(fs.in) > 0
+	})
+	m := fs.in[0]
+	fs.in = fs.in[1:]
+	return m
 }
 
 // wait returns the first message (kept ones first) that ok accepts,
 // keeping the others for next.
-func (fs *fakeServer) wait(ok func(*gbv1.ConnectResponse) bool) *gbv1.ConnectResponse {
+func (fs *fakeServer) wait(ok func(Message) bool) Message {
 	fs.t.Helper()
 	for i, m := range fs.kept {
 		if ok(m) {
@@ -288,44 +247,44 @@ func (fs *fakeServer) wait(ok func(*gbv1.ConnectResponse) bool) *gbv1.ConnectRes
 }
 
 // nextAssign returns the next Assign, keeping other messages.
-func (fs *fakeServer) nextAssign() *gbv1.Assign {
+func (fs *fakeServer) nextAssign() *Assign {
 	fs.t.Helper()
-	return fs.wait(func(m *gbv1.ConnectResponse) bool { return m.GetAssign() != nil }).GetAssign()
+	return fs.wait(func(m Message) bool { _, ok := m.(*Assign); return ok }).(*Assign)
 }
 
-// none checks that nothing but acks arrives for d.
-func (fs *fakeServer) none(d time.Duration) {
+// nextCancel returns the next Cancel, keeping other messages.
+func (fs *fakeServer) nextCancel() *Cancel {
 	fs.t.Helper()
-	for _, m := range fs.kept {
-		if m.GetAck() == nil {
-			fs.t.Fatalf("%s: unexpected message %v", fs.name, m)
+	return fs.wait(func(m Message) bool { _, ok := m.(*Cancel); return ok }).(*Cancel)
+}
+
+// awaitAckOrReject returns the first Ack or Reject, keeping other messages.
+func (fs *fakeServer) awaitAckOrReject() Message {
+	fs.t.Helper()
+	return fs.wait(func(m Message) bool {
+		switch m.(type) {
+		case *Ack, *Reject:
+			return true
+		}
+		return false
+	})
+}
+
+// none checks that the server got nothing but acks once the dispatcher
+// committed everything queued so far.
+func (fs *fakeServer) none() {
+	fs.t.Helper()
+	fs.e.settle()
+	msgs := append(append(fs.kept, fs.in...), fs.sess.Messages()...)
+	fs.kept, fs.in = nil, nil
+	for _, m := range msgs {
+		if _, ok := m.(*Ack); !ok {
+			fs.t.Fatalf("%s: unexpected message %#v", fs.name, m)
 		}
 	}
-	fs.kept = nil
-	timer := time.After(d)
-	for {
-		select {
-		case m, ok := <-fs.in:
-			if !ok {
-				return
-			}
-			if m.GetAck() == nil {
-				fs.t.Fatalf("%s: unexpected message %v", fs.name, m)
-			}
-		case <-timer:
-			return
-		}
-	}
 }
 
-func (fs *fakeServer) send(r *gbv1.ConnectRequest) {
-	fs.t.Helper()
-	if err := fs.stream.Send(r); err != nil {
-		fs.t.Fatalf("%s: send: %v", fs.name, err)
-	}
-}
-
-func (fs *fakeServer) result(a *gbv1.Assign, outcome gbv1.Outcome, result any) {
+func (fs *fakeServer) result(a *Assign, outcome broker.Outcome, result any) {
 	fs.t.Helper()
 	var b []byte
 	switch v := result.(type) {
@@ -335,14 +294,12 @@ func (fs *fakeServer) result(a *gbv1.Assign, outcome gbv1.Outcome, result any) {
 	default:
 		b, _ = json.Marshal(v)
 	}
-	fs.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Result{Result: &gbv1.Result{
-		JobId: a.JobId, LeaseId: a.LeaseId, Outcome: outcome, Result: b}}})
+	fs.sess.Result(Result{Lease: a.Lease, Outcome: outcome, Result: b})
 }
 
-// awaitAckOrReject returns the first Ack or Reject, keeping other messages.
-func (fs *fakeServer) awaitAckOrReject() *gbv1.ConnectResponse {
-	fs.t.Helper()
-	return fs.wait(func(m *gbv1.ConnectResponse) bool { return m.GetAck() != nil || m.GetReject() != nil })
+// running sends a heartbeat listing leases.
+func (fs *fakeServer) running(leases ...LeaseRef) {
+	fs.sess.Heartbeat(Heartbeat{Running: leases})
 }
 
 // pendingOps returns how many ops wait for the writer.
@@ -350,18 +307,6 @@ func (e *env) pendingOps() int {
 	e.d.w.mu.Lock()
 	defer e.d.w.mu.Unlock()
 	return len(e.d.w.pending)
-}
-
-// waitFor polls f until it is true, failing after 5 s.
-func (e *env) waitFor(what string, f func() bool) {
-	e.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timeout waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // holdWriter makes the writer wait inside a batch until the returned

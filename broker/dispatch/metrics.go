@@ -15,11 +15,13 @@ const (
 	ResultTimeout
 	// ResultInvalid is an OK without a JSON result, or an unknown outcome.
 	ResultInvalid
+	// ResultNotStarted is a job handed back for want of a free slot.
+	ResultNotStarted
 	numResults
 )
 
 // ResultNames are the metric labels of the result kinds, by index.
-var ResultNames = [numResults]string{"ok", "fatal", "temporary", "timeout", "invalid"}
+var ResultNames = [numResults]string{"ok", "fatal", "temporary", "timeout", "invalid", "not_started"}
 
 // MaxAttemptBucket is the largest attempt number counted on its own in
 // MetricsSnapshot.AssignAttempts; later attempts share the last slot.
@@ -112,13 +114,14 @@ func (d *Dispatcher) MetricsSnapshot() MetricsSnapshot {
 	snap.Now = d.cfg.Now()
 	oldest := make(map[int64]int64) // type → Unix ms
 	for _, c := range d.classes {
-		if c.n == 0 {
+		waiting := c.waiting()
+		if waiting == 0 {
 			continue
 		}
-		first := d.oldestIn(c)
+		first, _ := d.oldest(c)
 		for _, t := range c.types {
 			g := snap.Types[t]
-			g.Queued += c.n
+			g.Queued += waiting
 			snap.Types[t] = g
 			if first > 0 && (oldest[t] == 0 || first < oldest[t]) {
 				oldest[t] = first
@@ -148,42 +151,4 @@ func (d *Dispatcher) MetricsSnapshot() MetricsSnapshot {
 		snap.Types[s.typeID] = g
 	}
 	return snap
-}
-
-// oldestIn returns the submission time (Unix ms) of class c's oldest job
-// that is not cancelled, or 0. Each platform queue's head is its oldest
-// job; cancelled jobs are skipped so that one left in a queue no server
-// drains does not age forever.
-func (d *Dispatcher) oldestIn(c *class) int64 {
-	var first int64
-	consider := func(j *qjob) {
-		if _, gone := d.cancelled[j.id]; gone {
-			return
-		}
-		if first == 0 || j.created < first {
-			first = j.created
-		}
-	}
-	for _, lv := range c.levels {
-		for _, pq := range lv.plats {
-			if len(d.cancelled) == 0 {
-				if j, _ := pq.head(); j != nil {
-					consider(j)
-				}
-				continue
-			}
-			// Rare: some queued jobs were cancelled and are still there.
-			for _, j := range pq.again {
-				consider(&j)
-			}
-			for i := 0; i < pq.fresh.size; i++ {
-				j := &pq.fresh.buf[(pq.fresh.head+i)%len(pq.fresh.buf)]
-				if _, gone := d.cancelled[j.id]; !gone {
-					consider(j)
-					break
-				}
-			}
-		}
-	}
-	return first
 }

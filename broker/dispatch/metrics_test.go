@@ -9,7 +9,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gradebroker/gradebroker/broker"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
 func TestMetricsSnapshotFollowsJobs(t *testing.T) {
@@ -43,44 +42,39 @@ func TestMetricsSnapshotFollowsJobs(t *testing.T) {
 		t.Fatalf("2 slots busy: %+v, want 1 queued, 2 running, 1 connected, 0 free", g)
 	}
 
-	srv.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"score": 1}) // j1 done
+	srv.result(a, broker.OutcomeOK, map[string]int{"score": 1}) // j1 done
 	srv.awaitAckOrReject()
-	c := srv.nextAssign()                              // j3
-	srv.result(b, gbv1.Outcome_OUTCOME_TEMPORARY, nil) // j2 again
+	c := srv.nextAssign()                       // j3
+	srv.result(b, broker.OutcomeTemporary, nil) // j2 again
 	srv.awaitAckOrReject()
 	d := srv.nextAssign()
-	srv.result(c, gbv1.Outcome_OUTCOME_OK, []byte("not json")) // j3 again
+	srv.result(c, broker.OutcomeOK, []byte("not json")) // j3 again
 	srv.awaitAckOrReject()
 	f := srv.nextAssign()
-	if d.JobId != ids[1] || d.Attempt != 2 || f.JobId != ids[2] || f.Attempt != 2 {
+	if d.Lease.JobID != ids[1] || d.Attempt != 2 || f.Lease.JobID != ids[2] || f.Attempt != 2 {
 		t.Fatalf("retries: %v and %v, want jobs %d and %d at attempt 2", d, f, ids[1], ids[2])
 	}
-	srv.result(d, gbv1.Outcome_OUTCOME_FATAL, nil) // j2 failed
+	srv.result(d, broker.OutcomeFatal, nil) // j2 failed
 	srv.awaitAckOrReject()
 	if err := e.d.CancelJob(context.Background(), ids[2], "test"); err != nil { // running
 		t.Fatal(err)
 	}
 
-	// A queued job cancelled where no server drains it stays counted but
-	// does not age.
-	srv.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Slots{Slots: &gbv1.Slots{Slots: 0}}})
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if _, slots, _, _ := e.d.ServerStatus("g1"); slots == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("Slots{0} not applied")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// A queued job cancelled where no server drains it stays in its queue
+	// until a server reaches it, but it waits for nothing: it is neither
+	// counted nor aged.
+	srv.sess.SetSlots(0)
 	late := e.submit(e.platform, 1, 0)
 	if err := e.d.CancelJob(context.Background(), late[0], "test"); err != nil {
 		t.Fatal(err)
 	}
 
 	s = e.d.MetricsSnapshot()
-	if g := s.Types[e.typeID]; g.Queued != 1 || !g.OldestQueued.IsZero() {
-		t.Fatalf("after cancelling the queued job: %+v, want it counted but not aged", g)
+	if g := s.Types[e.typeID]; g.Queued != 0 || !g.OldestQueued.IsZero() {
+		t.Fatalf("after cancelling the queued job: %+v, want it neither counted nor aged", g)
+	}
+	if s.Stats.Queued != 0 {
+		t.Fatalf("Stats.Queued = %d after cancelling the only queued job, want 0", s.Stats.Queued)
 	}
 	wantResults := [numResults]uint64{ResultOK: 1, ResultFatal: 1, ResultTemporary: 1, ResultInvalid: 1}
 	if diff := cmp.Diff(wantResults, s.Results); diff != "" {

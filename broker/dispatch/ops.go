@@ -79,53 +79,41 @@ func (d *Dispatcher) typeNames(ctx context.Context) ([]broker.ServerType, map[in
 	return types, names, nil
 }
 
-// classWait counts the jobs of c that really wait (queued jobs cancelled
-// since stay in their class until a server reaches them) and finds since
-// when the longest-waiting one has waited, in Unix ms (0 when none waits).
-func (d *Dispatcher) classWait(c *class) (waiting int, since int64) {
-	skip := func(id int64) bool {
-		_, gone := d.cancelled[id]
-		return gone
+// oldest finds, among class c's jobs that are not cancelled, the earliest
+// submission and the earliest time one started waiting (its last requeue,
+// or its submission), both in Unix ms; 0 when none waits. The fifo of each
+// platform is in arrival order: its first live job is its oldest.
+func (d *Dispatcher) oldest(c *class) (created, since int64) {
+	consider := func(j *qjob) {
+		if created == 0 || j.created < created {
+			created = j.created
+		}
+		if at := cmp.Or(j.requeuedAt, j.created); since == 0 || at < since {
+			since = at
+		}
 	}
-	waiting = c.n
 	for _, lv := range c.levels {
 		for _, pq := range lv.plats {
-			f := &pq.fresh
-			found := false
-			for i := 0; i < f.size; i++ {
-				j := &f.buf[(f.head+i)%len(f.buf)]
-				if len(d.cancelled) > 0 && skip(j.id) {
-					waiting--
-					continue
-				}
-				// The fifo is in arrival order: its first live job is its
-				// oldest. Go on only to count cancelled ones.
-				if !found {
-					found = true
-					if since == 0 || j.created < since {
-						since = j.created
-					}
-				}
-				if len(d.cancelled) == 0 {
-					break
+			for i := range pq.again {
+				if !isCancelled(d.cancelled, pq.again[i].id) {
+					consider(&pq.again[i])
 				}
 			}
-			for _, j := range pq.again {
-				if len(d.cancelled) > 0 && skip(j.id) {
-					waiting--
-					continue
-				}
-				at := j.requeuedAt
-				if at == 0 {
-					at = j.created
-				}
-				if since == 0 || at < since {
-					since = at
+			f := &pq.fresh
+			for i := 0; i < f.size; i++ {
+				if j := &f.buf[(f.head+i)%len(f.buf)]; !isCancelled(d.cancelled, j.id) {
+					consider(j)
+					break
 				}
 			}
 		}
 	}
-	return max(waiting, 0), since
+	return created, since
+}
+
+func isCancelled(cancelled map[int64]*class, id int64) bool {
+	_, gone := cancelled[id]
+	return gone
 }
 
 // Classes lists the classes of jobs that wait, with how many servers could
@@ -140,13 +128,11 @@ func (d *Dispatcher) Classes(ctx context.Context) ([]ClassStatus, error) {
 	defer d.mu.Unlock()
 	var out []ClassStatus
 	for _, c := range d.classes {
-		if c.n == 0 {
-			continue
-		}
-		waiting, since := d.classWait(c)
+		waiting := c.waiting()
 		if waiting == 0 {
 			continue
 		}
+		_, since := d.oldest(c)
 		cs := ClassStatus{TypeIDs: slices.Clone(c.types), Waiting: waiting}
 		if since > 0 {
 			cs.OldestAge = time.Duration(max(now-since, 0)) * time.Millisecond
@@ -207,10 +193,11 @@ func (d *Dispatcher) QueueStats(ctx context.Context) (QueueStats, error) {
 	}
 	oldest := make(map[int64]int64)
 	for _, c := range d.classes {
-		if c.n == 0 {
+		waiting := c.waiting()
+		if waiting == 0 {
 			continue
 		}
-		waiting, since := d.classWait(c)
+		_, since := d.oldest(c)
 		st.Waiting += waiting
 		for _, t := range c.types {
 			if tq := byType[t]; tq != nil {
@@ -285,12 +272,7 @@ func (d *Dispatcher) RequeueServerJobs(ctx context.Context, name, actor string) 
 	items := make([]requeued, 0, len(ls))
 	touched := make(map[*class]bool)
 	for _, l := range ls {
-		d.dropLease(l)
-		if s.sess != nil {
-			l.zombie = true
-			s.leases[l.id] = l
-			s.sess.sendCancel(l, reason)
-		}
+		d.revoke(l, reason)
 		l.q.maxAttempts++
 		items = append(items, requeued{l, int(l.q.maxAttempts)})
 		// Avoid the server for a while: the operator took the jobs off it
@@ -302,7 +284,7 @@ func (d *Dispatcher) RequeueServerJobs(ctx context.Context, name, actor string) 
 	d.w.enqueue(&op{
 		apply: func(tx *store.JobTx) error {
 			for _, it := range items {
-				if err := tx.EndLease(it.l.id, "requeued", reason); err != nil {
+				if err := tx.EndLease(it.l.id, broker.EndRequeued, reason); err != nil {
 					return err
 				}
 				if err := tx.SetMaxAttempts(it.l.jobID, it.maxAttempts); err != nil {

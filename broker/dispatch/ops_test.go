@@ -10,7 +10,6 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/gradebroker/gradebroker/broker"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
@@ -135,14 +134,14 @@ func TestRequeueServerJobsGivesBackTheAttempt(t *testing.T) {
 	}
 	cancelled := map[int64]bool{}
 	for range 2 {
-		c := g1.wait(func(m *gbv1.ConnectResponse) bool { return m.GetCancel() != nil }).GetCancel()
-		cancelled[c.Lease.LeaseId] = true
+		c := g1.nextCancel()
+		cancelled[c.Lease.LeaseID] = true
 	}
-	if !cancelled[a1.LeaseId] || !cancelled[a2.LeaseId] {
-		t.Errorf("g1 was told to cancel %v, want leases %d and %d", cancelled, a1.LeaseId, a2.LeaseId)
+	if !cancelled[a1.Lease.LeaseID] || !cancelled[a2.Lease.LeaseID] {
+		t.Errorf("g1 was told to cancel %v, want leases %d and %d", cancelled, a1.Lease.LeaseID, a2.Lease.LeaseID)
 	}
-	for _, a := range []*gbv1.Assign{a1, a2} {
-		j, err := e.db.GetJob(ctx, a.JobId)
+	for _, a := range []*Assign{a1, a2} {
+		j, err := e.db.GetJob(ctx, a.Lease.JobID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,14 +153,14 @@ func TestRequeueServerJobsGivesBackTheAttempt(t *testing.T) {
 		}
 	}
 	// g1's slots stay taken until it lets go; the jobs go to g2.
-	g1.none(100 * time.Millisecond)
+	g1.none()
 	g2 := e.connect("g2", 4)
 	got := map[int64]bool{}
 	for range 3 {
 		a := g2.nextAssign()
-		got[a.JobId] = true
-		if a.JobId != ids[2] && a.Attempt != 2 {
-			t.Errorf("requeued job %d came back as attempt %d, want 2", a.JobId, a.Attempt)
+		got[a.Lease.JobID] = true
+		if a.Lease.JobID != ids[2] && a.Attempt != 2 {
+			t.Errorf("requeued job %d came back as attempt %d, want 2", a.Lease.JobID, a.Attempt)
 		}
 	}
 	if len(got) != 3 {
@@ -194,19 +193,19 @@ func TestDrainKeepsRunningJobsAndOutlastsReconnectAndRestart(t *testing.T) {
 		t.Errorf("drained server: slots %d running %d; want 0 and 1", slots, running)
 	}
 	more := e.submit(e.platform, 2, 0)
-	g.none(150 * time.Millisecond)
+	g.none()
 	// Its running job finishes as usual.
-	g.result(a, gbv1.Outcome_OUTCOME_OK, map[string]int{"score": 1})
-	if m := g.awaitAckOrReject(); m.GetAck() == nil {
-		t.Fatalf("result of the running job: %v, want Ack", m)
+	g.result(a, broker.OutcomeOK, map[string]int{"score": 1})
+	if m, ok := g.awaitAckOrReject().(*Ack); !ok {
+		t.Fatalf("result of the running job: %#v, want Ack", m)
 	}
 	e.waitState(first[0], broker.JobDone)
-	g.none(150 * time.Millisecond)
+	g.none()
 
 	// A reconnect does not lift the drain.
 	g.close()
 	g = e.connect("g1", 4)
-	g.none(150 * time.Millisecond)
+	g.none()
 	// Nor does a restart: the flag is stored.
 	g.close()
 	e.stop()
@@ -215,12 +214,12 @@ func TestDrainKeepsRunningJobsAndOutlastsReconnectAndRestart(t *testing.T) {
 		t.Fatal("the drain was lost in a restart")
 	}
 	g = e.connect("g1", 4)
-	g.none(150 * time.Millisecond)
+	g.none()
 
 	if err := e.d.DrainServer(ctx, "g1", false, "operator:alice"); err != nil {
 		t.Fatal(err)
 	}
-	got := map[int64]bool{g.nextAssign().JobId: true, g.nextAssign().JobId: true}
+	got := map[int64]bool{g.nextAssign().Lease.JobID: true, g.nextAssign().Lease.JobID: true}
 	if !got[more[0]] || !got[more[1]] {
 		t.Errorf("after undrain g1 got %v, want %v", got, more)
 	}

@@ -119,7 +119,13 @@ type class struct {
 	levels map[int]*level
 	prios  []int // priorities with jobs, highest first
 	n      int   // jobs queued, including ones cancelled but not yet skipped
+	// cancelled counts the jobs queued here that were cancelled since: they
+	// stay until a server reaches them, then are dropped.
+	cancelled int
 }
+
+// waiting is how many of the class's jobs wait for a server.
+func (c *class) waiting() int { return max(c.n-c.cancelled, 0) }
 
 func classKey(types []int64) string {
 	ts := slices.Clone(types)

@@ -3,272 +3,302 @@ package dispatch
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
-	"github.com/gradebroker/gradebroker/certs"
-	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
-var errShuttingDown = status.Error(codes.Unavailable, "broker is shutting down; reconnect later")
+// This file is the dispatcher's side of a grading server's connection, in
+// Go terms: a server opens a Session with a Hello and feeds it what it
+// reports (results, heartbeats, slot changes); what the dispatcher has to
+// say to the server (assignments, acknowledgements, refusals,
+// cancellations) waits in the session's outbox until the transport takes
+// it. broker/graderapi carries sessions over graderd's gRPC stream; nothing
+// here assumes a stream, so a server that pulls its jobs can be a session
+// too.
 
-// session is one live Connect stream. Messages to the server go through its
-// outbox, drained by one sender goroutine, so that nobody holding the
-// dispatcher's lock ever blocks on the network.
-type session struct {
+// LeaseRef names one lease of one job.
+type LeaseRef struct {
+	JobID   int64
+	LeaseID int64
+}
+
+// Hello is what a server says when it opens a session.
+type Hello struct {
+	// Slots is how many jobs the server takes at once. The dispatcher never
+	// gives it more than min(Slots, max_concurrent_jobs).
+	Slots int
+	// Held lists the leases the server still holds: running, or finished
+	// with a result it has not had acknowledged yet.
+	Held []LeaseRef
+	// Hostname and Version are for the logs.
+	Hostname string
+	Version  string
+}
+
+// Welcome answers a Hello: who the dispatcher takes the server for.
+type Welcome struct {
+	Server            string
+	Type              string
+	Tags              []string
+	HeartbeatInterval time.Duration
+	MaxConcurrentJobs int
+}
+
+// Result is a server's report of how one lease ended.
+type Result struct {
+	Lease   LeaseRef
+	Outcome broker.Outcome
+	// Result is the grader's JSON result.
+	Result []byte
+	// Log is the grader's log; Error why it failed, for outcomes but OK.
+	Log   string
+	Error string
+}
+
+// Heartbeat is a server's periodic report of the leases it runs.
+type Heartbeat struct {
+	// Running lists the leases the server runs now.
+	Running []LeaseRef
+	// AssignsReceived is how many of the session's Assigns the server had
+	// received when it sent the heartbeat: a lease whose Assign came later
+	// is missing from Running for that reason alone.
+	AssignsReceived uint64
+}
+
+// Message is one message for the server: *Assign, *Ack, *Reject or
+// *Cancel.
+type Message interface{ message() }
+
+// Assign hands the server a job under a new lease.
+type Assign struct {
+	Lease   LeaseRef
+	Attempt int
+	Name    string
+	JobData []byte
+	Tags    []string
+	Timeout time.Duration
+	// Deadline is when the lease ends unless a heartbeat extends it.
+	Deadline time.Time
+}
+
+// Ack says the results of these leases are committed; the server may
+// forget them.
+type Ack struct{ Leases []LeaseRef }
+
+// Reject refuses the result of a lease that is not current (expired,
+// requeued, cancelled or unknown): it is dropped, and the server must
+// forget it too.
+type Reject struct {
+	Lease  LeaseRef
+	Reason string
+}
+
+// Cancel tells the server to stop running a lease.
+type Cancel struct {
+	Lease  LeaseRef
+	Reason string
+}
+
+func (*Assign) message() {}
+func (*Ack) message()    {}
+func (*Reject) message() {}
+func (*Cancel) message() {}
+
+// Why the dispatcher ends a session. Each wraps the domain error that says
+// how a transport should report it.
+var (
+	errShuttingDown = fmt.Errorf("%w: the broker is shutting down; reconnect later", broker.ErrUnavailable)
+	errReplaced     = fmt.Errorf("%w: replaced by a newer connection from the same server", broker.ErrAborted)
+	errCertReplaced = fmt.Errorf("%w: this server's certificate was replaced by an operator; reconnect with the new one", broker.ErrUnauthenticated)
+	errRemoved      = fmt.Errorf("%w: this server was removed by an operator", broker.ErrPermissionDenied)
+)
+
+// Session is one open connection of a grading server. Its methods are safe
+// for concurrent use; the dispatcher never blocks on it: messages for the
+// server wait in its outbox until Messages takes them.
+type Session struct {
+	d   *Dispatcher
 	srv *server
 
-	mu     sync.Mutex
-	queue  []*gbv1.ConnectResponse
-	acks   []*gbv1.LeaseRef
-	notify chan struct{}
-	done   chan struct{}
-	err    error
+	mu      sync.Mutex
+	queue   []Message
+	acks    []LeaseRef
+	assigns uint64 // Assigns queued so far
+	ready   chan struct{}
+	done    chan struct{}
+	err     error
+	closed  bool
 }
 
-func newSession(srv *server) *session {
-	return &session{srv: srv, notify: make(chan struct{}, 1), done: make(chan struct{})}
+func newSession(d *Dispatcher, srv *server) *Session {
+	return &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-func (s *session) push(m *gbv1.ConnectResponse) {
+// Ready receives a value when messages wait for Messages to take them.
+func (s *Session) Ready() <-chan struct{} { return s.ready }
+
+// Messages takes the messages waiting for the server, in the order they
+// must be delivered; acknowledgements waiting together come last, as one
+// Ack.
+func (s *Session) Messages() []Message {
 	s.mu.Lock()
-	if s.err == nil {
+	defer s.mu.Unlock()
+	out := s.queue
+	s.queue = nil
+	if len(s.acks) > 0 {
+		out = append(out, &Ack{Leases: s.acks})
+		s.acks = nil
+	}
+	return out
+}
+
+// Done is closed when the session ended: by Close, or by the dispatcher,
+// in which case Err says why.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err returns why the dispatcher ended the session (shutting down, replaced
+// by a newer session of the same server, certificate replaced, server
+// removed), wrapping a domain error of package broker; nil while it is open
+// or after Close.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func (s *Session) push(m Message) {
+	s.mu.Lock()
+	if !s.closed {
 		s.queue = append(s.queue, m)
 	}
 	s.mu.Unlock()
 	s.poke()
 }
 
-func (s *session) poke() {
+func (s *Session) poke() {
 	select {
-	case s.notify <- struct{}{}:
+	case s.ready <- struct{}{}:
 	default:
 	}
 }
 
-// close ends the stream with err (a gRPC status). It is idempotent.
-func (s *session) close(err error) {
+// end closes the session with err (nil when the server side ended it). It
+// is idempotent: the first reason stays.
+func (s *Session) end(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
+	if s.closed {
 		return
 	}
-	s.err = err
+	s.closed, s.err = true, err
 	close(s.done)
 }
 
-func (s *session) closedErr() error {
+func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Duration) {
+	if s == nil {
+		return
+	}
+	m := &Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
+		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
-}
-
-func (s *session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Duration) {
-	if s == nil {
-		return
-	}
-	s.push(&gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Assign{Assign: &gbv1.Assign{
-		JobId: l.jobID, LeaseId: l.id, Attempt: uint32(l.attempt), Name: aj.Name, Jobdata: aj.JobData,
-		Tags: aj.Tags, Timeout: durationpb.New(timeout), Deadline: timestamppb.New(l.deadline),
-	}}})
-}
-
-func (s *session) sendCancel(l *lease, reason string) {
-	if s == nil {
-		return
-	}
-	s.push(&gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Cancel{Cancel: &gbv1.Cancel{
-		Lease: &gbv1.LeaseRef{JobId: l.jobID, LeaseId: l.id}, Reason: reason}}})
-}
-
-// sendAck queues an acknowledgement; consecutive acks leave as one message.
-func (s *session) sendAck(jobID, leaseID int64) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	if s.err == nil {
-		s.acks = append(s.acks, &gbv1.LeaseRef{JobId: jobID, LeaseId: leaseID})
+	if !s.closed {
+		s.queue = append(s.queue, m)
+		s.assigns++
+		l.assignSeq.Store(s.assigns)
 	}
 	s.mu.Unlock()
 	s.poke()
 }
 
-func (s *session) sendReject(jobID, leaseID int64, code codes.Code, msg string) {
-	s.push(&gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Reject{Reject: &gbv1.Reject{
-		Lease: &gbv1.LeaseRef{JobId: jobID, LeaseId: leaseID}, Code: int32(code), Message: msg}}})
+func (s *Session) sendCancel(l *lease, reason string) {
+	s.push(&Cancel{Lease: LeaseRef{l.jobID, l.id}, Reason: reason})
 }
 
-// take returns what is waiting to be sent.
-func (s *session) take() []*gbv1.ConnectResponse {
+// sendAck queues an acknowledgement; acks waiting together leave as one
+// message.
+func (s *Session) sendAck(ref LeaseRef) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := s.queue
-	s.queue = nil
-	if len(s.acks) > 0 {
-		out = append(out, &gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Ack{Ack: &gbv1.Ack{Leases: s.acks}}})
-		s.acks = nil
+	if !s.closed {
+		s.acks = append(s.acks, ref)
 	}
-	return out
+	s.mu.Unlock()
+	s.poke()
 }
 
-// Connect implements gradebroker.v1.GraderService/Connect.
-func (d *Dispatcher) Connect(stream gbv1.GraderService_ConnectServer) error {
-	ctx := stream.Context()
-	id, err := certs.PeerIdentityFromContext(ctx)
+// Open opens a session for the server registered with the certificate
+// fingerprint, replacing any session it already has: the leases it still
+// holds (h.Held) are kept, any other lease it had is requeued. It returns
+// ErrNotFound for a fingerprint no server is registered with, and
+// ErrUnavailable once the dispatcher is stopping.
+func (d *Dispatcher) Open(ctx context.Context, fingerprint string, h Hello) (*Session, Welcome, error) {
+	rec, tags, err := d.registration(ctx, fingerprint)
 	if err != nil {
-		return status.Errorf(codes.Unauthenticated, "no verified client certificate: %v", err)
+		return nil, Welcome{}, err
 	}
-	if id.Role != certs.RoleServer {
-		return status.Errorf(codes.PermissionDenied, "certificate %s has role %q; only server certificates may connect as a grading server", id.Subject, id.Role)
-	}
-	rec, err := d.db.ServerByFingerprint(ctx, id.Fingerprint)
-	if errors.Is(err, broker.ErrNotFound) {
-		return status.Errorf(codes.Unauthenticated, "certificate %s (serial %s) is not registered as a server; register it with 'broker admin server add NAME --cert FILE --type TYPE'", id.Subject, id.Serial)
-	}
+	sess, w, err := d.attach(rec, tags, h)
 	if err != nil {
-		d.log.Error("look up server certificate", "err", err)
-		return status.Error(codes.Internal, "internal error")
+		return nil, Welcome{}, err
 	}
+	d.log.Info("server connected", "server", rec.Name, "type", rec.Type, "slots", h.Slots, "running", len(h.Held),
+		"hostname", h.Hostname, "version", h.Version)
+	return sess, w, nil
+}
+
+// Probe answers a connection test of the server registered with the
+// certificate fingerprint, leaving its session and leases alone. Errors are
+// Open's.
+func (d *Dispatcher) Probe(ctx context.Context, fingerprint string) (Welcome, error) {
+	rec, tags, err := d.registration(ctx, fingerprint)
+	if err != nil {
+		return Welcome{}, err
+	}
+	d.mu.Lock()
+	maxJobs := rec.MaxConcurrentJobs
+	if s := d.servers[rec.ID]; s != nil {
+		maxJobs = s.maxJobs
+	}
+	d.mu.Unlock()
+	d.log.Info("connection test passed", "server", rec.Name)
+	return Welcome{Server: rec.Name, Type: rec.Type, Tags: tags, HeartbeatInterval: d.cfg.HeartbeatInterval,
+		MaxConcurrentJobs: maxJobs}, nil
+}
+
+// registration reads the server registered with a certificate fingerprint,
+// and its type's tags.
+func (d *Dispatcher) registration(ctx context.Context, fingerprint string) (broker.Server, []string, error) {
+	rec, err := d.db.ServerByFingerprint(ctx, fingerprint)
+	if err != nil {
+		return rec, nil, fmt.Errorf("look up server certificate: %w", err)
+	}
+	tags, err := d.typeTags(ctx, rec.TypeID)
+	return rec, tags, err
+}
+
+// typeTags reads the tags of server type id.
+func (d *Dispatcher) typeTags(ctx context.Context, id int64) ([]string, error) {
 	types, err := d.db.ListServerTypes(ctx)
 	if err != nil {
-		d.log.Error("list server types", "err", err)
-		return status.Error(codes.Internal, "internal error")
+		return nil, fmt.Errorf("list server types: %w", err)
 	}
-	var tags []string
 	for _, t := range types {
-		if t.ID == rec.TypeID {
-			tags = t.Tags
+		if t.ID == id {
+			return t.Tags, nil
 		}
 	}
-
-	helloCh := make(chan *gbv1.ConnectRequest, 1)
-	errCh := make(chan error, 1)
-	go func() {
-		m, err := stream.Recv()
-		if err != nil {
-			errCh <- err
-			return
-		}
-		helloCh <- m
-	}()
-	var hello *gbv1.Hello
-	select {
-	case m := <-helloCh:
-		hello = m.GetHello()
-		if hello == nil {
-			return status.Error(codes.InvalidArgument, "the first message on the stream must be Hello")
-		}
-	case err := <-errCh:
-		return err
-	case <-time.After(30 * time.Second):
-		return status.Error(codes.DeadlineExceeded, "no Hello within 30 s")
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-
-	log := d.log.With("server", rec.Name)
-	if hello.Probe {
-		// A connection test: answer and leave the live stream alone.
-		log.Info("connection test passed", "hostname", hello.Hostname, "version", hello.Version)
-		d.mu.Lock()
-		maxJobs := rec.MaxConcurrentJobs
-		if s := d.servers[rec.ID]; s != nil {
-			maxJobs = s.maxJobs
-		}
-		d.mu.Unlock()
-		return stream.Send(&gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Welcome{Welcome: &gbv1.Welcome{
-			Server: rec.Name, Type: rec.Type, Tags: tags, HeartbeatInterval: durationpb.New(d.cfg.HeartbeatInterval),
-			MaxConcurrentJobs: uint32(maxJobs)}}})
-	}
-	sess, err := d.attach(rec, tags, hello)
-	if err != nil {
-		return err
-	}
-	log.Info("server connected", "type", rec.Type, "slots", hello.Slots, "running", len(hello.Running),
-		"hostname", hello.Hostname, "version", hello.Version)
-
-	// One sender goroutine per stream.
-	sendErr := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-sess.done:
-				sendErr <- nil
-				return
-			case <-ctx.Done():
-				sendErr <- nil
-				return
-			case <-sess.notify:
-			}
-			for _, m := range sess.take() {
-				if err := stream.Send(m); err != nil {
-					sendErr <- err
-					return
-				}
-			}
-		}
-	}()
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			if err := d.handle(sess, m); err != nil {
-				recvErr <- err
-				return
-			}
-		}
-	}()
-
-	var end error
-	select {
-	case err := <-recvErr:
-		end = err
-	case err := <-sendErr:
-		end = err
-	case <-sess.done:
-	}
-	sess.close(status.Error(codes.Canceled, "stream ended"))
-	d.detach(sess)
-	if cerr := sess.closedErr(); end == nil && cerr != nil && status.Code(cerr) != codes.Canceled {
-		end = cerr
-	}
-	// Flush what the sender had not sent yet (a final Reject, say) is not
-	// possible once the stream is done; graderd re-sends spooled results.
-	log.Info("server disconnected", "reason", errString(end))
-	if end != nil && (errors.Is(end, context.Canceled) || status.Code(end) == codes.Canceled) {
-		return nil
-	}
-	return end
+	return nil, nil
 }
 
-func errString(err error) string {
-	if err == nil {
-		return "closed"
-	}
-	return err.Error()
-}
-
-// attach registers a new stream for a server, replacing any older one.
-func (d *Dispatcher) attach(rec broker.Server, tags []string, hello *gbv1.Hello) (*session, error) {
+// attach registers a new session for a server, replacing any older one.
+func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session, Welcome, error) {
 	now := d.cfg.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errShuttingDown
+		return nil, Welcome{}, errShuttingDown
 	}
 	s := d.servers[rec.ID]
 	if s == nil {
@@ -278,44 +308,56 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, hello *gbv1.Hello)
 	if s.sess != nil {
 		old := s.sess
 		d.detachLocked(old)
-		old.close(status.Error(codes.Aborted, "replaced by a newer connection from the same server"))
+		old.end(errReplaced)
 	}
-	sess := newSession(s)
+	sess := newSession(d, s)
 	s.sess = sess
-	s.slots = int(hello.Slots)
+	s.slots = h.Slots
+	s.full = false
 	s.lastSeen = now
 	d.connectedByType[s.typeID]++
 
-	running := make(map[int64]bool, len(hello.Running))
-	for _, r := range hello.Running {
-		running[r.LeaseId] = true
+	held := make(map[int64]bool, len(h.Held))
+	for _, r := range h.Held {
+		held[r.LeaseID] = true
 	}
-	sess.push(&gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Welcome{Welcome: &gbv1.Welcome{
-		Server: s.name, Type: s.typeName, Tags: tags, HeartbeatInterval: durationpb.New(d.cfg.HeartbeatInterval),
-		MaxConcurrentJobs: uint32(s.maxJobs),
-	}}})
 	for _, l := range s.leases {
 		switch {
-		case running[l.id]:
-			// Still running there: keep it.
+		case held[l.id]:
+			// Still running there, or its result is on its way: keep it.
+			l.reported = true
 		case l.zombie:
 			delete(s.leases, l.id)
 		default:
-			d.endAttempt(l, "lost", "server reconnected without it (graderd restarted?)", "server:"+s.name)
+			d.endAttempt(l, broker.EndLost, "server reconnected without it (graderd restarted?)", "server:"+s.name)
 		}
 	}
+	d.holdReported(s, h.Held)
 	d.fill(s, now)
-	return sess, nil
+	w := Welcome{Server: s.name, Type: s.typeName, Tags: tags, HeartbeatInterval: d.cfg.HeartbeatInterval,
+		MaxConcurrentJobs: s.maxJobs}
+	return sess, w, nil
 }
 
-// detach forgets a stream that ended. Its leases wait for the reconnect grace.
-func (d *Dispatcher) detach(sess *session) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.detachLocked(sess)
+// Close ends the session from the server's side: its connection is gone.
+// The server's leases wait the reconnect grace for it to come back; reason,
+// if not nil, is logged. It is idempotent.
+func (s *Session) Close(reason error) {
+	s.d.mu.Lock()
+	s.d.detachLocked(s)
+	name := s.srv.name // an operator may rename it meanwhile
+	s.d.mu.Unlock()
+	s.end(nil)
+	msg := "closed"
+	if err := s.Err(); err != nil {
+		msg = err.Error()
+	} else if reason != nil {
+		msg = reason.Error()
+	}
+	s.d.log.Info("server disconnected", "server", name, "reason", msg)
 }
 
-func (d *Dispatcher) detachLocked(sess *session) {
+func (d *Dispatcher) detachLocked(sess *Session) {
 	s := sess.srv
 	if s.sess != sess {
 		return
@@ -326,56 +368,55 @@ func (d *Dispatcher) detachLocked(sess *session) {
 	d.updateFree(s)
 }
 
-// handle processes one message from graderd.
-func (d *Dispatcher) handle(sess *session, m *gbv1.ConnectRequest) error {
-	switch msg := m.Msg.(type) {
-	case *gbv1.ConnectRequest_Result:
-		d.result(sess, msg.Result)
-	case *gbv1.ConnectRequest_Heartbeat:
-		d.heartbeat(sess, msg.Heartbeat)
-	case *gbv1.ConnectRequest_Slots:
-		d.setSlots(sess, int(msg.Slots.Slots))
-	case *gbv1.ConnectRequest_Hello:
-		return status.Error(codes.InvalidArgument, "Hello may only be the first message")
-	default:
-		return status.Error(codes.InvalidArgument, "empty or unknown message")
-	}
-	return nil
-}
+// current reports whether sess is its server's live session; the reports
+// of a replaced or closed session count for nothing but refusals.
+func (s *Session) current() bool { return s.srv.sess == s }
 
-// result handles a Result: only the current lease's result is kept.
-func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
+// Result takes the server's report of how a lease ended. Only the current
+// lease's result is kept: it is committed, then acknowledged; any other is
+// refused with a Reject.
+func (s *Session) Result(r Result) {
+	d := s.d
 	now := d.cfg.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := sess.srv
-	s.lastSeen = now
-	l := d.leases[r.LeaseId]
-	if l == nil || l.jobID != r.JobId || l.srv != s || s.sess != sess {
+	srv := s.srv
+	srv.lastSeen = now
+	// A result frees the server's slot; a job handed back for want of one
+	// says it has none.
+	wasFull := srv.full
+	if srv.full = r.Outcome == broker.OutcomeNotStarted; srv.full != wasFull {
+		d.updateFree(srv)
+	}
+	l := d.leases[r.Lease.LeaseID]
+	if l == nil || l.jobID != r.Lease.JobID || l.srv != srv || !s.current() {
 		d.stats.StaleResults++
-		if z := s.leases[r.LeaseId]; z != nil && z.zombie {
-			delete(s.leases, r.LeaseId)
-			d.fill(s, now)
+		refill := wasFull && !srv.full
+		if z := srv.leases[r.Lease.LeaseID]; z != nil && z.zombie {
+			delete(srv.leases, r.Lease.LeaseID)
+			refill = true
 		}
-		d.log.Warn("refused a result for a lease that is not current", "server", s.name, "job_id", r.JobId, "lease_id", r.LeaseId)
-		sess.sendReject(r.JobId, r.LeaseId, codes.FailedPrecondition,
-			fmt.Sprintf("lease %d of job %d is not current (expired, requeued, cancelled or unknown); result dropped", r.LeaseId, r.JobId))
+		if refill {
+			d.fill(srv, now)
+		}
+		d.log.Warn("refused a result for a lease that is not current", "server", srv.name, "job_id", r.Lease.JobID, "lease_id", r.Lease.LeaseID)
+		s.push(&Reject{Lease: r.Lease, Reason: fmt.Sprintf("lease %d of job %d is not current (expired, requeued, cancelled or unknown); result dropped",
+			r.Lease.LeaseID, r.Lease.JobID)})
 		return
 	}
 	d.dropLease(l)
-	ack := func() { sess.sendAck(r.JobId, r.LeaseId) }
-	outcome := broker.Outcome(r.Outcome)
+	ack := func() { s.sendAck(r.Lease) }
 	valid := len(r.Result) == 0 || json.Valid(r.Result)
 	// The job's attributes go on each call rather than through log.With,
 	// which formats them even when the level is off (this runs per job).
 	log := d.log
 	switch {
-	case outcome == broker.OutcomeOK && len(r.Result) > 0 && valid:
+	case r.Outcome == broker.OutcomeOK && len(r.Result) > 0 && valid:
 		d.mx.result(ResultOK)
-		log.Info("job done", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: outcome, Result: r.Result,
-			Log: r.Log, Actor: "server:" + s.name}, "ok", "", ack)
-	case outcome == broker.OutcomeFatal:
+		log.Info("job done", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt)
+		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: r.Outcome, Result: r.Result,
+			Log: r.Log, Actor: "server:" + srv.name}, broker.EndOK, "", ack)
+	case r.Outcome == broker.OutcomeFatal:
 		msg := r.Error
 		if msg == "" {
 			msg = "the grader reported a fatal error"
@@ -385,21 +426,33 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 			res = nil
 		}
 		d.mx.result(ResultFatal)
-		log.Info("job failed: fatal result", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "error", msg)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: outcome, Result: res, Log: r.Log,
-			Error: msg, Actor: "server:" + s.name}, "fatal", msg, ack)
-	case outcome == broker.OutcomeTemporary || outcome == broker.OutcomeTimeout:
+		log.Info("job failed: fatal result", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "error", msg)
+		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: r.Outcome, Result: res, Log: r.Log,
+			Error: msg, Actor: "server:" + srv.name}, broker.EndFatal, msg, ack)
+	case r.Outcome == broker.OutcomeTemporary || r.Outcome == broker.OutcomeTimeout:
 		reason := r.Error
 		if reason == "" {
 			reason = "no reason given"
 		}
-		if outcome == broker.OutcomeTimeout {
+		end := broker.EndTemporary
+		if r.Outcome == broker.OutcomeTimeout {
+			end = broker.EndTimeout
 			d.mx.result(ResultTimeout)
 		} else {
 			d.mx.result(ResultTemporary)
 		}
-		log.Info("attempt ended; requeueing", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", outcome.String(), "reason", reason)
-		d.endAttempt(l, outcome.String(), reason, "server:"+s.name)
+		log.Info("attempt ended; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", end, "reason", reason)
+		d.endAttempt(l, end, reason, "server:"+srv.name)
+		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
+	case r.Outcome == broker.OutcomeNotStarted:
+		reason := r.Error
+		if reason == "" {
+			reason = "the server had no free slot"
+		}
+		d.mx.result(ResultNotStarted)
+		log.Warn("server had no free slot for the job; requeueing it without using an attempt", "server", srv.name,
+			"job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "reason", reason)
+		d.giveBack(l, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	default:
 		// An OK without a JSON result, or an unknown outcome: the server is
@@ -409,25 +462,30 @@ func (d *Dispatcher) result(sess *session, r *gbv1.Result) {
 			reason = "server sent a result that is not JSON"
 		}
 		d.mx.result(ResultInvalid)
-		log.Warn("invalid result; requeueing", "server", s.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", int32(r.Outcome), "reason", reason)
-		d.endAttempt(l, "invalid", reason, "server:"+s.name)
+		log.Warn("invalid result; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", int(r.Outcome), "reason", reason)
+		d.endAttempt(l, broker.EndInvalid, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	}
-	d.fill(s, now)
+	d.fill(srv, now)
 }
 
-// heartbeat extends the leases graderd still runs and lets go of zombies it
-// no longer runs.
-func (d *Dispatcher) heartbeat(sess *session, hb *gbv1.Heartbeat) {
+// Heartbeat extends the leases the server still runs and lets go of the
+// zombies it no longer runs.
+func (s *Session) Heartbeat(hb Heartbeat) {
+	d := s.d
 	now := d.cfg.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := sess.srv
-	s.lastSeen = now
+	srv := s.srv
+	srv.lastSeen = now
 	running := make(map[int64]bool, len(hb.Running))
 	for _, r := range hb.Running {
-		running[r.LeaseId] = true
-		if l := s.leases[r.LeaseId]; l != nil && !l.zombie {
+		running[r.LeaseID] = true
+		l := srv.leases[r.LeaseID]
+		if l != nil {
+			l.reported = true
+		}
+		if l != nil && !l.zombie {
 			ext := now.Add(3 * d.cfg.HeartbeatInterval)
 			if ext.After(l.deadline) {
 				l.deadline = ext
@@ -437,28 +495,57 @@ func (d *Dispatcher) heartbeat(sess *session, hb *gbv1.Heartbeat) {
 			}
 		}
 	}
+	d.holdReported(srv, hb.Running)
 	freed := false
-	for id, l := range s.leases {
-		if l.zombie && !running[id] {
-			delete(s.leases, id)
+	for id, l := range srv.leases {
+		if !l.zombie || running[id] {
+			continue
+		}
+		// Not listed, because the server let go of it, or because it had
+		// not received its Assign when it sent the heartbeat (queued
+		// behind a partition, say): only the first frees the slot.
+		if seq := l.assignSeq.Load(); l.reported || seq != 0 && seq <= hb.AssignsReceived {
+			delete(srv.leases, id)
 			freed = true
 		}
 	}
+	// A server that said it had no free slot counts as full until its next
+	// report: the leases a heartbeat lists are all counted now, so a slot
+	// the dispatcher still sees free is free by the server's word too (at
+	// worst it hands back one more job per heartbeat, at no attempt's cost).
+	if srv.full {
+		srv.full, freed = false, true
+	}
 	if freed {
-		d.fill(s, now)
+		d.fill(srv, now)
 	}
 }
 
-// setSlots changes a server's capacity; 0 drains it.
-func (d *Dispatcher) setSlots(sess *session, n int) {
+// holdReported counts against server s's slots every lease it reports
+// holding that the dispatcher had ended or never knew (their deadline
+// passed while the broker was down, say): the server still runs them, or
+// still has their result to send. They are zombies: their results are
+// refused, and they go when the server reports them or stops listing them.
+func (d *Dispatcher) holdReported(s *server, refs []LeaseRef) {
+	for _, r := range refs {
+		if s.leases[r.LeaseID] != nil || d.leases[r.LeaseID] != nil {
+			continue
+		}
+		s.leases[r.LeaseID] = &lease{id: r.LeaseID, jobID: r.JobID, srv: s, zombie: true, reported: true}
+	}
+}
+
+// SetSlots changes how many jobs the server takes at once; 0 drains it.
+func (s *Session) SetSlots(n int) {
+	d := s.d
 	now := d.cfg.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := sess.srv
-	if s.sess != sess {
+	srv := s.srv
+	if !s.current() {
 		return
 	}
-	s.slots = n
-	d.log.Info("server changed its slots", "server", s.name, "slots", n)
-	d.fill(s, now)
+	srv.slots, srv.full = n, false
+	d.log.Info("server changed its slots", "server", srv.name, "slots", n)
+	d.fill(srv, now)
 }

@@ -86,7 +86,8 @@ func (d *Dispatcher) wakeIdle(now time.Time) {
 	}
 	var cands []*server
 	for _, c := range d.classes {
-		if c.n == 0 || d.freeFor(c) > 0 {
+		waiting := c.waiting()
+		if waiting == 0 || d.freeFor(c) > 0 {
 			continue
 		}
 		pending := 0
@@ -108,7 +109,7 @@ func (d *Dispatcher) wakeIdle(now time.Time) {
 			}
 			cands = append(cands, s)
 		}
-		need := c.n - pending
+		need := waiting - pending
 		if need <= 0 || len(cands) == 0 {
 			continue
 		}
@@ -126,8 +127,8 @@ func (d *Dispatcher) wakeIdle(now time.Time) {
 			}
 			wi.at, wi.failed = now, false
 			need -= s.maxJobs
-			d.log.Info("waking server", "server", s.name, "type", s.typeName, "waiting", c.n, "connected", s.sess != nil)
-			ws.waker.Wake(s.name, s.wakeupURL, c.n)
+			d.log.Info("waking server", "server", s.name, "type", s.typeName, "waiting", waiting, "connected", s.sess != nil)
+			ws.waker.Wake(s.name, s.wakeupURL, waiting)
 		}
 	}
 }

@@ -2,7 +2,6 @@ package maint
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
 	"github.com/gradebroker/gradebroker/broker/store"
+	"github.com/gradebroker/gradebroker/internal/startstop"
 )
 
 // The kinds of alert.
@@ -129,10 +129,7 @@ type Alerter struct {
 	next     map[string]time.Time
 	deadSeen map[int64]bool
 
-	startMu  sync.Mutex
-	cancel   context.CancelFunc
-	done     chan struct{}
-	stopOnce sync.Once
+	life startstop.Base
 }
 
 // NewAlerter returns an Alerter over db and q that sends through
@@ -149,48 +146,40 @@ func NewAlerter(db *store.DB, q Queues, notifiers []Notifier, cfg AlertConfig, l
 // Config returns the configuration with defaults filled in.
 func (a *Alerter) Config() AlertConfig { return a.cfg }
 
-// Start runs the checks every Interval until Stop.
+// Start runs the checks every Interval until Stop. ctx bounds only the
+// start (see internal/startstop).
 func (a *Alerter) Start(ctx context.Context) error {
-	a.startMu.Lock()
-	defer a.startMu.Unlock()
-	if a.done != nil {
-		return errors.New("alerts: already started")
+	if _, err := a.life.Start(ctx); err != nil {
+		return fmt.Errorf("alerts: %w", err)
 	}
 	if len(a.notifiers) == 0 {
 		a.log.Warn("no alert webhook or mail server configured: alerts go to this log only")
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a.cancel = cancel
-	a.done = make(chan struct{})
-	go func() {
-		defer close(a.done)
-		t := time.NewTicker(a.cfg.Interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-runCtx.Done():
-				return
-			case <-t.C:
-				a.Check(runCtx)
-			}
-		}
-	}()
+	if !a.life.Go(a.loop) {
+		return fmt.Errorf("alerts: %w during start", startstop.ErrStopped)
+	}
 	return nil
 }
 
-// Stop stops the checks, waiting for one in progress. It is idempotent.
-func (a *Alerter) Stop() {
-	a.stopOnce.Do(func() {
-		a.startMu.Lock()
-		cancel, done := a.cancel, a.done
-		a.startMu.Unlock()
-		if cancel == nil {
+func (a *Alerter) loop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
 			return
+		case <-t.C:
+			a.Check(ctx)
 		}
-		cancel()
-		<-done
-	})
+	}
 }
+
+// Stop stops the checks, waiting for one in progress. It is idempotent, and
+// safe before Start.
+func (a *Alerter) Stop() { a.life.Stop(nil) }
+
+// Done is closed once the checks have stopped.
+func (a *Alerter) Done() <-chan struct{} { return a.life.Done() }
 
 // Check runs every check once and sends what is due, and returns the alerts
 // it raised (sent, or tried and failed), for tests and tools.

@@ -6,12 +6,13 @@ package maint
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker/store"
+	"github.com/gradebroker/gradebroker/internal/startstop"
 )
 
 // Config tunes a Maintainer. The zero value of each field means its default.
@@ -91,11 +92,8 @@ type Maintainer struct {
 	cfg Config
 	log *slog.Logger
 
-	run      sync.Mutex // one retention or checkpoint at a time
-	mu       sync.Mutex
-	cancel   context.CancelFunc
-	done     chan struct{}
-	stopOnce sync.Once
+	run  sync.Mutex // one retention or checkpoint at a time
+	life startstop.Base
 }
 
 // New returns a Maintainer of db. log may be nil.
@@ -111,43 +109,34 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Maintainer {
 func (m *Maintainer) Config() Config { return m.cfg }
 
 // Start starts the timers. It checks that the database can give pages back
-// (auto_vacuum=incremental) and says so in the log when it cannot.
+// (auto_vacuum=incremental) and says so in the log when it cannot. ctx
+// bounds only the start; the timers run until Stop (see
+// internal/startstop).
 func (m *Maintainer) Start(ctx context.Context) error {
+	if _, err := m.life.Start(ctx); err != nil {
+		return fmt.Errorf("maintenance: %w", err)
+	}
 	if mode, err := m.db.AutoVacuum(ctx); err != nil {
 		m.log.Error("cannot read the database's auto_vacuum mode", "err", err)
 	} else if mode != 2 {
 		m.log.Warn("the database was created without auto_vacuum=incremental: deleted rows are reused but the file never shrinks; "+
 			"run 'sqlite3 FILE \"PRAGMA auto_vacuum=INCREMENTAL; VACUUM\"' once while the broker is stopped", "auto_vacuum", mode)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.done != nil {
-		return errors.New("maintenance: already started")
+	if !m.life.Go(m.loop) {
+		return fmt.Errorf("maintenance: %w during start", startstop.ErrStopped)
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	m.cancel = cancel
-	m.done = make(chan struct{})
-	go m.loop(runCtx)
 	return nil
 }
 
 // Stop stops the timers and waits for a running pass to end (a batch in
-// progress commits; the rest is left for next time). It is idempotent.
-func (m *Maintainer) Stop() {
-	m.stopOnce.Do(func() {
-		m.mu.Lock()
-		cancel, done := m.cancel, m.done
-		m.mu.Unlock()
-		if cancel == nil {
-			return
-		}
-		cancel()
-		<-done
-	})
-}
+// progress commits; the rest is left for next time). It is idempotent, and
+// safe before Start.
+func (m *Maintainer) Stop() { m.life.Stop(nil) }
+
+// Done is closed once the timers have stopped.
+func (m *Maintainer) Done() <-chan struct{} { return m.life.Done() }
 
 func (m *Maintainer) loop(ctx context.Context) {
-	defer close(m.done)
 	retention := time.NewTimer(m.cfg.RetentionDelay)
 	defer retention.Stop()
 	checkpoint := time.NewTicker(m.cfg.CheckpointInterval)

@@ -260,7 +260,7 @@ func (c *collector) collectDispatch(ch chan<- prometheus.Metric, s DispatchSnaps
 	for _, st := range []string{"done", "failed", "cancelled"} {
 		ch <- prometheus.MustNewConstMetric(descFinished, prometheus.CounterValue, float64(s.Finished[st]), st)
 	}
-	for _, o := range []string{"ok", "fatal", "temporary", "timeout", "invalid"} {
+	for _, o := range []string{"ok", "fatal", "temporary", "timeout", "invalid", "not_started"} {
 		ch <- prometheus.MustNewConstMetric(descResults, prometheus.CounterValue, float64(s.Results[o]), o)
 	}
 	ch <- prometheus.MustNewConstMetric(descAssigned, prometheus.CounterValue, float64(s.Assigned))

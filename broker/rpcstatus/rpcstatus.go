@@ -30,6 +30,7 @@ var table = []struct {
 	{broker.ErrUnauthenticated, codes.Unauthenticated},
 	{broker.ErrPermissionDenied, codes.PermissionDenied},
 	{broker.ErrUnavailable, codes.Unavailable},
+	{broker.ErrAborted, codes.Aborted},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

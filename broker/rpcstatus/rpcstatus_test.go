@@ -33,6 +33,7 @@ func TestErrorTable(t *testing.T) {
 		{"unauthenticated", fmt.Errorf("%w: who", broker.ErrUnauthenticated), codes.Unauthenticated, "unauthenticated: who"},
 		{"permission denied", fmt.Errorf("%w: no", broker.ErrPermissionDenied), codes.PermissionDenied, "permission denied: no"},
 		{"unavailable", fmt.Errorf("%w: busy", broker.ErrUnavailable), codes.Unavailable, "unavailable: busy"},
+		{"aborted", fmt.Errorf("%w: replaced", broker.ErrAborted), codes.Aborted, "aborted: replaced"},
 		{"doubly wrapped", fmt.Errorf("add server: %w", fmt.Errorf("%w: x", broker.ErrConflict)), codes.AlreadyExists, "add server: already exists: x"},
 		{"canceled", fmt.Errorf("query: %w", context.Canceled), codes.Canceled, "query: context canceled"},
 		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded, "context deadline exceeded"},

@@ -249,10 +249,8 @@ func (t *JobTx) lease(jobID, leaseID, serverID int64, serverName string, attempt
 	return t.Event(jobID, "assigned", "server:"+serverName, leaseID, "attempt "+strconv.Itoa(attempt))
 }
 
-// EndLease records how a lease ended. end is one of "ok", "fatal",
-// "temporary", "timeout", "expired", "disconnected", "lost", "cancelled",
-// "requeued", "removed".
-func (t *JobTx) EndLease(leaseID int64, end, reason string) error {
+// EndLease records how a lease ended.
+func (t *JobTx) EndLease(leaseID int64, end broker.LeaseEnd, reason string) error {
 	_, err := t.exec(`UPDATE leases SET ended_at = ?, end_kind = ?, reason = ? WHERE id = ? AND ended_at IS NULL`,
 		t.now, end, reason, leaseID)
 	return translate(err)
@@ -270,6 +268,13 @@ func (t *JobTx) Requeue(jobID, avoidServerID int64, actor string, leaseID int64,
 		return translate(err)
 	}
 	return t.Event(jobID, "requeued", actor, leaseID, reason)
+}
+
+// SetAttempts sets how many attempts a job has used: a lease its server
+// never started gives its attempt back.
+func (t *JobTx) SetAttempts(jobID int64, n int) error {
+	_, err := t.exec(`UPDATE jobs SET attempts = ? WHERE id = ?`, n, jobID)
+	return translate(err)
 }
 
 // SetMaxAttempts changes a job's attempt limit (an operator's requeue of a
@@ -526,6 +531,18 @@ func (db *DB) JobState(ctx context.Context, jobID int64) (broker.JobState, int64
 		return 0, 0, fmt.Errorf("%w: job %d", broker.ErrNotFound, jobID)
 	}
 	return broker.JobState(state), platform, err
+}
+
+// JobTypeIDs returns the server types that may take job jobID, sorted;
+// none for a job that does not exist.
+func (db *DB) JobTypeIDs(ctx context.Context, jobID int64) ([]int64, error) {
+	var ids []int64
+	err := db.read(ctx, func(tx *sql.Tx) error {
+		var err error
+		ids, err = jobTypeIDs(ctx, tx, jobID)
+		return err
+	})
+	return ids, err
 }
 
 // TouchServers records when servers were last heard from.

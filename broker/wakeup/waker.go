@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gradebroker/gradebroker/certs"
+	"github.com/gradebroker/gradebroker/internal/startstop"
 )
 
 // Store records wakeup results; *store.DB implements it.
@@ -101,9 +102,7 @@ type Waker struct {
 	mu    sync.Mutex
 	stats Stats
 
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	life startstop.Base
 }
 
 // New makes a Waker. Call Start to send the queued wakeups.
@@ -158,45 +157,47 @@ func New(cfg Config, db Store, log *slog.Logger) (*Waker, error) {
 }
 
 // Start says at once when servers have wakeup URLs but the broker has no
-// key to sign wakeups with, then starts the workers. They stop with ctx or
-// Stop.
+// key to sign wakeups with, then starts the workers. ctx bounds only the
+// start; the workers run until Stop (see internal/startstop).
 func (w *Waker) Start(ctx context.Context) error {
+	if _, err := w.life.Start(ctx); err != nil {
+		return fmt.Errorf("wakeup: %w", err)
+	}
 	names, err := w.db.WakeupServers(ctx)
 	if err != nil {
+		w.Stop()
 		return fmt.Errorf("list servers with a wakeup URL: %w", err)
 	}
 	if w.cfg.Key == nil && len(names) > 0 {
 		w.log.Warn("servers have a wakeup URL but the broker has no wakeup key, so they will not be woken; set wakeup_key_file (--wakeup-key-file)",
 			"servers", strings.Join(names, ","))
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	w.cancel = cancel
 	for range w.cfg.Workers {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case r := <-w.reqs:
-					w.send(ctx, r)
-				}
-			}
-		}()
+		if !w.life.Go(w.work) {
+			return fmt.Errorf("wakeup: %w during start", startstop.ErrStopped)
+		}
 	}
 	return nil
 }
 
-// Stop stops the workers, abandoning queued wakeups. It is idempotent.
-func (w *Waker) Stop() {
-	w.stopOnce.Do(func() {
-		if w.cancel != nil {
-			w.cancel()
+// work sends queued wakeups until the run ends.
+func (w *Waker) work(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-w.reqs:
+			w.send(ctx, r)
 		}
-		w.wg.Wait()
-	})
+	}
 }
+
+// Stop stops the workers, abandoning queued wakeups. It is idempotent, and
+// safe before Start.
+func (w *Waker) Stop() { w.life.Stop(nil) }
+
+// Done is closed once the workers have stopped.
+func (w *Waker) Done() <-chan struct{} { return w.life.Done() }
 
 // Wake queues a wakeup of server through wakeupURL; waiting is how many jobs
 // wait for it. It never blocks: when the queue is full the wakeup is dropped.

@@ -37,6 +37,11 @@ const (
 	Outcome_OUTCOME_TEMPORARY Outcome = 3
 	// The grader ran past its timeout; the job is requeued.
 	Outcome_OUTCOME_TIMEOUT Outcome = 4
+	// graderd did not start the job: it had no free slot (every slot was
+	// busy, or it was draining). The broker gave it more than it runs; it
+	// requeues the job without counting an attempt and gives the server
+	// nothing more until it frees a slot.
+	Outcome_OUTCOME_NOT_STARTED Outcome = 5
 )
 
 // Enum value maps for Outcome.
@@ -47,6 +52,7 @@ var (
 		2: "OUTCOME_FATAL",
 		3: "OUTCOME_TEMPORARY",
 		4: "OUTCOME_TIMEOUT",
+		5: "OUTCOME_NOT_STARTED",
 	}
 	Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED": 0,
@@ -54,6 +60,7 @@ var (
 		"OUTCOME_FATAL":       2,
 		"OUTCOME_TEMPORARY":   3,
 		"OUTCOME_TIMEOUT":     4,
+		"OUTCOME_NOT_STARTED": 5,
 	}
 )
 
@@ -475,7 +482,9 @@ type Hello struct {
 	Hostname string `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// Leases graderd still holds after a reconnect: running, or finished with
 	// a result in its spool not yet acknowledged. The broker keeps these and
-	// requeues any other lease it had given the server.
+	// requeues any other lease it had given the server; one it had ended or
+	// never knew still takes a slot until its result comes or a heartbeat no
+	// longer lists it.
 	Running []*LeaseRef `protobuf:"bytes,4,rep,name=running,proto3" json:"running,omitempty"`
 	// A connection test (graderd -t): the broker checks the certificate,
 	// answers Welcome and ends the stream, leaving any live stream of the same
@@ -1013,9 +1022,15 @@ func (x *Usage) GetWallTime() *durationpb.Duration {
 type Heartbeat struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The leases graderd is running now.
-	Running       []*LeaseRef `protobuf:"bytes,1,rep,name=running,proto3" json:"running,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Running []*LeaseRef `protobuf:"bytes,1,rep,name=running,proto3" json:"running,omitempty"`
+	// How many Assign messages graderd had received on this stream when it
+	// sent the heartbeat. A lease whose Assign came later is missing from
+	// running for that reason alone: the broker lets go of a lease it took
+	// back (expired, cancelled) only when a heartbeat that counts its Assign,
+	// or that listed it before, no longer lists it, or when its result comes.
+	AssignsReceived uint64 `protobuf:"varint,2,opt,name=assigns_received,json=assignsReceived,proto3" json:"assigns_received,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -1053,6 +1068,13 @@ func (x *Heartbeat) GetRunning() []*LeaseRef {
 		return x.Running
 	}
 	return nil
+}
+
+func (x *Heartbeat) GetAssignsReceived() uint64 {
+	if x != nil {
+		return x.AssignsReceived
+	}
+	return 0
 }
 
 // Slots changes the server's capacity.
@@ -1327,9 +1349,10 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\x05Usage\x124\n" +
 	"\bcpu_time\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\acpuTime\x12*\n" +
 	"\x11peak_memory_bytes\x18\x02 \x01(\x04R\x0fpeakMemoryBytes\x126\n" +
-	"\twall_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bwallTime\"?\n" +
+	"\twall_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bwallTime\"j\n" +
 	"\tHeartbeat\x122\n" +
-	"\arunning\x18\x01 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\"\x1d\n" +
+	"\arunning\x18\x01 \x03(\v2\x18.gradebroker.v1.LeaseRefR\arunning\x12)\n" +
+	"\x10assigns_received\x18\x02 \x01(\x04R\x0fassignsReceived\"\x1d\n" +
 	"\x05Slots\x12\x14\n" +
 	"\x05slots\x18\x01 \x01(\rR\x05slots\"7\n" +
 	"\x03Ack\x120\n" +
@@ -1340,14 +1363,15 @@ const file_gradebroker_v1_grader_proto_rawDesc = "" +
 	"\amessage\x18\x03 \x01(\tR\amessage\"P\n" +
 	"\x06Cancel\x12.\n" +
 	"\x05lease\x18\x01 \x01(\v2\x18.gradebroker.v1.LeaseRefR\x05lease\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*q\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason*\x8a\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"OUTCOME_OK\x10\x01\x12\x11\n" +
 	"\rOUTCOME_FATAL\x10\x02\x12\x15\n" +
 	"\x11OUTCOME_TEMPORARY\x10\x03\x12\x13\n" +
-	"\x0fOUTCOME_TIMEOUT\x10\x04*\x8b\x01\n" +
+	"\x0fOUTCOME_TIMEOUT\x10\x04\x12\x17\n" +
+	"\x13OUTCOME_NOT_STARTED\x10\x05*\x8b\x01\n" +
 	"\x05Limit\x12\x15\n" +
 	"\x11LIMIT_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fLIMIT_WALL_TIME\x10\x01\x12\x12\n" +

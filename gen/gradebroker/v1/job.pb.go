@@ -158,8 +158,10 @@ type Attempt struct {
 	AssignedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=assigned_at,json=assignedAt,proto3" json:"assigned_at,omitempty"`
 	// When it ended; unset while it runs.
 	EndedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
-	// How it ended: "ok", "fatal", "temporary", "timeout", "expired",
-	// "disconnected", "cancelled", "requeued"; empty while it runs.
+	// How it ended: "ok", "fatal", "temporary", "timeout", "invalid",
+	// "expired", "disconnected", "lost", "cancelled", "requeued", "removed",
+	// "not_started" (the server had no free slot; the attempt was given
+	// back); empty while it runs.
 	End string `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
 	// Why it ended, when it did not end with a result.
 	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`

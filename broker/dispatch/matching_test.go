@@ -1,0 +1,77 @@
+package dispatch
+
+import (
+	"testing"
+	"time"
+
+	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/internal/testutil"
+)
+
+// A server takes only the jobs its type covers, however many slots it has
+// free; a job several types cover goes to a server of any of them.
+func TestServerTakesOnlyTheJobsItsTypeCovers(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1") // pytype
+	gpu := e.addGPUType()
+	e.addServerOfType("gpu1", "gputype", 4)
+	gpuJobs := e.submitTo(gpu, 2)
+	py := e.submit(e.platform, 1, 0)
+	g := e.connect("g1", 4)
+	a := g.nextAssign()
+	if a.Lease.JobID != py[0] {
+		t.Fatalf("the python server got job %d, want the python job %d", a.Lease.JobID, py[0])
+	}
+	g.none()
+	g.result(a, broker.OutcomeOK, map[string]int{"score": 1})
+	g.awaitAckOrReject()
+	g.none()
+
+	h := e.connect("gpu1", 4)
+	got := map[int64]bool{h.nextAssign().Lease.JobID: true, h.nextAssign().Lease.JobID: true}
+	if !got[gpuJobs[0]] || !got[gpuJobs[1]] {
+		t.Fatalf("the gpu server got jobs %v, want %v", got, gpuJobs)
+	}
+	h.none()
+
+	either := e.job(e.platform, 0)
+	either.TypeIDs = []int64{e.typeID, gpu}
+	id := e.submitJobs(either)[0]
+	e.settle()
+	if st := e.state(id); st != broker.JobAssigned {
+		t.Fatalf("a job both types cover is %s with both servers free, want assigned", st)
+	}
+}
+
+// Heartbeats extend a lease the server lists, up to twice the job's
+// timeout plus the grace; a lease it does not list expires at its deadline.
+func TestHeartbeatsExtendListedLeases(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now())
+	e := setup(t, Config{TickInterval: noTicks, Now: clk.Now, LeaseGrace: time.Second, HeartbeatInterval: time.Second}, "g1")
+	g := e.connect("g1", 2)
+	ids := e.submit(e.platform, 2, 0) // timeout 10 s: deadline 11 s, at most 21 s
+	a, b := g.nextAssign(), g.nextAssign()
+	beat := func(seconds int) {
+		for range seconds {
+			clk.Add(time.Second)
+			g.running(a.Lease)
+			e.tick()
+		}
+	}
+	beat(15)
+	if c := g.nextCancel(); c.Lease != b.Lease {
+		t.Fatalf("cancelled lease %d, want the unlisted lease %d", c.Lease.LeaseID, b.Lease.LeaseID)
+	}
+	g.none()
+	e.settle()
+	if st := e.state(ids[0]); st != broker.JobAssigned {
+		t.Fatalf("the listed job is %s 15 s into its 11 s lease, want still assigned", st)
+	}
+	beat(6) // 21 s: at the limit
+	g.none()
+	beat(1)
+	if c := g.nextCancel(); c.Lease != a.Lease {
+		t.Fatalf("cancelled lease %d, want lease %d past twice its timeout plus the grace", c.Lease.LeaseID, a.Lease.LeaseID)
+	}
+}
