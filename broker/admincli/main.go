@@ -7,6 +7,12 @@
 // --cert, --key, --json, --timeout) are accepted before the command and after
 // it, with defaults from GB_ADMIN_ADDR, GB_ADMIN_CA, GB_ADMIN_CERT and
 // GB_ADMIN_KEY.
+//
+// A command is one entry in the commands list: its flags function
+// registers its own flags and returns the function that checks them and
+// ends in call, which makes the one AdminService call and prints the
+// response (JSON under --json). noFlags and onJob spare the commands
+// without flags of their own the flag-set boilerplate.
 package admincli
 
 import (
@@ -28,6 +34,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/gradebroker/gradebroker/certs"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
@@ -295,6 +302,34 @@ func (r *runner) client() (gradebrokerv1.AdminServiceClient, error) {
 	}
 	r.cc = cc
 	return gradebrokerv1.NewAdminServiceClient(cc), nil
+}
+
+// admin is the AdminService client; its method expressions
+// (admin.AddTag) name the call a command makes.
+type admin = gradebrokerv1.AdminServiceClient
+
+// call is the shape of every remote command: connect, make one call, and
+// print its response, as JSON under --json and with human otherwise. The
+// broker's error is returned as it came, for run to print.
+func call[Req, Resp proto.Message](ctx context.Context, r *runner,
+	method func(admin, context.Context, Req, ...grpc.CallOption) (Resp, error),
+	req Req, human func(w io.Writer, resp Resp)) error {
+	c, err := r.client()
+	if err != nil {
+		return err
+	}
+	resp, err := method(c, ctx, req)
+	if err != nil {
+		return err
+	}
+	return r.emit(resp, func(w io.Writer) { human(w, resp) })
+}
+
+// noFlags is the flags function of a command without flags of its own.
+func noFlags(run func(ctx context.Context, r *runner, args []string) error) func(*flag.FlagSet, *runner) runFunc {
+	return func(_ *flag.FlagSet, r *runner) runFunc {
+		return func(ctx context.Context, args []string) error { return run(ctx, r, args) }
+	}
 }
 
 // --- usage ---
