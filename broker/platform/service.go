@@ -178,7 +178,7 @@ func (r request) actor() string { return "platform:" + r.platform.Name }
 // open checks a token for the request kind want and finds its platform.
 func (s *Service) open(ctx context.Context, compact, want string) (request, error) {
 	if compact == "" {
-		return request{}, status.Error(codes.InvalidArgument, `the request body must be {"token": "<compact JWE>"}`)
+		return request{}, refusal(codes.InvalidArgument, ReasonMalformedBody, "the request body must be "+bodyShape+": it has no token").Err()
 	}
 	claims, payload, err := s.opener.Open(ctx, compact, want)
 	if err != nil {
@@ -214,19 +214,23 @@ func (s *Service) openAs(ctx context.Context, compact, want string, v any) (requ
 
 // tokenError maps a token refusal to a status a platform developer can act on.
 func (s *Service) tokenError(ctx context.Context, err error) error {
-	if r := RefusalReason(err); r != "" && s.cfg.TokenRefused != nil {
-		s.cfg.TokenRefused(r)
+	reason := RefusalReason(err)
+	if reason != "" && s.cfg.TokenRefused != nil {
+		s.cfg.TokenRefused(reason)
 	}
+	// The details name the refusal in one word (EXPIRED, REPLAYED, ...), for
+	// a platform to act on without reading the message.
+	reason = strings.ToUpper(reason)
 	switch {
 	case errors.Is(err, token.ErrMalformed), errors.Is(err, token.ErrTooLarge), errors.Is(err, token.ErrAlgorithm),
 		errors.Is(err, token.ErrWrongRequest), errors.Is(err, token.ErrMissingJTI), errors.Is(err, token.ErrLifetime):
-		return status.Errorf(codes.InvalidArgument, "token refused: %v", err)
+		return refusal(codes.InvalidArgument, reason, fmt.Sprintf("token refused: %v", err)).Err()
 	case errors.Is(err, token.ErrDecrypt), errors.Is(err, token.ErrUnknownSigner), errors.Is(err, token.ErrBadSignature),
 		errors.Is(err, token.ErrExpired), errors.Is(err, token.ErrNotYetValid), errors.Is(err, token.ErrReplayed),
 		errors.Is(err, token.ErrWrongAudience), errors.Is(err, broker.ErrNotFound):
-		return status.Errorf(codes.Unauthenticated, "token refused: %v", err)
+		return refusal(codes.Unauthenticated, reason, fmt.Sprintf("token refused: %v", err)).Err()
 	case errors.Is(err, store.ErrTokenReused):
-		return status.Errorf(codes.Unauthenticated, "token refused: replayed: %v", err)
+		return refusal(codes.Unauthenticated, reason, fmt.Sprintf("token refused: replayed: %v", err)).Err()
 	}
 	return rpcstatus.Error(ctx, s.log, err)
 }
@@ -542,9 +546,13 @@ func peerFromContext(ctx context.Context) (certs.Identity, bool) {
 }
 
 // Handler returns the REST gateway: the PlatformService routes of
-// gateway.yaml, GET /v1/keys, and the body size limit.
+// gateway.yaml, GET /v1/keys, and the body size limit. Its errors are
+// grpc-gateway's Status JSON with details always present (see
+// gatewayError).
 func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
-	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayJSON()))
+	marshaler := newGatewayJSON()
+	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		runtime.WithErrorHandler(gatewayError))
 	if err := gbv1.RegisterPlatformServiceHandlerServer(ctx, mux, s); err != nil {
 		return nil, err
 	}
@@ -560,12 +568,18 @@ func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
 		return nil, err
 	}
 	limit := int64(s.cfg.Limits.MaxTokenBytes) + 4096
-	return http.MaxBytesHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			// Refused unread: no use taking in megabytes to say so.
+			gatewayError(r.Context(), mux, marshaler, w, r, tooLarge(limit))
+			return
+		}
+		r.Body = &gatewayBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit)}
 		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 			if id, err := certs.PeerIdentity(*r.TLS); err == nil {
 				r = r.WithContext(context.WithValue(r.Context(), peerKey{}, id))
 			}
 		}
 		mux.ServeHTTP(w, r)
-	}), limit), nil
+	}), nil
 }
