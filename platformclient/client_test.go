@@ -216,7 +216,9 @@ func TestAgainstBroker(t *testing.T) {
 	t.Run("unknown tag", func(t *testing.T) {
 		t.Parallel()
 		_, err := demo.SendJob(ctx, Job{Data: `{"n":3}`, Tags: []string{"python3", "cobol"}})
-		wantAPIError(t, err, http.StatusBadRequest, codes.InvalidArgument, "unknown tag", "cobol")
+		if ae := wantAPIError(t, err, http.StatusBadRequest, codes.InvalidArgument, "unknown tag", "cobol"); ae.Reason != "" {
+			t.Errorf("Reason %q for a refusal that gives none", ae.Reason)
+		}
 	})
 
 	t.Run("tags no server type covers", func(t *testing.T) {
@@ -238,14 +240,18 @@ func TestAgainstBroker(t *testing.T) {
 		t.Parallel()
 		impostor := e.client(t, platformName, e.keys.stranger, Options{})
 		_, err := impostor.Test(ctx)
-		wantAPIError(t, err, http.StatusUnauthorized, codes.Unauthenticated, "signature")
+		if ae := wantAPIError(t, err, http.StatusUnauthorized, codes.Unauthenticated, "signature"); ae.Reason != "BAD_SIGNATURE" {
+			t.Errorf("Reason %q, want BAD_SIGNATURE", ae.Reason)
+		}
 	})
 
 	t.Run("unknown platform", func(t *testing.T) {
 		t.Parallel()
 		nobody := e.client(t, "nobody", e.keys.stranger, Options{})
 		_, err := nobody.Test(ctx)
-		wantAPIError(t, err, http.StatusUnauthorized, codes.Unauthenticated, "nobody")
+		if ae := wantAPIError(t, err, http.StatusUnauthorized, codes.Unauthenticated, "nobody"); ae.Reason != "UNKNOWN_SIGNER" {
+			t.Errorf("Reason %q, want UNKNOWN_SIGNER", ae.Reason)
+		}
 	})
 
 	t.Run("replayed token", func(t *testing.T) {
@@ -258,7 +264,9 @@ func TestAgainstBroker(t *testing.T) {
 			t.Fatalf("first Post: %v", err)
 		}
 		err = demo.Post(ctx, PathTest, tok, new(gradebrokerv1.TestResponse))
-		wantAPIError(t, err, http.StatusUnauthorized, codes.Unauthenticated, "replayed")
+		if ae := wantAPIError(t, err, http.StatusUnauthorized, codes.Unauthenticated, "replayed"); ae.Reason != "REPLAYED" {
+			t.Errorf("Reason %q, want REPLAYED", ae.Reason)
+		}
 	})
 
 	t.Run("replayed sendjob token stores nothing", func(t *testing.T) {
