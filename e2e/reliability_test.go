@@ -183,6 +183,9 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 		t.Fatal("a result was acknowledged before the crash; the test did not kill the broker mid-job")
 	}
 	g.waitLines(10*time.Second, 1, `msg="connection to the broker failed; reconnecting"`)
+	if ls := g.lines("this server's certificate"); len(ls) > 0 {
+		t.Errorf("graderd blamed its certificate for a broker that died mid-stream:\n%s", strings.Join(ls, "\n"))
+	}
 
 	startBrokerProc(t, dir, db, grpcAddr, httpAddr)
 	g.waitLines(15*time.Second, 2, `msg="connected to broker"`)

@@ -19,6 +19,7 @@ import (
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd/executor"
 	"github.com/gradebroker/gradebroker/graderd/spool"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // blockingExecutor runs until released or cancelled, so that tests control
@@ -349,6 +350,38 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 	eventually(t, "the lost connection to be logged", func() bool {
 		return strings.Contains(h.logs.String(), "connection to the broker failed; reconnecting")
 	})
+}
+
+// TestBrokerGoneAfterWelcome: a stream the broker had accepted ends when
+// the broker goes away; graderd says so, with how long the stream was up,
+// and does not blame its certificate, which the broker had accepted. (The
+// certificate hint is for a connection closed before any Welcome; the
+// "client certificate from another CA" case of TestConnectionTestFailures
+// keeps it.)
+func TestBrokerGoneAfterWelcome(t *testing.T) {
+	t.Parallel()
+	h := setup(t, nil)
+	h.fb.nextStream(t)
+	testutil.Eventually(t, "graderd to have the Welcome", func() bool {
+		return strings.Contains(h.logs.String(), `msg="connected to broker"`)
+	})
+	h.fb.stop()
+	var line string
+	testutil.Eventually(t, "the lost stream to be logged", func() bool {
+		for _, l := range strings.Split(h.logs.String(), "\n") {
+			if strings.Contains(l, "connection to the broker failed; reconnecting") {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	if strings.Contains(line, "certificate") {
+		t.Errorf("graderd blames its certificate for a broker gone after the Welcome:\n%s", line)
+	}
+	if !strings.Contains(line, "the stream had been up for") {
+		t.Errorf("the log does not say the stream had been up:\n%s", line)
+	}
 }
 
 func TestRefusedCertificateIsRetried(t *testing.T) {
