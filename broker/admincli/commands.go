@@ -15,6 +15,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi"
+	"github.com/gradebroker/gradebroker/broker/protoconv"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/certs"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
@@ -748,11 +749,11 @@ func (r *runner) bootstrap(ctx context.Context, dbPath, name, certFile, caFile s
 	if err != nil {
 		return err
 	}
-	return r.emit(adminapi.OperatorToProto(op), func(w io.Writer) {
+	return r.emit(protoconv.OperatorToProto(op), func(w io.Writer) {
 		if created {
 			fmt.Fprintf(w, "created database %s\n", dbPath)
 		}
 		fmt.Fprintf(w, "registered operator %s in %s\n", op.Name, dbPath)
-		printOperator(w, adminapi.OperatorToProto(op))
+		printOperator(w, protoconv.OperatorToProto(op))
 	})
 }

@@ -22,8 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/gradebroker/gradebroker/broker"
-	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/protoconv"
 	"github.com/gradebroker/gradebroker/broker/rpcstatus"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
@@ -337,7 +337,7 @@ func (s *Service) submit(ctx context.Context, r request, jobs []broker.NewJob) (
 	}
 	out := make([]*gbv1.SendJobResponse, len(ins))
 	for i, in := range ins {
-		out[i] = &gbv1.SendJobResponse{JobId: in.ID, Duplicate: in.Duplicate, State: adminapi.JobStateToProto(in.State)}
+		out[i] = &gbv1.SendJobResponse{JobId: in.ID, Duplicate: in.Duplicate, State: protoconv.JobStateToProto(in.State)}
 		if !in.Duplicate {
 			// The first line of a job's trail at info, before the
 			// dispatcher's "job done" or "job failed": one per job, also
@@ -498,7 +498,7 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 	if err != nil {
 		return nil, rpcstatus.Error(ctx, s.log, err)
 	}
-	pj := adminapi.JobToProto(job)
+	pj := protoconv.JobToProto(job)
 	// The platform sent the data and does not need it back; events are the
 	// broker's own trail.
 	pj.Jobdata, pj.Events = "", nil
@@ -534,7 +534,7 @@ func (s *Service) CancelJob(ctx context.Context, req *gbv1.CancelJobRequest) (*g
 	if !cancelled {
 		msg = fmt.Sprintf("not cancelled: the job is already %s", st)
 	}
-	return &gbv1.CancelJobResponse{JobId: id, State: adminapi.JobStateToProto(st), Message: msg}, nil
+	return &gbv1.CancelJobResponse{JobId: id, State: protoconv.JobStateToProto(st), Message: msg}, nil
 }
 
 // peerKey carries the gateway caller's verified client certificate.
