@@ -12,13 +12,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/gradebroker/gradebroker/broker/wakeup"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 var testWakeKey = []byte("graderd tests' wakeup key, 32 b!")
 
-func testSecret() []byte { return wakeup.DeriveSecret(testWakeKey, "grader1") }
+func testSecret() []byte { return wakeupmsg.DeriveSecret(testWakeKey, "grader1") }
 
 // sleepy configures idle exit and, with listen, the wakeup port.
 func sleepy(listen bool) func(*Config) {
@@ -108,14 +108,14 @@ func TestIdleWaitsForAValidWakeup(t *testing.T) {
 
 	now := time.Now()
 	secret := testSecret()
-	replayed := wakeup.NewDatagram(secret, "grader1", now, wakeup.NewNonce())
+	replayed := wakeupmsg.NewDatagram(secret, "grader1", now, wakeupmsg.NewNonce())
 	for _, tc := range []struct {
 		name string
 		b    []byte
 	}{
-		{"forged", wakeup.NewDatagram(wakeup.DeriveSecret(testWakeKey, "grader2"), "grader1", now, wakeup.NewNonce())},
-		{"stale", wakeup.NewDatagram(secret, "grader1", now.Add(-2*time.Minute), wakeup.NewNonce())},
-		{"future", wakeup.NewDatagram(secret, "grader1", now.Add(2*time.Minute), wakeup.NewNonce())},
+		{"forged", wakeupmsg.NewDatagram(wakeupmsg.DeriveSecret(testWakeKey, "grader2"), "grader1", now, wakeupmsg.NewNonce())},
+		{"stale", wakeupmsg.NewDatagram(secret, "grader1", now.Add(-2*time.Minute), wakeupmsg.NewNonce())},
+		{"future", wakeupmsg.NewDatagram(secret, "grader1", now.Add(2*time.Minute), wakeupmsg.NewNonce())},
 		{"malformed", []byte("wake up!")},
 	} {
 		if got := ask(t, h.d, tc.b); got != "no" {
@@ -140,7 +140,7 @@ func TestIdleWaitsForAValidWakeup(t *testing.T) {
 	// Idle again: it sleeps again, and wakes again.
 	ended(t, bs)
 	eventually(t, "graderd asleep again", func() bool { return strings.Count(h.logs.String(), "waiting for a wakeup") == 2 })
-	if got := ask(t, h.d, wakeup.NewDatagram(secret, "grader1", time.Now(), wakeup.NewNonce())); got != "ok" {
+	if got := ask(t, h.d, wakeupmsg.NewDatagram(secret, "grader1", time.Now(), wakeupmsg.NewNonce())); got != "ok" {
 		t.Fatalf("second wakeup answered %q", got)
 	}
 	h.fb.nextStream(t)
@@ -181,7 +181,7 @@ func TestWakeupSkipsTheReconnectWait(t *testing.T) {
 	}, nil)
 	eventually(t, "a failed connection", func() bool { return strings.Contains(h.logs.String(), "reconnecting") })
 	fb.setRefuse(nil)
-	if got := ask(t, h.d, wakeup.NewDatagram(testSecret(), "grader1", time.Now(), wakeup.NewNonce())); got != "ok" {
+	if got := ask(t, h.d, wakeupmsg.NewDatagram(testSecret(), "grader1", time.Now(), wakeupmsg.NewNonce())); got != "ok" {
 		t.Fatalf("wakeup answered %q", got)
 	}
 	fb.nextStream(t) // long before the minute's wait

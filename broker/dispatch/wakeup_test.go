@@ -15,6 +15,7 @@ import (
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd"
 	"github.com/gradebroker/gradebroker/graderd/executor"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 // fakeWaker records the wakeups the dispatcher asks for.
@@ -228,7 +229,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func TestSleepingServerIsWokenAndAssigned(t *testing.T) {
 	t.Parallel()
 	e := setup(t, Config{TickInterval: 20 * time.Millisecond}, "g1")
-	key := make([]byte, wakeup.KeySize)
+	key := make([]byte, wakeupmsg.KeySize)
 	copy(key, "a test wakeup key of 32 bytes!!!")
 	results := make(chan bool, 10)
 	w, err := wakeup.New(wakeup.Config{Broker: "test", Key: key, OnResult: func(s string, ok bool) {
@@ -254,7 +255,7 @@ func TestSleepingServerIsWokenAndAssigned(t *testing.T) {
 	cfg.ReconnectMin, cfg.ReconnectMax = 50*time.Millisecond, time.Second
 	cfg.IdleExit = 300 * time.Millisecond
 	cfg.WakeupListen = "127.0.0.1:0"
-	cfg.WakeupSecret = hex.EncodeToString(wakeup.DeriveSecret(key, "g1"))
+	cfg.WakeupSecret = hex.EncodeToString(wakeupmsg.DeriveSecret(key, "g1"))
 	gd, err := graderd.New(cfg, slog.New(logs))
 	if err != nil {
 		t.Fatal(err)
