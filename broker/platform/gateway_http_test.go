@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -87,11 +86,11 @@ func startGateway(t *testing.T, cfg Config) *gatewayEnv {
 	srv.TLS = src.ServerTLSConfigOptionalClient()
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	pool, err := certs.LoadCAPool(ca.CertFile)
+	tlsConfig, err := certs.GatewayClientTLSConfig(ca.CertFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
 	return &gatewayEnv{url: srv.URL, http: hc, brokerKey: &brokerKey.PublicKey, platformKey: platformKey}
 }
 
