@@ -24,7 +24,6 @@ import (
 	"net"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -115,15 +114,9 @@ func (c *connFlags) register(fs *flag.FlagSet, shadowed []string) {
 	fs.DurationVar(&c.timeout, "timeout", c.timeout, "give up after this `DURATION`")
 }
 
-// usageError is a mistake on the command line: Main prints it with the
+// usagef reports a mistake on the command line: Main prints it with the
 // command's usage and exits with ExitUsage.
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error {
-	return usageError{fmt.Sprintf(format, args...)}
-}
+var usagef = cliflag.Usagef
 
 func (m *cli) main(ctx context.Context, args []string) int {
 	conn := envConn()
@@ -239,7 +232,7 @@ func (m *cli) run(ctx context.Context, cmd *command, conn connFlags, args []stri
 	if err == nil {
 		return ExitOK
 	}
-	var ue usageError
+	var ue cliflag.UsageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(m.stderr, "error: %v\n\n", err)
 		m.commandUsage(m.stderr, cmd, fs)
@@ -398,36 +391,10 @@ func (m *cli) commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 			own = append(own, f)
 		}
 	})
-	if len(own) > 0 {
-		fmt.Fprintf(w, "\nFlags:\n")
-		sort.Slice(own, func(i, j int) bool { return own[i].Name < own[j].Name })
-		printFlags(w, own)
-	}
-	if len(c.examples) > 0 {
-		fmt.Fprintf(w, "\nExamples:\n")
-		for _, e := range c.examples {
-			fmt.Fprintf(w, "  %s\n", e)
-		}
-	}
+	cliflag.PrintCommandHelp(w, own, c.examples)
 	if !c.local {
 		fmt.Fprint(w, connectionHelp(c.shadows))
 	}
 }
 
 var connFlagNames = map[string]bool{"addr": true, "ca": true, "cert": true, "client-cert": true, "key": true, "client-key": true, "json": true, "timeout": true}
-
-func printFlags(w io.Writer, flags []*flag.Flag) {
-	tw := newTable(w)
-	for _, f := range flags {
-		name, usage := flag.UnquoteUsage(f)
-		left := "  --" + f.Name
-		if name != "" {
-			left += " " + name
-		}
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "[]" {
-			usage += fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintf(tw, "%s\t%s\n", left, usage)
-	}
-	tw.Flush()
-}
