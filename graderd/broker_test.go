@@ -340,7 +340,7 @@ func testConfig(t *testing.T, fb *fakeBroker) Config {
 // setup starts a fake broker and a daemon configured by mutate.
 func setup(t *testing.T, mutate func(*Config)) *harness {
 	t.Helper()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	return startDaemon(t, fb, mutate, nil)
 }
 

@@ -136,7 +136,7 @@ func TestResultResentAfterStreamBreak(t *testing.T) {
 
 func TestResultsOfAnEarlierRunAreSent(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	spoolDir := filepath.Join(t.TempDir(), "spool")
 	sp, err := spool.Open(spoolDir)
 	if err != nil {
@@ -386,7 +386,7 @@ func TestBrokerGoneAfterWelcome(t *testing.T) {
 
 func TestRefusedCertificateIsRetried(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	fb.setRefuse(status.Error(codes.PermissionDenied, "certificate serial 1f is not registered; ask an operator to add it"))
 	h := startDaemon(t, fb, nil, nil)
 	eventually(t, "the refusal to be logged", func() bool {
@@ -506,7 +506,7 @@ func TestTestBehaviors(t *testing.T) {
 		t.Run(strings.TrimPrefix(behaviorName(tc.behavior), "TestBehavior"), func(t *testing.T) {
 			t.Parallel()
 			ex := &countingExecutor{runs: make(chan executor.Job, 10)}
-			fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+			fb := startFakeBroker(t, newTestPKI(t))
 			h := startDaemon(t, fb, func(c *Config) {
 				c.Executor = ex
 				c.TestBehavior = tc.behavior
@@ -526,7 +526,7 @@ func behaviorName(b int) string {
 
 func TestConnectionTest(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	log, _ := newTestLogger(t)
 	d, err := New(testConfig(t, fb), log)
 	if err != nil {
@@ -564,7 +564,7 @@ func TestConnectionTestFailures(t *testing.T) {
 			}
 		}},
 		{"unknown CA", func(t *testing.T, fb *fakeBroker, cfg *Config, d **Daemon) {
-			other := newTestPKI(t, t.TempDir())
+			other := newTestPKI(t)
 			cfg.CAFile = other.CAFile
 		}, func(t *testing.T, fb *fakeBroker, err error) {
 			if !strings.Contains(err.Error(), "TLS handshake failed") {
@@ -572,7 +572,7 @@ func TestConnectionTestFailures(t *testing.T) {
 			}
 		}},
 		{"client certificate from another CA", func(t *testing.T, fb *fakeBroker, cfg *Config, d **Daemon) {
-			other := newTestPKI(t, t.TempDir())
+			other := newTestPKI(t)
 			cfg.CertFile, cfg.KeyFile = other.CertFile, other.KeyFile
 		}, func(t *testing.T, fb *fakeBroker, err error) {
 			if !strings.Contains(err.Error(), "TLS handshake failed") && !strings.Contains(err.Error(), "does not accept this server's certificate") {
@@ -597,7 +597,7 @@ func TestConnectionTestFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+			fb := startFakeBroker(t, newTestPKI(t))
 			cfg := testConfig(t, fb)
 			var d *Daemon
 			build := func() {

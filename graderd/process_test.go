@@ -146,7 +146,7 @@ func brokerArgs(t *testing.T, fb *fakeBroker) []string {
 
 func TestBinaryConnectionTest(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	r := runBinary(t, append(brokerArgs(t, fb), "-t")...)
 	want := "ok: connected to " + fb.addr + " as server grader1 (type python, tags python3, course-6.00x)\n"
 	if r.code != 0 || r.stdout != want {
@@ -156,7 +156,7 @@ func TestBinaryConnectionTest(t *testing.T) {
 
 func TestBinaryConnectionTestRefused(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	fb.setRefuse(status.Error(codes.PermissionDenied, "certificate CN=grader1,OU=server is not registered; run gbadmin server add"))
 	r := runBinary(t, append(brokerArgs(t, fb), "-t")...)
 	want := "broker refused this server's certificate: certificate CN=grader1,OU=server is not registered; run gbadmin server add"
@@ -173,7 +173,7 @@ func TestBinaryConnectionTestRefused(t *testing.T) {
 // result left in the spool.
 func TestBinarySignals(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	dir := t.TempDir()
 	spoolDir := filepath.Join(dir, "spool")
 	cfgPath := filepath.Join(dir, "graderd.yaml")
@@ -230,7 +230,7 @@ func TestBinarySignals(t *testing.T) {
 // removes its pid file.
 func TestBinaryDaemon(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "graderd.pid")
 	logFile := filepath.Join(dir, "graderd.log")

@@ -101,7 +101,7 @@ func TestIdleExitWithoutWakeupListenerExits(t *testing.T) {
 
 func TestIdleWaitsForAValidWakeup(t *testing.T) {
 	t.Parallel()
-	h := startDaemon(t, startFakeBroker(t, newTestPKI(t, t.TempDir())), sleepy(true), shortSettle)
+	h := startDaemon(t, startFakeBroker(t, newTestPKI(t)), sleepy(true), shortSettle)
 	bs := h.fb.nextStream(t)
 	ended(t, bs)
 	eventually(t, "graderd asleep", func() bool { return strings.Contains(h.logs.String(), "waiting for a wakeup") })
@@ -149,7 +149,7 @@ func TestIdleWaitsForAValidWakeup(t *testing.T) {
 func TestJobDuringIdleSettleKeepsTheConnection(t *testing.T) {
 	t.Parallel()
 	exec := newBlockingExecutor()
-	h := startDaemon(t, startFakeBroker(t, newTestPKI(t, t.TempDir())), func(c *Config) {
+	h := startDaemon(t, startFakeBroker(t, newTestPKI(t)), func(c *Config) {
 		sleepy(false)(c)
 		c.Executor = exec
 	}, func(d *Daemon) { d.sleep.settle = 2 * time.Second })
@@ -168,7 +168,7 @@ func TestJobDuringIdleSettleKeepsTheConnection(t *testing.T) {
 
 func TestWakeupSkipsTheReconnectWait(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	fb.setRefuse(status.Error(codes.Unavailable, "broker busy"))
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secretFile, []byte(hex.EncodeToString(testSecret())+"\n"), 0o600); err != nil {
