@@ -141,6 +141,13 @@ func TestGrades(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
+		// Only "sum loops" is about the time limit. The others get the
+		// longest one: each test starts a python3, and on a busy machine
+		// a start can take longer than the default 2 s, which would turn
+		// a syntax error into a time-out.
+		if _, set := tt.jobdata["time_limit_ms"]; !set {
+			tt.jobdata["time_limit_ms"] = maxTimeLimit.Milliseconds()
+		}
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			code, stdout, stderr := runGrader(t, envelope(t, tt.jobdata))
@@ -234,5 +241,24 @@ func TestThroughExecutor(t *testing.T) {
 	want := `grader reported a fatal error (exit status 1): samplegrader: unknown task "sort" (known tasks: reverse, sum)`
 	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_FATAL || res.Error != want {
 		t.Errorf("Run = %v %q, want FATAL %q", res.Outcome, res.Error, want)
+	}
+}
+
+// TestTimeLimit: a job without time_limit_ms gets the default limit, and
+// one with it gets what it asks for. (TestGrades runs its solutions with
+// the longest limit, and "sum loops" shows a limit being enforced.)
+func TestTimeLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		jobdata string
+		want    time.Duration
+	}{
+		{`{"task":"sum","solution":"x"}`, defaultTimeLimit},
+		{`{"task":"sum","solution":"x","time_limit_ms":750}`, 750 * time.Millisecond},
+	} {
+		j, err := readJob(bytes.NewReader(envelope(t, tc.jobdata)))
+		if err != nil || j.timeLimit != tc.want {
+			t.Errorf("%s: time limit %v, %v; want %v", tc.jobdata, j.timeLimit, err, tc.want)
+		}
 	}
 }
