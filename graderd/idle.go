@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gradebroker/gradebroker/wakeupmsg"
@@ -47,6 +48,11 @@ type sleepState struct {
 	verifier *wakeupmsg.Verifier
 	// wake receives a token for each valid wakeup.
 	wake chan struct{}
+
+	// naps counts the waits for a wakeup begun, and retries the waits
+	// before a reconnection: the states a wakeup acts on, which tests wait
+	// for before they send one.
+	naps, retries atomic.Int64
 
 	mu   sync.Mutex
 	addr net.Addr
@@ -208,6 +214,7 @@ func (d *Daemon) sleepUntilWoken(ctx context.Context) bool {
 	default:
 	}
 	d.log.Info("idle: disconnected, waiting for a wakeup from the broker", "wakeup_listen", d.WakeupAddr())
+	d.sleep.naps.Add(1)
 	select {
 	case <-ctx.Done():
 		return false

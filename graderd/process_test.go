@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // These tests run the real binary, built once per test run.
@@ -262,7 +263,7 @@ func TestBinaryDaemon(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the daemon to remove its pid file", func() bool {
+	testutil.Eventually(t, "the daemon to remove its pid file", func() bool {
 		_, err := os.Stat(pidFile)
 		return errors.Is(err, os.ErrNotExist)
 	})

@@ -196,6 +196,7 @@ func (d *Daemon) connectLoop(ctx context.Context) {
 			d.log.Warn("connection to the broker failed; reconnecting", "broker", d.cfg.Broker, "error", err, "retry_in", wait)
 		}
 		t := time.NewTimer(wait)
+		d.sleep.retries.Add(1)
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
@@ -41,7 +42,7 @@ func slotsMsg(n uint32) func(*gradebrokerv1.ConnectRequest) bool {
 // ask sends datagram b to the daemon's wakeup port and returns the reply.
 func ask(t *testing.T, d *Daemon, b []byte) string {
 	t.Helper()
-	eventually(t, "the wakeup port", func() bool { return d.WakeupAddr() != nil })
+	testutil.Eventually(t, "the wakeup port", func() bool { return d.WakeupAddr() != nil })
 	conn, err := net.Dial("udp", d.WakeupAddr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +69,8 @@ func ended(t *testing.T, bs *brokerStream) {
 	}
 }
 
-// noStream checks that graderd does not connect during d.
+// noStream checks that graderd does not connect during d: the wait is what
+// is tested, an absence.
 func noStream(t *testing.T, fb *fakeBroker, d time.Duration) {
 	t.Helper()
 	select {
@@ -104,7 +106,7 @@ func TestIdleWaitsForAValidWakeup(t *testing.T) {
 	h := startDaemon(t, startFakeBroker(t, newTestPKI(t)), sleepy(true), shortSettle)
 	bs := h.fb.nextStream(t)
 	ended(t, bs)
-	eventually(t, "graderd asleep", func() bool { return strings.Contains(h.logs.String(), "waiting for a wakeup") })
+	testutil.Eventually(t, "graderd asleep", func() bool { return h.d.sleep.naps.Load() == 1 })
 
 	now := time.Now()
 	secret := testSecret()
@@ -139,7 +141,7 @@ func TestIdleWaitsForAValidWakeup(t *testing.T) {
 	}
 	// Idle again: it sleeps again, and wakes again.
 	ended(t, bs)
-	eventually(t, "graderd asleep again", func() bool { return strings.Count(h.logs.String(), "waiting for a wakeup") == 2 })
+	testutil.Eventually(t, "graderd asleep again", func() bool { return h.d.sleep.naps.Load() == 2 })
 	if got := ask(t, h.d, wakeupmsg.NewDatagram(secret, "grader1", time.Now(), wakeupmsg.NewNonce())); got != "ok" {
 		t.Fatalf("second wakeup answered %q", got)
 	}
@@ -179,7 +181,7 @@ func TestWakeupSkipsTheReconnectWait(t *testing.T) {
 		c.WakeupListen = "127.0.0.1:0"
 		c.WakeupSecretFile = secretFile
 	}, nil)
-	eventually(t, "a failed connection", func() bool { return strings.Contains(h.logs.String(), "reconnecting") })
+	testutil.Eventually(t, "graderd waiting to reconnect", func() bool { return h.d.sleep.retries.Load() > 0 })
 	fb.setRefuse(nil)
 	if got := ask(t, h.d, wakeupmsg.NewDatagram(testSecret(), "grader1", time.Now(), wakeupmsg.NewNonce())); got != "ok" {
 		t.Fatalf("wakeup answered %q", got)
