@@ -102,6 +102,9 @@ type Service struct {
 
 	keyCache sync.Map // PEM string → *rsa.PublicKey
 	reg      atomic.Pointer[registry]
+
+	waitMu  sync.Mutex
+	waiting map[int64]int // job id → getjob calls waiting for it to be final
 }
 
 // New returns the platform API over db and d, reading tokens with keys.
@@ -488,7 +491,9 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 	}
 	if ref.WaitSeconds.v > 0 {
 		wctx, cancel := context.WithTimeout(ctx, time.Duration(ref.WaitSeconds.v)*time.Second)
+		s.countWait(id, 1)
 		_, err := s.d.WaitFinal(wctx, id)
+		s.countWait(id, -1)
 		cancel()
 		if err != nil && ctx.Err() != nil {
 			return nil, rpcstatus.Error(ctx, s.log, ctx.Err())
@@ -503,6 +508,25 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 	// broker's own trail.
 	pj.Jobdata, pj.Events = "", nil
 	return &gbv1.GetJobResponse{Job: pj}, nil
+}
+
+// Waiting returns how many getjob calls wait for job jobID to become
+// final, so that a test can make the job final once a call waits for it.
+func (s *Service) Waiting(jobID int64) int {
+	s.waitMu.Lock()
+	defer s.waitMu.Unlock()
+	return s.waiting[jobID]
+}
+
+func (s *Service) countWait(jobID int64, delta int) {
+	s.waitMu.Lock()
+	defer s.waitMu.Unlock()
+	if s.waiting == nil {
+		s.waiting = make(map[int64]int)
+	}
+	if s.waiting[jobID] += delta; s.waiting[jobID] <= 0 {
+		delete(s.waiting, jobID)
+	}
 }
 
 // CancelJob implements PlatformService.CancelJob.
