@@ -41,6 +41,7 @@ func TestMain(m *testing.M) {
 
 func graderdBinary(t *testing.T) string {
 	t.Helper()
+	testutil.Slow(t, "builds and runs the graderd binary")
 	binary.once.Do(func() {
 		binary.dir, binary.err = os.MkdirTemp("", "graderd-bin-")
 		if binary.err != nil {

@@ -41,6 +41,7 @@ func wantAPIError(t *testing.T, err error, httpStatus int, code codes.Code, part
 }
 
 func TestAgainstBroker(t *testing.T) {
+	testutil.Slow(t, "a whole broker")
 	e := startBroker(t)
 	ctx := context.Background()
 	demo := e.client(t, platformName, e.keys.platform, Options{})

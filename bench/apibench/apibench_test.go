@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 // TestRunSmoke runs every measurement briefly, so that the benchmark keeps
 // working; the figures themselves come from `make bench`.
 func TestRunSmoke(t *testing.T) {
+	testutil.Slow(t, "the API benchmark, briefly, twice")
 	t.Parallel()
 	for _, tc := range []struct {
 		name  string

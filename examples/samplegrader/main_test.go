@@ -16,6 +16,7 @@ import (
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd/executor"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // grader is the path of the samplegrader binary TestMain builds: the tests
@@ -92,6 +93,7 @@ func runGrader(t *testing.T, stdin []byte, env ...string) (int, string, string) 
 }
 
 func TestGrades(t *testing.T) {
+	testutil.Slow(t, "a python3 per test case")
 	t.Parallel()
 	needPython(t)
 	// Messages carry times and tracebacks; the test compares the verdicts
@@ -215,6 +217,7 @@ func TestRefuses(t *testing.T) {
 }
 
 func TestJobDataAsString(t *testing.T) {
+	testutil.Slow(t, "a python3 per test case")
 	t.Parallel()
 	needPython(t)
 	inner, _ := json.Marshal(map[string]any{"task": "reverse", "solution": "print(input()[::-1])"})
@@ -228,6 +231,7 @@ func TestJobDataAsString(t *testing.T) {
 // TestThroughExecutor runs the sample grader the way graderd does, through
 // executor.Exec.
 func TestThroughExecutor(t *testing.T) {
+	testutil.Slow(t, "graderd's executor runs the grader and python3")
 	t.Parallel()
 	needPython(t)
 	e := &executor.Exec{Command: []string{grader}, WorkRoot: t.TempDir()}
