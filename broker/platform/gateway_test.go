@@ -36,6 +36,14 @@ func TestGatewayJSONDecoder(t *testing.T) {
 		{name: "token not a string", body: `{"token": 5}`, wantErr: `line 1, column 11: expected "token" as a JSON string, found a number`},
 		{name: "data after the object", body: `{"token": "t"} {"token": "u"}`, wantErr: "line 1, column 16: expected the end of the body"},
 		{name: "too large", body: `{"token": "` + strings.Repeat("x", 100) + `"}`, limit: 64, wantErr: "larger than the 64 bytes"},
+		{name: "columns count characters", body: `{"é": x}`, wantErr: `line 1, column 7: expected a JSON value, found "x"`},
+		{name: "bad escape", body: `{"token": "a\q"}`, wantErr: `line 1, column 14: expected an escape`},
+		{name: "half a surrogate pair", body: `{"token": "\ud800"}`, wantErr: `line 1, column 12: expected a UTF-16 surrogate pair, found \ud800 alone`},
+		{name: "control character", body: "{\"token\": \"a\tb\"}", wantErr: `line 1, column 13: expected a character of the string or its closing quote`},
+		{name: "leading zero", body: `{"a": 01}`, wantErr: `line 1, column 8: expected "," or "}" after the member, found a number`},
+		{name: "cut literal", body: `{"a": tru}`, wantErr: `line 1, column 10: expected "e" to finish true, found "}"`},
+		{name: "unclosed array", body: `{"a": [1 2]}`, wantErr: `line 1, column 10: expected "," or "]" after the element, found a number`},
+		{name: "name without quotes", body: `{token: "t"}`, wantErr: `line 1, column 2: expected a member name in double quotes, found "t"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
