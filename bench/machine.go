@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mattn/go-sqlite3"
+	"github.com/gradebroker/gradebroker/broker/store"
 )
 
 // Machine describes where the benchmark ran.
@@ -53,8 +53,7 @@ func Describe(dir string) Machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
-	v, _, _ := sqlite3.Version()
-	m.SQLite = v
+	m.SQLite = store.SQLiteVersion()
 	m.DirFS = fsOf(dir)
 	m.FsyncP50, m.FsyncP99 = fsyncProbe(dir, 200)
 	m.LoadStart = loadavg()

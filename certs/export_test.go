@@ -11,3 +11,7 @@ func SetWatchTimings(s *Source, debounce, poll time.Duration, noNotify bool, onW
 	s.noNotify = noNotify
 	s.onWatch = onWatch
 }
+
+// SetOnPoll makes Watch call fn after each poll of the files, so that a
+// test can wait for polls. Call it before Watch.
+func SetOnPoll(s *Source, fn func()) { s.onPoll = fn }

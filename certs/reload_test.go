@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,6 +55,11 @@ func install(t *testing.T) installed {
 		t.Fatalf("NewServerSource: %v", err)
 	}
 	in.src = src
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the Source's log:\n%s", in.log.String())
+		}
+	})
 	return in
 }
 
@@ -93,13 +99,7 @@ func (in installed) servedFingerprint(t *testing.T) string {
 // fingerprint want.
 func (in installed) waitServed(t *testing.T, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for in.src.Identity().Fingerprint != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("certificate %s not loaded after 10s; log:\n%s", want, in.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, "certificate "+want+" to be loaded", func() bool { return in.src.Identity().Fingerprint == want })
 	if got := in.servedFingerprint(t); got != want {
 		t.Fatalf("handshake presented %s, want %s", got, want)
 	}
@@ -292,6 +292,8 @@ func TestWatchFileChange(t *testing.T) {
 func TestWatchPoll(t *testing.T) {
 	t.Parallel()
 	in := install(t)
+	var polls atomic.Int64
+	certs.SetOnPoll(in.src, func() { polls.Add(1) })
 	startWatch(t, in.src, 30*time.Millisecond, true)
 	good := in.src.Identity().Fingerprint
 
@@ -300,14 +302,9 @@ func TestWatchPoll(t *testing.T) {
 	if err := os.WriteFile(in.certFile, []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for in.log.count("reload failed") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("broken file not noticed; log:\n%s", in.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond) // several more polls
+	testutil.Eventually(t, "the broken file to be noticed", func() bool { return in.log.count("reload failed") > 0 })
+	noticed := polls.Load()
+	testutil.Eventually(t, "three more polls of the broken file", func() bool { return polls.Load() >= noticed+3 })
 	if n := in.log.count("reload failed"); n != 1 {
 		t.Errorf("failure logged %d times, want once", n)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gradebroker/gradebroker/certs"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // The scripts are the supported way to make gradebroker's certificates, so
@@ -130,6 +131,7 @@ func snapshot(t *testing.T, dir string) map[string]string {
 }
 
 func TestScriptsPKI(t *testing.T) {
+	testutil.Slow(t, "openssl makes keys")
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "pki")
 	ca := keyValues(t, mustRun(t, "gb-ca.sh", "--dir", dir, "--name", "testbroker",
@@ -259,6 +261,7 @@ func TestScriptsPKI(t *testing.T) {
 }
 
 func TestScriptsKeys(t *testing.T) {
+	testutil.Slow(t, "openssl makes RSA keys")
 	t.Parallel()
 	prefix := filepath.Join(t.TempDir(), "keys", "demo-token")
 	out := keyValues(t, mustRun(t, "gb-keys.sh", "--out", prefix, "--bits", "2048").stdout)
@@ -331,6 +334,7 @@ func TestScriptsKeys(t *testing.T) {
 }
 
 func TestScriptsDevPKI(t *testing.T) {
+	testutil.Slow(t, "openssl makes a whole development PKI")
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "dev")
 	mustRun(t, "gb-dev-pki.sh", dir)

@@ -66,11 +66,13 @@ type Source struct {
 
 	// Knobs for Watch; tests shorten them. onWatch, if set, is called once
 	// Watch catches SIGHUP and watches the files, so a test knows a signal
-	// is safe to send and a change will be seen.
+	// is safe to send and a change will be seen; onPoll after each poll,
+	// so that a test can wait for polls rather than sleep.
 	debounce     time.Duration
 	pollInterval time.Duration
 	noNotify     bool
 	onWatch      func()
+	onPoll       func()
 }
 
 // material is one consistent set of loaded files. It is never modified
@@ -330,6 +332,9 @@ func (s *Source) Watch(ctx context.Context) {
 			_ = s.reload("file changed", false)
 		case <-poll.C:
 			_ = s.reload("file changed (poll)", false)
+			if s.onPoll != nil {
+				s.onPoll()
+			}
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // repoRoot is the checkout's top directory.
@@ -33,6 +34,7 @@ func repoRoot(t *testing.T) string {
 // devPKI runs scripts/gb-dev-pki.sh into a temp dir and returns it.
 func devPKI(t *testing.T) string {
 	t.Helper()
+	testutil.Slow(t, "a whole broker, graderd processes and openssl")
 	dir := t.TempDir()
 	script(t, "gb-dev-pki.sh", dir)
 	return dir

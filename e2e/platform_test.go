@@ -171,7 +171,7 @@ func TestPlatformRefusals(t *testing.T) {
 			b, _ := json.Marshal(bomb)
 			tok, _ := token.Seal(b, "demo", e.demoKey, e.brokerPub, "", true)
 			return tok
-		}(), 400, "large"},
+		}(), 413, "large"},
 		{"oversized jobdata", "/v1/jobs", e.seal(t, "demo", e.demoKey, e.claims("sendjob", map[string]any{
 			"tags": "python3", "jobdata": map[string]any{"x": strings.Repeat("a", 1<<20+10)}})), 400, "limit"},
 		{"unknown tag", "/v1/jobs", e.seal(t, "demo", e.demoKey, e.claims("sendjob", map[string]any{

@@ -210,6 +210,11 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 	if ls := g.lines("broker refused result"); len(ls) > 0 {
 		t.Errorf("the restarted broker refused spooled results:\n%s", strings.Join(ls, "\n"))
 	}
+	// graderd lost a stream that had been up for a while: it must not blame
+	// its certificate for that (it had, before).
+	if ls := g.lines("this server's certificate"); len(ls) > 0 {
+		t.Errorf("graderd blamed its certificate for a broker that died mid-stream:\n%s", strings.Join(ls, "\n"))
+	}
 }
 
 // TestPartitionedServerPastLeaseDeadline: a server goes silent while it

@@ -10,12 +10,12 @@ import (
 	"time"
 
 	gb "github.com/gradebroker/gradebroker/broker"
-	"github.com/gradebroker/gradebroker/broker/wakeup"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd"
 	"github.com/gradebroker/gradebroker/graderd/executor"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 	"github.com/gradebroker/gradebroker/platformclient"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 // recordExecutor grades every job at once and records which it ran.
@@ -36,7 +36,7 @@ func (r *recordExecutor) Run(_ context.Context, j executor.Job) executor.Result 
 func TestSleepingServerIsWokenAndAssigned(t *testing.T) {
 	t.Parallel()
 	dir := devPKI(t)
-	key := make([]byte, wakeup.KeySize)
+	key := make([]byte, wakeupmsg.KeySize)
 	if _, err := (randReader{}).Read(key); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestSleepingServerIsWokenAndAssigned(t *testing.T) {
 	cfg.ReconnectMin, cfg.ReconnectMax = 50*time.Millisecond, time.Second
 	cfg.IdleExit = 300 * time.Millisecond
 	cfg.WakeupListen = "127.0.0.1:0"
-	cfg.WakeupSecret = hex.EncodeToString(wakeup.DeriveSecret(key, "grader1"))
+	cfg.WakeupSecret = hex.EncodeToString(wakeupmsg.DeriveSecret(key, "grader1"))
 	gd, err := graderd.New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
 	if err != nil {
 		t.Fatal(err)

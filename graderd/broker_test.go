@@ -23,6 +23,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/certs"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // fakeBroker is a real gRPC server over real mutual TLS 1.3 that implements
@@ -103,16 +104,11 @@ func (fb *fakeBroker) restart(t *testing.T) {
 	t.Helper()
 	fb.stop()
 	var lis net.Listener
-	var err error
-	for range 50 {
-		if lis, err = net.Listen("tcp", fb.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("restarting fake broker on %s: %v", fb.addr, err)
-	}
+	testutil.Eventually(t, "the fake broker's port "+fb.addr+" to be free again", func() bool {
+		var err error
+		lis, err = net.Listen("tcp", fb.addr)
+		return err == nil
+	})
 	fb.serve(lis)
 }
 
@@ -255,7 +251,8 @@ func (bs *brokerStream) result(t *testing.T) *gradebrokerv1.Result {
 	return bs.expect(t, 10*time.Second, "Result", func(m *gradebrokerv1.ConnectRequest) bool { return m.GetResult() != nil }).GetResult()
 }
 
-// noResult checks that no Result arrives during d.
+// noResult checks that no Result arrives during d: the wait is what is
+// tested, an absence.
 func (bs *brokerStream) noResult(t *testing.T, d time.Duration) {
 	t.Helper()
 	deadline := time.After(d)
@@ -340,7 +337,7 @@ func testConfig(t *testing.T, fb *fakeBroker) Config {
 // setup starts a fake broker and a daemon configured by mutate.
 func setup(t *testing.T, mutate func(*Config)) *harness {
 	t.Helper()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	return startDaemon(t, fb, mutate, nil)
 }
 
@@ -404,18 +401,6 @@ func (h *harness) spooled() []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// eventually polls cond for up to 10s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func ref(job, lease int64) *gradebrokerv1.LeaseRef {

@@ -7,9 +7,10 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/gradebroker/gradebroker/broker/wakeup"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 // Idle semantics. With --idle-exit D graderd ends its connection once it has
@@ -44,9 +45,14 @@ type sleepState struct {
 	// settle is idleSettle; tests shorten it.
 	settle time.Duration
 	// verifier checks wakeups; nil without Config.WakeupListen.
-	verifier *wakeup.Verifier
+	verifier *wakeupmsg.Verifier
 	// wake receives a token for each valid wakeup.
 	wake chan struct{}
+
+	// naps counts the waits for a wakeup begun, and retries the waits
+	// before a reconnection: the states a wakeup acts on, which tests wait
+	// for before they send one.
+	naps, retries atomic.Int64
 
 	mu   sync.Mutex
 	addr net.Addr
@@ -66,14 +72,14 @@ func (d *Daemon) initSleep() error {
 	if err != nil {
 		return err
 	}
-	d.sleep.verifier = wakeup.NewVerifier(secret)
+	d.sleep.verifier = wakeupmsg.NewVerifier(secret)
 	return nil
 }
 
 // wakeupSecret reads the secret from the config or its file.
 func (c Config) wakeupSecret() ([]byte, error) {
 	if c.WakeupSecret != "" {
-		s, err := wakeup.ParseSecret(c.WakeupSecret)
+		s, err := wakeupmsg.ParseSecret(c.WakeupSecret)
 		if err != nil {
 			return nil, fmt.Errorf("wakeup_secret: %w", err)
 		}
@@ -83,7 +89,7 @@ func (c Config) wakeupSecret() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wakeup_secret_file: %w", err)
 	}
-	s, err := wakeup.ParseSecret(string(b))
+	s, err := wakeupmsg.ParseSecret(string(b))
 	if err != nil {
 		return nil, fmt.Errorf("wakeup_secret_file %s: %w", c.WakeupSecretFile, err)
 	}
@@ -111,7 +117,7 @@ func (c Config) validateSleep() error {
 	case !hasSecret:
 		return errors.New("wakeup_secret: missing; wakeup_listen needs this server's secret (wakeup_secret, or --wakeup-secret-file), as 'broker wakeup-secret --key-file KEY --server NAME' prints it")
 	case c.WakeupSecret != "":
-		if _, err := wakeup.ParseSecret(c.WakeupSecret); err != nil {
+		if _, err := wakeupmsg.ParseSecret(c.WakeupSecret); err != nil {
 			return fmt.Errorf("wakeup_secret: %w", err)
 		}
 	}
@@ -208,6 +214,7 @@ func (d *Daemon) sleepUntilWoken(ctx context.Context) bool {
 	default:
 	}
 	d.log.Info("idle: disconnected, waiting for a wakeup from the broker", "wakeup_listen", d.WakeupAddr())
+	d.sleep.naps.Add(1)
 	select {
 	case <-ctx.Done():
 		return false

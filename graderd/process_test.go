@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // These tests run the real binary, built once per test run.
@@ -40,6 +41,7 @@ func TestMain(m *testing.M) {
 
 func graderdBinary(t *testing.T) string {
 	t.Helper()
+	testutil.Slow(t, "builds and runs the graderd binary")
 	binary.once.Do(func() {
 		binary.dir, binary.err = os.MkdirTemp("", "graderd-bin-")
 		if binary.err != nil {
@@ -146,7 +148,7 @@ func brokerArgs(t *testing.T, fb *fakeBroker) []string {
 
 func TestBinaryConnectionTest(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	r := runBinary(t, append(brokerArgs(t, fb), "-t")...)
 	want := "ok: connected to " + fb.addr + " as server grader1 (type python, tags python3, course-6.00x)\n"
 	if r.code != 0 || r.stdout != want {
@@ -156,7 +158,7 @@ func TestBinaryConnectionTest(t *testing.T) {
 
 func TestBinaryConnectionTestRefused(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	fb.setRefuse(status.Error(codes.PermissionDenied, "certificate CN=grader1,OU=server is not registered; run gbadmin server add"))
 	r := runBinary(t, append(brokerArgs(t, fb), "-t")...)
 	want := "broker refused this server's certificate: certificate CN=grader1,OU=server is not registered; run gbadmin server add"
@@ -173,7 +175,7 @@ func TestBinaryConnectionTestRefused(t *testing.T) {
 // result left in the spool.
 func TestBinarySignals(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	dir := t.TempDir()
 	spoolDir := filepath.Join(dir, "spool")
 	cfgPath := filepath.Join(dir, "graderd.yaml")
@@ -230,7 +232,7 @@ func TestBinarySignals(t *testing.T) {
 // removes its pid file.
 func TestBinaryDaemon(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "graderd.pid")
 	logFile := filepath.Join(dir, "graderd.log")
@@ -262,7 +264,7 @@ func TestBinaryDaemon(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the daemon to remove its pid file", func() bool {
+	testutil.Eventually(t, "the daemon to remove its pid file", func() bool {
 		_, err := os.Stat(pidFile)
 		return errors.Is(err, os.ErrNotExist)
 	})

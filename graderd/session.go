@@ -52,7 +52,10 @@ func (e *connError) Error() string { return e.msg }
 func (e *connError) Unwrap() error { return e.err }
 
 // describe turns an error from the stream into one an operator can act on.
-func (d *Daemon) describe(what string, err error) error {
+// welcomed says whether the broker had accepted this server on the stream:
+// a connection that closes before the Welcome may be a refused
+// certificate, one that closes after it is a broker or a network gone.
+func (d *Daemon) describe(what string, err error, welcomed bool) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("%s broker %s: %w", what, d.cfg.Broker, err)
@@ -65,7 +68,7 @@ func (d *Daemon) describe(what string, err error) error {
 	switch {
 	case strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") || strings.Contains(msg, "certs:"):
 		msg = "TLS handshake failed: " + msg
-	case st.Code() == codes.Unavailable && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") ||
+	case !welcomed && st.Code() == codes.Unavailable && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") ||
 		strings.Contains(msg, "closed before server preface") || strings.Contains(msg, "EOF")):
 		// With TLS 1.3 the client's handshake ends before the broker has
 		// checked the client certificate; a broker that rejects it just
@@ -104,7 +107,7 @@ func (d *Daemon) open(ctx context.Context, cancel context.CancelFunc, conn *grpc
 			return fmt.Errorf("no Welcome from broker %s within %v: %w", d.cfg.Broker, d.welcomeTimeout, context.DeadlineExceeded)
 		default:
 		}
-		return d.describe(what, err)
+		return d.describe(what, err, false)
 	}
 
 	stream, err := gradebrokerv1.NewGraderServiceClient(conn).Connect(ctx)
@@ -193,6 +196,7 @@ func (d *Daemon) connectLoop(ctx context.Context) {
 			d.log.Warn("connection to the broker failed; reconnecting", "broker", d.cfg.Broker, "error", err, "retry_in", wait)
 		}
 		t := time.NewTimer(wait)
+		d.sleep.retries.Add(1)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -251,6 +255,7 @@ func (d *Daemon) session(ctx context.Context) (welcomed bool, err error) {
 		return false, o.err
 	}
 	stream, w := o.stream, o.w
+	welcomedAt := time.Now()
 	interval := w.GetHeartbeatInterval().AsDuration()
 	if interval <= 0 {
 		d.log.Warn("broker sent no heartbeat interval; using a default", "heartbeat_interval", fallbackHeartbeat)
@@ -285,7 +290,7 @@ func (d *Daemon) session(ctx context.Context) (welcomed bool, err error) {
 		}
 		return true, ctx.Err()
 	}
-	return true, err
+	return true, fmt.Errorf("%w (the stream had been up for %s)", err, time.Since(welcomedAt).Round(100*time.Millisecond))
 }
 
 // sendLoop is the only sender on the stream once Welcome has arrived.
@@ -296,7 +301,7 @@ func (d *Daemon) sendLoop(ctx context.Context, stream gradebrokerv1.GraderServic
 				// The stream is over; the receiver has the reason.
 				return <-recvErr
 			}
-			return d.describe("sending to", err)
+			return d.describe("sending to", err, true)
 		}
 		return nil
 	}
@@ -343,7 +348,7 @@ func (d *Daemon) receive(stream gradebrokerv1.GraderService_ConnectClient) error
 			if errors.Is(err, io.EOF) {
 				return fmt.Errorf("broker %s closed the stream", d.cfg.Broker)
 			}
-			return d.describe("lost the stream to", err)
+			return d.describe("lost the stream to", err, true)
 		}
 		switch m := msg.GetMsg().(type) {
 		case *gradebrokerv1.ConnectResponse_Assign:

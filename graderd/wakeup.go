@@ -7,7 +7,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/gradebroker/gradebroker/broker/wakeup"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 // WakeupAddr returns the address graderd listens on for wakeups, once Run
@@ -41,7 +41,7 @@ func (d *Daemon) listenWakeups(ctx context.Context) error {
 // wakes the connect loop, and "no" to anything else (forged, stale,
 // replayed or malformed), which is logged and otherwise ignored.
 func (d *Daemon) serveWakeups(pc net.PacketConn) {
-	buf := make([]byte, wakeup.MaxDatagram+1)
+	buf := make([]byte, wakeupmsg.MaxDatagram+1)
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
@@ -53,9 +53,9 @@ func (d *Daemon) serveWakeups(pc net.PacketConn) {
 			continue
 		}
 		dg, err := d.sleep.verifier.Check(buf[:n], time.Now())
-		reply := wakeup.ReplyOK
+		reply := wakeupmsg.ReplyOK
 		if err != nil {
-			reply = wakeup.ReplyNo
+			reply = wakeupmsg.ReplyNo
 			d.warnRefused(from, dg.Server, err)
 		} else {
 			d.log.Info("wakeup accepted", "from", from.String(), "server", dg.Server, "sent", dg.Time.UTC().Format(time.RFC3339))

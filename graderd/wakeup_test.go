@@ -12,13 +12,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/gradebroker/gradebroker/broker/wakeup"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 var testWakeKey = []byte("graderd tests' wakeup key, 32 b!")
 
-func testSecret() []byte { return wakeup.DeriveSecret(testWakeKey, "grader1") }
+func testSecret() []byte { return wakeupmsg.DeriveSecret(testWakeKey, "grader1") }
 
 // sleepy configures idle exit and, with listen, the wakeup port.
 func sleepy(listen bool) func(*Config) {
@@ -41,7 +42,7 @@ func slotsMsg(n uint32) func(*gradebrokerv1.ConnectRequest) bool {
 // ask sends datagram b to the daemon's wakeup port and returns the reply.
 func ask(t *testing.T, d *Daemon, b []byte) string {
 	t.Helper()
-	eventually(t, "the wakeup port", func() bool { return d.WakeupAddr() != nil })
+	testutil.Eventually(t, "the wakeup port", func() bool { return d.WakeupAddr() != nil })
 	conn, err := net.Dial("udp", d.WakeupAddr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +69,8 @@ func ended(t *testing.T, bs *brokerStream) {
 	}
 }
 
-// noStream checks that graderd does not connect during d.
+// noStream checks that graderd does not connect during d: the wait is what
+// is tested, an absence.
 func noStream(t *testing.T, fb *fakeBroker, d time.Duration) {
 	t.Helper()
 	select {
@@ -101,21 +103,21 @@ func TestIdleExitWithoutWakeupListenerExits(t *testing.T) {
 
 func TestIdleWaitsForAValidWakeup(t *testing.T) {
 	t.Parallel()
-	h := startDaemon(t, startFakeBroker(t, newTestPKI(t, t.TempDir())), sleepy(true), shortSettle)
+	h := startDaemon(t, startFakeBroker(t, newTestPKI(t)), sleepy(true), shortSettle)
 	bs := h.fb.nextStream(t)
 	ended(t, bs)
-	eventually(t, "graderd asleep", func() bool { return strings.Contains(h.logs.String(), "waiting for a wakeup") })
+	testutil.Eventually(t, "graderd asleep", func() bool { return h.d.sleep.naps.Load() == 1 })
 
 	now := time.Now()
 	secret := testSecret()
-	replayed := wakeup.NewDatagram(secret, "grader1", now, wakeup.NewNonce())
+	replayed := wakeupmsg.NewDatagram(secret, "grader1", now, wakeupmsg.NewNonce())
 	for _, tc := range []struct {
 		name string
 		b    []byte
 	}{
-		{"forged", wakeup.NewDatagram(wakeup.DeriveSecret(testWakeKey, "grader2"), "grader1", now, wakeup.NewNonce())},
-		{"stale", wakeup.NewDatagram(secret, "grader1", now.Add(-2*time.Minute), wakeup.NewNonce())},
-		{"future", wakeup.NewDatagram(secret, "grader1", now.Add(2*time.Minute), wakeup.NewNonce())},
+		{"forged", wakeupmsg.NewDatagram(wakeupmsg.DeriveSecret(testWakeKey, "grader2"), "grader1", now, wakeupmsg.NewNonce())},
+		{"stale", wakeupmsg.NewDatagram(secret, "grader1", now.Add(-2*time.Minute), wakeupmsg.NewNonce())},
+		{"future", wakeupmsg.NewDatagram(secret, "grader1", now.Add(2*time.Minute), wakeupmsg.NewNonce())},
 		{"malformed", []byte("wake up!")},
 	} {
 		if got := ask(t, h.d, tc.b); got != "no" {
@@ -139,8 +141,8 @@ func TestIdleWaitsForAValidWakeup(t *testing.T) {
 	}
 	// Idle again: it sleeps again, and wakes again.
 	ended(t, bs)
-	eventually(t, "graderd asleep again", func() bool { return strings.Count(h.logs.String(), "waiting for a wakeup") == 2 })
-	if got := ask(t, h.d, wakeup.NewDatagram(secret, "grader1", time.Now(), wakeup.NewNonce())); got != "ok" {
+	testutil.Eventually(t, "graderd asleep again", func() bool { return h.d.sleep.naps.Load() == 2 })
+	if got := ask(t, h.d, wakeupmsg.NewDatagram(secret, "grader1", time.Now(), wakeupmsg.NewNonce())); got != "ok" {
 		t.Fatalf("second wakeup answered %q", got)
 	}
 	h.fb.nextStream(t)
@@ -149,7 +151,7 @@ func TestIdleWaitsForAValidWakeup(t *testing.T) {
 func TestJobDuringIdleSettleKeepsTheConnection(t *testing.T) {
 	t.Parallel()
 	exec := newBlockingExecutor()
-	h := startDaemon(t, startFakeBroker(t, newTestPKI(t, t.TempDir())), func(c *Config) {
+	h := startDaemon(t, startFakeBroker(t, newTestPKI(t)), func(c *Config) {
 		sleepy(false)(c)
 		c.Executor = exec
 	}, func(d *Daemon) { d.sleep.settle = 2 * time.Second })
@@ -168,7 +170,7 @@ func TestJobDuringIdleSettleKeepsTheConnection(t *testing.T) {
 
 func TestWakeupSkipsTheReconnectWait(t *testing.T) {
 	t.Parallel()
-	fb := startFakeBroker(t, newTestPKI(t, t.TempDir()))
+	fb := startFakeBroker(t, newTestPKI(t))
 	fb.setRefuse(status.Error(codes.Unavailable, "broker busy"))
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secretFile, []byte(hex.EncodeToString(testSecret())+"\n"), 0o600); err != nil {
@@ -179,9 +181,9 @@ func TestWakeupSkipsTheReconnectWait(t *testing.T) {
 		c.WakeupListen = "127.0.0.1:0"
 		c.WakeupSecretFile = secretFile
 	}, nil)
-	eventually(t, "a failed connection", func() bool { return strings.Contains(h.logs.String(), "reconnecting") })
+	testutil.Eventually(t, "graderd waiting to reconnect", func() bool { return h.d.sleep.retries.Load() > 0 })
 	fb.setRefuse(nil)
-	if got := ask(t, h.d, wakeup.NewDatagram(testSecret(), "grader1", time.Now(), wakeup.NewNonce())); got != "ok" {
+	if got := ask(t, h.d, wakeupmsg.NewDatagram(testSecret(), "grader1", time.Now(), wakeupmsg.NewNonce())); got != "ok" {
 		t.Fatalf("wakeup answered %q", got)
 	}
 	fb.nextStream(t) // long before the minute's wait

@@ -274,6 +274,11 @@ type APIError struct {
 	Code codes.Code
 	// Message is the broker's message, or the start of the response body.
 	Message string
+	// Reason names a refusal in one word, for a program to act on: the
+	// reason of the google.rpc.ErrorInfo in the response's details, such
+	// as EXPIRED, REPLAYED, BAD_SIGNATURE, TOO_LARGE or MALFORMED_BODY
+	// (the README lists them). It is "" when the broker gave none.
+	Reason string
 }
 
 // Error returns "HTTP <status> <code>: <message>", for example
@@ -295,9 +300,20 @@ func newAPIError(httpStatus int, body []byte) *APIError {
 	var e struct {
 		Code    *int32 `json:"code"`
 		Message string `json:"message"`
+		Details []struct {
+			Type   string `json:"@type"`
+			Reason string `json:"reason"`
+			Domain string `json:"domain"`
+		} `json:"details"`
 	}
 	if err := json.Unmarshal(body, &e); err == nil && e.Code != nil {
-		return &APIError{HTTPStatus: httpStatus, Code: codes.Code(*e.Code), Message: e.Message}
+		ae := &APIError{HTTPStatus: httpStatus, Code: codes.Code(*e.Code), Message: e.Message}
+		for _, d := range e.Details {
+			if d.Type == "type.googleapis.com/google.rpc.ErrorInfo" && d.Domain == "gradebroker" {
+				ae.Reason = d.Reason
+			}
+		}
+		return ae
 	}
 	msg := strings.TrimSpace(string(body))
 	if len(msg) > maxForeignMessage {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
+	"github.com/gradebroker/gradebroker/certs"
 	"github.com/gradebroker/gradebroker/certs/certstest"
 )
 
@@ -127,9 +127,11 @@ func startBroker(t *testing.T) *env {
 		}
 	}
 
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+	tlsConfig, err := certs.GatewayClientTLSConfig(ca.CertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
 	t.Cleanup(hc.CloseIdleConnections)
 	return &env{b: b, url: "https://" + b.HTTPAddr(), http: hc, keys: ks, caFile: ca.CertFile}
 }

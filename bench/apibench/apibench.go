@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -270,7 +269,7 @@ func newEnv(ctx context.Context, o Options, bits int, returnURL string, child fu
 		e.b, addr = b, b.HTTPAddr()
 	}
 	e.url = "https://" + addr
-	pool, err := certs.LoadCAPool(pki.CAFile)
+	tlsConfig, err := certs.GatewayClientTLSConfig(pki.CAFile)
 	if err != nil {
 		e.close()
 		return nil, err
@@ -278,7 +277,7 @@ func newEnv(ctx context.Context, o Options, bits int, returnURL string, child fu
 	// No Client.Timeout, which costs a timer and a context per request:
 	// the transport's header timeout stops a broker that hangs.
 	e.http = &http.Client{Transport: &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13},
+		TLSClientConfig:     tlsConfig,
 		MaxIdleConnsPerHost: o.Clients, MaxConnsPerHost: o.Clients, ForceAttemptHTTP2: false,
 		ResponseHeaderTimeout: time.Minute,
 	}}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/protoconv"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
@@ -47,7 +48,7 @@ func (s *Service) RequeueServerJobs(ctx context.Context, req *gradebrokerv1.Requ
 		return nil, s.fail(ctx, err)
 	}
 	s.log.InfoContext(ctx, "server's jobs requeued", "server", req.GetName(), "operator", op.Name, "requeued", n)
-	return &gradebrokerv1.RequeueServerJobsResponse{Requeued: count(n)}, nil
+	return &gradebrokerv1.RequeueServerJobsResponse{Requeued: protoconv.Count(n)}, nil
 }
 
 // DrainServer has the dispatcher drain or undrain a server and returns the
@@ -85,16 +86,16 @@ func (s *Service) GetQueueStats(ctx context.Context, _ *gradebrokerv1.GetQueueSt
 
 // QueueStatsToProto converts the dispatcher's queue statistics.
 func QueueStatsToProto(st dispatch.QueueStats) *gradebrokerv1.GetQueueStatsResponse {
-	out := &gradebrokerv1.GetQueueStatsResponse{Waiting: count(st.Waiting), Running: count(st.Running)}
+	out := &gradebrokerv1.GetQueueStatsResponse{Waiting: protoconv.Count(st.Waiting), Running: protoconv.Count(st.Running)}
 	for _, t := range st.Types {
 		tq := &gradebrokerv1.TypeQueueStats{
 			Type:      t.Type,
 			Tags:      t.Tags,
-			Waiting:   count(t.Waiting),
-			Running:   count(t.Running),
-			Connected: count(t.Connected),
-			Drained:   count(t.Drained),
-			FreeSlots: count(t.FreeSlots),
+			Waiting:   protoconv.Count(t.Waiting),
+			Running:   protoconv.Count(t.Running),
+			Connected: protoconv.Count(t.Connected),
+			Drained:   protoconv.Count(t.Drained),
+			FreeSlots: protoconv.Count(t.FreeSlots),
 		}
 		if t.Waiting > 0 {
 			tq.OldestWaiting = durationpb.New(t.OldestAge)

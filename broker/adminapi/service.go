@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/protoconv"
 	"github.com/gradebroker/gradebroker/broker/rpcstatus"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/certs"
@@ -135,7 +136,7 @@ func (s *Service) AddPlatform(ctx context.Context, req *gradebrokerv1.AddPlatfor
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.AddPlatformResponse{Platform: PlatformToProto(p)}, nil
+	return &gradebrokerv1.AddPlatformResponse{Platform: protoconv.PlatformToProto(p)}, nil
 }
 
 // UpdatePlatform changes the fields the request sets.
@@ -187,7 +188,7 @@ func (s *Service) UpdatePlatform(ctx context.Context, req *gradebrokerv1.UpdateP
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.UpdatePlatformResponse{Platform: PlatformToProto(p)}, nil
+	return &gradebrokerv1.UpdatePlatformResponse{Platform: protoconv.PlatformToProto(p)}, nil
 }
 
 // ListPlatforms lists every platform by name.
@@ -201,7 +202,7 @@ func (s *Service) ListPlatforms(ctx context.Context, _ *gradebrokerv1.ListPlatfo
 	}
 	out := &gradebrokerv1.ListPlatformsResponse{}
 	for _, p := range ps {
-		out.Platforms = append(out.Platforms, PlatformToProto(p))
+		out.Platforms = append(out.Platforms, protoconv.PlatformToProto(p))
 	}
 	return out, nil
 }
@@ -327,10 +328,10 @@ func (s *Service) serverToProto(srv broker.Server) *gradebrokerv1.Server {
 	if lastSeen.After(srv.LastSeen) {
 		srv.LastSeen = lastSeen
 	}
-	p := ServerToProto(srv)
+	p := protoconv.ServerToProto(srv)
 	p.Connected = connected
-	p.Slots = count(slots)
-	p.Running = count(running)
+	p.Slots = protoconv.Count(slots)
+	p.Running = protoconv.Count(running)
 	p.Drained = s.d.ServerDrained(srv.Name)
 	return p
 }
@@ -352,7 +353,7 @@ func (s *Service) RemoveServer(ctx context.Context, req *gradebrokerv1.RemoveSer
 	}
 	n := s.d.ServerRemoved(ctx, req.GetName())
 	s.log.InfoContext(ctx, "server removed", "server", req.GetName(), "operator", op.Name, "requeued", n)
-	return &gradebrokerv1.RemoveServerResponse{Requeued: count(n)}, nil
+	return &gradebrokerv1.RemoveServerResponse{Requeued: protoconv.Count(n)}, nil
 }
 
 // --- tags ---
@@ -369,7 +370,7 @@ func (s *Service) AddTag(ctx context.Context, req *gradebrokerv1.AddTagRequest) 
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.AddTagResponse{Tag: TagToProto(t)}, nil
+	return &gradebrokerv1.AddTagResponse{Tag: protoconv.TagToProto(t)}, nil
 }
 
 // ListTags lists every tag by name.
@@ -383,7 +384,7 @@ func (s *Service) ListTags(ctx context.Context, _ *gradebrokerv1.ListTagsRequest
 	}
 	out := &gradebrokerv1.ListTagsResponse{}
 	for _, t := range tags {
-		out.Tags = append(out.Tags, TagToProto(t))
+		out.Tags = append(out.Tags, protoconv.TagToProto(t))
 	}
 	return out, nil
 }
@@ -413,7 +414,7 @@ func (s *Service) AddServerType(ctx context.Context, req *gradebrokerv1.AddServe
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.AddServerTypeResponse{ServerType: ServerTypeToProto(t)}, nil
+	return &gradebrokerv1.AddServerTypeResponse{ServerType: protoconv.ServerTypeToProto(t)}, nil
 }
 
 // UpdateServerType replaces a type's tags and tells the dispatcher about
@@ -440,7 +441,7 @@ func (s *Service) UpdateServerType(ctx context.Context, req *gradebrokerv1.Updat
 			s.d.ServerChanged(ctx, srv.Name)
 		}
 	}
-	return &gradebrokerv1.UpdateServerTypeResponse{ServerType: ServerTypeToProto(t)}, nil
+	return &gradebrokerv1.UpdateServerTypeResponse{ServerType: protoconv.ServerTypeToProto(t)}, nil
 }
 
 // ListServerTypes lists every server type by name.
@@ -454,7 +455,7 @@ func (s *Service) ListServerTypes(ctx context.Context, _ *gradebrokerv1.ListServ
 	}
 	out := &gradebrokerv1.ListServerTypesResponse{}
 	for _, t := range types {
-		out.ServerTypes = append(out.ServerTypes, ServerTypeToProto(t))
+		out.ServerTypes = append(out.ServerTypes, protoconv.ServerTypeToProto(t))
 	}
 	return out, nil
 }
@@ -492,7 +493,7 @@ func (s *Service) AddOperator(ctx context.Context, req *gradebrokerv1.AddOperato
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.AddOperatorResponse{Operator: OperatorToProto(op)}, nil
+	return &gradebrokerv1.AddOperatorResponse{Operator: protoconv.OperatorToProto(op)}, nil
 }
 
 // ListOperators lists every operator by name.
@@ -506,7 +507,7 @@ func (s *Service) ListOperators(ctx context.Context, _ *gradebrokerv1.ListOperat
 	}
 	out := &gradebrokerv1.ListOperatorsResponse{}
 	for _, op := range ops {
-		out.Operators = append(out.Operators, OperatorToProto(op))
+		out.Operators = append(out.Operators, protoconv.OperatorToProto(op))
 	}
 	return out, nil
 }
@@ -533,7 +534,7 @@ func (s *Service) ListJobs(ctx context.Context, req *gradebrokerv1.ListJobsReque
 		return nil, s.fail(ctx, err)
 	}
 	jobs, err := s.db.ListJobs(ctx, store.JobFilter{
-		State:    JobStateFromProto(req.GetState()),
+		State:    protoconv.JobStateFromProto(req.GetState()),
 		Platform: req.GetPlatform(),
 		Server:   req.GetServer(),
 		Limit:    int(req.GetLimit()),
@@ -544,7 +545,7 @@ func (s *Service) ListJobs(ctx context.Context, req *gradebrokerv1.ListJobsReque
 	}
 	out := &gradebrokerv1.ListJobsResponse{}
 	for _, j := range jobs {
-		out.Jobs = append(out.Jobs, JobToProto(j))
+		out.Jobs = append(out.Jobs, protoconv.JobToProto(j))
 	}
 	return out, nil
 }
@@ -561,7 +562,7 @@ func (s *Service) GetJob(ctx context.Context, req *gradebrokerv1.AdminServiceGet
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.AdminServiceGetJobResponse{Job: JobToProto(j)}, nil
+	return &gradebrokerv1.AdminServiceGetJobResponse{Job: protoconv.JobToProto(j)}, nil
 }
 
 // RequeueJob has the dispatcher requeue a job and returns it afterwards.
@@ -574,7 +575,7 @@ func (s *Service) RequeueJob(ctx context.Context, req *gradebrokerv1.RequeueJobR
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.RequeueJobResponse{Job: JobToProto(j)}, nil
+	return &gradebrokerv1.RequeueJobResponse{Job: protoconv.JobToProto(j)}, nil
 }
 
 // CancelJob has the dispatcher cancel a job and returns it afterwards.
@@ -587,7 +588,7 @@ func (s *Service) CancelJob(ctx context.Context, req *gradebrokerv1.AdminService
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &gradebrokerv1.AdminServiceCancelJobResponse{Job: JobToProto(j)}, nil
+	return &gradebrokerv1.AdminServiceCancelJobResponse{Job: protoconv.JobToProto(j)}, nil
 }
 
 // jobAction checks id, runs act and reads the job back. The job is looked
@@ -640,7 +641,7 @@ func (s *Service) ListDeliveries(ctx context.Context, req *gradebrokerv1.ListDel
 	}
 	out := &gradebrokerv1.ListDeliveriesResponse{}
 	for _, d := range ds {
-		out.Deliveries = append(out.Deliveries, DeliveryToProto(d))
+		out.Deliveries = append(out.Deliveries, protoconv.DeliveryToProto(d))
 	}
 	return out, nil
 }
@@ -662,5 +663,5 @@ func (s *Service) RedeliverDeliveries(ctx context.Context, req *gradebrokerv1.Re
 		return nil, s.fail(ctx, err)
 	}
 	s.log.InfoContext(ctx, "deliveries scheduled again", "operator", op.Name, "count", n)
-	return &gradebrokerv1.RedeliverDeliveriesResponse{Redelivered: count(n)}, nil
+	return &gradebrokerv1.RedeliverDeliveriesResponse{Redelivered: protoconv.Count(n)}, nil
 }

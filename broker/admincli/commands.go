@@ -15,6 +15,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi"
+	"github.com/gradebroker/gradebroker/broker/protoconv"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/certs"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
@@ -76,6 +77,23 @@ func parseJobID(s string) (int64, error) {
 		return 0, usagef("job ID %q must be a positive number", s)
 	}
 	return id, nil
+}
+
+// onJob is the flags function of a command on one job, given as its
+// only argument, without flags of its own.
+func onJob(run func(ctx context.Context, r *runner, id int64) error) func(*flag.FlagSet, *runner) runFunc {
+	return noFlags(func(ctx context.Context, r *runner, args []string) error {
+		id, err := parseJobID(args[0])
+		if err != nil {
+			return err
+		}
+		return run(ctx, r, id)
+	})
+}
+
+// printJobState prints the state a command left a job in.
+func printJobState(w io.Writer, j *gradebrokerv1.Job) {
+	fmt.Fprintf(w, "job %d is %s\n", j.GetId(), stateName(j.GetState()))
 }
 
 // nameArgs is the positional argument list of commands on one named thing.
@@ -145,15 +163,8 @@ only to localhost). --cert registers the platform's client certificate
 						return err
 					}
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.AddPlatform(ctx, req)
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printPlatform(w, resp.GetPlatform()) })
+				return call(ctx, r, admin.AddPlatform, req,
+					func(w io.Writer, resp *gradebrokerv1.AddPlatformResponse) { printPlatform(w, resp.GetPlatform()) })
 			}
 		},
 	},
@@ -162,17 +173,9 @@ only to localhost). --cert registers the platform's client certificate
 		synopsis: "platform list",
 		summary:  "List platforms",
 		examples: []string{"broker admin platform list", "broker admin platform list --json"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, _ []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.ListPlatforms(ctx, &gradebrokerv1.ListPlatformsRequest{})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
+			return call(ctx, r, admin.ListPlatforms, &gradebrokerv1.ListPlatformsRequest{},
+				func(w io.Writer, resp *gradebrokerv1.ListPlatformsResponse) {
 					tw := newTable(w)
 					fmt.Fprintln(tw, "NAME\tRETURN URL\tFORCE TAG\tRESTRICT PATHS\tCERTIFICATE\tREGISTERED")
 					for _, p := range resp.GetPlatforms() {
@@ -185,8 +188,7 @@ only to localhost). --cert registers the platform's client certificate
 					}
 					tw.Flush()
 				})
-			}
-		},
+		}),
 	},
 	{
 		name:     "platform update",
@@ -248,15 +250,8 @@ only to localhost). --cert registers the platform's client certificate
 				if req.PublicKeyPem == nil && req.ReturnUrl == nil && req.RestrictPaths == nil && req.ForceTag == nil && req.CertificatePem == nil {
 					return usagef("nothing to change: give at least one of --key, --return-url, --restrict-path, --no-restrict-paths, --force-tag, --cert, --no-cert")
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.UpdatePlatform(ctx, req)
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printPlatform(w, resp.GetPlatform()) })
+				return call(ctx, r, admin.UpdatePlatform, req,
+					func(w io.Writer, resp *gradebrokerv1.UpdatePlatformResponse) { printPlatform(w, resp.GetPlatform()) })
 			}
 		},
 	},
@@ -267,19 +262,12 @@ only to localhost). --cert registers the platform's client certificate
 		summary:  "Remove a platform and its finished jobs",
 		help:     "Refused while the platform has queued or running jobs; cancel them first ('broker admin job list --platform NAME').",
 		examples: []string{"broker admin platform remove oldmooc"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RemovePlatform(ctx, &gradebrokerv1.RemovePlatformRequest{Name: args[0]})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "removed platform %s\n", args[0]) })
-			}
-		},
+		flags: noFlags(func(ctx context.Context, r *runner, args []string) error {
+			return call(ctx, r, admin.RemovePlatform, &gradebrokerv1.RemovePlatformRequest{Name: args[0]},
+				func(w io.Writer, _ *gradebrokerv1.RemovePlatformResponse) {
+					fmt.Fprintf(w, "removed platform %s\n", args[0])
+				})
+		}),
 	},
 
 	// --- servers ---
@@ -312,16 +300,10 @@ type: the server takes the jobs whose tags the type covers.`,
 				if *maxJobs == 0 || *maxJobs > 1<<31 {
 					return usagef("--max-jobs must be at least 1")
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.AddServer(ctx, &gradebrokerv1.AddServerRequest{Name: args[0], CertificatePem: pem, Type: *typ,
-					MaxConcurrentJobs: uint32(*maxJobs), WakeupUrl: *wakeup})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printServer(w, resp.GetServer()) })
+				req := &gradebrokerv1.AddServerRequest{Name: args[0], CertificatePem: pem, Type: *typ,
+					MaxConcurrentJobs: uint32(*maxJobs), WakeupUrl: *wakeup}
+				return call(ctx, r, admin.AddServer, req,
+					func(w io.Writer, resp *gradebrokerv1.AddServerResponse) { printServer(w, resp.GetServer()) })
 			}
 		},
 	},
@@ -330,18 +312,10 @@ type: the server takes the jobs whose tags the type covers.`,
 		synopsis: "server list",
 		summary:  "List servers with their connection state",
 		examples: []string{"broker admin server list"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, _ []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.ListServers(ctx, &gradebrokerv1.ListServersRequest{})
-				if err != nil {
-					return err
-				}
-				now := time.Now()
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
+			return call(ctx, r, admin.ListServers, &gradebrokerv1.ListServersRequest{},
+				func(w io.Writer, resp *gradebrokerv1.ListServersResponse) {
+					now := time.Now()
 					tw := newTable(w)
 					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN")
 					for _, s := range resp.GetServers() {
@@ -350,8 +324,7 @@ type: the server takes the jobs whose tags the type covers.`,
 					}
 					tw.Flush()
 				})
-			}
-		},
+		}),
 	},
 	{
 		name:     "server update",
@@ -395,15 +368,8 @@ certificate closes its connection: graderd must reconnect with the new one).
 				if req.CertificatePem == nil && req.Type == nil && req.MaxConcurrentJobs == nil && req.WakeupUrl == nil {
 					return usagef("nothing to change: give at least one of --cert, --type, --max-jobs, --wakeup-url")
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.UpdateServer(ctx, req)
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printServer(w, resp.GetServer()) })
+				return call(ctx, r, admin.UpdateServer, req,
+					func(w io.Writer, resp *gradebrokerv1.UpdateServerResponse) { printServer(w, resp.GetServer()) })
 			}
 		},
 	},
@@ -413,21 +379,12 @@ certificate closes its connection: graderd must reconnect with the new one).
 		args:     nameArgs,
 		summary:  "Remove a server; its connection is closed and its jobs requeued",
 		examples: []string{"broker admin server remove grader1"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RemoveServer(ctx, &gradebrokerv1.RemoveServerRequest{Name: args[0]})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, args []string) error {
+			return call(ctx, r, admin.RemoveServer, &gradebrokerv1.RemoveServerRequest{Name: args[0]},
+				func(w io.Writer, resp *gradebrokerv1.RemoveServerResponse) {
 					fmt.Fprintf(w, "removed server %s (%d running job(s) requeued)\n", args[0], resp.GetRequeued())
 				})
-			}
-		},
+		}),
 	},
 
 	// --- tags ---
@@ -440,15 +397,10 @@ certificate closes its connection: graderd must reconnect with the new one).
 		flags: func(fs *flag.FlagSet, r *runner) runFunc {
 			desc := fs.String("description", "", "what the tag means, for people (`TEXT`)")
 			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.AddTag(ctx, &gradebrokerv1.AddTagRequest{Name: args[0], Description: *desc})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "added tag %s\n", resp.GetTag().GetName()) })
+				return call(ctx, r, admin.AddTag, &gradebrokerv1.AddTagRequest{Name: args[0], Description: *desc},
+					func(w io.Writer, resp *gradebrokerv1.AddTagResponse) {
+						fmt.Fprintf(w, "added tag %s\n", resp.GetTag().GetName())
+					})
 			}
 		},
 	},
@@ -457,17 +409,9 @@ certificate closes its connection: graderd must reconnect with the new one).
 		synopsis: "tag list",
 		summary:  "List tags",
 		examples: []string{"broker admin tag list"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, _ []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.ListTags(ctx, &gradebrokerv1.ListTagsRequest{})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
+			return call(ctx, r, admin.ListTags, &gradebrokerv1.ListTagsRequest{},
+				func(w io.Writer, resp *gradebrokerv1.ListTagsResponse) {
 					tw := newTable(w)
 					fmt.Fprintln(tw, "NAME\tDESCRIPTION")
 					for _, t := range resp.GetTags() {
@@ -475,8 +419,7 @@ certificate closes its connection: graderd must reconnect with the new one).
 					}
 					tw.Flush()
 				})
-			}
-		},
+		}),
 	},
 	{
 		name:     "tag remove",
@@ -484,19 +427,10 @@ certificate closes its connection: graderd must reconnect with the new one).
 		args:     nameArgs,
 		summary:  "Remove a tag that no server type, platform or unfinished job uses",
 		examples: []string{"broker admin tag remove python2"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RemoveTag(ctx, &gradebrokerv1.RemoveTagRequest{Name: args[0]})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "removed tag %s\n", args[0]) })
-			}
-		},
+		flags: noFlags(func(ctx context.Context, r *runner, args []string) error {
+			return call(ctx, r, admin.RemoveTag, &gradebrokerv1.RemoveTagRequest{Name: args[0]},
+				func(w io.Writer, _ *gradebrokerv1.RemoveTagResponse) { fmt.Fprintf(w, "removed tag %s\n", args[0]) })
+		}),
 	},
 
 	// --- server types ---
@@ -510,17 +444,10 @@ certificate closes its connection: graderd must reconnect with the new one).
 		flags: func(fs *flag.FlagSet, r *runner) runFunc {
 			tags := fs.String("tags", "", "comma-separated `TAGS` the type covers")
 			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.AddServerType(ctx, &gradebrokerv1.AddServerTypeRequest{Name: args[0], Tags: splitTags(*tags)})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
-					fmt.Fprintf(w, "added server type %s (tags: %s)\n", resp.GetServerType().GetName(), list(resp.GetServerType().GetTags()))
-				})
+				return call(ctx, r, admin.AddServerType, &gradebrokerv1.AddServerTypeRequest{Name: args[0], Tags: splitTags(*tags)},
+					func(w io.Writer, resp *gradebrokerv1.AddServerTypeResponse) {
+						fmt.Fprintf(w, "added server type %s (tags: %s)\n", resp.GetServerType().GetName(), list(resp.GetServerType().GetTags()))
+					})
 			}
 		},
 	},
@@ -537,17 +464,10 @@ certificate closes its connection: graderd must reconnect with the new one).
 				if !r.isSet("tags") {
 					return usagef("--tags is required (give --tags \"\" to remove every tag)")
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.UpdateServerType(ctx, &gradebrokerv1.UpdateServerTypeRequest{Name: args[0], Tags: splitTags(*tags)})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
-					fmt.Fprintf(w, "server type %s now covers tags: %s\n", resp.GetServerType().GetName(), list(resp.GetServerType().GetTags()))
-				})
+				return call(ctx, r, admin.UpdateServerType, &gradebrokerv1.UpdateServerTypeRequest{Name: args[0], Tags: splitTags(*tags)},
+					func(w io.Writer, resp *gradebrokerv1.UpdateServerTypeResponse) {
+						fmt.Fprintf(w, "server type %s now covers tags: %s\n", resp.GetServerType().GetName(), list(resp.GetServerType().GetTags()))
+					})
 			}
 		},
 	},
@@ -556,17 +476,9 @@ certificate closes its connection: graderd must reconnect with the new one).
 		synopsis: "type list",
 		summary:  "List server types",
 		examples: []string{"broker admin type list"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, _ []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.ListServerTypes(ctx, &gradebrokerv1.ListServerTypesRequest{})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
+			return call(ctx, r, admin.ListServerTypes, &gradebrokerv1.ListServerTypesRequest{},
+				func(w io.Writer, resp *gradebrokerv1.ListServerTypesResponse) {
 					tw := newTable(w)
 					fmt.Fprintln(tw, "NAME\tTAGS")
 					for _, t := range resp.GetServerTypes() {
@@ -574,8 +486,7 @@ certificate closes its connection: graderd must reconnect with the new one).
 					}
 					tw.Flush()
 				})
-			}
-		},
+		}),
 	},
 	{
 		name:     "type remove",
@@ -583,19 +494,12 @@ certificate closes its connection: graderd must reconnect with the new one).
 		args:     nameArgs,
 		summary:  "Remove a server type no server uses",
 		examples: []string{"broker admin type remove legacy"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RemoveServerType(ctx, &gradebrokerv1.RemoveServerTypeRequest{Name: args[0]})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "removed server type %s\n", args[0]) })
-			}
-		},
+		flags: noFlags(func(ctx context.Context, r *runner, args []string) error {
+			return call(ctx, r, admin.RemoveServerType, &gradebrokerv1.RemoveServerTypeRequest{Name: args[0]},
+				func(w io.Writer, _ *gradebrokerv1.RemoveServerTypeResponse) {
+					fmt.Fprintf(w, "removed server type %s\n", args[0])
+				})
+		}),
 	},
 
 	// --- operators ---
@@ -614,15 +518,8 @@ certificate closes its connection: graderd must reconnect with the new one).
 				if err != nil {
 					return err
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.AddOperator(ctx, &gradebrokerv1.AddOperatorRequest{Name: args[0], CertificatePem: pem})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printOperator(w, resp.GetOperator()) })
+				return call(ctx, r, admin.AddOperator, &gradebrokerv1.AddOperatorRequest{Name: args[0], CertificatePem: pem},
+					func(w io.Writer, resp *gradebrokerv1.AddOperatorResponse) { printOperator(w, resp.GetOperator()) })
 			}
 		},
 	},
@@ -631,17 +528,9 @@ certificate closes its connection: graderd must reconnect with the new one).
 		synopsis: "operator list",
 		summary:  "List operators",
 		examples: []string{"broker admin operator list"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, _ []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.ListOperators(ctx, &gradebrokerv1.ListOperatorsRequest{})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
+			return call(ctx, r, admin.ListOperators, &gradebrokerv1.ListOperatorsRequest{},
+				func(w io.Writer, resp *gradebrokerv1.ListOperatorsResponse) {
 					tw := newTable(w)
 					fmt.Fprintln(tw, "NAME\tSUBJECT\tSERIAL\tEXPIRES\tREGISTERED")
 					for _, o := range resp.GetOperators() {
@@ -650,8 +539,7 @@ certificate closes its connection: graderd must reconnect with the new one).
 					}
 					tw.Flush()
 				})
-			}
-		},
+		}),
 	},
 	{
 		name:     "operator remove",
@@ -659,19 +547,12 @@ certificate closes its connection: graderd must reconnect with the new one).
 		args:     nameArgs,
 		summary:  "Remove an operator (never the last one)",
 		examples: []string{"broker admin operator remove bob"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RemoveOperator(ctx, &gradebrokerv1.RemoveOperatorRequest{Name: args[0]})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "removed operator %s\n", args[0]) })
-			}
-		},
+		flags: noFlags(func(ctx context.Context, r *runner, args []string) error {
+			return call(ctx, r, admin.RemoveOperator, &gradebrokerv1.RemoveOperatorRequest{Name: args[0]},
+				func(w io.Writer, _ *gradebrokerv1.RemoveOperatorResponse) {
+					fmt.Fprintf(w, "removed operator %s\n", args[0])
+				})
+		}),
 	},
 
 	// --- jobs ---
@@ -708,15 +589,8 @@ smallest ID of one page as --before of the next.`,
 				if *before < 0 {
 					return usagef("--before must be a job ID")
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.ListJobs(ctx, req)
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printJobs(w, resp.GetJobs()) })
+				return call(ctx, r, admin.ListJobs, req,
+					func(w io.Writer, resp *gradebrokerv1.ListJobsResponse) { printJobs(w, resp.GetJobs()) })
 			}
 		},
 	},
@@ -726,23 +600,10 @@ smallest ID of one page as --before of the next.`,
 		args:     []string{"ID"},
 		summary:  "Show one job with its attempts, events, data and result",
 		examples: []string{"broker admin job show 1234", "broker admin job show 1234 --json"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				id, err := parseJobID(args[0])
-				if err != nil {
-					return err
-				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.GetJob(ctx, &gradebrokerv1.AdminServiceGetJobRequest{Id: id})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printJob(w, resp.GetJob()) })
-			}
-		},
+		flags: onJob(func(ctx context.Context, r *runner, id int64) error {
+			return call(ctx, r, admin.GetJob, &gradebrokerv1.AdminServiceGetJobRequest{Id: id},
+				func(w io.Writer, resp *gradebrokerv1.AdminServiceGetJobResponse) { printJob(w, resp.GetJob()) })
+		}),
 	},
 	{
 		name:     "job requeue",
@@ -751,25 +612,10 @@ smallest ID of one page as --before of the next.`,
 		summary:  "Put a job back in the queue",
 		help:     "A running job loses its lease (its server is told to stop); a failed or cancelled job starts again with fresh attempts.",
 		examples: []string{"broker admin job requeue 1234"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				id, err := parseJobID(args[0])
-				if err != nil {
-					return err
-				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RequeueJob(ctx, &gradebrokerv1.RequeueJobRequest{Id: id})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
-					fmt.Fprintf(w, "job %d is %s\n", resp.GetJob().GetId(), stateName(resp.GetJob().GetState()))
-				})
-			}
-		},
+		flags: onJob(func(ctx context.Context, r *runner, id int64) error {
+			return call(ctx, r, admin.RequeueJob, &gradebrokerv1.RequeueJobRequest{Id: id},
+				func(w io.Writer, resp *gradebrokerv1.RequeueJobResponse) { printJobState(w, resp.GetJob()) })
+		}),
 	},
 	{
 		name:     "job cancel",
@@ -777,25 +623,10 @@ smallest ID of one page as --before of the next.`,
 		args:     []string{"ID"},
 		summary:  "Cancel a job that is not finished",
 		examples: []string{"broker admin job cancel 1234"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				id, err := parseJobID(args[0])
-				if err != nil {
-					return err
-				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.CancelJob(ctx, &gradebrokerv1.AdminServiceCancelJobRequest{Id: id})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
-					fmt.Fprintf(w, "job %d is %s\n", resp.GetJob().GetId(), stateName(resp.GetJob().GetState()))
-				})
-			}
-		},
+		flags: onJob(func(ctx context.Context, r *runner, id int64) error {
+			return call(ctx, r, admin.CancelJob, &gradebrokerv1.AdminServiceCancelJobRequest{Id: id},
+				func(w io.Writer, resp *gradebrokerv1.AdminServiceCancelJobResponse) { printJobState(w, resp.GetJob()) })
+		}),
 	},
 	{
 		name:     "delivery list",
@@ -821,15 +652,10 @@ smallest ID of one page as --before of the next.`,
 					return usagef("--limit must be between 0 and %d", store.MaxDeliveryListLimit)
 				}
 				req.Limit = uint32(*limit)
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.ListDeliveries(ctx, req)
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { printDeliveries(w, resp.GetDeliveries()) })
+				return call(ctx, r, admin.ListDeliveries, req,
+					func(w io.Writer, resp *gradebrokerv1.ListDeliveriesResponse) {
+						printDeliveries(w, resp.GetDeliveries())
+					})
 			}
 		},
 	},
@@ -862,15 +688,10 @@ smallest ID of one page as --before of the next.`,
 				if chosen != 1 {
 					return usagef("give delivery IDs, or --platform, or --all-dead (exactly one)")
 				}
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RedeliverDeliveries(ctx, req)
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "%d deliveries scheduled\n", resp.GetRedelivered()) })
+				return call(ctx, r, admin.RedeliverDeliveries, req,
+					func(w io.Writer, resp *gradebrokerv1.RedeliverDeliveriesResponse) {
+						fmt.Fprintf(w, "%d deliveries scheduled\n", resp.GetRedelivered())
+					})
 			}
 		},
 	},
@@ -928,11 +749,11 @@ func (r *runner) bootstrap(ctx context.Context, dbPath, name, certFile, caFile s
 	if err != nil {
 		return err
 	}
-	return r.emit(adminapi.OperatorToProto(op), func(w io.Writer) {
+	return r.emit(protoconv.OperatorToProto(op), func(w io.Writer) {
 		if created {
 			fmt.Fprintf(w, "created database %s\n", dbPath)
 		}
 		fmt.Fprintf(w, "registered operator %s in %s\n", op.Name, dbPath)
-		printOperator(w, adminapi.OperatorToProto(op))
+		printOperator(w, protoconv.OperatorToProto(op))
 	})
 }

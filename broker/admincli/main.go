@@ -7,6 +7,12 @@
 // --cert, --key, --json, --timeout) are accepted before the command and after
 // it, with defaults from GB_ADMIN_ADDR, GB_ADMIN_CA, GB_ADMIN_CERT and
 // GB_ADMIN_KEY.
+//
+// A command is one entry in the commands list: its flags function
+// registers its own flags and returns the function that checks them and
+// ends in call, which makes the one AdminService call and prints the
+// response (JSON under --json). noFlags and onJob spare the commands
+// without flags of their own the flag-set boilerplate.
 package admincli
 
 import (
@@ -18,7 +24,6 @@ import (
 	"net"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -28,6 +33,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/gradebroker/gradebroker/certs"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
@@ -108,15 +114,9 @@ func (c *connFlags) register(fs *flag.FlagSet, shadowed []string) {
 	fs.DurationVar(&c.timeout, "timeout", c.timeout, "give up after this `DURATION`")
 }
 
-// usageError is a mistake on the command line: Main prints it with the
+// usagef reports a mistake on the command line: Main prints it with the
 // command's usage and exits with ExitUsage.
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error {
-	return usageError{fmt.Sprintf(format, args...)}
-}
+var usagef = cliflag.Usagef
 
 func (m *cli) main(ctx context.Context, args []string) int {
 	conn := envConn()
@@ -232,7 +232,7 @@ func (m *cli) run(ctx context.Context, cmd *command, conn connFlags, args []stri
 	if err == nil {
 		return ExitOK
 	}
-	var ue usageError
+	var ue cliflag.UsageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(m.stderr, "error: %v\n\n", err)
 		m.commandUsage(m.stderr, cmd, fs)
@@ -295,6 +295,34 @@ func (r *runner) client() (gradebrokerv1.AdminServiceClient, error) {
 	}
 	r.cc = cc
 	return gradebrokerv1.NewAdminServiceClient(cc), nil
+}
+
+// admin is the AdminService client; its method expressions
+// (admin.AddTag) name the call a command makes.
+type admin = gradebrokerv1.AdminServiceClient
+
+// call is the shape of every remote command: connect, make one call, and
+// print its response, as JSON under --json and with human otherwise. The
+// broker's error is returned as it came, for run to print.
+func call[Req, Resp proto.Message](ctx context.Context, r *runner,
+	method func(admin, context.Context, Req, ...grpc.CallOption) (Resp, error),
+	req Req, human func(w io.Writer, resp Resp)) error {
+	c, err := r.client()
+	if err != nil {
+		return err
+	}
+	resp, err := method(c, ctx, req)
+	if err != nil {
+		return err
+	}
+	return r.emit(resp, func(w io.Writer) { human(w, resp) })
+}
+
+// noFlags is the flags function of a command without flags of its own.
+func noFlags(run func(ctx context.Context, r *runner, args []string) error) func(*flag.FlagSet, *runner) runFunc {
+	return func(_ *flag.FlagSet, r *runner) runFunc {
+		return func(ctx context.Context, args []string) error { return run(ctx, r, args) }
+	}
 }
 
 // --- usage ---
@@ -363,36 +391,10 @@ func (m *cli) commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 			own = append(own, f)
 		}
 	})
-	if len(own) > 0 {
-		fmt.Fprintf(w, "\nFlags:\n")
-		sort.Slice(own, func(i, j int) bool { return own[i].Name < own[j].Name })
-		printFlags(w, own)
-	}
-	if len(c.examples) > 0 {
-		fmt.Fprintf(w, "\nExamples:\n")
-		for _, e := range c.examples {
-			fmt.Fprintf(w, "  %s\n", e)
-		}
-	}
+	cliflag.PrintCommandHelp(w, own, c.examples)
 	if !c.local {
 		fmt.Fprint(w, connectionHelp(c.shadows))
 	}
 }
 
 var connFlagNames = map[string]bool{"addr": true, "ca": true, "cert": true, "client-cert": true, "key": true, "client-key": true, "json": true, "timeout": true}
-
-func printFlags(w io.Writer, flags []*flag.Flag) {
-	tw := newTable(w)
-	for _, f := range flags {
-		name, usage := flag.UnquoteUsage(f)
-		left := "  --" + f.Name
-		if name != "" {
-			left += " " + name
-		}
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "[]" {
-			usage += fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintf(tw, "%s\t%s\n", left, usage)
-	}
-	tw.Flush()
-}

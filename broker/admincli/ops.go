@@ -26,21 +26,12 @@ to cancel it, and the requeue does not count against the job's attempt limit.
 For a while the jobs prefer other servers. The server keeps getting new jobs
 unless it is drained ('broker admin server drain NAME').`,
 		examples: []string{"broker admin server drain grader1 && broker admin server requeue grader1"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.RequeueServerJobs(ctx, &gradebrokerv1.RequeueServerJobsRequest{Name: args[0]})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, args []string) error {
+			return call(ctx, r, admin.RequeueServerJobs, &gradebrokerv1.RequeueServerJobsRequest{Name: args[0]},
+				func(w io.Writer, resp *gradebrokerv1.RequeueServerJobsResponse) {
 					fmt.Fprintf(w, "requeued %d running job(s) of server %s\n", resp.GetRequeued(), args[0])
 				})
-			}
-		},
+		}),
 	},
 	{
 		name:     "server drain",
@@ -54,22 +45,15 @@ drain (slots 0), it is the operator's: graderd cannot lift it.`,
 		flags: func(fs *flag.FlagSet, r *runner) runFunc {
 			undrain := fs.Bool("undrain", false, "give the server jobs again")
 			return func(ctx context.Context, args []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.DrainServer(ctx, &gradebrokerv1.DrainServerRequest{Name: args[0], Undrain: *undrain})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
-					s := resp.GetServer()
-					if *undrain {
-						fmt.Fprintf(w, "server %s takes new jobs again\n", s.GetName())
-					} else {
-						fmt.Fprintf(w, "server %s is drained: no new jobs; %d running job(s) finish\n", s.GetName(), s.GetRunning())
-					}
-				})
+				return call(ctx, r, admin.DrainServer, &gradebrokerv1.DrainServerRequest{Name: args[0], Undrain: *undrain},
+					func(w io.Writer, resp *gradebrokerv1.DrainServerResponse) {
+						s := resp.GetServer()
+						if *undrain {
+							fmt.Fprintf(w, "server %s takes new jobs again\n", s.GetName())
+						} else {
+							fmt.Fprintf(w, "server %s is drained: no new jobs; %d running job(s) finish\n", s.GetName(), s.GetRunning())
+						}
+					})
 			}
 		},
 	},
@@ -81,17 +65,9 @@ drain (slots 0), it is the operator's: graderd cannot lift it.`,
 TOTAL line counts it once. OLDEST WAIT is since the job was queued or last
 requeued.`,
 		examples: []string{"broker admin queue", "broker admin queue --json"},
-		flags: func(fs *flag.FlagSet, r *runner) runFunc {
-			return func(ctx context.Context, _ []string) error {
-				c, err := r.client()
-				if err != nil {
-					return err
-				}
-				resp, err := c.GetQueueStats(ctx, &gradebrokerv1.GetQueueStatsRequest{})
-				if err != nil {
-					return err
-				}
-				return r.emit(resp, func(w io.Writer) {
+		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
+			return call(ctx, r, admin.GetQueueStats, &gradebrokerv1.GetQueueStatsRequest{},
+				func(w io.Writer, resp *gradebrokerv1.GetQueueStatsResponse) {
 					tw := newTable(w)
 					fmt.Fprintln(tw, "TYPE\tTAGS\tWAITING\tRUNNING\tCONNECTED\tDRAINED\tFREE SLOTS\tOLDEST WAIT")
 					for _, t := range resp.GetTypes() {
@@ -101,8 +77,7 @@ requeued.`,
 					fmt.Fprintf(tw, "TOTAL\t\t%d\t%d\t\t\t\t\n", resp.GetWaiting(), resp.GetRunning())
 					tw.Flush()
 				})
-			}
-		},
+		}),
 	},
 }
 

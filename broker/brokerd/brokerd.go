@@ -190,6 +190,9 @@ func (b *Broker) Waker() *wakeup.Waker { return b.wake }
 // Dispatcher returns the broker's dispatcher.
 func (b *Broker) Dispatcher() *dispatch.Dispatcher { return b.disp }
 
+// Platform returns the platform API service behind the REST gateway.
+func (b *Broker) Platform() *platform.Service { return b.plat }
+
 // GRPCAddr returns the address the gRPC port listens on, once started.
 func (b *Broker) GRPCAddr() string { return b.grpcLis.Addr().String() }
 

@@ -22,8 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/gradebroker/gradebroker/broker"
-	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/protoconv"
 	"github.com/gradebroker/gradebroker/broker/rpcstatus"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
@@ -102,6 +102,9 @@ type Service struct {
 
 	keyCache sync.Map // PEM string → *rsa.PublicKey
 	reg      atomic.Pointer[registry]
+
+	waitMu  sync.Mutex
+	waiting map[int64]int // job id → getjob calls waiting for it to be final
 }
 
 // New returns the platform API over db and d, reading tokens with keys.
@@ -178,7 +181,7 @@ func (r request) actor() string { return "platform:" + r.platform.Name }
 // open checks a token for the request kind want and finds its platform.
 func (s *Service) open(ctx context.Context, compact, want string) (request, error) {
 	if compact == "" {
-		return request{}, status.Error(codes.InvalidArgument, `the request body must be {"token": "<compact JWE>"}`)
+		return request{}, refusal(codes.InvalidArgument, ReasonMalformedBody, "the request body must be "+bodyShape+": it has no token").Err()
 	}
 	claims, payload, err := s.opener.Open(ctx, compact, want)
 	if err != nil {
@@ -214,19 +217,23 @@ func (s *Service) openAs(ctx context.Context, compact, want string, v any) (requ
 
 // tokenError maps a token refusal to a status a platform developer can act on.
 func (s *Service) tokenError(ctx context.Context, err error) error {
-	if r := RefusalReason(err); r != "" && s.cfg.TokenRefused != nil {
-		s.cfg.TokenRefused(r)
+	reason := RefusalReason(err)
+	if reason != "" && s.cfg.TokenRefused != nil {
+		s.cfg.TokenRefused(reason)
 	}
+	// The details name the refusal in one word (EXPIRED, REPLAYED, ...), for
+	// a platform to act on without reading the message.
+	reason = strings.ToUpper(reason)
 	switch {
 	case errors.Is(err, token.ErrMalformed), errors.Is(err, token.ErrTooLarge), errors.Is(err, token.ErrAlgorithm),
 		errors.Is(err, token.ErrWrongRequest), errors.Is(err, token.ErrMissingJTI), errors.Is(err, token.ErrLifetime):
-		return status.Errorf(codes.InvalidArgument, "token refused: %v", err)
+		return refusal(codes.InvalidArgument, reason, fmt.Sprintf("token refused: %v", err)).Err()
 	case errors.Is(err, token.ErrDecrypt), errors.Is(err, token.ErrUnknownSigner), errors.Is(err, token.ErrBadSignature),
 		errors.Is(err, token.ErrExpired), errors.Is(err, token.ErrNotYetValid), errors.Is(err, token.ErrReplayed),
 		errors.Is(err, token.ErrWrongAudience), errors.Is(err, broker.ErrNotFound):
-		return status.Errorf(codes.Unauthenticated, "token refused: %v", err)
+		return refusal(codes.Unauthenticated, reason, fmt.Sprintf("token refused: %v", err)).Err()
 	case errors.Is(err, store.ErrTokenReused):
-		return status.Errorf(codes.Unauthenticated, "token refused: replayed: %v", err)
+		return refusal(codes.Unauthenticated, reason, fmt.Sprintf("token refused: replayed: %v", err)).Err()
 	}
 	return rpcstatus.Error(ctx, s.log, err)
 }
@@ -333,7 +340,7 @@ func (s *Service) submit(ctx context.Context, r request, jobs []broker.NewJob) (
 	}
 	out := make([]*gbv1.SendJobResponse, len(ins))
 	for i, in := range ins {
-		out[i] = &gbv1.SendJobResponse{JobId: in.ID, Duplicate: in.Duplicate, State: adminapi.JobStateToProto(in.State)}
+		out[i] = &gbv1.SendJobResponse{JobId: in.ID, Duplicate: in.Duplicate, State: protoconv.JobStateToProto(in.State)}
 		if !in.Duplicate {
 			// The first line of a job's trail at info, before the
 			// dispatcher's "job done" or "job failed": one per job, also
@@ -484,7 +491,9 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 	}
 	if ref.WaitSeconds.v > 0 {
 		wctx, cancel := context.WithTimeout(ctx, time.Duration(ref.WaitSeconds.v)*time.Second)
+		s.countWait(id, 1)
 		_, err := s.d.WaitFinal(wctx, id)
+		s.countWait(id, -1)
 		cancel()
 		if err != nil && ctx.Err() != nil {
 			return nil, rpcstatus.Error(ctx, s.log, ctx.Err())
@@ -494,11 +503,30 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 	if err != nil {
 		return nil, rpcstatus.Error(ctx, s.log, err)
 	}
-	pj := adminapi.JobToProto(job)
+	pj := protoconv.JobToProto(job)
 	// The platform sent the data and does not need it back; events are the
 	// broker's own trail.
 	pj.Jobdata, pj.Events = "", nil
 	return &gbv1.GetJobResponse{Job: pj}, nil
+}
+
+// Waiting returns how many getjob calls wait for job jobID to become
+// final, so that a test can make the job final once a call waits for it.
+func (s *Service) Waiting(jobID int64) int {
+	s.waitMu.Lock()
+	defer s.waitMu.Unlock()
+	return s.waiting[jobID]
+}
+
+func (s *Service) countWait(jobID int64, delta int) {
+	s.waitMu.Lock()
+	defer s.waitMu.Unlock()
+	if s.waiting == nil {
+		s.waiting = make(map[int64]int)
+	}
+	if s.waiting[jobID] += delta; s.waiting[jobID] <= 0 {
+		delete(s.waiting, jobID)
+	}
 }
 
 // CancelJob implements PlatformService.CancelJob.
@@ -530,7 +558,7 @@ func (s *Service) CancelJob(ctx context.Context, req *gbv1.CancelJobRequest) (*g
 	if !cancelled {
 		msg = fmt.Sprintf("not cancelled: the job is already %s", st)
 	}
-	return &gbv1.CancelJobResponse{JobId: id, State: adminapi.JobStateToProto(st), Message: msg}, nil
+	return &gbv1.CancelJobResponse{JobId: id, State: protoconv.JobStateToProto(st), Message: msg}, nil
 }
 
 // peerKey carries the gateway caller's verified client certificate.
@@ -542,9 +570,13 @@ func peerFromContext(ctx context.Context) (certs.Identity, bool) {
 }
 
 // Handler returns the REST gateway: the PlatformService routes of
-// gateway.yaml, GET /v1/keys, and the body size limit.
+// gateway.yaml, GET /v1/keys, and the body size limit. Its errors are
+// grpc-gateway's Status JSON with details always present (see
+// gatewayError).
 func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
-	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayJSON()))
+	marshaler := newGatewayJSON()
+	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		runtime.WithErrorHandler(gatewayError))
 	if err := gbv1.RegisterPlatformServiceHandlerServer(ctx, mux, s); err != nil {
 		return nil, err
 	}
@@ -560,12 +592,18 @@ func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
 		return nil, err
 	}
 	limit := int64(s.cfg.Limits.MaxTokenBytes) + 4096
-	return http.MaxBytesHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			// Refused unread: no use taking in megabytes to say so.
+			gatewayError(r.Context(), mux, marshaler, w, r, tooLarge(limit))
+			return
+		}
+		r.Body = &gatewayBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit)}
 		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 			if id, err := certs.PeerIdentity(*r.TLS); err == nil {
 				r = r.WithContext(context.WithValue(r.Context(), peerKey{}, id))
 			}
 		}
 		mux.ServeHTTP(w, r)
-	}), limit), nil
+	}), nil
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rsa"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -295,16 +293,20 @@ func (r *runner) reader() (*platformclient.CallbackReader, error) {
 	return platformclient.NewCallbackReader(r.c.platform, key, r.c.broker, pub), nil
 }
 
-// httpClient returns an HTTP client that trusts --ca (or the system's
-// roots) and presents --cert when given. Deadlines come from the context.
+// httpClient returns an HTTP client that speaks TLS 1.3 to the broker,
+// trusts --ca (or the system's roots) and presents --cert when given.
+// Deadlines come from the context.
 func (r *runner) httpClient() (*http.Client, error) {
 	u, err := url.Parse(r.c.url)
 	if err != nil || u.Host == "" {
 		return nil, usagef("--url %q must be an absolute URL, like %s", r.c.url, DefaultURL)
 	}
-	var cfg *tls.Config
-	switch {
-	case r.c.cert != "" || r.c.clientKey != "":
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		ForceAttemptHTTP2:   true,
+		TLSHandshakeTimeout: 10 * time.Second,
+	}
+	if r.c.cert != "" || r.c.clientKey != "" {
 		if r.c.cert == "" || r.c.clientKey == "" {
 			return nil, usagef("--cert and --client-key go together")
 		}
@@ -315,24 +317,11 @@ func (r *runner) httpClient() (*http.Client, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg = src.ClientTLSConfig(u.Hostname())
-	case r.c.ca != "":
-		b, err := os.ReadFile(r.c.ca)
-		if err != nil {
-			return nil, fmt.Errorf("--ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("--ca %s: no PEM certificate found", r.c.ca)
-		}
-		cfg = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		tr.TLSClientConfig = src.ClientTLSConfig(u.Hostname())
+	} else if tr.TLSClientConfig, err = certs.GatewayClientTLSConfig(r.c.ca); err != nil {
+		return nil, fmt.Errorf("--ca: %w", err)
 	}
-	return &http.Client{Transport: &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		TLSClientConfig:     cfg,
-		ForceAttemptHTTP2:   true,
-		TLSHandshakeTimeout: 10 * time.Second,
-	}}, nil
+	return &http.Client{Transport: tr}, nil
 }
 
 // call makes a client, runs fn within --timeout (plus extra) and prints its

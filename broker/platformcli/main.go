@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -114,13 +113,9 @@ func (c *common) noteSet(fs *flag.FlagSet) {
 var commonNames = map[string]bool{"url": true, "ca": true, "platform": true, "key": true, "broker-key": true,
 	"broker": true, "cert": true, "client-key": true, "timeout": true}
 
-// usageError is a mistake on the command line: it is printed with the
+// usagef reports a mistake on the command line: it is printed with the
 // command's usage, and Main returns ExitUsage.
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+var usagef = cliflag.Usagef
 
 func (m *cli) main(ctx context.Context, args []string) int {
 	c := envCommon()
@@ -196,7 +191,7 @@ func (m *cli) run(ctx context.Context, cmd *command, c common, args []string) in
 	if err == nil {
 		return ExitOK
 	}
-	var ue usageError
+	var ue cliflag.UsageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(m.stderr, "error: %v\n\n", err)
 		m.commandUsage(m.stderr, cmd, fs)
@@ -253,28 +248,6 @@ func (m *cli) commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 			own = append(own, f)
 		}
 	})
-	if len(own) > 0 {
-		fmt.Fprintf(w, "\nFlags:\n")
-		sort.Slice(own, func(i, j int) bool { return own[i].Name < own[j].Name })
-		tw := newTable(w)
-		for _, f := range own {
-			name, usage := flag.UnquoteUsage(f)
-			left := "  --" + f.Name
-			if name != "" {
-				left += " " + name
-			}
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
-				usage += fmt.Sprintf(" (default %s)", f.DefValue)
-			}
-			fmt.Fprintf(tw, "%s\t%s\n", left, usage)
-		}
-		tw.Flush()
-	}
-	if len(c.examples) > 0 {
-		fmt.Fprintf(w, "\nExamples:\n")
-		for _, e := range c.examples {
-			fmt.Fprintf(w, "  %s\n", e)
-		}
-	}
+	cliflag.PrintCommandHelp(w, own, c.examples)
 	fmt.Fprint(w, commonHelp)
 }

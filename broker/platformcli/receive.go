@@ -3,7 +3,6 @@ package platformcli
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gradebroker/gradebroker/certs"
 	"github.com/gradebroker/gradebroker/platformclient"
 )
 
@@ -81,18 +81,6 @@ func (r *runner) receive(ctx context.Context, addr string, once bool, certFile, 
 	if err != nil {
 		return err
 	}
-	var tlsConfig *tls.Config
-	if certFile != "" {
-		// A self-signed or dev CA certificate is enough here: this is a
-		// tool for trying a broker out, and the broker's operator decides
-		// what its callback client trusts.
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return fmt.Errorf("--tls-cert %s, --tls-key %s: %w", certFile, keyFile, err)
-		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-
 	stdout, stderr := &lockedWriter{w: r.stdout}, &lockedWriter{w: r.stderr}
 	got := make(chan struct{})
 	var gotOnce sync.Once
@@ -119,20 +107,24 @@ func (r *runner) receive(ctx context.Context, addr string, once bool, certFile, 
 		}
 	})
 
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
 	srv := &http.Server{
 		Handler:           logged,
-		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		ErrorLog:          log.New(stderr, "receive: ", 0),
 	}
+	if certFile != "" {
+		if srv.TLSConfig, err = certs.CallbackServerTLSConfig(certFile, keyFile); err != nil {
+			return fmt.Errorf("--tls-cert, --tls-key: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
 	served := make(chan error, 1)
 	go func() {
-		if tlsConfig != nil {
+		if srv.TLSConfig != nil {
 			served <- srv.ServeTLS(ln, "", "")
 		} else {
 			served <- srv.Serve(ln)

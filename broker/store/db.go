@@ -251,6 +251,13 @@ func (db *DB) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return translate(fn(tx))
 }
 
+// SQLiteVersion returns the version of the SQLite library linked in, such
+// as "3.46.1", for reports; only this package speaks to the driver.
+func SQLiteVersion() string {
+	v, _, _ := sqlite3.Version()
+	return v
+}
+
 // translate maps driver errors to the domain's sentinel errors by their
 // codes, never by their text. Errors that are already domain errors pass
 // through.

@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -285,5 +287,103 @@ func TestJobTxCommitAndRollback(t *testing.T) {
 	// The write helpers share the one writer connection with JobTx.
 	if _, err := db.AddTag(ctx, "after", ""); err != nil {
 		t.Fatalf("write after JobTx: %v", err)
+	}
+}
+
+// TestRegistryMessages pins the words of the registry's refusals: each
+// names the thing that was not found or what still uses it, which is what
+// an operator reads.
+func TestRegistryMessages(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	for _, tag := range []string{"py", "forced", "jobtag"} {
+		if _, err := db.AddTag(ctx, tag, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.AddServerType(ctx, "pytype", []string{"py"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AddServer(ctx, broker.Server{Name: "g1", Cert: ident("f1"), Type: "pytype"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := db.AddPlatform(ctx, broker.Platform{Name: "mooc", PublicKeyPEM: "k", ForceTag: "forced"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AddOperator(ctx, "alice", ident("o1")); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginJobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, err := tx.InsertJob(broker.NewJob{PlatformID: p.ID, Name: "j", Tags: []string{"jobtag"}, Timeout: time.Minute,
+		JobData: []byte(`{}`), MaxAttempts: 1}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	two := 2
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want error
+		msg  string
+	}{
+		{"platform by name", func() error { _, err := db.PlatformByName(ctx, "nope"); return err },
+			broker.ErrNotFound, `not found: platform "nope"`},
+		{"server by name", func() error { _, err := db.ServerByName(ctx, "nope"); return err },
+			broker.ErrNotFound, `not found: server "nope"`},
+		{"server by fingerprint", func() error { _, err := db.ServerByFingerprint(ctx, "zz"); return err },
+			broker.ErrNotFound, `not found: no server has a certificate with fingerprint zz`},
+		{"operator by fingerprint", func() error { _, err := db.OperatorByFingerprint(ctx, "zz"); return err },
+			broker.ErrNotFound, `not found: no operator has a certificate with fingerprint zz`},
+		{"update platform", func() error { _, err := db.UpdatePlatform(ctx, "nope", PlatformUpdate{}); return err },
+			broker.ErrNotFound, `not found: platform "nope"`},
+		{"update server", func() error {
+			_, err := db.UpdateServer(ctx, "nope", ServerUpdate{MaxConcurrentJobs: &two})
+			return err
+		}, broker.ErrNotFound, `not found: server "nope"`},
+		{"update server type", func() error { _, err := db.UpdateServerType(ctx, "nope", nil); return err },
+			broker.ErrNotFound, `not found: server type "nope"`},
+		{"remove platform", func() error { return db.RemovePlatform(ctx, "nope") },
+			broker.ErrNotFound, `not found: platform "nope"`},
+		{"remove server", func() error { return db.RemoveServer(ctx, "nope") },
+			broker.ErrNotFound, `not found: server "nope"`},
+		{"remove server type", func() error { return db.RemoveServerType(ctx, "nope") },
+			broker.ErrNotFound, `not found: server type "nope"`},
+		{"remove operator", func() error { return db.RemoveOperator(ctx, "nope") },
+			broker.ErrNotFound, `not found: operator "nope"`},
+		{"remove tag", func() error { return db.RemoveTag(ctx, "nope") },
+			broker.ErrNotFound, `not found: tag "nope"`},
+		{"tag of a server type", func() error { return db.RemoveTag(ctx, "py") },
+			broker.ErrInUse, `tag "py" is used by server type pytype`},
+		{"force tag", func() error { return db.RemoveTag(ctx, "forced") },
+			broker.ErrInUse, `tag "forced" is used by platform mooc (force tag)`},
+		{"tag of a job", func() error { return db.RemoveTag(ctx, "jobtag") },
+			broker.ErrInUse, fmt.Sprintf(`tag "jobtag" is needed by unfinished job %d`, job.ID)},
+		{"type of a server", func() error { return db.RemoveServerType(ctx, "pytype") },
+			broker.ErrInUse, `server type "pytype" is the type of server "g1"`},
+		{"platform with jobs", func() error { return db.RemovePlatform(ctx, "mooc") },
+			broker.ErrInUse, `platform "mooc" has 1 unfinished job(s); cancel them first`},
+		{"last operator", func() error { return db.RemoveOperator(ctx, "alice") },
+			broker.ErrFailedPrecondition, `"alice" is the last operator; add another before removing it`},
+	} {
+		err := tc.call()
+		if !errors.Is(err, tc.want) || !strings.HasSuffix(err.Error(), tc.msg) {
+			t.Errorf("%s: got %v, want %v ending in %q", tc.name, err, tc.want, tc.msg)
+		}
+	}
+	// The refusals changed nothing.
+	if _, err := db.ServerByName(ctx, "g1"); err != nil {
+		t.Errorf("server g1 after the refusals: %v", err)
+	}
+	if tags, err := db.ListTags(ctx); err != nil || len(tags) != 3 {
+		t.Errorf("tags after the refusals: %v, %v; want 3", tags, err)
 	}
 }

@@ -432,10 +432,9 @@ func (db *DB) DeliveryCounts(ctx context.Context) (map[broker.DeliveryState]int,
 // platformID resolves a platform name, saying when it is unknown: more likely
 // a typo than a platform without deliveries.
 func platformID(ctx context.Context, tx *sql.Tx, name string) (int64, error) {
-	var id int64
-	err := tx.QueryRowContext(ctx, `SELECT id FROM platforms WHERE name = ?`, name).Scan(&id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("%w: platform %q; see 'broker admin platform list'", broker.ErrNotFound, name)
+	id, err := idByName(ctx, tx, "platforms", "platform", name)
+	if errors.Is(err, broker.ErrNotFound) {
+		return 0, fmt.Errorf("%w; see 'broker admin platform list'", err)
 	}
 	return id, err
 }

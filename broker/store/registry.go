@@ -40,49 +40,28 @@ func (db *DB) AddOperator(ctx context.Context, name string, cert broker.CertIden
 	return op, err
 }
 
+const operatorColumns = `id, name, cert_serial, cert_issuer, cert_subject, cert_fingerprint,
+	cert_not_after, created_at FROM operators`
+
+func scanOperator(row rowScanner) (broker.Operator, error) {
+	var o broker.Operator
+	var notAfter, created int64
+	err := row.Scan(&o.ID, &o.Name, &o.Cert.Serial, &o.Cert.Issuer, &o.Cert.Subject, &o.Cert.Fingerprint, &notAfter, &created)
+	o.Cert.Role = "operator"
+	o.Cert.NotAfter, o.CreatedAt = fromMS(notAfter), fromMS(created)
+	return o, err
+}
+
 // ListOperators lists operators by name.
 func (db *DB) ListOperators(ctx context.Context) ([]broker.Operator, error) {
-	var out []broker.Operator
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, name, cert_serial, cert_issuer, cert_subject,
-			cert_fingerprint, cert_not_after, created_at FROM operators ORDER BY name`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var o broker.Operator
-			var notAfter, created int64
-			if err := rows.Scan(&o.ID, &o.Name, &o.Cert.Serial, &o.Cert.Issuer, &o.Cert.Subject,
-				&o.Cert.Fingerprint, &notAfter, &created); err != nil {
-				return err
-			}
-			o.Cert.Role = "operator"
-			o.Cert.NotAfter, o.CreatedAt = fromMS(notAfter), fromMS(created)
-			out = append(out, o)
-		}
-		return rows.Err()
-	})
-	return out, err
+	return listAll(ctx, db, scanOperator, `SELECT `+operatorColumns+` ORDER BY name`)
 }
 
 // OperatorByFingerprint finds the operator whose certificate has the given
 // SHA-256 fingerprint. It returns ErrNotFound when there is none.
 func (db *DB) OperatorByFingerprint(ctx context.Context, fingerprint string) (broker.Operator, error) {
-	var o broker.Operator
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		var notAfter, created int64
-		err := tx.QueryRowContext(ctx, `SELECT id, name, cert_serial, cert_issuer, cert_subject,
-			cert_fingerprint, cert_not_after, created_at FROM operators WHERE cert_fingerprint = ?`, fingerprint).
-			Scan(&o.ID, &o.Name, &o.Cert.Serial, &o.Cert.Issuer, &o.Cert.Subject, &o.Cert.Fingerprint, &notAfter, &created)
-		o.Cert.Role = "operator"
-		o.Cert.NotAfter, o.CreatedAt = fromMS(notAfter), fromMS(created)
-		return err
-	})
-	if errors.Is(err, broker.ErrNotFound) {
-		return o, fmt.Errorf("%w: no operator has a certificate with fingerprint %s", broker.ErrNotFound, fingerprint)
-	}
-	return o, err
+	return lookup(ctx, db, scanOperator, "no operator has a certificate with fingerprint "+fingerprint,
+		`SELECT `+operatorColumns+` WHERE cert_fingerprint = ?`, fingerprint)
 }
 
 // RemoveOperator removes an operator. The last operator cannot be removed
@@ -93,12 +72,8 @@ func (db *DB) RemoveOperator(ctx context.Context, name string) error {
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM operators`).Scan(&n); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `DELETE FROM operators WHERE name = ?`, name)
-		if err != nil {
+		if err := deleteByName(ctx, tx, "operators", "operator", name); err != nil {
 			return err
-		}
-		if k, _ := res.RowsAffected(); k == 0 {
-			return fmt.Errorf("%w: operator %q", broker.ErrNotFound, name)
 		}
 		if n <= 1 {
 			return fmt.Errorf("%w: %q is the last operator; add another before removing it", broker.ErrFailedPrecondition, name)
@@ -130,23 +105,11 @@ func (db *DB) AddTag(ctx context.Context, name, description string) (broker.Tag,
 
 // ListTags lists tags by name.
 func (db *DB) ListTags(ctx context.Context) ([]broker.Tag, error) {
-	var out []broker.Tag
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, name, description FROM tags ORDER BY name`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var t broker.Tag
-			if err := rows.Scan(&t.ID, &t.Name, &t.Description); err != nil {
-				return err
-			}
-			out = append(out, t)
-		}
-		return rows.Err()
-	})
-	return out, err
+	return listAll(ctx, db, func(row rowScanner) (broker.Tag, error) {
+		var t broker.Tag
+		err := row.Scan(&t.ID, &t.Name, &t.Description)
+		return t, err
+	}, `SELECT id, name, description FROM tags ORDER BY name`)
 }
 
 // RemoveTag removes a tag. It returns ErrInUse, naming the user, when a
@@ -154,37 +117,29 @@ func (db *DB) ListTags(ctx context.Context) ([]broker.Tag, error) {
 func (db *DB) RemoveTag(ctx context.Context, name string) error {
 	defer db.registryChanged()
 	return db.write(ctx, func(tx *sql.Tx) error {
-		var id int64
-		if err := tx.QueryRowContext(ctx, `SELECT id FROM tags WHERE name = ?`, name).Scan(&id); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: tag %q", broker.ErrNotFound, name)
+		id, err := idByName(ctx, tx, "tags", "tag", name)
+		if err != nil {
+			return err
+		}
+		// Each query names one user of the tag, in the words of the error.
+		for _, q := range []struct {
+			sql string
+			arg any
+		}{
+			{`SELECT 'used by server type ' || st.name FROM server_type_tags stt
+				JOIN server_types st ON st.id = stt.type_id WHERE stt.tag_id = ? LIMIT 1`, id},
+			{`SELECT 'used by platform ' || name || ' (force tag)' FROM platforms WHERE force_tag_id = ? LIMIT 1`, id},
+			{`SELECT 'needed by unfinished job ' || j.id FROM jobs j, json_each(j.tags) t
+				WHERE j.state IN (1, 2) AND t.value = ? LIMIT 1`, name},
+		} {
+			var user string
+			err := tx.QueryRowContext(ctx, q.sql, q.arg).Scan(&user)
+			if err == nil {
+				return fmt.Errorf("%w: tag %q is %s", broker.ErrInUse, name, user)
 			}
-			return err
-		}
-		var user string
-		err := tx.QueryRowContext(ctx, `SELECT 'server type ' || st.name FROM server_type_tags stt
-			JOIN server_types st ON st.id = stt.type_id WHERE stt.tag_id = ? LIMIT 1`, id).Scan(&user)
-		if err == nil {
-			return fmt.Errorf("%w: tag %q is used by %s", broker.ErrInUse, name, user)
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		err = tx.QueryRowContext(ctx, `SELECT 'platform ' || name || ' (force tag)' FROM platforms WHERE force_tag_id = ? LIMIT 1`, id).Scan(&user)
-		if err == nil {
-			return fmt.Errorf("%w: tag %q is used by %s", broker.ErrInUse, name, user)
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		var jobID int64
-		err = tx.QueryRowContext(ctx, `SELECT j.id FROM jobs j, json_each(j.tags) t
-			WHERE j.state IN (1, 2) AND t.value = ? LIMIT 1`, name).Scan(&jobID)
-		if err == nil {
-			return fmt.Errorf("%w: tag %q is needed by unfinished job %d", broker.ErrInUse, name, jobID)
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return err
+			if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM tags WHERE id = ?`, id)
 		return err
@@ -256,10 +211,8 @@ func (db *DB) AddServerType(ctx context.Context, name string, tags []string) (br
 			return conflictName(err, "server type", name)
 		}
 		typeID, _ := res.LastInsertId()
-		for _, id := range ids {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO server_type_tags (type_id, tag_id) VALUES (?, ?)`, typeID, id); err != nil {
-				return err
-			}
+		if err := addTypeTags(ctx, tx, typeID, ids); err != nil {
+			return err
 		}
 		st = broker.ServerType{ID: typeID, Name: name, Tags: tags}
 		return nil
@@ -277,11 +230,8 @@ func (db *DB) UpdateServerType(ctx context.Context, name string, tags []string) 
 	}
 	var st broker.ServerType
 	err = db.write(ctx, func(tx *sql.Tx) error {
-		var typeID int64
-		if err := tx.QueryRowContext(ctx, `SELECT id FROM server_types WHERE name = ?`, name).Scan(&typeID); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: server type %q", broker.ErrNotFound, name)
-			}
+		typeID, err := idByName(ctx, tx, "server_types", "server type", name)
+		if err != nil {
 			return err
 		}
 		ids, err := tagIDs(ctx, tx, tags)
@@ -291,10 +241,8 @@ func (db *DB) UpdateServerType(ctx context.Context, name string, tags []string) 
 		if _, err := tx.ExecContext(ctx, `DELETE FROM server_type_tags WHERE type_id = ?`, typeID); err != nil {
 			return err
 		}
-		for _, id := range ids {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO server_type_tags (type_id, tag_id) VALUES (?, ?)`, typeID, id); err != nil {
-				return err
-			}
+		if err := addTypeTags(ctx, tx, typeID, ids); err != nil {
+			return err
 		}
 		st = broker.ServerType{ID: typeID, Name: name, Tags: tags}
 		return nil
@@ -352,14 +300,7 @@ func (db *DB) RemoveServerType(ctx context.Context, name string) error {
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `DELETE FROM server_types WHERE name = ?`, name)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("%w: server type %q", broker.ErrNotFound, name)
-		}
-		return nil
+		return deleteByName(ctx, tx, "server_types", "server type", name)
 	})
 }
 
@@ -415,27 +356,24 @@ func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platfo
 func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate) (broker.Platform, error) {
 	defer db.registryChanged()
 	err := db.write(ctx, func(tx *sql.Tx) error {
-		var id int64
-		if err := tx.QueryRowContext(ctx, `SELECT id FROM platforms WHERE name = ?`, name).Scan(&id); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: platform %q", broker.ErrNotFound, name)
-			}
+		id, err := idByName(ctx, tx, "platforms", "platform", name)
+		if err != nil {
 			return err
 		}
 		if u.PublicKeyPEM != nil {
-			if _, err := tx.ExecContext(ctx, `UPDATE platforms SET public_key_pem = ? WHERE id = ?`, *u.PublicKeyPEM, id); err != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `public_key_pem = ?`, *u.PublicKeyPEM); err != nil {
 				return err
 			}
 		}
 		if u.ReturnURL != nil {
-			if _, err := tx.ExecContext(ctx, `UPDATE platforms SET return_url = ? WHERE id = ?`, *u.ReturnURL, id); err != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `return_url = ?`, *u.ReturnURL); err != nil {
 				return err
 			}
 			defer db.callbacks.Delete(id)
 		}
 		if u.RestrictPaths != nil {
 			paths, _ := json.Marshal(nonNil(*u.RestrictPaths))
-			if _, err := tx.ExecContext(ctx, `UPDATE platforms SET restrict_paths = ? WHERE id = ?`, string(paths), id); err != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `restrict_paths = ?`, string(paths)); err != nil {
 				return err
 			}
 		}
@@ -444,7 +382,7 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE platforms SET force_tag_id = ? WHERE id = ?`, tagID, id); err != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `force_tag_id = ?`, tagID); err != nil {
 				return err
 			}
 		}
@@ -454,9 +392,7 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 					return err
 				}
 			}
-			c := certColumns(*u.Cert)
-			if _, err := tx.ExecContext(ctx, `UPDATE platforms SET cert_serial = ?, cert_issuer = ?, cert_subject = ?,
-				cert_fingerprint = ?, cert_not_after = ? WHERE id = ?`, c[0], c[1], c[2], c[3], c[4], id); err != nil {
+			if err := setColumns(ctx, tx, "platforms", id, certAssignments, certColumns(*u.Cert)...); err != nil {
 				return err
 			}
 		}
@@ -495,27 +431,12 @@ func scanPlatform(row rowScanner) (broker.Platform, error) {
 
 // PlatformByName returns a platform, or ErrNotFound.
 func (db *DB) PlatformByName(ctx context.Context, name string) (broker.Platform, error) {
-	var p broker.Platform
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		var err error
-		p, err = scanPlatform(tx.QueryRowContext(ctx, `SELECT `+platformColumns+` WHERE p.name = ?`, name))
-		return err
-	})
-	if errors.Is(err, broker.ErrNotFound) {
-		return p, fmt.Errorf("%w: platform %q", broker.ErrNotFound, name)
-	}
-	return p, err
+	return lookup(ctx, db, scanPlatform, fmt.Sprintf("platform %q", name), `SELECT `+platformColumns+` WHERE p.name = ?`, name)
 }
 
 // ListPlatforms lists platforms by name.
 func (db *DB) ListPlatforms(ctx context.Context) ([]broker.Platform, error) {
-	var out []broker.Platform
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		var err error
-		out, err = queryAll(ctx, tx, out, scanPlatform, `SELECT `+platformColumns+` ORDER BY p.name`)
-		return err
-	})
-	return out, err
+	return listAll(ctx, db, scanPlatform, `SELECT `+platformColumns+` ORDER BY p.name`)
 }
 
 // RemovePlatform removes a platform and its finished jobs. It returns
@@ -523,11 +444,8 @@ func (db *DB) ListPlatforms(ctx context.Context) ([]broker.Platform, error) {
 func (db *DB) RemovePlatform(ctx context.Context, name string) error {
 	defer db.registryChanged()
 	return db.write(ctx, func(tx *sql.Tx) error {
-		var id int64
-		if err := tx.QueryRowContext(ctx, `SELECT id FROM platforms WHERE name = ?`, name).Scan(&id); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: platform %q", broker.ErrNotFound, name)
-			}
+		id, err := idByName(ctx, tx, "platforms", "platform", name)
+		if err != nil {
 			return err
 		}
 		var n int
@@ -537,7 +455,7 @@ func (db *DB) RemovePlatform(ctx context.Context, name string) error {
 		if n > 0 {
 			return fmt.Errorf("%w: platform %q has %d unfinished job(s); cancel them first", broker.ErrInUse, name, n)
 		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM platforms WHERE id = ?`, id)
+		_, err = tx.ExecContext(ctx, `DELETE FROM platforms WHERE id = ?`, id)
 		defer db.callbacks.Delete(id)
 		return err
 	})
@@ -587,11 +505,8 @@ func (db *DB) AddServer(ctx context.Context, s broker.Server) (broker.Server, er
 // UpdateServer changes the fields u sets.
 func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (broker.Server, error) {
 	err := db.write(ctx, func(tx *sql.Tx) error {
-		var id int64
-		if err := tx.QueryRowContext(ctx, `SELECT id FROM servers WHERE name = ?`, name).Scan(&id); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: server %q", broker.ErrNotFound, name)
-			}
+		id, err := idByName(ctx, tx, "servers", "server", name)
+		if err != nil {
 			return err
 		}
 		if u.Type != nil {
@@ -599,7 +514,7 @@ func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (br
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE servers SET type_id = ? WHERE id = ?`, typeID, id); err != nil {
+			if err := setColumns(ctx, tx, "servers", id, `type_id = ?`, typeID); err != nil {
 				return err
 			}
 		}
@@ -607,12 +522,12 @@ func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (br
 			if *u.MaxConcurrentJobs <= 0 {
 				return fmt.Errorf("%w: max_concurrent_jobs must be at least 1", broker.ErrInvalid)
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE servers SET max_concurrent_jobs = ? WHERE id = ?`, *u.MaxConcurrentJobs, id); err != nil {
+			if err := setColumns(ctx, tx, "servers", id, `max_concurrent_jobs = ?`, *u.MaxConcurrentJobs); err != nil {
 				return err
 			}
 		}
 		if u.WakeupURL != nil {
-			if _, err := tx.ExecContext(ctx, `UPDATE servers SET wakeup_url = ? WHERE id = ?`, *u.WakeupURL, id); err != nil {
+			if err := setColumns(ctx, tx, "servers", id, `wakeup_url = ?`, *u.WakeupURL); err != nil {
 				return err
 			}
 		}
@@ -620,10 +535,7 @@ func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (br
 			if err := checkIdentityFree(ctx, tx, *u.Cert, "servers", id); err != nil {
 				return err
 			}
-			c := *u.Cert
-			if _, err := tx.ExecContext(ctx, `UPDATE servers SET cert_serial = ?, cert_issuer = ?, cert_subject = ?,
-				cert_fingerprint = ?, cert_not_after = ? WHERE id = ?`,
-				c.Serial, c.Issuer, c.Subject, c.Fingerprint, ms(c.NotAfter), id); err != nil {
+			if err := setColumns(ctx, tx, "servers", id, certAssignments, certColumns(u.Cert)...); err != nil {
 				return err
 			}
 		}
@@ -651,60 +563,97 @@ func scanServer(row rowScanner) (broker.Server, error) {
 
 // ServerByName returns a server, or ErrNotFound.
 func (db *DB) ServerByName(ctx context.Context, name string) (broker.Server, error) {
-	var s broker.Server
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		var err error
-		s, err = scanServer(tx.QueryRowContext(ctx, `SELECT `+serverColumns+` WHERE s.name = ?`, name))
-		return err
-	})
-	if errors.Is(err, broker.ErrNotFound) {
-		return s, fmt.Errorf("%w: server %q", broker.ErrNotFound, name)
-	}
-	return s, err
+	return lookup(ctx, db, scanServer, fmt.Sprintf("server %q", name), `SELECT `+serverColumns+` WHERE s.name = ?`, name)
 }
 
 // ServerByFingerprint returns the server whose certificate has the given
 // SHA-256 fingerprint, or ErrNotFound.
 func (db *DB) ServerByFingerprint(ctx context.Context, fingerprint string) (broker.Server, error) {
-	var s broker.Server
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		var err error
-		s, err = scanServer(tx.QueryRowContext(ctx, `SELECT `+serverColumns+` WHERE s.cert_fingerprint = ?`, fingerprint))
-		return err
-	})
-	if errors.Is(err, broker.ErrNotFound) {
-		return s, fmt.Errorf("%w: no server has a certificate with fingerprint %s", broker.ErrNotFound, fingerprint)
-	}
-	return s, err
+	return lookup(ctx, db, scanServer, "no server has a certificate with fingerprint "+fingerprint,
+		`SELECT `+serverColumns+` WHERE s.cert_fingerprint = ?`, fingerprint)
 }
 
 // ListServers lists servers by name.
 func (db *DB) ListServers(ctx context.Context) ([]broker.Server, error) {
-	var out []broker.Server
-	err := db.read(ctx, func(tx *sql.Tx) error {
-		var err error
-		out, err = queryAll(ctx, tx, out, scanServer, `SELECT `+serverColumns+` ORDER BY s.name`)
-		return err
-	})
-	return out, err
+	return listAll(ctx, db, scanServer, `SELECT `+serverColumns+` ORDER BY s.name`)
 }
 
 // RemoveServer removes a server. Its open leases must have been ended by the
 // caller (dispatch requeues them); the lease rows keep its name.
 func (db *DB) RemoveServer(ctx context.Context, name string) error {
 	return db.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM servers WHERE name = ?`, name)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("%w: server %q", broker.ErrNotFound, name)
-		}
-		return nil
+		return deleteByName(ctx, tx, "servers", "server", name)
 	})
 }
 
 // --- helpers ---
+
+// lookup reads the one row q selects, with scan. No row is ErrNotFound
+// followed by notFound, which says what was looked for.
+func lookup[T any](ctx context.Context, db *DB, scan func(rowScanner) (T, error), notFound, q string, args ...any) (T, error) {
+	var v T
+	err := db.read(ctx, func(tx *sql.Tx) error {
+		var err error
+		v, err = scan(tx.QueryRowContext(ctx, q, args...))
+		return err
+	})
+	if errors.Is(err, broker.ErrNotFound) {
+		return v, fmt.Errorf("%w: %s", broker.ErrNotFound, notFound)
+	}
+	return v, err
+}
+
+// listAll reads every row q selects, with scan, in one read transaction.
+func listAll[T any](ctx context.Context, db *DB, scan func(rowScanner) (T, error), q string, args ...any) ([]T, error) {
+	var out []T
+	err := db.read(ctx, func(tx *sql.Tx) error {
+		var err error
+		out, err = queryAll(ctx, tx, out, scan, q, args...)
+		return err
+	})
+	return out, err
+}
+
+// idByName returns the id of the row of table named name; what names the
+// thing for the ErrNotFound message ("server type").
+func idByName(ctx context.Context, tx *sql.Tx, table, what, name string) (int64, error) {
+	var id int64
+	err := tx.QueryRowContext(ctx, `SELECT id FROM `+table+` WHERE name = ?`, name).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("%w: %s %q", broker.ErrNotFound, what, name)
+	}
+	return id, err
+}
+
+// deleteByName deletes the row of table named name, or says that there is
+// none (ErrNotFound, what naming the thing).
+func deleteByName(ctx context.Context, tx *sql.Tx, table, what, name string) error {
+	res, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE name = ?`, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: %s %q", broker.ErrNotFound, what, name)
+	}
+	return nil
+}
+
+// setColumns runs UPDATE table SET assignments WHERE id = id. table and
+// assignments are constants of this package, never input.
+func setColumns(ctx context.Context, tx *sql.Tx, table string, id int64, assignments string, args ...any) error {
+	_, err := tx.ExecContext(ctx, `UPDATE `+table+` SET `+assignments+` WHERE id = ?`, append(args, id)...)
+	return err
+}
+
+// addTypeTags gives server type typeID the tags tagIDs.
+func addTypeTags(ctx context.Context, tx *sql.Tx, typeID int64, tagIDs []int64) error {
+	for _, id := range tagIDs {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO server_type_tags (type_id, tag_id) VALUES (?, ?)`, typeID, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func typeIDByName(ctx context.Context, tx *sql.Tx, name string) (int64, error) {
 	var id int64
@@ -754,11 +703,16 @@ func checkIdentityFree(ctx context.Context, tx *sql.Tx, c broker.CertIdentity, e
 	return nil
 }
 
-func certColumns(c *broker.CertIdentity) [5]any {
+// certAssignments sets a row's certificate columns to certColumns' values.
+const certAssignments = `cert_serial = ?, cert_issuer = ?, cert_subject = ?, cert_fingerprint = ?, cert_not_after = ?`
+
+// certColumns are the values of a row's certificate columns, in the order of
+// certAssignments; nil clears them.
+func certColumns(c *broker.CertIdentity) []any {
 	if c == nil {
-		return [5]any{nil, nil, nil, nil, nil}
+		return []any{nil, nil, nil, nil, nil}
 	}
-	return [5]any{c.Serial, c.Issuer, c.Subject, c.Fingerprint, ms(c.NotAfter)}
+	return []any{c.Serial, c.Issuer, c.Subject, c.Fingerprint, ms(c.NotAfter)}
 }
 
 // conflictName rewords a unique violation on a name.

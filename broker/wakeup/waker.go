@@ -16,6 +16,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/certs"
 	"github.com/gradebroker/gradebroker/internal/startstop"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 // Store records wakeup results; *store.DB implements it.
@@ -107,8 +108,8 @@ type Waker struct {
 
 // New makes a Waker. Call Start to send the queued wakeups.
 func New(cfg Config, db Store, log *slog.Logger) (*Waker, error) {
-	if cfg.Key != nil && len(cfg.Key) != KeySize {
-		return nil, fmt.Errorf("wakeup key: %d bytes, want %d", len(cfg.Key), KeySize)
+	if cfg.Key != nil && len(cfg.Key) != wakeupmsg.KeySize {
+		return nil, fmt.Errorf("wakeup key: %d bytes, want %d", len(cfg.Key), wakeupmsg.KeySize)
 	}
 	if cfg.HTTPTimeout <= 0 {
 		cfg.HTTPTimeout = 5 * time.Second
@@ -242,7 +243,7 @@ func (w *Waker) send(ctx context.Context, r request) {
 		w.report(r.server, false)
 		return
 	}
-	secret := DeriveSecret(w.cfg.Key, r.server)
+	secret := wakeupmsg.DeriveSecret(w.cfg.Key, r.server)
 	start := time.Now()
 	switch {
 	case err != nil:
@@ -291,14 +292,14 @@ func (w *Waker) report(server string, ok bool) {
 }
 
 func (w *Waker) sendHTTP(ctx context.Context, secret []byte, r request) error {
-	body, sig := NewBody(secret, bodyAt(w.cfg.Broker, r.server, w.cfg.Now(), r.waiting))
+	body, sig := wakeupmsg.NewBody(secret, bodyAt(w.cfg.Broker, r.server, w.cfg.Now(), r.waiting))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "gradebroker-wakeup/1")
-	req.Header.Set(SignatureHeader, sig)
+	req.Header.Set(wakeupmsg.SignatureHeader, sig)
 	resp, err := w.client.Do(req)
 	if err != nil {
 		var ue *url.Error
@@ -331,7 +332,7 @@ func (w *Waker) sendUDP(ctx context.Context, secret []byte, server string, u *ur
 	for range w.cfg.UDPTries {
 		// A fresh nonce each try: if the first datagram arrived and only
 		// its reply was lost, the second must not be refused as a replay.
-		dg := NewDatagram(secret, server, w.cfg.Now(), NewNonce())
+		dg := wakeupmsg.NewDatagram(secret, server, w.cfg.Now(), wakeupmsg.NewNonce())
 		_ = conn.SetDeadline(time.Now().Add(w.cfg.UDPTimeout))
 		if _, err := conn.Write(dg); err != nil {
 			last = err
@@ -348,9 +349,9 @@ func (w *Waker) sendUDP(ctx context.Context, secret []byte, server string, u *ur
 			continue
 		}
 		switch string(buf[:n]) {
-		case ReplyOK:
+		case wakeupmsg.ReplyOK:
 			return nil
-		case ReplyNo:
+		case wakeupmsg.ReplyNo:
 			return errors.New("graderd refused the wakeup (does its wakeup secret match 'broker wakeup-secret'? is its clock within 60 s of the broker's?)")
 		default:
 			last = fmt.Errorf("unexpected reply %q", buf[:n])

@@ -18,6 +18,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/wakeup"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 var _ wakeup.Store = (*store.DB)(nil)
@@ -25,7 +26,7 @@ var _ wakeup.Store = (*store.DB)(nil)
 var testLog = slog.New(slog.DiscardHandler)
 
 func testKey() []byte {
-	k := make([]byte, wakeup.KeySize)
+	k := make([]byte, wakeupmsg.KeySize)
 	for i := range k {
 		k[i] = byte(100 + i)
 	}
@@ -117,7 +118,7 @@ func TestHTTPWakeupIsSigned(t *testing.T) {
 	reqs := make(chan got, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		reqs <- got{r.Method, r.Header.Get("Content-Type"), r.Header.Get(wakeup.SignatureHeader), b}
+		reqs <- got{r.Method, r.Header.Get("Content-Type"), r.Header.Get(wakeupmsg.SignatureHeader), b}
 		w.WriteHeader(http.StatusAccepted)
 	}))
 	t.Cleanup(srv.Close)
@@ -130,14 +131,14 @@ func TestHTTPWakeupIsSigned(t *testing.T) {
 	if r.method != http.MethodPost || r.ctype != "application/json" {
 		t.Errorf("request %s with Content-Type %q, want POST application/json", r.method, r.ctype)
 	}
-	secret := wakeup.DeriveSecret(testKey(), "g1")
-	if !strings.HasPrefix(r.sig, "sha256=") || !wakeup.CheckSignature(secret, r.body, r.sig) {
+	secret := wakeupmsg.DeriveSecret(testKey(), "g1")
+	if !strings.HasPrefix(r.sig, "sha256=") || !wakeupmsg.CheckSignature(secret, r.body, r.sig) {
 		t.Errorf("signature %q does not verify over %s", r.sig, r.body)
 	}
-	if wakeup.CheckSignature(wakeup.DeriveSecret(testKey(), "g2"), r.body, r.sig) {
+	if wakeupmsg.CheckSignature(wakeupmsg.DeriveSecret(testKey(), "g2"), r.body, r.sig) {
 		t.Error("signature verifies with another server's secret")
 	}
-	var b wakeup.Body
+	var b wakeupmsg.Body
 	if err := json.Unmarshal(r.body, &b); err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +163,7 @@ func udpResponder(t *testing.T, secret []byte, reply *string) (url string, got *
 	}
 	t.Cleanup(func() { pc.Close() })
 	got = &atomic.Int32{}
-	v := wakeup.NewVerifier(secret)
+	v := wakeupmsg.NewVerifier(secret)
 	go func() {
 		buf := make([]byte, 1024)
 		for {
@@ -171,9 +172,9 @@ func udpResponder(t *testing.T, secret []byte, reply *string) (url string, got *
 				return
 			}
 			got.Add(1)
-			ans := wakeup.ReplyOK
+			ans := wakeupmsg.ReplyOK
 			if _, err := v.Check(buf[:n], time.Now()); err != nil {
-				ans = wakeup.ReplyNo
+				ans = wakeupmsg.ReplyNo
 			}
 			if reply != nil {
 				ans = *reply
@@ -188,8 +189,8 @@ func udpResponder(t *testing.T, secret []byte, reply *string) (url string, got *
 
 func TestUDPWakeup(t *testing.T) {
 	t.Parallel()
-	secret := wakeup.DeriveSecret(testKey(), "g1")
-	silent, no := "", wakeup.ReplyNo
+	secret := wakeupmsg.DeriveSecret(testKey(), "g1")
+	silent, no := "", wakeupmsg.ReplyNo
 	for _, tc := range []struct {
 		name   string
 		secret []byte
@@ -198,7 +199,7 @@ func TestUDPWakeup(t *testing.T) {
 		tries  int32
 	}{
 		{"valid", secret, nil, true, 1},
-		{"wrong secret on graderd", wakeup.DeriveSecret(testKey(), "g2"), nil, false, 1},
+		{"wrong secret on graderd", wakeupmsg.DeriveSecret(testKey(), "g2"), nil, false, 1},
 		{"refused", secret, &no, false, 1},
 		{"no reply: two tries", secret, &silent, false, 2},
 	} {

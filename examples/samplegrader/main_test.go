@@ -16,6 +16,7 @@ import (
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd/executor"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // grader is the path of the samplegrader binary TestMain builds: the tests
@@ -92,6 +93,7 @@ func runGrader(t *testing.T, stdin []byte, env ...string) (int, string, string) 
 }
 
 func TestGrades(t *testing.T) {
+	testutil.Slow(t, "a python3 per test case")
 	t.Parallel()
 	needPython(t)
 	// Messages carry times and tracebacks; the test compares the verdicts
@@ -141,6 +143,13 @@ func TestGrades(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
+		// Only "sum loops" is about the time limit. The others get the
+		// longest one: each test starts a python3, and on a busy machine
+		// a start can take longer than the default 2 s, which would turn
+		// a syntax error into a time-out.
+		if _, set := tt.jobdata["time_limit_ms"]; !set {
+			tt.jobdata["time_limit_ms"] = maxTimeLimit.Milliseconds()
+		}
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			code, stdout, stderr := runGrader(t, envelope(t, tt.jobdata))
@@ -208,6 +217,7 @@ func TestRefuses(t *testing.T) {
 }
 
 func TestJobDataAsString(t *testing.T) {
+	testutil.Slow(t, "a python3 per test case")
 	t.Parallel()
 	needPython(t)
 	inner, _ := json.Marshal(map[string]any{"task": "reverse", "solution": "print(input()[::-1])"})
@@ -221,6 +231,7 @@ func TestJobDataAsString(t *testing.T) {
 // TestThroughExecutor runs the sample grader the way graderd does, through
 // executor.Exec.
 func TestThroughExecutor(t *testing.T) {
+	testutil.Slow(t, "graderd's executor runs the grader and python3")
 	t.Parallel()
 	needPython(t)
 	e := &executor.Exec{Command: []string{grader}, WorkRoot: t.TempDir()}
@@ -234,5 +245,24 @@ func TestThroughExecutor(t *testing.T) {
 	want := `grader reported a fatal error (exit status 1): samplegrader: unknown task "sort" (known tasks: reverse, sum)`
 	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_FATAL || res.Error != want {
 		t.Errorf("Run = %v %q, want FATAL %q", res.Outcome, res.Error, want)
+	}
+}
+
+// TestTimeLimit: a job without time_limit_ms gets the default limit, and
+// one with it gets what it asks for. (TestGrades runs its solutions with
+// the longest limit, and "sum loops" shows a limit being enforced.)
+func TestTimeLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		jobdata string
+		want    time.Duration
+	}{
+		{`{"task":"sum","solution":"x"}`, defaultTimeLimit},
+		{`{"task":"sum","solution":"x","time_limit_ms":750}`, 750 * time.Millisecond},
+	} {
+		j, err := readJob(bytes.NewReader(envelope(t, tc.jobdata)))
+		if err != nil || j.timeLimit != tc.want {
+			t.Errorf("%s: time limit %v, %v; want %v", tc.jobdata, j.timeLimit, err, tc.want)
+		}
 	}
 }

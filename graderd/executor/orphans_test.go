@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // crashHelperEnv makes the test binary act as a graderd that starts a long
@@ -31,16 +33,11 @@ func TestHelperProcessGraderdCrash(t *testing.T) {
 // waitPid waits for a test grader to write its pid to path.
 func waitPid(t *testing.T, path string) int {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if b, err := os.ReadFile(path); err == nil && strings.HasSuffix(string(b), "\n") {
-			return readPid(t, path)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not written", path)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, path+" to be written", func() bool {
+		b, err := os.ReadFile(path)
+		return err == nil && strings.HasSuffix(string(b), "\n")
+	})
+	return readPid(t, path)
 }
 
 // TestReapOrphansAfterCrash kills a "graderd" in the middle of a run, as
@@ -59,7 +56,9 @@ func TestReapOrphansAfterCrash(t *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	t.Cleanup(func() { syscall.Kill(-grader, syscall.SIGKILL) })
-	time.Sleep(100 * time.Millisecond)
+	// The "graderd" is dead and reaped; its grader must have outlived it.
+	// Were they to die a little later, ReapOrphans would find less than
+	// two processes to kill, which the end of the test checks.
 	if !alive(grader) || !alive(child) {
 		t.Fatalf("grader %d alive=%v, child %d alive=%v: the crash should have left them running", grader, alive(grader), child, alive(child))
 	}
@@ -67,13 +66,10 @@ func TestReapOrphansAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for (alive(grader) || alive(child)) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	if n < 2 {
+		t.Errorf("ReapOrphans killed %d process(es), want the grader and its child", n)
 	}
-	if alive(grader) || alive(child) || n < 2 {
-		t.Errorf("after ReapOrphans (killed %d): grader alive=%v, child alive=%v", n, alive(grader), alive(child))
-	}
+	testutil.Eventually(t, "the grader and its child to die", func() bool { return !alive(grader) && !alive(child) })
 	if left, _ := filepath.Glob(filepath.Join(dir, "running", "*.run")); len(left) != 0 {
 		t.Errorf("records left: %v", left)
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 func result(lease int64) *gradebrokerv1.Result {
@@ -306,7 +307,12 @@ func TestCrashSafety(t *testing.T) {
 		cmd.Wait()
 		t.Fatalf("helper said %q, %v; want \"stored\"", line, err)
 	}
-	time.Sleep(50 * time.Millisecond) // let it get into a few more Puts
+	// Let it get into a few more Puts, so that the kill may well land
+	// inside one.
+	testutil.Eventually(t, "the helper to store more results", func() bool {
+		names, _ := filepath.Glob(filepath.Join(dir, "*.result"))
+		return len(names) >= 10
+	})
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

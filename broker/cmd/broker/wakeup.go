@@ -9,6 +9,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/wakeup"
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
 
 const wakeupSecretUsage = `Usage: broker wakeup-secret --key-file FILE --server NAME
@@ -55,6 +56,6 @@ func wakeupSecret(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "broker wakeup-secret: %v\n", err)
 		return 1
 	}
-	fmt.Fprintln(stdout, hex.EncodeToString(wakeup.DeriveSecret(key, *server)))
+	fmt.Fprintln(stdout, hex.EncodeToString(wakeupmsg.DeriveSecret(key, *server)))
 	return 0
 }

@@ -1,4 +1,4 @@
-package wakeup
+package wakeupmsg
 
 import (
 	"crypto/hmac"

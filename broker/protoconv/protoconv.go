@@ -1,4 +1,8 @@
-package adminapi
+// Package protoconv turns the broker's domain values into their
+// gradebroker.v1 messages and back. It is the one place where they are
+// converted, so that a job looks the same to a platform (broker/platform)
+// as to an operator (broker/adminapi), and neither adapter needs the other.
+package protoconv
 
 import (
 	"time"
@@ -11,10 +15,6 @@ import (
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
-// This file is the one place where domain values become protobuf messages
-// and back. The platform API reuses the job conversions, so that a job looks
-// the same to a platform as to an operator.
-
 // Timestamp converts t, leaving the zero time unset rather than sending
 // 1970 or year 1 to a client.
 func Timestamp(t time.Time) *timestamppb.Timestamp {
@@ -24,9 +24,9 @@ func Timestamp(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-// count converts a non-negative count; a negative one (never stored) shows
+// Count converts a non-negative count; a negative one (never stored) shows
 // as 0 instead of wrapping around to four billion.
-func count(n int) uint32 {
+func Count(n int) uint32 {
 	if n < 0 {
 		return 0
 	}
@@ -86,7 +86,7 @@ func ServerToProto(s broker.Server) *gradebrokerv1.Server {
 		Name:              s.Name,
 		Certificate:       CertIdentityToProto(s.Cert),
 		Type:              s.Type,
-		MaxConcurrentJobs: count(s.MaxConcurrentJobs),
+		MaxConcurrentJobs: Count(s.MaxConcurrentJobs),
 		WakeupUrl:         s.WakeupURL,
 		CreatedAt:         Timestamp(s.CreatedAt),
 		LastSeen:          Timestamp(s.LastSeen),
@@ -116,7 +116,7 @@ func OperatorToProto(o broker.Operator) *gradebrokerv1.Operator {
 func AttemptToProto(a broker.Attempt) *gradebrokerv1.Attempt {
 	return &gradebrokerv1.Attempt{
 		LeaseId:    a.LeaseID,
-		Number:     count(a.Number),
+		Number:     Count(a.Number),
 		Server:     a.Server,
 		AssignedAt: Timestamp(a.AssignedAt),
 		EndedAt:    Timestamp(a.EndedAt),
@@ -152,8 +152,8 @@ func JobToProto(j broker.Job) *gradebrokerv1.Job {
 		CreatedAt:      Timestamp(j.CreatedAt),
 		UpdatedAt:      Timestamp(j.UpdatedAt),
 		FinishedAt:     Timestamp(j.FinishedAt),
-		Attempts:       count(j.Attempts),
-		MaxAttempts:    count(j.MaxAttempts),
+		Attempts:       Count(j.Attempts),
+		MaxAttempts:    Count(j.MaxAttempts),
 		Server:         j.Server,
 		Result:         string(j.Result),
 		Error:          j.Error,
@@ -181,7 +181,7 @@ func DeliveryToProto(d store.Delivery) *gradebrokerv1.Delivery {
 		JobId:         d.JobID,
 		Platform:      d.Platform,
 		State:         DeliveryStateToProto(d.State),
-		Tries:         count(d.Tries),
+		Tries:         Count(d.Tries),
 		NextAttemptAt: Timestamp(d.NextAttemptAt),
 		LastError:     d.LastError,
 		CreatedAt:     Timestamp(d.CreatedAt),

@@ -1,49 +1,34 @@
-// Package wakeup wakes idle grading servers and checks wakeups on graderd's
-// side.
+// Package wakeup wakes idle grading servers.
 //
 // A server may be registered with a wakeup URL. The dispatcher decides which
 // servers to wake; a Waker sends the wakeups, off the dispatcher's lock, and
 // records each result. Two schemes exist:
 //
-//   - http:// and https://: a POST of a small JSON body (see Body), signed
-//     with an HMAC-SHA256 header (SignatureHeader), for an autoscaler or a
-//     wake-on-LAN relay.
-//   - udp://host:port: one datagram (see Datagram) to graderd's
+//   - http:// and https://: a POST of a small JSON body (wakeupmsg.Body),
+//     signed with an HMAC-SHA256 header (wakeupmsg.SignatureHeader), for an
+//     autoscaler or a wake-on-LAN relay.
+//   - udp://host:port: one datagram (wakeupmsg.Datagram) to graderd's
 //     --wakeup-listen port, which answers "ok" or "no".
 //
 // Both are authenticated with a per-server secret derived from the broker's
-// wakeup key (DeriveSecret), so that the admin API needs no secret field and
-// an operator can hand each server its own secret with `broker
-// wakeup-secret`. A server's secret lets it check wakeups meant for it and
-// nothing else: it cannot forge wakeups for other servers.
+// wakeup key (wakeupmsg.DeriveSecret), so that the admin API needs no
+// secret field and an operator can hand each server its own secret with
+// `broker wakeup-secret`. A server's secret lets it check wakeups meant for
+// it and nothing else: it cannot forge wakeups for other servers. The
+// messages and the secret are package wakeupmsg's, which graderd shares;
+// this package holds what only the broker does: loading its key, checking
+// URLs, and sending.
 package wakeup
 
 import (
 	"bytes"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"net/url"
 	"os"
+
+	"github.com/gradebroker/gradebroker/wakeupmsg"
 )
-
-// KeySize is the size in bytes of the broker's wakeup key and of a derived
-// per-server secret.
-const KeySize = 32
-
-// secretLabel separates the derivation from any other use of the key.
-const secretLabel = "gradebroker wakeup v1\x00"
-
-// DeriveSecret returns server's wakeup secret:
-// HMAC-SHA256(key, "gradebroker wakeup v1\x00" + server). The broker signs
-// wakeups with it; graderd (or an HTTP receiver) checks them with it.
-func DeriveSecret(key []byte, server string) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(secretLabel))
-	m.Write([]byte(server))
-	return m.Sum(nil)
-}
 
 // LoadKey reads the broker's wakeup key from path: exactly 32 raw bytes (as
 // `openssl rand -out FILE 32` writes them), or 64 hex digits with an
@@ -62,29 +47,16 @@ func LoadKey(path string) ([]byte, error) {
 }
 
 func parseKey(path string, b []byte) ([]byte, error) {
-	if t := bytes.TrimSpace(b); len(t) == 2*KeySize {
+	if t := bytes.TrimSpace(b); len(t) == 2*wakeupmsg.KeySize {
 		if k, err := hex.DecodeString(string(t)); err == nil {
 			return k, nil
 		}
 	}
-	if len(b) == KeySize {
+	if len(b) == wakeupmsg.KeySize {
 		return b, nil
 	}
 	return nil, fmt.Errorf("wakeup key %s: holds %d bytes; want %d random bytes (openssl rand -out %s %d) or %d hex digits",
-		path, len(b), KeySize, path, KeySize, 2*KeySize)
-}
-
-// ParseSecret decodes a server's wakeup secret written in hex, as `broker
-// wakeup-secret` prints it.
-func ParseSecret(s string) ([]byte, error) {
-	b, err := hex.DecodeString(string(bytes.TrimSpace([]byte(s))))
-	if err != nil {
-		return nil, fmt.Errorf("wakeup secret is not hex: %w", err)
-	}
-	if len(b) != KeySize {
-		return nil, fmt.Errorf("wakeup secret has %d bytes; want %d (64 hex digits, as 'broker wakeup-secret' prints)", len(b), KeySize)
-	}
-	return b, nil
+		path, len(b), wakeupmsg.KeySize, path, wakeupmsg.KeySize, 2*wakeupmsg.KeySize)
 }
 
 // CheckURL checks a wakeup URL: http:// or https:// with a host, or
