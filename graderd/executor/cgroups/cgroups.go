@@ -715,11 +715,12 @@ func OnOwnThread(f func() error) error {
 		if syscall.Gettid() == syscall.Getpid() {
 			// The main thread, now locked to this goroutine, so the
 			// goroutine below gets another one.
+			inner := make(chan error, 1)
 			go func() {
 				runtime.LockOSThread()
-				done <- f()
+				inner <- f()
 			}()
-			err := <-done
+			err := <-inner
 			runtime.UnlockOSThread()
 			done <- err
 			return
