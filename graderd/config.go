@@ -2,6 +2,7 @@ package graderd
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -400,34 +401,17 @@ func absPaths(field string, paths []string) error {
 
 // over returns l with every zero field taken from base.
 func (l Limits) over(base Limits) Limits {
-	if l.MemoryLimit == 0 {
-		l.MemoryLimit = base.MemoryLimit
+	return Limits{
+		MemoryLimit: cmp.Or(l.MemoryLimit, base.MemoryLimit),
+		CPUTime:     cmp.Or(l.CPUTime, base.CPUTime),
+		Pids:        cmp.Or(l.Pids, base.Pids),
+		OpenFiles:   cmp.Or(l.OpenFiles, base.OpenFiles),
+		TmpSize:     cmp.Or(l.TmpSize, base.TmpSize),
+		WorkSize:    cmp.Or(l.WorkSize, base.WorkSize),
+		MaxStdout:   cmp.Or(l.MaxStdout, base.MaxStdout),
+		MaxStderr:   cmp.Or(l.MaxStderr, base.MaxStderr),
+		KillGrace:   cmp.Or(l.KillGrace, base.KillGrace),
 	}
-	if l.MaxStdout == 0 {
-		l.MaxStdout = base.MaxStdout
-	}
-	if l.MaxStderr == 0 {
-		l.MaxStderr = base.MaxStderr
-	}
-	if l.KillGrace == 0 {
-		l.KillGrace = base.KillGrace
-	}
-	if l.CPUTime == 0 {
-		l.CPUTime = base.CPUTime
-	}
-	if l.Pids == 0 {
-		l.Pids = base.Pids
-	}
-	if l.OpenFiles == 0 {
-		l.OpenFiles = base.OpenFiles
-	}
-	if l.TmpSize == 0 {
-		l.TmpSize = base.TmpSize
-	}
-	if l.WorkSize == 0 {
-		l.WorkSize = base.WorkSize
-	}
-	return l
 }
 
 // executor returns l as the executor's limits.
