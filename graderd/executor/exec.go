@@ -409,10 +409,12 @@ func (e *Exec) classify(st started, stop stopReason, hit, seen Limit, stdout *re
 		code, sig = exitStatus(ws)
 	}
 
-	// A limit is judged only when the grader did not end with a verdict of
-	// its own (0 or 2): a grader may well catch its solution's failure and
-	// grade it.
-	if code != 0 && code != 2 {
+	// A limit is judged only when the grader did not end with a result of
+	// its own (0): a grader may well catch its solution's failure and grade
+	// it. A limit that struck before a TEMPORARY exit (2, as shells exit
+	// when a fork fails) is the better answer: a retry would strike it
+	// again.
+	if code != 0 {
 		full := ""
 		if st.sandbox != nil {
 			full = st.sandbox.fullFS()

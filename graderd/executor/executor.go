@@ -51,9 +51,9 @@
 //
 // A run that passes a limit (memory, processes, CPU time, output size, a
 // full /job or /tmp) is killed as a whole and ends FATAL with Result.Limit
-// naming the limit, unless the grader exited 0 or 2 on its own first (it
-// may have caught its solution's failure and graded it); past its wall
-// time it ends TIMEOUT.
+// naming the limit, unless the grader exited 0 on its own first (it may
+// have caught its solution's failure and graded it); past its wall time it
+// ends TIMEOUT.
 //
 // Exit 0 with empty or non-JSON output, and exit 1 with non-JSON output, are
 // FATAL: a grader that prints garbage will print it again on another server.
