@@ -183,7 +183,7 @@ func (d *Daemon) buildExecutors() (func([]string) (executor.Executor, string), e
 			Logger:        d.log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("%w; to run graders without it, set sandbox: none on the executor (executors.%s)", err, name)
+			return nil, fmt.Errorf("%w; to run graders without it, set sandbox: none on the executor (%s)", err, fieldOf(name))
 		}
 		d.log.Info("runs are sandboxed", "sandbox", sb.String())
 	}

@@ -117,13 +117,20 @@ func NewSandbox(cfg SandboxConfig) (*Sandbox, error) {
 	if cfg.UIDBase == 0 {
 		cfg.UIDBase = DefaultUIDBase
 	}
+	// crun runs from /, and the bundle's paths are its arguments.
+	state, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: state directory: %w", err)
+	}
+	cfg.StateDir = state
 	if cfg.Slots < 1 {
 		return nil, errors.New("sandbox: at least one slot is needed")
 	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("sandbox: graderd must run as root to sandbox its runs (it gives each run its own uid, cgroup and namespaces); run it as root (the shipped systemd unit does), or set sandbox: none on each executor to run graders unconfined")
 	}
-	rt, err := exec.LookPath(cfg.Runtime)
+	var rt string
+	rt, err = exec.LookPath(cfg.Runtime)
 	if err == nil {
 		rt, err = filepath.EvalSymlinks(rt)
 	}
