@@ -2,6 +2,7 @@ package executor
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -124,13 +125,13 @@ func (l Limits) doc() limitsDoc {
 // always, the rest in the sandbox only (without it, zero means none).
 func (e *Exec) limits() Limits {
 	l := e.Limits
-	l.MaxStdout = cmpOr(l.MaxStdout, DefaultMaxStdout)
-	l.MaxStderr = cmpOr(l.MaxStderr, DefaultMaxStderr)
+	l.MaxStdout = cmp.Or(l.MaxStdout, DefaultMaxStdout)
+	l.MaxStderr = cmp.Or(l.MaxStderr, DefaultMaxStderr)
 	if e.Sandbox != nil {
-		l.Pids = cmpOr(l.Pids, DefaultPids)
-		l.OpenFiles = cmpOr(l.OpenFiles, DefaultOpenFiles)
-		l.TmpSize = cmpOr(l.TmpSize, DefaultTmpSize)
-		l.WorkSize = cmpOr(l.WorkSize, DefaultWorkSize)
+		l.Pids = cmp.Or(l.Pids, DefaultPids)
+		l.OpenFiles = cmp.Or(l.OpenFiles, DefaultOpenFiles)
+		l.TmpSize = cmp.Or(l.TmpSize, DefaultTmpSize)
+		l.WorkSize = cmp.Or(l.WorkSize, DefaultWorkSize)
 	}
 	return l
 }

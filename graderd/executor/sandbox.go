@@ -2,6 +2,7 @@ package executor
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -345,16 +346,9 @@ var tmpfsMounts = []struct {
 
 func (r *sandboxRun) size(path string, l Limits) int64 {
 	if path == SandboxPath {
-		return cmpOr(l.WorkSize, DefaultWorkSize)
+		return cmp.Or(l.WorkSize, DefaultWorkSize)
 	}
-	return cmpOr(l.TmpSize, DefaultTmpSize)
-}
-
-func cmpOr[T int | int64](v, def T) T {
-	if v > 0 {
-		return v
-	}
-	return def
+	return cmp.Or(l.TmpSize, DefaultTmpSize)
 }
 
 // bundleName is where each tmpfs of tmpfsMounts sits in the bundle.
@@ -547,7 +541,7 @@ func (s *Sandbox) config(spec runSpec, uid uint32, binds []specs.Mount) *specs.S
 	mounts = append(mounts, binds...)
 	return &specs.Spec{
 		Version:  ociVersion,
-		Process:  processProfile(uid, uid, spec.argv, env, cmpOr(spec.limits.OpenFiles, DefaultOpenFiles)),
+		Process:  processProfile(uid, uid, spec.argv, env, cmp.Or(spec.limits.OpenFiles, DefaultOpenFiles)),
 		Root:     &specs.Root{Path: "rootfs", Readonly: true},
 		Hostname: "grader",
 		Mounts:   mounts,
