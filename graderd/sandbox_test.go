@@ -440,3 +440,64 @@ func TestRestrictPathsInsideAllowedRoots(t *testing.T) {
 		t.Errorf("visible = %v, want only %s (inside the allowed root)", got.Visible, task)
 	}
 }
+
+func TestSandboxRefusesToStart(t *testing.T) {
+	t.Parallel()
+	name := uniqueName(t)
+	etc := "/etc/" + name
+	if err := os.MkdirAll(etc, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	pki := newTestPKI(t, etc)
+	base := fmt.Sprintf("broker: 127.0.0.1:1\nca_file: %s\ncert_file: %s\nkey_file: %s\nspool_dir: %s\n",
+		pki.CAFile, pki.CertFile, pki.KeyFile, filepath.Join(t.TempDir(), "spool"))
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"no crun", "sandbox: {runtime: /nonexistent/crun}\ndefault_executor: {type: exec, command: [/bin/true]}\n",
+			`sandbox: the OCI runtime "/nonexistent/crun" is not installed (Debian, Ubuntu: apt-get install crun)`},
+		{"/etc exposed", "default_executor: {type: exec, command: [/bin/true], read_only_paths: [/etc]}\n",
+			"default_executor.read_only_paths: /etc would show graderd's own " + filepath.Join(etc, "graderd.yaml")},
+		{"keys exposed to all", "sandbox: {read_only_paths: [" + etc + "]}\ndefault_executor: {type: exec, command: [/bin/true]}\n",
+			"sandbox.read_only_paths: " + etc + " would show graderd's own"},
+	} {
+		path := filepath.Join(etc, "graderd.yaml")
+		if err := os.WriteFile(path, []byte(base+tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := runBinary(t, "--config", path, "-t")
+		if r.code != 1 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%s: exit %d, stderr %q; want 1 and %q", tc.name, r.code, r.stderr, tc.want)
+		}
+	}
+}
+
+func TestSandboxNoneIsShown(t *testing.T) {
+	t.Parallel()
+	d := deploy(t, `cat >/dev/null; echo '{}'`, "", "")
+	hello := d.fb.nextStream(t).hello
+	sandbox := "crun"
+	if os.Getenv("GB_TEST_SANDBOX") == "none" {
+		sandbox = "none"
+	}
+	if got := hello.GetExecutors(); len(got) != 1 || got[0].GetName() != "default" || got[0].GetType() != "exec" || got[0].GetSandbox() != sandbox {
+		t.Errorf("Hello.executors = %v, want default, exec, %s", got, sandbox)
+	}
+	// With sandbox: none, graderd -t and the log say so.
+	b, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := string(b)
+	if sandbox != "none" {
+		cfg = strings.Replace(cfg, "  command: [/bin/sh, -c,", "  sandbox: none\n  command: [/bin/sh, -c,", 1)
+	}
+	path := filepath.Join(d.etc, "none.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runBinary(t, "--config", path, "-t")
+	if r.code != 0 || !strings.Contains(r.stdout, "executor default: exec, sandbox NONE: graders run with graderd's powers\n") ||
+		!strings.Contains(r.stderr, "runs its graders WITHOUT the sandbox") {
+		t.Errorf("graderd -t with sandbox: none: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
