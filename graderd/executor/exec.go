@@ -163,7 +163,7 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 	// work directory, where a relative path would mean something else, and
 	// under prlimit or crun a missing program would look like a grader
 	// exiting with an error.
-	path, err := exec.LookPath(e.Command[0])
+	path, err := e.lookPath(e.Command[0])
 	if err == nil {
 		path, err = filepath.Abs(path)
 	}
@@ -287,6 +287,31 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 	res.Usage = usage
 	log.Debug("grader finished", "outcome", res.Outcome, "error", res.Error, "limit", res.Limit.String(), "duration", usage.WallTime, "cpu", usage.CPUTime, "peak_memory", usage.PeakMemory)
 	return res
+}
+
+// lookPath finds the grader's program as the run will: in the sandbox
+// along the run's own PATH (DefaultEnv's, or the executor's), else along
+// graderd's.
+func (e *Exec) lookPath(name string) (string, error) {
+	if e.Sandbox == nil || strings.Contains(name, "/") {
+		return exec.LookPath(name)
+	}
+	path := ""
+	for _, kv := range mergeEnv(DefaultEnv, e.Env) {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if !filepath.IsAbs(dir) {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("not found in the run's PATH %s", path)
 }
 
 // terminate asks the run to stop: SIGTERM to the grader's process group,
