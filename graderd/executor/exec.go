@@ -349,17 +349,17 @@ func (e *Exec) startUnconfined(st *started, job Job, argv []string, limits Limit
 		return err
 	}
 	st.workDir = workDir
-	if limits.Memory > 0 || limits.Pids > 0 || limits.CPUTime > 0 {
-		if h, err := unconfinedCgroups(log); err == nil {
-			st.group, err = h.New(filepath.Base(workDir), cgroups.Resources{Memory: limits.Memory, Pids: limits.Pids})
-			if err != nil {
-				log.Warn("cannot make a cgroup for the run", "err", err)
-			}
+	// A cgroup even without limits: it measures the run, and its kill
+	// reaches processes that left the grader's process group.
+	if h, err := unconfinedCgroups(log); err == nil {
+		st.group, err = h.New(filepath.Base(workDir), cgroups.Resources{Memory: limits.Memory, Pids: limits.Pids})
+		if err != nil {
+			log.Warn("cannot make a cgroup for the run", "err", err)
 		}
-		if st.group == nil && limits.Memory > 0 {
-			if argv, err = prlimitArgv(argv, limits.Memory); err != nil {
-				return err
-			}
+	}
+	if st.group == nil && limits.Memory > 0 {
+		if argv, err = prlimitArgv(argv, limits.Memory); err != nil {
+			return err
 		}
 	}
 	st.cmd = &exec.Cmd{

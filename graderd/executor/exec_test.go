@@ -325,8 +325,8 @@ func TestExecEscapedProcessCannotHoldRun(t *testing.T) {
 	t.Parallel()
 	e, pidfile := setup(t, "escape")
 	res := run(t, t.Context(), e, Job{JobID: 1, LeaseID: 1, Timeout: time.Minute})
-	// The escapee left the process group: without a cgroup nothing can
-	// reach it, so the test cleans up after it.
+	// The escapee left the process group: where graderd cannot make a
+	// cgroup nothing can reach it, so the test cleans up after it.
 	pid := readPid(t, pidfile+".escapee")
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	if diff := cmp.Diff(outcome{Outcome: outOK, Result: `{"ok":true}`}, summary(res)); diff != "" {
