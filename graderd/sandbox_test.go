@@ -52,8 +52,19 @@ func uniqueName(t *testing.T) string {
 }
 
 // deploy lays out a graderd whose default executor runs script with
-// /bin/sh -c, with extra YAML for the config's top level and executor.
+// /bin/sh -c, with extra YAML for the config's top level and executor, and
+// starts it.
 func deploy(t *testing.T, script, topYAML, execYAML string) *deployment {
+	t.Helper()
+	d := layout(t)
+	d.configure(t, script, topYAML, execYAML)
+	d.start(t)
+	return d
+}
+
+// layout makes a deployment's directories, keys and fake broker; configure
+// and start come next (tests that need the paths in the script call them).
+func layout(t *testing.T) *deployment {
 	t.Helper()
 	name := uniqueName(t)
 	d := &deployment{
@@ -66,8 +77,7 @@ func deploy(t *testing.T, script, topYAML, execYAML string) *deployment {
 		}
 		t.Cleanup(func() { os.RemoveAll(dir) })
 	}
-	pki := newTestPKI(t, d.etc)
-	d.fb = startFakeBroker(t, pki)
+	d.fb = startFakeBroker(t, newTestPKI(t, d.etc))
 	d.dbFile = filepath.Join(d.varLib, "gradebroker.db")
 	d.tokenKey = filepath.Join(d.brokerEtc, "broker-token.key")
 	for _, f := range []string{d.dbFile, d.tokenKey} {
@@ -75,11 +85,18 @@ func deploy(t *testing.T, script, topYAML, execYAML string) *deployment {
 			t.Fatal(err)
 		}
 	}
+	d.config = filepath.Join(d.etc, "graderd.yaml")
+	return d
+}
+
+// configure writes the deployment's graderd.yaml.
+func (d *deployment) configure(t *testing.T, script, topYAML, execYAML string) {
+	t.Helper()
 	sandbox := ""
 	if os.Getenv("GB_TEST_SANDBOX") == "none" {
 		sandbox = "  sandbox: none\n"
 	}
-	d.config = filepath.Join(d.etc, "graderd.yaml")
+	pki := d.fb.pki
 	cfg := fmt.Sprintf("broker: %s\nca_file: %s\ncert_file: %s\nkey_file: %s\nspool_dir: %s\nslots: 4\ndrain_timeout: 1s\n"+
 		"sandbox:\n  state_dir: %s\nlimits:\n  kill_grace: 200ms\n%s"+
 		"default_executor:\n  type: exec\n  command: [/bin/sh, -c, %s]\n%s%s",
@@ -88,8 +105,6 @@ func deploy(t *testing.T, script, topYAML, execYAML string) *deployment {
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d.start(t)
-	return d
 }
 
 // strconvQuote quotes s for YAML (a JSON string is a YAML string).
@@ -201,12 +216,13 @@ func TestEscapeSiblingRunInvisible(t *testing.T) {
 
 func TestEscapeNoWritesOutsideWorkAndTmp(t *testing.T) {
 	t.Parallel()
-	d := deploy(t, "", "", "")
+	d := layout(t)
 	script := `cat >/dev/null; printf '{"written":['; sep=; for p in /escape-$$ /usr/escape-$$ /etc/escape-$$ ` + d.etc + `/escape-$$ ` +
 		d.varLib + `/escape-$$ /var/tmp/escape-$$ /run/escape-$$ "$(dirname "$PWD")/escape-$$"; do ` +
 		`if (echo x > "$p") 2>/dev/null; then printf '%s"%s"' "$sep" "$p"; sep=,; rm -f "$p"; fi; done; ` +
 		`echo x > ./ok && echo x > /tmp/ok && echo '],"work_and_tmp":true}'`
-	d.rewrite(t, script)
+	d.configure(t, script, "", "")
+	d.start(t)
 	bs := d.fb.nextStream(t)
 	var got struct {
 		Written    []string
@@ -216,27 +232,6 @@ func TestEscapeNoWritesOutsideWorkAndTmp(t *testing.T) {
 	if len(got.Written) > 0 || !got.WorkAndTmp {
 		t.Errorf("the run wrote %v, and in its work dir and /tmp: %v; want nothing outside them", got.Written, got.WorkAndTmp)
 	}
-}
-
-// rewrite restarts graderd with a new script (the paths it tests are known
-// only once deployed).
-func (d *deployment) rewrite(t *testing.T, script string) {
-	t.Helper()
-	b, err := os.ReadFile(d.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := strings.Replace(string(b), `command: [/bin/sh, -c, ""]`, `command: [/bin/sh, -c, `+strconvQuote(script)+`]`, 1)
-	if err := os.WriteFile(d.config, []byte(s), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d.fb.nextStream(t)
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	<-d.exited
-	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("graderd did not stop cleanly: exit %d", code)
-	}
-	d.start(t)
 }
 
 func TestEscapeCleanEnvironment(t *testing.T) {
@@ -413,7 +408,7 @@ func TestEscapeNothingLeftAfterGraderdCrash(t *testing.T) {
 
 func TestRestrictPathsInsideAllowedRoots(t *testing.T) {
 	t.Parallel()
-	d := deploy(t, "", "", "")
+	d := layout(t)
 	allowed := filepath.Join(d.varLib, "tasks")
 	task := filepath.Join(allowed, "task1")
 	if err := os.MkdirAll(task, 0o755); err != nil {
@@ -421,9 +416,15 @@ func TestRestrictPathsInsideAllowedRoots(t *testing.T) {
 	}
 	script := `read -r doc; printf '{"doc":%s,"visible":[' "$doc"; sep=; for p in ` + task + ` ` + d.etc + ` ` + filepath.Join(d.varLib, "spool") +
 		`; do if [ -e "$p" ]; then printf '%s"%s"' "$sep" "$p"; sep=,; fi; done; echo ']}'`
-	b, _ := os.ReadFile(d.config)
-	_ = os.WriteFile(d.config, []byte(strings.Replace(string(b), "sandbox:\n", "sandbox:\n  restrict_roots: ["+allowed+"]\n", 1)), 0o600)
-	d.rewrite(t, script)
+	d.configure(t, script, "", "")
+	b, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(d.config, []byte(strings.Replace(string(b), "sandbox:\n", "sandbox:\n  restrict_roots: ["+allowed+"]\n", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.start(t)
 	bs := d.fb.nextStream(t)
 	res := d.job(t, bs, &gradebrokerv1.Assign{JobId: 1, LeaseId: 1, RestrictPaths: []string{task, d.etc, d.varLib}})
 	var got struct {
