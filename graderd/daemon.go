@@ -250,7 +250,8 @@ func fieldOf(name string) string {
 
 // secrets are graderd's own files, which the sandbox never shows a run.
 func (d *Daemon) secrets() []string {
-	out := []string{d.cfg.ConfigFile, d.cfg.CAFile, d.cfg.CertFile, d.cfg.KeyFile, d.cfg.WakeupSecretFile, d.cfg.SpoolDir}
+	state := cmp.Or(d.cfg.Sandbox.StateDir, executor.DefaultStateDir)
+	out := []string{d.cfg.ConfigFile, d.cfg.CAFile, d.cfg.CertFile, d.cfg.KeyFile, d.cfg.WakeupSecretFile, d.cfg.SpoolDir, state}
 	if d.cfg.WorkRoot != "" {
 		out = append(out, d.cfg.WorkRoot)
 	}

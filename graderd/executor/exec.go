@@ -184,7 +184,7 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 			argv: argv, env: e.Env, readOnly: e.ReadOnlyPaths, restrict: job.RestrictPaths,
 			hostNetwork: e.HostNetwork, limits: limits,
 			stdin: bytes.NewReader(stdin), stdout: stdout, stderr: stderr,
-			leaseID: job.LeaseID, jobID: job.JobID, recordRunFile: e.recordFile(job.LeaseID),
+			leaseID: job.LeaseID, recordRunFile: e.recordFile(job.LeaseID),
 		})
 		if err != nil {
 			return temporary(fmt.Sprintf("cannot set up the sandbox: %v", err))

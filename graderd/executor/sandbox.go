@@ -58,6 +58,10 @@ import (
 //     /sys/fs/cgroup/unified (this project's development machine), detaches
 //     that mount, which crun otherwise refuses to run beside.
 
+// DefaultStateDir is where the sandbox keeps crun's state and the runs'
+// bundle mount point when SandboxConfig.StateDir is empty.
+const DefaultStateDir = "/run/graderd"
+
 // SandboxConfig describes the machine's side of the sandbox, shared by every
 // exec executor of a graderd.
 type SandboxConfig struct {
@@ -113,7 +117,7 @@ func NewSandbox(cfg SandboxConfig) (*Sandbox, error) {
 		cfg.Runtime = "crun"
 	}
 	if cfg.StateDir == "" {
-		cfg.StateDir = "/run/graderd"
+		cfg.StateDir = DefaultStateDir
 	}
 	if cfg.UIDBase == 0 {
 		cfg.UIDBase = DefaultUIDBase
@@ -262,7 +266,6 @@ type runSpec struct {
 	stdout        io.Writer
 	stderr        io.Writer
 	leaseID       int64
-	jobID         int64
 	recordRunFile func(rec runRecord) (string, error)
 }
 
