@@ -58,6 +58,7 @@ func setup(t *testing.T, mode string) (*Exec, string) {
 // sandboxed run of the tests goes through it.
 var testSandbox struct {
 	once sync.Once
+	dir  string // its state directory, removed by TestMain
 	s    *Sandbox
 	err  error
 }
@@ -71,6 +72,7 @@ func sandboxed(t *testing.T, e *Exec) *Exec {
 			testSandbox.err = err
 			return
 		}
+		testSandbox.dir = dir
 		testSandbox.s, testSandbox.err = NewSandbox(SandboxConfig{Slots: 64, StateDir: dir})
 	})
 	if testSandbox.err != nil {

@@ -14,6 +14,9 @@ import (
 func TestMain(m *testing.M) {
 	before := runtime.NumGoroutine()
 	code := m.Run()
+	if testSandbox.dir != "" {
+		os.RemoveAll(testSandbox.dir)
+	}
 	if code == 0 {
 		deadline := time.Now().Add(5 * time.Second)
 		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
