@@ -73,6 +73,7 @@ func ParseCommandLine(args []string, getenv func(string) string, out io.Writer) 
 		if err := LoadConfigFile(first.ConfigFile, &cl.Config); err != nil {
 			return nil, err
 		}
+		cl.Config.ConfigFile = first.ConfigFile
 	}
 	fs, noop := newFlagSet(cl)
 	if err := parse(fs, args, getenv); err != nil {
@@ -196,13 +197,24 @@ serves; unknown keys are an error):
   hostname: grader1                   # default: the machine's host name
   slots: 4
   spool_dir: /var/lib/graderd/spool
-  work_root: /var/lib/graderd/work
+  work_root: /var/lib/graderd/work    # runs without the sandbox only
   drain_timeout: 5m
   reconnect_min: 500ms
   reconnect_max: 30s
   testbehavior: 0
+  sandbox:                            # how exec executors isolate runs
+    runtime: crun                     # the OCI runtime: a path or a name in PATH
+    state_dir: /run/graderd           # the runtime's state and the runs' bundles
+    uid_base: 2000000000              # slot N runs as uid and gid uid_base+N
+    read_only_paths: [/srv/tasks]     # shown read-only to every run (-/path: if it exists)
+    restrict_roots: [/srv/tasks]      # where a platform's restrict_paths may point
   limits:                             # for every exec executor
-    memory_limit: 512MiB              # 0 = none
+    memory_limit: 512MiB              # all the run's processes and tmpfs files; 0 = none
+    cpu_time: 1m                      # all the run's processes; 0 = none
+    pids: 256                         # processes and threads at once
+    open_files: 1024                  # per process
+    tmp_size: 64MiB                   # /tmp, and /dev/shm
+    work_size: 256MiB                 # the working directory, /job
     max_stdout: 4MiB
     max_stderr: 1MiB
     kill_grace: 2s
@@ -211,18 +223,40 @@ serves; unknown keys are an error):
   default_executor:
     type: exec                        # exec or noop
     command: [/usr/local/bin/grade, --strict]
-    env: [LANG=C.UTF-8]
+    env: [LANG=C.UTF-8]               # the whole environment, with PATH, HOME, TMPDIR
   executors:
     python3:
       type: exec
       command: [/opt/graders/python3-grader]
       memory_limit: 1GiB              # overrides limits for this executor
+      read_only_paths: [/opt/python3.12, -/etc/python3.12]
+      env: [PATH=/opt/python3.12/bin:/usr/bin:/bin]
+    web:
+      type: exec
+      command: [/opt/graders/web-grader]
+      network: host                   # default: none, a loopback of its own
+    legacy:
+      type: exec
+      command: [/opt/graders/old-grader]
+      sandbox: none                   # UNCONFINED: graderd warns at every start
     bench:
       type: noop
 
 An exec grader reads the job as one JSON object on standard input, prints
 its result as JSON on standard output and exits 0 (OK), 1 (FATAL), 2 or
 anything else (TEMPORARY: retried elsewhere).
+
+Sandbox: graderd runs as root and runs each exec grader in a sandbox made
+with crun: a uid of the slot's own, no capabilities, a seccomp filter, its
+own pid, mount and network namespaces (loopback only), a read-only view of
+/usr and the system directories, a few files of /etc, its own program and
+the read_only_paths, a tmpfs /job (its working directory) and /tmp, and only
+PATH, HOME, TMPDIR, LANG and the executor's env as environment. Everything
+else (graderd's configuration, keys, spool, other runs) is invisible. An
+interpreter outside /usr (pyenv under /root/.pyenv, /opt/...) needs its
+directory in read_only_paths and its bin directory in PATH. graderd refuses
+to start when the sandbox cannot be set up; sandbox: none on an executor
+runs its graders unconfined, with a warning at every start.
 
 --testbehavior N simulates a faulty server, to test the broker:
   0  normal

@@ -2,6 +2,7 @@ package graderd
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -71,6 +72,9 @@ type Config struct {
 	// the system's temporary directory.
 	WorkRoot string `yaml:"work_root"`
 
+	// Sandbox is how exec executors isolate their runs (unless an executor
+	// says sandbox: none).
+	Sandbox SandboxSettings `yaml:"sandbox"`
 	// Limits apply to every exec executor that does not set its own.
 	Limits Limits `yaml:"limits"`
 	// DefaultExecutor runs jobs none of whose tags has an executor in
@@ -112,12 +116,58 @@ type Config struct {
 	// Executor, when set, runs every job and replaces DefaultExecutor and
 	// Executors. It is for tests and benchmarks and cannot come from a file.
 	Executor executor.Executor `yaml:"-"`
+	// ConfigFile is the file the configuration was read from, if any: the
+	// sandbox never shows it to a run.
+	ConfigFile string `yaml:"-"`
 }
 
-// Limits bound what one grader run may use.
+// SandboxSettings configure the sandbox of exec executors (see
+// executor.Sandbox).
+type SandboxSettings struct {
+	// Runtime is the OCI runtime, a path or a name in PATH; default crun.
+	Runtime string `yaml:"runtime"`
+	// StateDir holds the runtime's state and the runs' bundles; default
+	// /run/graderd.
+	StateDir string `yaml:"state_dir"`
+	// UIDBase is the uid and gid of slot 0; slot N runs as UIDBase+N.
+	// Default executor.DefaultUIDBase.
+	UIDBase uint32 `yaml:"uid_base"`
+	// ReadOnlyPaths are shown read-only to every sandboxed run; a path
+	// starting with "-" is skipped when missing.
+	ReadOnlyPaths []string `yaml:"read_only_paths"`
+	// RestrictRoots are where a platform's restrict_paths may point: their
+	// parts inside these roots are shown read-only to the job's run.
+	RestrictRoots []string `yaml:"restrict_roots"`
+}
+
+// Values of ExecutorSpec.Sandbox and ExecutorSpec.Network.
+const (
+	// SandboxNone runs an exec executor's graders unconfined.
+	SandboxNone = "none"
+	// NetworkHost gives sandboxed runs the host's network.
+	NetworkHost = "host"
+)
+
+// Limits bound what one grader run may use (see executor.Limits).
 type Limits struct {
-	// MemoryLimit caps a run's memory in bytes; 0 means none.
+	// MemoryLimit caps a run's memory in bytes, all its processes and its
+	// tmpfs files together; 0 means none.
 	MemoryLimit ByteSize `yaml:"memory_limit"`
+	// CPUTime caps the CPU time of all a run's processes together; 0
+	// means none.
+	CPUTime time.Duration `yaml:"cpu_time"`
+	// Pids caps a run's processes and threads; 0 means
+	// executor.DefaultPids in the sandbox, none without it.
+	Pids int `yaml:"pids"`
+	// OpenFiles caps each process's open files (sandbox only); 0 means
+	// executor.DefaultOpenFiles.
+	OpenFiles int `yaml:"open_files"`
+	// TmpSize is the size of a sandboxed run's /tmp and /dev/shm; 0 means
+	// executor.DefaultTmpSize.
+	TmpSize ByteSize `yaml:"tmp_size"`
+	// WorkSize is the size of a sandboxed run's working directory; 0
+	// means executor.DefaultWorkSize.
+	WorkSize ByteSize `yaml:"work_size"`
 	// MaxStdout caps a grader's result; 0 means executor.DefaultMaxStdout.
 	MaxStdout ByteSize `yaml:"max_stdout"`
 	// MaxStderr caps the kept log of a run; 0 means executor.DefaultMaxStderr.
@@ -133,8 +183,20 @@ type ExecutorSpec struct {
 	Type string `yaml:"type"`
 	// Command is the grader's argv, for type exec.
 	Command []string `yaml:"command"`
-	// Env is extra environment for the grader, as KEY=value, for type exec.
+	// Env is the grader's environment, as KEY=value, for type exec: in
+	// the sandbox the only variables beside executor.DefaultEnv (which
+	// they may replace), without it added to graderd's own.
 	Env []string `yaml:"env"`
+	// Sandbox is "" (the default: graderd's sandbox) or "none", which runs
+	// the graders with graderd's own powers; graderd then warns at every
+	// start.
+	Sandbox string `yaml:"sandbox"`
+	// Network is "" or "none" (a loopback of the run's own) or "host".
+	Network string `yaml:"network"`
+	// ReadOnlyPaths are shown read-only to the sandboxed runs (an
+	// interpreter outside /usr, task data); a path starting with "-" is
+	// skipped when missing.
+	ReadOnlyPaths []string `yaml:"read_only_paths"`
 	// Limits override Config.Limits field by field where they are not zero.
 	Limits `yaml:",inline"`
 }
@@ -208,6 +270,12 @@ func (c Config) Validate() error {
 	if err := c.Limits.validate("limits."); err != nil {
 		return err
 	}
+	if err := absPaths("sandbox.read_only_paths", c.Sandbox.ReadOnlyPaths); err != nil {
+		return err
+	}
+	if err := absPaths("sandbox.restrict_roots", c.Sandbox.RestrictRoots); err != nil {
+		return err
+	}
 	if c.DefaultExecutor.Type != "" {
 		if err := c.DefaultExecutor.validate("default_executor"); err != nil {
 			return err
@@ -272,9 +340,25 @@ func (s ExecutorSpec) validate(field string) error {
 				return fmt.Errorf("%s.env: %q is not KEY=value", field, e)
 			}
 		}
+		switch s.Sandbox {
+		case "", "crun", SandboxNone:
+		default:
+			return fmt.Errorf("%s.sandbox: %q is not a sandbox; leave it out for graderd's sandbox, or say %q", field, s.Sandbox, SandboxNone)
+		}
+		switch s.Network {
+		case "", "none", NetworkHost:
+		default:
+			return fmt.Errorf("%s.network: %q is not a network; use none (the default) or %q", field, s.Network, NetworkHost)
+		}
+		if s.Sandbox == SandboxNone && (s.Network != "" || len(s.ReadOnlyPaths) > 0) {
+			return fmt.Errorf("%s: network and read_only_paths are sandbox settings; with sandbox: none a grader sees everything graderd sees", field)
+		}
+		if err := absPaths(field+".read_only_paths", s.ReadOnlyPaths); err != nil {
+			return err
+		}
 	case ExecutorNoop:
-		if len(s.Command) > 0 || len(s.Env) > 0 {
-			return fmt.Errorf("%s: a noop executor takes no command or env", field)
+		if len(s.Command) > 0 || len(s.Env) > 0 || s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 {
+			return fmt.Errorf("%s: a noop executor takes no command, env or sandbox settings", field)
 		}
 	case "":
 		return fmt.Errorf("%s.type: missing; use %q or %q", field, ExecutorExec, ExecutorNoop)
@@ -287,8 +371,11 @@ func (s ExecutorSpec) validate(field string) error {
 func (l Limits) validate(prefix string) error {
 	for _, f := range []struct {
 		name string
-		v    ByteSize
-	}{{"memory_limit", l.MemoryLimit}, {"max_stdout", l.MaxStdout}, {"max_stderr", l.MaxStderr}} {
+		v    int64
+	}{
+		{"memory_limit", int64(l.MemoryLimit)}, {"max_stdout", int64(l.MaxStdout)}, {"max_stderr", int64(l.MaxStderr)},
+		{"tmp_size", int64(l.TmpSize)}, {"work_size", int64(l.WorkSize)}, {"pids", int64(l.Pids)}, {"open_files", int64(l.OpenFiles)},
+	} {
 		if f.v < 0 {
 			return fmt.Errorf("%s%s: must not be negative, got %d", prefix, f.name, f.v)
 		}
@@ -296,24 +383,43 @@ func (l Limits) validate(prefix string) error {
 	if l.KillGrace < 0 {
 		return fmt.Errorf("%skill_grace: must not be negative, got %v", prefix, l.KillGrace)
 	}
+	if l.CPUTime < 0 {
+		return fmt.Errorf("%scpu_time: must not be negative, got %v", prefix, l.CPUTime)
+	}
+	return nil
+}
+
+// absPaths checks that every path (after an optional "-") is absolute.
+func absPaths(field string, paths []string) error {
+	for _, p := range paths {
+		if q := strings.TrimPrefix(p, "-"); !strings.HasPrefix(q, "/") {
+			return fmt.Errorf("%s: %q is not an absolute path", field, q)
+		}
+	}
 	return nil
 }
 
 // over returns l with every zero field taken from base.
 func (l Limits) over(base Limits) Limits {
-	if l.MemoryLimit == 0 {
-		l.MemoryLimit = base.MemoryLimit
+	return Limits{
+		MemoryLimit: cmp.Or(l.MemoryLimit, base.MemoryLimit),
+		CPUTime:     cmp.Or(l.CPUTime, base.CPUTime),
+		Pids:        cmp.Or(l.Pids, base.Pids),
+		OpenFiles:   cmp.Or(l.OpenFiles, base.OpenFiles),
+		TmpSize:     cmp.Or(l.TmpSize, base.TmpSize),
+		WorkSize:    cmp.Or(l.WorkSize, base.WorkSize),
+		MaxStdout:   cmp.Or(l.MaxStdout, base.MaxStdout),
+		MaxStderr:   cmp.Or(l.MaxStderr, base.MaxStderr),
+		KillGrace:   cmp.Or(l.KillGrace, base.KillGrace),
 	}
-	if l.MaxStdout == 0 {
-		l.MaxStdout = base.MaxStdout
+}
+
+// executor returns l as the executor's limits.
+func (l Limits) executor() executor.Limits {
+	return executor.Limits{
+		CPUTime: l.CPUTime, Memory: int64(l.MemoryLimit), Pids: l.Pids, OpenFiles: l.OpenFiles,
+		TmpSize: int64(l.TmpSize), WorkSize: int64(l.WorkSize), MaxStdout: int64(l.MaxStdout), MaxStderr: int64(l.MaxStderr),
 	}
-	if l.MaxStderr == 0 {
-		l.MaxStderr = base.MaxStderr
-	}
-	if l.KillGrace == 0 {
-		l.KillGrace = base.KillGrace
-	}
-	return l
 }
 
 // ByteSize is a size in bytes. In the configuration file and in flags it is

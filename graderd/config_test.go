@@ -23,11 +23,17 @@ func exampleConfig() Config {
 	cfg.KeyFile = "/etc/graderd/server.key"
 	cfg.Hostname = "grader1"
 	cfg.WorkRoot = "/var/lib/graderd/work"
-	cfg.Limits = Limits{MemoryLimit: 512 << 20, MaxStdout: 4 << 20, MaxStderr: 1 << 20, KillGrace: 2 * time.Second}
+	cfg.Sandbox = SandboxSettings{Runtime: "crun", StateDir: "/run/graderd", UIDBase: 2000000000,
+		ReadOnlyPaths: []string{"/srv/tasks"}, RestrictRoots: []string{"/srv/tasks"}}
+	cfg.Limits = Limits{MemoryLimit: 512 << 20, CPUTime: time.Minute, Pids: 256, OpenFiles: 1024, TmpSize: 64 << 20, WorkSize: 256 << 20,
+		MaxStdout: 4 << 20, MaxStderr: 1 << 20, KillGrace: 2 * time.Second}
 	cfg.DefaultExecutor = ExecutorSpec{Type: ExecutorExec, Command: []string{"/usr/local/bin/grade", "--strict"}, Env: []string{"LANG=C.UTF-8"}}
 	cfg.Executors = map[string]ExecutorSpec{
-		"python3": {Type: ExecutorExec, Command: []string{"/opt/graders/python3-grader"}, Limits: Limits{MemoryLimit: 1 << 30}},
-		"bench":   {Type: ExecutorNoop},
+		"python3": {Type: ExecutorExec, Command: []string{"/opt/graders/python3-grader"}, Limits: Limits{MemoryLimit: 1 << 30},
+			ReadOnlyPaths: []string{"/opt/python3.12", "-/etc/python3.12"}, Env: []string{"PATH=/opt/python3.12/bin:/usr/bin:/bin"}},
+		"web":    {Type: ExecutorExec, Command: []string{"/opt/graders/web-grader"}, Network: NetworkHost},
+		"legacy": {Type: ExecutorExec, Command: []string{"/opt/graders/old-grader"}, Sandbox: SandboxNone},
+		"bench":  {Type: ExecutorNoop},
 	}
 	return cfg
 }
@@ -113,6 +119,22 @@ func TestValidateNamesTheBadField(t *testing.T) {
 			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorNoop, Limits: Limits{MaxStdout: -1}}}
 		}},
 		{"executors:", func(c *Config) { c.Executors = map[string]ExecutorSpec{" ": {Type: ExecutorNoop}} }},
+		{"limits.cpu_time:", func(c *Config) { c.Limits.CPUTime = -time.Second }},
+		{"limits.pids:", func(c *Config) { c.Limits.Pids = -1 }},
+		{"sandbox.read_only_paths:", func(c *Config) { c.Sandbox.ReadOnlyPaths = []string{"relative"} }},
+		{"sandbox.restrict_roots:", func(c *Config) { c.Sandbox.RestrictRoots = []string{"-srv"} }},
+		{"executors.gpu.sandbox:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Sandbox: "off"}}
+		}},
+		{"executors.gpu.network:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Network: "bridge"}}
+		}},
+		{"executors.gpu.read_only_paths:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, ReadOnlyPaths: []string{"opt"}}}
+		}},
+		{"executors.gpu:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Sandbox: SandboxNone, Network: NetworkHost}}
+		}},
 		{"drain_timeout:", func(c *Config) { c.DrainTimeout = -1 }},
 		{"reconnect_min:", func(c *Config) { c.ReconnectMin = 0 }},
 		{"reconnect_max:", func(c *Config) { c.ReconnectMax = time.Millisecond }},
@@ -183,6 +205,7 @@ func TestParseCommandLinePriority(t *testing.T) {
 	want.CAFile = "/file/ca.pem"       // file
 	want.Limits.MemoryLimit = 64 << 20 // flag
 	want.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}}}
+	want.ConfigFile = path
 	if diff := cmp.Diff(want, cl.Config); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}

@@ -67,6 +67,8 @@ type Daemon struct {
 	// pick returns the executor of a job with these tags, or nil and a
 	// reason when there is none.
 	pick func(tags []string) (executor.Executor, string)
+	// executors describe the executors for Hello.
+	executors []*gradebrokerv1.ExecutorInfo
 
 	// Knobs; New sets the constants above and tests shorten them.
 	welcomeTimeout time.Duration
@@ -142,7 +144,9 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		slots:          cfg.Slots,
 		changed:        make(chan struct{}),
 	}
-	d.pick = d.buildExecutors()
+	if d.pick, err = d.buildExecutors(); err != nil {
+		return nil, err
+	}
 	if err := d.initSleep(); err != nil {
 		return nil, err
 	}
@@ -150,40 +154,83 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 }
 
 // buildExecutors turns the configured specs into executors, once, so that
-// every job of a tag shares one (they are safe for concurrent use).
-func (d *Daemon) buildExecutors() func([]string) (executor.Executor, string) {
+// every job of a tag shares one (they are safe for concurrent use), with one
+// sandbox for all of them. It fails when the sandbox cannot be set up.
+func (d *Daemon) buildExecutors() (func([]string) (executor.Executor, string), error) {
 	if d.cfg.Executor != nil {
 		e := d.cfg.Executor
-		return func([]string) (executor.Executor, string) { return e, "" }
+		d.executors = []*gradebrokerv1.ExecutorInfo{{Name: "default", Type: fmt.Sprintf("%T", e), Sandbox: ""}}
+		return func([]string) (executor.Executor, string) { return e, "" }, nil
 	}
-	build := func(s ExecutorSpec) executor.Executor {
+	specs := make(map[string]ExecutorSpec, len(d.cfg.Executors)+1)
+	for tag, s := range d.cfg.Executors {
+		specs[tag] = s
+	}
+	if d.cfg.DefaultExecutor.Type != "" {
+		specs[defaultName] = d.cfg.DefaultExecutor
+	}
+	names := slices.Sorted(maps.Keys(specs))
+	var sb *executor.Sandbox
+	for _, name := range names {
+		s := specs[name]
+		if s.Type != ExecutorExec || s.Sandbox == SandboxNone || sb != nil {
+			continue
+		}
+		var err error
+		sb, err = executor.NewSandbox(executor.SandboxConfig{
+			Runtime:       d.cfg.Sandbox.Runtime,
+			StateDir:      d.cfg.Sandbox.StateDir,
+			UIDBase:       d.cfg.Sandbox.UIDBase,
+			Slots:         d.cfg.Slots,
+			ReadOnlyPaths: d.cfg.Sandbox.ReadOnlyPaths,
+			RestrictRoots: d.cfg.Sandbox.RestrictRoots,
+			Secret:        d.secrets(),
+			Logger:        d.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%w; to run graders without it, set sandbox: none on the executor (%s)", err, fieldOf(name))
+		}
+		d.log.Info("runs are sandboxed", "sandbox", sb.String())
+	}
+	byName := make(map[string]executor.Executor, len(specs))
+	d.executors = nil
+	for _, name := range names {
+		s := specs[name]
+		info := &gradebrokerv1.ExecutorInfo{Name: name, Type: s.Type}
 		switch s.Type {
 		case ExecutorNoop:
-			return executor.Noop{}
+			byName[name] = executor.Noop{}
 		case ExecutorExec:
 			l := s.Limits.over(d.cfg.Limits)
-			return &executor.Exec{
-				Command:     slices.Clone(s.Command),
-				Env:         slices.Clone(s.Env),
-				WorkRoot:    d.cfg.WorkRoot,
-				RunDir:      d.runDir(),
-				MemoryLimit: int64(l.MemoryLimit),
-				MaxStdout:   int64(l.MaxStdout),
-				MaxStderr:   int64(l.MaxStderr),
-				KillGrace:   l.KillGrace,
-				Logger:      d.log,
+			e := &executor.Exec{
+				Command:       slices.Clone(s.Command),
+				Env:           slices.Clone(s.Env),
+				ReadOnlyPaths: slices.Clone(s.ReadOnlyPaths),
+				HostNetwork:   s.Network == NetworkHost,
+				Limits:        l.executor(),
+				WorkRoot:      d.cfg.WorkRoot,
+				RunDir:        d.runDir(),
+				KillGrace:     l.KillGrace,
+				Logger:        d.log,
 			}
+			info.Sandbox = SandboxNone
+			if s.Sandbox != SandboxNone {
+				e.Sandbox, info.Sandbox = sb, "crun"
+				if err := sb.CheckPaths(fieldOf(name)+".read_only_paths", s.ReadOnlyPaths); err != nil {
+					return nil, err
+				}
+			} else {
+				d.log.Warn("an executor runs its graders WITHOUT the sandbox (sandbox: none): they, and the students' code they run, can read graderd's keys and configuration, reach the network and outlive their jobs", "executor", name)
+			}
+			byName[name] = e
 		}
-		return nil
+		d.executors = append(d.executors, info)
 	}
-	byTag := make(map[string]executor.Executor, len(d.cfg.Executors))
-	for tag, s := range d.cfg.Executors {
-		byTag[tag] = build(s)
-	}
-	def := build(d.cfg.DefaultExecutor)
+	def := byName[defaultName]
+	delete(byName, defaultName)
 	return func(tags []string) (executor.Executor, string) {
 		for _, t := range tags {
-			if e := byTag[t]; e != nil {
+			if e := byName[t]; e != nil {
 				return e, ""
 			}
 		}
@@ -191,8 +238,41 @@ func (d *Daemon) buildExecutors() func([]string) (executor.Executor, string) {
 			return def, ""
 		}
 		return nil, fmt.Sprintf("graderd on %s has no executor for tags %v and no default executor", d.hostname, tags)
-	}
+	}, nil
 }
+
+// defaultName names the default executor in Hello and in logs. A tag of the
+// same name is shadowed in the sandbox setup's messages only.
+const defaultName = "default"
+
+// fieldOf is the configuration key of an executor.
+func fieldOf(name string) string {
+	if name == defaultName {
+		return "default_executor"
+	}
+	return "executors." + name
+}
+
+// secrets are graderd's own files, which the sandbox never shows a run.
+func (d *Daemon) secrets() []string {
+	state := cmp.Or(d.cfg.Sandbox.StateDir, executor.DefaultStateDir)
+	out := []string{d.cfg.ConfigFile, d.cfg.CAFile, d.cfg.CertFile, d.cfg.KeyFile, d.cfg.WakeupSecretFile, d.cfg.SpoolDir, state}
+	if d.cfg.WorkRoot != "" {
+		out = append(out, d.cfg.WorkRoot)
+	}
+	for i, p := range out {
+		if p != "" {
+			if abs, err := filepath.Abs(p); err == nil {
+				out[i] = abs
+			}
+		}
+	}
+	return out
+}
+
+// Executors describes the executors, as Hello sends them and graderd -t
+// prints them.
+func (d *Daemon) Executors() []*gradebrokerv1.ExecutorInfo { return d.executors }
 
 // Run connects to the broker and runs the jobs it assigns until ctx ends,
 // reconnecting with backoff whenever the stream breaks; running jobs carry
@@ -515,19 +595,22 @@ func (d *Daemon) execute(ctx context.Context, j *job, a *gradebrokerv1.Assign) (
 		return res, true
 	}
 	r := e.Run(ctx, executor.Job{
-		JobID:   a.GetJobId(),
-		LeaseID: a.GetLeaseId(),
-		Attempt: a.GetAttempt(),
-		Name:    a.GetName(),
-		JobData: a.GetJobdata(),
-		Tags:    a.GetTags(),
-		Timeout: a.GetTimeout().AsDuration(),
+		JobID:         a.GetJobId(),
+		LeaseID:       a.GetLeaseId(),
+		Attempt:       a.GetAttempt(),
+		Name:          a.GetName(),
+		JobData:       a.GetJobdata(),
+		Tags:          a.GetTags(),
+		Timeout:       a.GetTimeout().AsDuration(),
+		RestrictPaths: a.GetRestrictPaths(),
 	})
 	res.Outcome = r.Outcome
 	res.Result = r.Result
 	res.Log = r.Log
 	res.Error = r.Error
 	res.Duration = durationpb.New(r.Duration)
+	res.Usage = r.Usage.Proto()
+	res.Limit = r.Limit.Proto()
 	return res, true
 }
 

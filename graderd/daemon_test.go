@@ -74,7 +74,8 @@ func TestHelloWelcome(t *testing.T) {
 	t.Parallel()
 	h := setup(t, func(c *Config) { c.Slots = 3 })
 	bs := h.fb.nextStream(t)
-	want := &gradebrokerv1.Hello{Version: Version, Slots: 3, Hostname: "test-host"}
+	want := &gradebrokerv1.Hello{Version: Version, Slots: 3, Hostname: "test-host",
+		Executors: []*gradebrokerv1.ExecutorInfo{{Name: "default", Type: "noop"}}}
 	if diff := cmp.Diff(want, bs.hello, protocmp.Transform()); diff != "" {
 		t.Errorf("Hello (-want +got):\n%s", diff)
 	}

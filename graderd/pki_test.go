@@ -2,6 +2,8 @@ package graderd
 
 import (
 	"crypto/tls"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/gradebroker/gradebroker/certs"
@@ -27,4 +29,23 @@ func newTestPKI(t *testing.T) *testPKI {
 		t.Fatal(err)
 	}
 	return &testPKI{CAFile: ca.CertFile, CertFile: grader.CertFile, KeyFile: grader.KeyFile, ServerTLS: src.ServerTLSConfig()}
+}
+
+// newTestPKIIn is newTestPKI with graderd's files (CA, certificate, key)
+// copied into dir, as a deployment lays them out under /etc/graderd.
+func newTestPKIIn(t *testing.T, dir string) *testPKI {
+	t.Helper()
+	p := newTestPKI(t)
+	for _, f := range []*string{&p.CAFile, &p.CertFile, &p.KeyFile} {
+		b, err := os.ReadFile(*f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, filepath.Base(*f))
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		*f = dst
+	}
+	return p
 }

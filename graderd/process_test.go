@@ -150,7 +150,8 @@ func TestBinaryConnectionTest(t *testing.T) {
 	t.Parallel()
 	fb := startFakeBroker(t, newTestPKI(t))
 	r := runBinary(t, append(brokerArgs(t, fb), "-t")...)
-	want := "ok: connected to " + fb.addr + " as server grader1 (type python, tags python3, course-6.00x)\n"
+	want := "ok: connected to " + fb.addr + " as server grader1 (type python, tags python3, course-6.00x)\n" +
+		"executor default: noop, sandbox not applicable\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("graderd -t: exit %d, stdout %q, want 0 and %q; stderr:\n%s", r.code, r.stdout, want, r.stderr)
 	}

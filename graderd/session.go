@@ -145,7 +145,7 @@ func (d *Daemon) Test(ctx context.Context) (*gradebrokerv1.Welcome, error) {
 	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, w, err := d.open(sctx, cancel, conn, &gradebrokerv1.Hello{Version: Version, Slots: 0, Hostname: d.hostname, Probe: true})
+	stream, w, err := d.open(sctx, cancel, conn, &gradebrokerv1.Hello{Version: Version, Slots: 0, Hostname: d.hostname, Probe: true, Executors: d.executors})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("testing the connection to broker %s: %w", d.cfg.Broker, ctx.Err())
@@ -232,7 +232,7 @@ func (d *Daemon) session(ctx context.Context) (welcomed bool, err error) {
 	slots := d.capacityLocked()
 	d.assigns = 0 // a new stream: its Assigns are counted from 0
 	d.mu.Unlock()
-	hello := &gradebrokerv1.Hello{Version: Version, Slots: uint32(slots), Hostname: d.hostname, Running: d.held()}
+	hello := &gradebrokerv1.Hello{Version: Version, Slots: uint32(slots), Hostname: d.hostname, Running: d.held(), Executors: d.executors}
 	type opened struct {
 		stream gradebrokerv1.GraderService_ConnectClient
 		w      *gradebrokerv1.Welcome

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,6 +54,46 @@ func setup(t *testing.T, mode string) (*Exec, string) {
 	}, pidfile
 }
 
+// testSandbox is one sandbox for the package's tests, made once: every
+// sandboxed run of the tests goes through it.
+var testSandbox struct {
+	once sync.Once
+	dir  string // its state directory, removed by TestMain
+	s    *Sandbox
+	err  error
+}
+
+// sandboxed turns e into a sandboxed executor.
+func sandboxed(t *testing.T, e *Exec) *Exec {
+	t.Helper()
+	testSandbox.once.Do(func() {
+		dir, err := os.MkdirTemp("", "gb-sandbox-test-")
+		if err != nil {
+			testSandbox.err = err
+			return
+		}
+		testSandbox.dir = dir
+		testSandbox.s, testSandbox.err = NewSandbox(SandboxConfig{Slots: 64, StateDir: dir})
+	})
+	if testSandbox.err != nil {
+		t.Fatalf("cannot set up the sandbox (the tests run as root with crun installed, as CI does): %v", testSandbox.err)
+	}
+	e.Sandbox = testSandbox.s
+	return e
+}
+
+// modes are the two ways Exec runs a grader.
+var modes = []string{"none", "sandbox"}
+
+func setupMode(t *testing.T, mode, sandbox string) (*Exec, string) {
+	t.Helper()
+	e, pidfile := setup(t, mode)
+	if sandbox == "sandbox" {
+		sandboxed(t, e)
+	}
+	return e, pidfile
+}
+
 // run runs job and checks what every run must leave behind: nothing in the
 // work root, and a return within promptly.
 func run(t *testing.T, ctx context.Context, e *Exec, job Job) Result {
@@ -75,11 +116,13 @@ func run(t *testing.T, ctx context.Context, e *Exec, job Job) Result {
 func TestExecOutcomes(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name    string
-		mode    string
-		tweak   func(*Exec)
-		want    outcome
-		wantLog string
+		name     string
+		mode     string
+		tweak    func(*Exec)
+		want     outcome
+		wantLog  string
+		wantLim  Limit
+		noSandbx bool
 	}{
 		{
 			name: "fatal with result",
@@ -108,6 +151,9 @@ func TestExecOutcomes(t *testing.T) {
 			name: "killed by a signal",
 			mode: "signal",
 			want: outcome{Outcome: outTemp, Error: "grader was killed by signal 9 (killed)"},
+			// In the sandbox the grader is its pid namespace's first
+			// process, which the kernel keeps from killing itself.
+			noSandbx: true,
 		},
 		{
 			name: "not JSON",
@@ -127,15 +173,16 @@ func TestExecOutcomes(t *testing.T) {
 			want: outcome{Outcome: outFatal, Error: "grader exited with status 0 but printed no result on stdout"},
 		},
 		{
-			name:  "stdout over the cap",
-			mode:  "flood",
-			tweak: func(e *Exec) { e.MaxStdout = 1000 },
-			want:  outcome{Outcome: outFatal, Error: "result larger than 1000 bytes"},
+			name:    "stdout over the cap",
+			mode:    "flood",
+			tweak:   func(e *Exec) { e.Limits.MaxStdout = 1000 },
+			want:    outcome{Outcome: outFatal, Error: "output size limit: the result was larger than 1000 bytes"},
+			wantLim: LimitOutput,
 		},
 		{
 			name:    "stderr over the cap",
 			mode:    "chatty",
-			tweak:   func(e *Exec) { e.MaxStderr = 10 },
+			tweak:   func(e *Exec) { e.Limits.MaxStderr = 10 },
 			want:    outcome{Outcome: outOK, Result: "{}"},
 			wantLog: "Bxxxx\n[... 9992 bytes of stderr cut ...]\nxxxxE",
 		},
@@ -153,23 +200,31 @@ func TestExecOutcomes(t *testing.T) {
 			want:  outcome{Outcome: outTemp, Error: "graderd has no grader command configured"},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			e, _ := setup(t, tt.mode)
-			if tt.tweak != nil {
-				tt.tweak(e)
+	for _, sb := range modes {
+		for _, tt := range tests {
+			if tt.noSandbx && sb == "sandbox" {
+				continue
 			}
-			res := run(t, t.Context(), e, Job{JobID: 1, LeaseID: 2, JobData: []byte(`{}`), Timeout: time.Minute})
-			if diff := cmp.Diff(tt.want, summary(res)); diff != "" {
-				t.Errorf("Run (-want +got):\n%s", diff)
-			}
-			if tt.wantLog != "" {
-				if diff := cmp.Diff(tt.wantLog, res.Log); diff != "" {
-					t.Errorf("Log (-want +got):\n%s", diff)
+			t.Run(sb+"/"+tt.name, func(t *testing.T) {
+				t.Parallel()
+				e, _ := setupMode(t, tt.mode, sb)
+				if tt.tweak != nil {
+					tt.tweak(e)
 				}
-			}
-		})
+				res := run(t, t.Context(), e, Job{JobID: 1, LeaseID: 2, JobData: []byte(`{}`), Timeout: time.Minute})
+				if diff := cmp.Diff(tt.want, summary(res)); diff != "" {
+					t.Errorf("Run (-want +got):\n%s\nlog:\n%s", diff, res.Log)
+				}
+				if res.Limit != tt.wantLim {
+					t.Errorf("Limit = %v, want %v", res.Limit, tt.wantLim)
+				}
+				if tt.wantLog != "" {
+					if diff := cmp.Diff(tt.wantLog, res.Log); diff != "" {
+						t.Errorf("Log (-want +got):\n%s", diff)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -185,19 +240,24 @@ func TestExecStdinContract(t *testing.T) {
 		Tags:    []string{"python3", "fast"},
 		Timeout: 1500 * time.Millisecond,
 	}
+	job.RestrictPaths = []string{"/srv/tasks"}
+	e.Limits = Limits{CPUTime: 2500 * time.Millisecond, Memory: 64 << 20, Pids: 10}
 	res := run(t, t.Context(), e, job)
 	want := outcome{
 		Outcome: outOK,
 		Result: `{"job_id":7,"lease_id":9,"attempt":2,"name":"alice/sum \u003c1\u003e","tags":["python3","fast"],` +
-			`"timeout_sec":1.5,"jobdata":{ "task" : "sum",  "x": [1, 2.50] }}`,
+			`"timeout_sec":1.5,"limits":{"cpu_time_sec":2.5,"memory_bytes":67108864,"pids":10,"open_files":0,"tmp_bytes":0,"work_bytes":0,"max_stdout_bytes":4194304},` +
+			`"restrictToPaths":["/srv/tasks"],"jobdata":{ "task" : "sum",  "x": [1, 2.50] }}`,
 	}
 	if diff := cmp.Diff(want, summary(res)); diff != "" {
 		t.Errorf("Run (-want +got):\n%s", diff)
 	}
 
 	// Without tags, data or timeout the document still has every key.
+	e.Limits = Limits{}
 	res = run(t, t.Context(), e, Job{JobID: 1, LeaseID: 1, Attempt: 1})
-	want.Result = `{"job_id":1,"lease_id":1,"attempt":1,"name":"","tags":[],"timeout_sec":0,"jobdata":null}`
+	want.Result = `{"job_id":1,"lease_id":1,"attempt":1,"name":"","tags":[],"timeout_sec":0,` +
+		`"limits":{"cpu_time_sec":0,"memory_bytes":0,"pids":0,"open_files":0,"tmp_bytes":0,"work_bytes":0,"max_stdout_bytes":4194304},"restrictToPaths":[],"jobdata":null}`
 	if diff := cmp.Diff(want, summary(res)); diff != "" {
 		t.Errorf("Run without fields (-want +got):\n%s", diff)
 	}
@@ -251,7 +311,7 @@ func TestExecTimeoutKillsEverything(t *testing.T) {
 	t.Parallel()
 	e, pidfile := setup(t, "hang")
 	res := run(t, t.Context(), e, Job{JobID: 1, LeaseID: 1, Timeout: time.Second})
-	want := outcome{Outcome: outTimeout, Error: "grader ran past its time limit of 1s and was killed"}
+	want := outcome{Outcome: outTimeout, Error: "wall time limit: the grader ran past its time limit of 1s and was killed"}
 	if diff := cmp.Diff(want, summary(res)); diff != "" {
 		t.Errorf("Run (-want +got):\n%s", diff)
 	}
@@ -267,8 +327,8 @@ func TestExecEscapedProcessCannotHoldRun(t *testing.T) {
 	t.Parallel()
 	e, pidfile := setup(t, "escape")
 	res := run(t, t.Context(), e, Job{JobID: 1, LeaseID: 1, Timeout: time.Minute})
-	// The escapee left the process group: without a cgroup nothing can
-	// reach it, so the test cleans up after it.
+	// The escapee left the process group: where graderd cannot make a
+	// cgroup nothing can reach it, so the test cleans up after it.
 	pid := readPid(t, pidfile+".escapee")
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	if diff := cmp.Diff(outcome{Outcome: outOK, Result: `{"ok":true}`}, summary(res)); diff != "" {
@@ -316,7 +376,7 @@ func TestExecMemoryLimit(t *testing.T) {
 		{
 			name:    "over the limit",
 			command: []string{"python3", "-c", "x = bytearray(500*1024*1024)"},
-			want:    outcome{Outcome: outFatal, Error: "grader hit the memory limit of 100 MiB"},
+			want:    outcome{Outcome: outFatal, Error: "memory limit: the run used more than its 100 MiB of memory (tmpfs files included) and was killed"},
 		},
 		{
 			name:    "under the limit",
@@ -329,7 +389,7 @@ func TestExecMemoryLimit(t *testing.T) {
 			t.Parallel()
 			e, _ := setup(t, "")
 			e.Command = tt.command
-			e.MemoryLimit = 100 << 20
+			e.Limits.Memory = 100 << 20
 			res := run(t, t.Context(), e, Job{JobID: 1, LeaseID: 1, Timeout: time.Minute})
 			if diff := cmp.Diff(tt.want, summary(res)); diff != "" {
 				t.Errorf("Run (-want +got):\n%s\nlog:\n%s", diff, res.Log)

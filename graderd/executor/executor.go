@@ -6,10 +6,20 @@
 //
 // # The exec convention
 //
-// The grader command starts in a fresh, empty working directory (mode 0700,
-// removed when the run ends; TMPDIR points there too) in its own process
-// group, with graderd's environment plus Exec.Env. It reads one JSON object,
-// followed by a newline, on its standard input:
+// The grader command runs in the sandbox (see sandbox.go; without it, with
+// "sandbox: none", it runs as graderd's child with graderd's powers). There
+// it starts in a fresh, empty working directory, /job (a tmpfs of its own,
+// mode 0700, also HOME), with a private /tmp (TMPDIR), as an unprivileged
+// user of its own, with only DefaultEnv and Exec.Env as its environment,
+// no network but its own loopback, and read-only access to the system
+// directories and the paths its executor names. It is the first process of
+// its own pid namespace: the kernel delivers it only the signals it
+// handles, and processes its children leave behind become its own; when
+// it exits, every other process of the run is killed. Without the sandbox
+// it starts in a fresh directory under the work root (TMPDIR too), in its
+// own process group, with graderd's environment plus Exec.Env.
+//
+// It reads one JSON object, followed by a newline, on its standard input:
 //
 //	{
 //	  "job_id": 42,            // the broker's job id
@@ -18,17 +28,32 @@
 //	  "name": "alice/sum-3",   // the job's name, as the platform gave it
 //	  "tags": ["python3"],     // the job's tags; always an array, maybe empty
 //	  "timeout_sec": 30,       // the wall-time limit in seconds (may be fractional); 0 = none
+//	  "limits": {              // the run's limits, to pass on to the solution; 0 = none
+//	    "cpu_time_sec": 10, "memory_bytes": 1073741824, "pids": 256, "open_files": 1024,
+//	    "tmp_bytes": 67108864, "work_bytes": 268435456, "max_stdout_bytes": 4194304
+//	  },
+//	  "restrictToPaths": [],   // the platform's restrict_paths (graderqueue's name)
 //	  "jobdata": {...}         // the job's JSON, byte for byte as the platform sent it
 //	}
 //
+// restrictToPaths lists the paths the platform restricts the job to; in
+// the sandbox, the parts of them inside the roots graderd's configuration
+// allows are visible read-only at the same paths.
+//
 // It writes its result as one JSON document on standard output and may log
-// anything on standard error; the log is kept (cut to Exec.MaxStderr) and
+// anything on standard error; the log is kept (cut to Limits.MaxStderr) and
 // travels with the result. Its exit status says how the run ended:
 //
 //	0       OK: stdout is the final result
 //	1       FATAL: a final error; stdout, if not empty, is a JSON result kept with it
 //	2       TEMPORARY: retry, preferably on another server
 //	other   TEMPORARY, as is death by a signal
+//
+// A run that passes a limit (memory, processes, CPU time, output size, a
+// full /job or /tmp) is killed as a whole and ends FATAL with Result.Limit
+// naming the limit, unless the grader exited 0 on its own first (it may
+// have caught its solution's failure and graded it); past its wall time it
+// ends TIMEOUT.
 //
 // Exit 0 with empty or non-JSON output, and exit 1 with non-JSON output, are
 // FATAL: a grader that prints garbage will print it again on another server.

@@ -16,6 +16,9 @@ import (
 func TestMain(m *testing.M) {
 	before := runtime.NumGoroutine()
 	code := m.Run()
+	if testSandbox.dir != "" {
+		os.RemoveAll(testSandbox.dir)
+	}
 	if code == 0 {
 		var check afterTests
 		testutil.EventuallyWithin(&check, 5*time.Second, "the tests' goroutines to end", func() bool {

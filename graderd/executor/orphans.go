@@ -2,33 +2,53 @@ package executor
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/gradebroker/gradebroker/graderd/executor/cgroups"
 )
 
-// A grader runs in a process group of its own, so that a timeout kills all
-// of it. If graderd itself dies (SIGKILL, OOM), nothing kills those groups:
-// they keep running, adopted by init, while the broker re-grades the jobs
-// elsewhere, and a restarted graderd would take new jobs on top of them. So
-// every run records its process group in Exec.RunDir, and a starting graderd
-// kills what a crashed one left (ReapOrphans).
+// If graderd itself dies (SIGKILL, OOM), nothing stops the runs it
+// started: they keep running while the broker re-grades the jobs elsewhere,
+// and a restarted graderd would take new jobs on top of them. So every run
+// records, in Exec.RunDir, before its first process starts, what it is made
+// of: its cgroups (every process of the run is in them, whatever it forks
+// or detaches), crun's state, and without a cgroup the grader's process
+// group. A starting graderd kills what a crashed one left (ReapOrphans).
 //
-// A record holds the boot id, the group leader's pid and its start time (in
-// clock ticks since boot, /proc/PID/stat field 22), so that a pid reused by
-// another program is never taken for the grader.
+// A record holds the boot id, since cgroups and pids do not survive a
+// reboot; for a process group, the group leader's pid and its start time
+// (in clock ticks since boot, /proc/PID/stat field 22), so that a pid
+// reused by another program is never taken for the grader.
 
-// runRecord is what a record file holds.
+// runRecord is what a record file holds, as JSON.
 type runRecord struct {
-	bootID string
-	pgid   int
-	start  uint64
+	bootID   string
+	pgid     int      // the grader's process group, without a cgroup
+	start    uint64   // the group leader's start time
+	cgroups  []string // the run's cgroup directories
+	crunRoot string   // crun's state directory, for a sandboxed run
+	crunID   string   // the run's container id in crun
+	runtime  string   // crun's path
+}
+
+type recordJSON struct {
+	BootID   string   `json:"boot_id"`
+	PGID     int      `json:"pgid,omitempty"`
+	Start    uint64   `json:"start,omitempty"`
+	Cgroups  []string `json:"cgroups,omitempty"`
+	CrunRoot string   `json:"crun_root,omitempty"`
+	CrunID   string   `json:"crun_id,omitempty"`
+	Runtime  string   `json:"runtime,omitempty"`
 }
 
 func bootID() string {
@@ -63,27 +83,35 @@ func procStat(pid int) (pgrp int, start uint64, err error) {
 	return pgrp, start, err
 }
 
-// recordRun writes the record of a started grader; it returns the file to
-// remove when the run is over, or "" when there is no RunDir.
-func (e *Exec) recordRun(leaseID int64, pid int) (string, error) {
+// recordFile returns a func that writes a run's record and returns the file
+// to remove when the run is over; nil when there is no RunDir.
+func (e *Exec) recordFile(leaseID int64) func(runRecord) (string, error) {
 	if e.RunDir == "" {
-		return "", nil
+		return nil
 	}
-	_, start, err := procStat(pid)
-	if err != nil {
-		return "", fmt.Errorf("reading the grader's start time: %w", err)
+	return func(rec runRecord) (string, error) {
+		if err := os.MkdirAll(e.RunDir, 0o700); err != nil {
+			return "", err
+		}
+		body, err := json.Marshal(recordJSON{rec.bootID, rec.pgid, rec.start, rec.cgroups, rec.crunRoot, rec.crunID, rec.runtime})
+		if err != nil {
+			return "", err
+		}
+		f, err := os.CreateTemp(e.RunDir, fmt.Sprintf("lease-%d-*.run", leaseID))
+		if err != nil {
+			return "", err
+		}
+		_, err = f.Write(append(body, '\n'))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return f.Name(), err
 	}
-	if err := os.MkdirAll(e.RunDir, 0o700); err != nil {
-		return "", err
-	}
-	path := filepath.Join(e.RunDir, fmt.Sprintf("lease-%d-pid-%d.run", leaseID, pid))
-	body := fmt.Sprintf("%s %d %d\n", bootID(), pid, start)
-	return path, os.WriteFile(path, []byte(body), 0o600)
 }
 
-// ReapOrphans kills the process groups of graders that a previous graderd
-// started and could not stop, as recorded in runDir, and removes the
-// records. It returns how many processes it killed.
+// ReapOrphans kills the runs that a previous graderd started and could not
+// stop, as recorded in runDir, and removes the records. It returns how many
+// processes it killed.
 func ReapOrphans(runDir string, log *slog.Logger) (int, error) {
 	if log == nil {
 		log = slog.Default()
@@ -104,9 +132,9 @@ func ReapOrphans(runDir string, log *slog.Logger) (int, error) {
 		path := filepath.Join(runDir, e.Name())
 		rec, err := readRecord(path)
 		if err == nil && rec.bootID == boot {
-			n := killGroup(rec)
+			n := reap(rec, log)
 			if n > 0 {
-				log.Warn("killed graders left running by a previous graderd", "record", e.Name(), "pgid", rec.pgid, "processes", n)
+				log.Warn("killed a run left running by a previous graderd", "record", e.Name(), "processes", n)
 			}
 			killed += n
 		}
@@ -115,24 +143,44 @@ func ReapOrphans(runDir string, log *slog.Logger) (int, error) {
 	return killed, nil
 }
 
+func reap(rec runRecord, log *slog.Logger) int {
+	n := 0
+	if len(rec.cgroups) > 0 {
+		k, err := cgroups.ReapDirs(rec.cgroups)
+		if err != nil {
+			log.Warn("cannot clear a run's cgroup left by a previous graderd", "cgroups", rec.cgroups, "err", err)
+		}
+		n += k
+	} else if rec.pgid > 1 {
+		n += killGroup(rec)
+	}
+	if rec.crunID != "" && rec.runtime != "" {
+		if _, err := os.Stat(filepath.Join(rec.crunRoot, rec.crunID)); err == nil {
+			if out, err := exec.Command(rec.runtime, "--root", rec.crunRoot, "delete", "--force", rec.crunID).CombinedOutput(); err != nil {
+				log.Warn("cannot delete crun's state of a run left by a previous graderd", "run", rec.crunID, "err", err, "output", string(out))
+			}
+		}
+	}
+	return n
+}
+
 func readRecord(path string) (runRecord, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return runRecord{}, err
 	}
-	f := strings.Fields(string(b))
-	if len(f) != 3 {
-		return runRecord{}, errors.New("malformed record")
+	var j recordJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return runRecord{}, fmt.Errorf("malformed record: %w", err)
 	}
-	pgid, err := strconv.Atoi(f[1])
-	if err != nil || pgid <= 1 {
-		return runRecord{}, errors.New("malformed record")
+	for _, d := range j.Cgroups {
+		// A record is graderd's own file, but a cgroup directory is the
+		// only thing it may name for killing.
+		if !strings.HasPrefix(filepath.Clean(d), "/sys/fs/cgroup/") {
+			return runRecord{}, fmt.Errorf("malformed record: %q is not a cgroup", d)
+		}
 	}
-	start, err := strconv.ParseUint(f[2], 10, 64)
-	if err != nil {
-		return runRecord{}, err
-	}
-	return runRecord{bootID: f[0], pgid: pgid, start: start}, nil
+	return runRecord{bootID: j.BootID, pgid: j.PGID, start: j.Start, cgroups: j.Cgroups, crunRoot: j.CrunRoot, crunID: j.CrunID, runtime: j.Runtime}, nil
 }
 
 // killGroup kills the processes of the recorded group. A group id cannot be

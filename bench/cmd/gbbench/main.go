@@ -19,6 +19,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/bench"
 	"github.com/gradebroker/gradebroker/bench/apibench"
+	"github.com/gradebroker/gradebroker/bench/sandboxbench"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
 )
 
@@ -67,7 +68,8 @@ latency (open loop at half the 4 × 16 peak, to 4 servers with 64 slots
 each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
 / 1,000,000 jobs queued, each depth held by a feeder while it drains), memory (1,000,000 queued, 1,000 streams, broker in a child
 process), and the platform API (REST sendjob with real tokens beside the
-crypto-only rate, batch submission, result callbacks).
+crypto-only rate, batch submission, result callbacks), and the sandbox's cost
+per grading run (a no-op grader with and without it; needs root and crun).
 
 Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
 (GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
@@ -82,7 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
 	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
-	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,api (default all)")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,api,sandbox (default all)")
+	sandboxRuns := fs.Int("sandbox-runs", 300, "sandbox: no-op runs of each kind")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
 	apiProfile := fs.String("api-cpuprofile", "", "api: write a CPU profile of one extra sendjob window to `file` (key size appended when several)")
@@ -137,11 +140,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *rssEnv != "" {
 		o.RSSEnv = strings.Split(*rssEnv, ",")
 	}
-	wantAPI := *only == ""
+	wantAPI, wantSandbox := *only == "", *only == ""
 	if *only != "" {
 		for _, sc := range strings.Split(*only, ",") {
 			if sc == "api" {
 				wantAPI = true
+				continue
+			}
+			if sc == "sandbox" {
+				wantSandbox = true
 				continue
 			}
 			o.Scenarios = append(o.Scenarios, sc)
@@ -173,6 +180,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	start := time.Now()
 	if *only == "" || len(o.Scenarios) > 0 {
 		err = bench.Run(ctx, o, stdout)
+	}
+	if err == nil && wantSandbox {
+		so := sandboxbench.Options{Runs: *sandboxRuns}
+		if *quick {
+			so.Runs = 50
+		}
+		if !*quiet {
+			so.Progress = stderr
+		}
+		var res sandboxbench.Result
+		if res, err = sandboxbench.Run(ctx, so); err == nil {
+			err = res.Write(stdout)
+		}
 	}
 	if err == nil && wantAPI {
 		if !*quiet {

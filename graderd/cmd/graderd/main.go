@@ -84,6 +84,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			tags = strings.Join(w.GetTags(), ", ")
 		}
 		fmt.Fprintf(stdout, "ok: connected to %s as server %s (type %s, tags %s)\n", cl.Config.Broker, w.GetServer(), w.GetType(), tags)
+		for _, e := range d.Executors() {
+			sandbox := e.GetSandbox()
+			switch sandbox {
+			case "none":
+				sandbox = "NONE: graders run with graderd's powers"
+			case "":
+				sandbox = "not applicable"
+			}
+			fmt.Fprintf(stdout, "executor %s: %s, sandbox %s\n", e.GetName(), e.GetType(), sandbox)
+		}
 		return nil
 	}
 

@@ -1,0 +1,65 @@
+package executor
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestSandboxProfile checks the hardened profile from inside a run: its
+// uid, capabilities, no_new_privs, seccomp and what the filter refuses.
+func TestSandboxProfile(t *testing.T) {
+	t.Parallel()
+	e := sandboxed(t, &Exec{Command: []string{"python3", "-c", `
+import ctypes, errno, json, os, sys
+sys.stdin.read()
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    r = libc.syscall(nr, *args)
+    return 0 if r >= 0 else errno.errorcode[ctypes.get_errno()]
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+CLONE_NEWUSER = 0x10000000
+r = {
+  "uid": os.getuid(), "gid": os.getgid(),
+  "capeff": status["CapEff"].strip(), "capbnd": status["CapBnd"].strip(),
+  "nonewprivs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
+  "clone3": call(435, 0, 0),
+  "unshare_user": call(272, CLONE_NEWUSER),
+  "clone_newuser": call(56, CLONE_NEWUSER, 0, 0, 0, 0),
+  "mount": call(165, b"none", b"/tmp", b"tmpfs", 0, 0),
+  "ptrace": call(101, 16, 1, 0, 0),
+  "bpf": call(321, 0, 0, 0),
+  "keyctl": call(250, 0, 0, 0, 0, 0),
+  "perf_event_open": call(298, 0, 0, -1, -1, 0),
+  "pid": os.getpid(),
+  "cwd": os.getcwd(),
+}
+print(json.dumps(r))
+`}, KillGrace: time.Second})
+	res := e.Run(t.Context(), Job{JobData: []byte(`{}`), Timeout: time.Minute})
+	var got map[string]any
+	if err := json.Unmarshal(res.Result, &got); err != nil {
+		t.Fatalf("result %q (%s): %v; log:\n%s", res.Result, res.Error, err, res.Log)
+	}
+	uid := got["uid"].(float64)
+	if uid < DefaultUIDBase || uid >= DefaultUIDBase+64 || got["gid"] != got["uid"] {
+		t.Errorf("uid %v gid %v, want one of the slots' from %d", got["uid"], got["gid"], DefaultUIDBase)
+	}
+	delete(got, "uid")
+	delete(got, "gid")
+	want := map[string]any{
+		"capeff": "0000000000000000", "capbnd": "0000000000000000", "nonewprivs": "1", "seccomp": "2",
+		"clone3": "ENOSYS", "unshare_user": "EPERM", "clone_newuser": "EPERM", "mount": "EPERM",
+		"ptrace": "EPERM", "bpf": "EPERM", "keyctl": "EPERM", "perf_event_open": "EPERM",
+		"pid": float64(1), "cwd": SandboxPath,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("inside the sandbox (-want +got):\n%s", diff)
+	}
+	if !strings.HasPrefix(res.Log, "") || res.Usage.WallTime == 0 || res.Usage.CPUTime == 0 || res.Usage.PeakMemory == 0 {
+		t.Errorf("usage %+v, want every field measured", res.Usage)
+	}
+}
