@@ -295,7 +295,9 @@ type Server struct {
 	// The graderd version it reported when it connected.
 	Version string `protobuf:"bytes,12,opt,name=version,proto3" json:"version,omitempty"`
 	// Its executors and their sandboxes, as it reported them when it connected.
-	Executors     []*ExecutorInfo `protobuf:"bytes,13,rep,name=executors,proto3" json:"executors,omitempty"`
+	Executors []*ExecutorInfo `protobuf:"bytes,13,rep,name=executors,proto3" json:"executors,omitempty"`
+	// How many times in a row waking it failed (0 after a success).
+	WakeupFails   uint32 `protobuf:"varint,14,opt,name=wakeup_fails,json=wakeupFails,proto3" json:"wakeup_fails,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +421,13 @@ func (x *Server) GetExecutors() []*ExecutorInfo {
 		return x.Executors
 	}
 	return nil
+}
+
+func (x *Server) GetWakeupFails() uint32 {
+	if x != nil {
+		return x.WakeupFails
+	}
+	return 0
 }
 
 // Tag is a registered tag.
@@ -4577,7 +4586,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12>\n" +
 	"\vcertificate\x18\x06 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xf1\x03\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x94\x04\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x12\x12\n" +
@@ -4594,7 +4603,8 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x18\n" +
 	"\adrained\x18\v \x01(\bR\adrained\x12\x18\n" +
 	"\aversion\x18\f \x01(\tR\aversion\x12:\n" +
-	"\texecutors\x18\r \x03(\v2\x1c.gradebroker.v1.ExecutorInfoR\texecutors\";\n" +
+	"\texecutors\x18\r \x03(\v2\x1c.gradebroker.v1.ExecutorInfoR\texecutors\x12!\n" +
+	"\fwakeup_fails\x18\x0e \x01(\rR\vwakeupFails\";\n" +
 	"\x03Tag\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"4\n" +
