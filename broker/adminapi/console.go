@@ -344,3 +344,28 @@ func ConsoleSessionToProto(c store.ConsoleSession) *gradebrokerv1.ConsoleSession
 		Via: c.Via, CreatedBy: c.CreatedBy, CreatedAt: Timestamp(c.CreatedAt), ExpiresAt: Timestamp(c.ExpiresAt),
 		LastSeen: Timestamp(c.LastSeen), RevokedAt: Timestamp(c.RevokedAt)}
 }
+
+// EndConsoleSession ends the caller's own console session (logging out),
+// whatever its role.
+func (s *Service) EndConsoleSession(ctx context.Context) error {
+	p, err := s.principal(ctx)
+	if err != nil {
+		return err
+	}
+	if p.Via != ViaConsole || p.SessionID == 0 {
+		return fmt.Errorf("%w: only a console session can log out", broker.ErrFailedPrecondition)
+	}
+	_, err = s.db.RevokeConsoleSession(ctx, p.SessionID)
+	if err == nil {
+		s.log.InfoContext(ctx, "console session ended", "session", p.SessionID, "name", p.Name)
+	}
+	return err
+}
+
+// ConsoleURL returns where login links point; "" while the console is off.
+func (s *Service) ConsoleURL() string {
+	if s.console == nil {
+		return ""
+	}
+	return s.console.cfg.URL
+}
