@@ -59,7 +59,8 @@ type Broker struct {
 	metricsLis net.Listener
 	metricsSrv *http.Server
 
-	maintSvc maintServices // retention and alerts (maint.go)
+	maintSvc maintServices  // retention and alerts (maint.go)
+	console  consoleService // the web console (console.go)
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -132,6 +133,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := b.newConsole(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -186,6 +191,7 @@ func (b *Broker) Start(ctx context.Context) error {
 	started := false
 	defer func() {
 		if !started {
+			b.stopConsole(context.Background())
 			b.stopMetrics(context.Background())
 			b.closed.Do(func() { b.db.Close() })
 		}
@@ -200,6 +206,11 @@ func (b *Broker) Start(ctx context.Context) error {
 	if b.httpLis, err = net.Listen("tcp", b.cfg.HTTPAddr); err != nil {
 		b.grpcLis.Close()
 		return fmt.Errorf("http_addr: %w", err)
+	}
+	if err := b.listenConsole(); err != nil {
+		b.grpcLis.Close()
+		b.httpLis.Close()
+		return err
 	}
 	if err := b.disp.Start(ctx); err != nil {
 		b.grpcLis.Close()
@@ -288,6 +299,9 @@ func (b *Broker) Start(ctx context.Context) error {
 		}
 	}()
 	b.serveMetrics()
+	if err := b.serveConsole(runCtx); err != nil {
+		b.fail(fmt.Errorf("console: %w", err))
+	}
 	started = true
 	if err := b.startMaint(runCtx); err != nil {
 		b.fail(fmt.Errorf("maintenance: %w", err))
@@ -357,6 +371,7 @@ func (b *Broker) Close() error {
 				b.http.Close()
 			}
 		}
+		b.stopConsole(ctx)
 		b.stopMetrics(ctx)
 		b.stopMaint()
 		// The dispatcher ends the graderd streams, so that GracefulStop

@@ -91,6 +91,7 @@ func ParseServeFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
 	registerMaintFlags(fs, &cfg.Maint)
+	registerConsoleFlags(fs, &cfg.Console)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
