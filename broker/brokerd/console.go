@@ -216,3 +216,12 @@ func (b *Broker) ConsoleAddr() string {
 
 // Admin returns the broker's admin service.
 func (b *Broker) Admin() *adminapi.Service { return b.admin }
+
+// ConsoleHandler returns the console's HTTP handler, for benchmarks that
+// time pages in-process; nil when the console is off.
+func (b *Broker) ConsoleHandler() http.Handler {
+	if b.console.con == nil {
+		return nil
+	}
+	return b.console.con.Handler()
+}

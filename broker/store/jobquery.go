@@ -225,7 +225,9 @@ func buildJobQuery(ctx context.Context, tx *sql.Tx, f JobFilter) (*jobQuery, err
 // created_at alone would read every row.
 func firstJobAt(ctx context.Context, tx *sql.Tx, t time.Time) (int64, error) {
 	var lo, hi int64
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MIN(id), 1), COALESCE(MAX(id), 0) + 1 FROM jobs`).Scan(&lo, &hi); err != nil {
+	// Two subqueries: SQLite reads MIN or MAX from the index end only when
+	// it is a query's one aggregate; both in one would scan the table.
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE((SELECT MIN(id) FROM jobs), 1), COALESCE((SELECT MAX(id) FROM jobs), 0) + 1`).Scan(&lo, &hi); err != nil {
 		return 0, err
 	}
 	at := ms(t)

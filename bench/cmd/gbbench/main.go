@@ -66,8 +66,10 @@ scenario in under five minutes: throughput (1, 4, 16 servers × 16 slots),
 latency (open loop at half the 4 × 16 peak, to 4 servers with 64 slots
 each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
 / 1,000,000 jobs queued, each depth held by a feeder while it drains), memory (1,000,000 queued, 1,000 streams, broker in a child
-process), and the platform API (REST sendjob with real tokens beside the
-crypto-only rate, batch submission, result callbacks).
+process), the web console (render time of its job pages over 1,000,000 jobs,
+and the dispatch rate with 50 browsers on the live overview against none),
+and the platform API (REST sendjob with real tokens beside the crypto-only
+rate, batch submission, result callbacks).
 
 Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
 (GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
