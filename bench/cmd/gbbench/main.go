@@ -62,7 +62,7 @@ const usage = `Usage: gbbench [flags]
 
 Benchmarks the broker over real mTLS with fake graderd clients and prints a
 markdown table (stdout); progress goes to stderr. By default it runs every
-scenario in under five minutes: throughput (1, 4, 16 servers × 16 slots),
+scenario in about seven minutes: throughput (1, 4, 16 servers × 16 slots),
 latency (open loop at half the 4 × 16 peak, to 4 servers with 64 slots
 each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
 / 1,000,000 jobs queued, each depth held by a feeder while it drains), memory (1,000,000 queued, 1,000 streams, broker in a child
@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
 	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
-	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,api (default all)")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,api (default all)")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
 	apiProfile := fs.String("api-cpuprofile", "", "api: write a CPU profile of one extra sendjob window to `file` (key size appended when several)")

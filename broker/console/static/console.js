@@ -58,7 +58,16 @@
       stop();
       say("Stopped: " + e.data);
     });
-    source.onerror = function () { say("Reconnecting…"); };
+    source.onerror = function () {
+      // The browser retries a broken stream by itself; a refused one (the
+      // session ended) it gives up.
+      if (source && source.readyState === EventSource.CLOSED) {
+        stop();
+        say("Stopped: reload the page.");
+      } else {
+        say("Reconnecting…");
+      }
+    };
     say("Live");
   }
   function stop() {
