@@ -102,6 +102,9 @@ func (b *browser) session(t *testing.T) *tab {
 	return &tab{t: t, ctx: ctx}
 }
 
+// in returns the tab for use in (sub)test t: its failures are t's.
+func (tb *tab) in(t *testing.T) *tab { return &tab{t: t, ctx: tb.ctx} }
+
 // do runs actions, failing the test on error.
 func (tb *tab) do(actions ...chromedp.Action[chromedp.Void]) {
 	tb.t.Helper()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -153,7 +154,7 @@ func (e *consoleEnv) client(t *testing.T) *http.Client {
 func TestConsoleInBrowser(t *testing.T) {
 	e := setupConsole(t)
 	b := newBrowser(t, e.pin)
-	op := e.login(t, b)
+	op0 := e.login(t, b)
 
 	t.Run("login link works once and expires", func(t *testing.T) {
 		u, expires := e.link(t)
@@ -190,6 +191,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	t.Run("a submitted job goes queued then done without a reload", func(t *testing.T) {
+		op := op0.in(t)
 		op.open(e.console + "/jobs")
 		op.eval(`(window.__noReload = "yes")`)
 		opened := time.Now()
@@ -215,6 +217,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	t.Run("drain a server and see it refuse new jobs", func(t *testing.T) {
+		op := op0.in(t)
 		op.open(e.console + "/servers")
 		op.click(`form[action="/servers/grader1/drain"] button`)
 		op.waitText("#server-grader1 .state", "drained")
@@ -225,6 +228,12 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		op.open(e.console + "/")
 		op.waitText("#total-waiting", "1")
+		// The pause button stops the updates, and says so.
+		op.tick("#pause")
+		if op.eval(`document.getElementById("pause").getAttribute("aria-pressed")`) != "true" || op.text("#livestate") != "Paused" {
+			t.Errorf("after pause: aria-pressed %s, state %q", op.eval(`document.getElementById("pause").getAttribute("aria-pressed")`), op.text("#livestate"))
+		}
+		op.tick("#pause")
 		op.screenshot("overview", 0)
 		op.screenshot("overview-390", 390)
 		op.open(e.console + "/servers")
@@ -236,7 +245,35 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("cancel what a filter selects, after a count", func(t *testing.T) {
+		op := op0.in(t)
+		e.b.mustAdmin(t, "server", "drain", "grader1")
+		var ids []int64
+		for i := range 3 {
+			id, _ := e.send(t, "demo", map[string]any{"jobname": "bulk-" + strconv.Itoa(i), "tags": "course-b", "jobdata": map[string]any{"i": i}})
+			ids = append(ids, id)
+		}
+		op.open(e.console + "/jobs?state=queued&tag=course-b")
+		op.waitText("#job-"+strconv.FormatInt(ids[2], 10)+" .state", "queued")
+		op.click(`a[href^="/bulk?action=cancel"]`)
+		if c := op.text("#count"); !strings.Contains(c, "cancel 3 job(s)") {
+			t.Fatalf("the confirmation says %q; want it to count 3 jobs", c)
+		}
+		op.screenshot("bulk", 0)
+		op.click("#confirm")
+		if f := op.text(".flash"); !strings.Contains(f, "3 job(s) cancelled") {
+			t.Errorf("after the bulk cancel the page says %q", f)
+		}
+		for _, id := range ids {
+			if j := e.waitJob(t, id, gb.JobCancelled); !strings.Contains(j.Error, "console:admin") {
+				t.Errorf("job %d: %q; want it cancelled by console:admin", id, j.Error)
+			}
+		}
+		e.b.mustAdmin(t, "server", "drain", "grader1", "--undrain")
+	})
+
 	t.Run("requeue a failed job", func(t *testing.T) {
+		op := op0.in(t)
 		flag := filepath.Join(t.TempDir(), "fixed")
 		id, _ := e.send(t, "demo", map[string]any{"jobname": "flaky", "tags": "python3", "jobdata": map[string]any{"fail_unless": flag}})
 		e.waitJob(t, id, gb.JobFailed)
@@ -255,6 +292,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	t.Run("results, messages and names are shown as text", func(t *testing.T) {
+		op := op0.in(t)
 		id, _ := e.send(t, "demo", map[string]any{"jobname": "<i>name</i>", "tags": "python3", "jobdata": map[string]any{"result": map[string]any{
 			"correct": false, "score": 0,
 			"msg":   `<p>Wrong</p><img src=x onerror="window.__pwned='img'"><script>window.__pwned='script'</script>`,
@@ -282,6 +320,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	t.Run("redeliver a dead delivery", func(t *testing.T) {
+		op := op0.in(t)
 		e.rcv.mu.Lock()
 		e.rcv.fail = 1_000_000
 		e.rcv.mu.Unlock()
@@ -318,6 +357,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	t.Run("send a test job and watch it run", func(t *testing.T) {
+		op := op0.in(t)
 		op.open(e.console + "/test")
 		op.do(setValue("#name", "try it"), setValue("#jobdata", `{"result": {"score": 100, "tests": [{"name": "t1", "ok": true}]}}`))
 		op.tick(`input[name=tag][value=python3]`)
@@ -390,6 +430,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	t.Run("forms without the anti-forgery token and requests without a session are refused", func(t *testing.T) {
+		op := op0.in(t)
 		op.open(e.console + "/servers")
 		code := op.eval(`fetch("/servers/grader1/drain", {method: "POST", headers: {"Content-Type": "application/x-www-form-urlencoded"}, body: "x=1"}).then(r => String(r.status))`)
 		if code != "403" {
@@ -406,6 +447,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	t.Run("sessions and registry pages", func(t *testing.T) {
+		op := op0.in(t)
 		op.open(e.console + "/sessions")
 		if !strings.Contains(op.text("#sessions"), "Auditor") {
 			t.Errorf("the sessions page does not list the viewer: %s", op.text("#sessions"))
@@ -492,6 +534,40 @@ func TestConsoleHTTP(t *testing.T) {
 		t.Fatalf("session cookie %+v; want __Host-gb-console, HttpOnly, Secure, SameSite=Strict, Path=/", cookie)
 	}
 
+	// An operator's client certificate opens an operator's session.
+	cert, err := tls.LoadX509KeyPair(filepath.Join(e.b.dir, "clients", "admin.crt"), filepath.Join(e.b.dir, "clients", "admin.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert := e.client(t)
+	withCert.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{cert}
+	page, err = withCert.Get(e.console + "/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(page.Body)
+	page.Body.Close()
+	if !strings.Contains(string(body), "certlogin") {
+		t.Fatalf("the login page does not offer the presented certificate: %s", body)
+	}
+	resp, err = withCert.PostForm(e.console+"/login/cert", url.Values{"csrf": {hiddenValue(string(body), "csrf")}})
+	if err != nil || resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("certificate login: %v %v", resp.Status, err)
+	}
+	if resp, err := withCert.Get(e.console + "/servers"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("after certificate login /servers: %v %v", resp.Status, err)
+	}
+	// A server's certificate is from the same CA, but not an operator's.
+	srvCert, _ := tls.LoadX509KeyPair(filepath.Join(e.b.dir, "clients", "grader1.crt"), filepath.Join(e.b.dir, "clients", "grader1.key"))
+	asServer := e.client(t)
+	asServer.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{srvCert}
+	page, _ = asServer.Get(e.console + "/login")
+	body, _ = io.ReadAll(page.Body)
+	page.Body.Close()
+	if resp, err := asServer.PostForm(e.console+"/login/cert", url.Values{"csrf": {hiddenValue(string(body), "csrf")}}); err != nil || resp.StatusCode != http.StatusForbidden && resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a server certificate logging in: %v %v; want refused", resp.Status, err)
+	}
+
 	// A live stream keeps going past the write timeout.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -519,7 +595,8 @@ func TestConsoleHTTP(t *testing.T) {
 	}
 
 	// Revoking the session ends its stream and its next request.
-	id := strings.Fields(strings.Split(e.b.mustAdmin(t, "console", "sessions"), "\n")[1])[0]
+	sessions := strings.Split(e.b.mustAdmin(t, "console", "sessions"), "\n")
+	id := strings.Fields(sessions[len(sessions)-2])[0] // the oldest: the link's
 	e.b.mustAdmin(t, "console", "revoke", id)
 	for sc.Scan() {
 		if sc.Text() == "event: ended" {

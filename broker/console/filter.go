@@ -2,6 +2,7 @@ package console
 
 import (
 	"fmt"
+	"html/template"
 	"net/url"
 	"strconv"
 	"strings"
@@ -115,15 +116,17 @@ func (f jobFilter) query() url.Values {
 	return v
 }
 
-// Query is the filter's query string, for links.
-func (f jobFilter) Query() string { return f.query().Encode() }
+// Query is the filter's query string, for links. It is a template.URL so
+// that html/template keeps its "=" and "&" (url.Values.Encode escaped the
+// values already).
+func (f jobFilter) Query() template.URL { return template.URL(f.query().Encode()) }
 
 // Page is the query string of the page before (older than) or after
 // (newer than) id.
-func (f jobFilter) Page(dir string, id int64) string {
+func (f jobFilter) Page(dir string, id int64) template.URL {
 	v := f.query()
 	v.Set(dir, strconv.FormatInt(id, 10))
-	return v.Encode()
+	return template.URL(v.Encode())
 }
 
 // Empty reports whether the filter selects every job.

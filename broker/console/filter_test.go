@@ -2,6 +2,7 @@ package console
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -21,7 +22,7 @@ func FuzzParseJobFilter(f *testing.F) {
 		if err != nil {
 			return
 		}
-		back, err := url.ParseQuery(jf.Query())
+		back, err := url.ParseQuery(string(jf.Query()))
 		if err != nil {
 			t.Fatalf("the filter's own query %q does not parse: %v", jf.Query(), err)
 		}
@@ -35,4 +36,30 @@ func FuzzParseJobFilter(f *testing.F) {
 		}
 		_ = jf.list(50)
 	})
+}
+
+// TestPageLinksKeepTheFilter renders the jobs page's pager: its links must
+// carry the filter as query parameters (html/template would otherwise
+// escape the "=" and "&" of the query string into one meaningless key).
+func TestPageLinksKeepTheFilter(t *testing.T) {
+	t.Parallel()
+	pages, err := parseTemplates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := jobFilter{State: "queued", Tag: "py & c", Before: 12}
+	var b strings.Builder
+	err = pages["jobs"].ExecuteTemplate(&b, "live", page{User: &user{Operator: true},
+		Data: jobsData{Filter: f, Older: 7, Newer: 9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`href="/jobs?before=7&amp;state=queued&amp;tag=py&#43;%26&#43;c"`,
+		`href="/jobs?after=9&amp;state=queued&amp;tag=py&#43;%26&#43;c"`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("the pager lacks %s:\n%s", want, b.String())
+		}
+	}
 }

@@ -90,7 +90,7 @@ func (c *Console) jobsPage(w http.ResponseWriter, r *http.Request, q request) {
 		d.Error = errText(err)
 	}
 	c.choices(q, &d)
-	live := "/live/jobs?" + f.Query()
+	live := "/live/jobs?" + string(f.Query())
 	if f.Before != 0 || f.After != 0 {
 		live = "" // an older page does not change under the reader
 	}
@@ -229,7 +229,7 @@ func (c *Console) bulkAction(w http.ResponseWriter, r *http.Request, q request) 
 		return
 	}
 	maxID, _ := strconv.ParseInt(r.PostFormValue("max_id"), 10, 64)
-	back := "/jobs?" + f.Query()
+	back := "/jobs?" + string(f.Query())
 	resp, err := c.admin.BulkJobAction(q.ctx, &gradebrokerv1.BulkJobActionRequest{Filter: f.proto(), Action: action, MaxId: maxID})
 	if err != nil {
 		c.failed(w, r, back, err)
