@@ -67,8 +67,8 @@ sessions' and end one with 'broker admin console revoke ID'.`,
 				}
 				return r.emit(resp, func(w io.Writer) {
 					fmt.Fprintln(w, resp.GetUrl())
-					fmt.Fprintf(w, "# works once, until %s; opens a %s session for %s\n", when(resp.GetExpiresAt()),
-						resp.GetSession().GetRole(), scopeOf(resp.GetSession()))
+					fmt.Fprintf(w, "# works once, until %s; opens a session for %s as %s\n", when(resp.GetExpiresAt()),
+						scopeOf(resp.GetSession()), resp.GetSession().GetRole())
 				})
 			}
 		},
