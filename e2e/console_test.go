@@ -625,3 +625,42 @@ func hiddenValue(page, name string) string {
 func setValue(sel, v string) chromedp.Action[chromedp.Void] {
 	return chromedp.SetValue(chromedp.CSS(sel), v)
 }
+
+// TestConsoleOwnCertificate serves the console with a certificate of its
+// own, from a CA the broker does not use (as a public CA's would be): a
+// browser trusting only that CA reaches the console, and operators' client
+// certificates are still checked against the broker's CA.
+func TestConsoleOwnCertificate(t *testing.T) {
+	t.Parallel()
+	dir := devPKI(t)
+	public := t.TempDir()
+	script(t, "gb-ca.sh", "--dir", public, "--name", "console")
+	b := startBroker(t, dir, func(c *brokerdConfig) {
+		c.Console.ConsoleAddr = "127.0.0.1:0"
+		c.Console.ConsoleCertFile = filepath.Join(public, "broker.crt")
+		c.Console.ConsoleKeyFile = filepath.Join(public, "broker.key")
+	})
+	bootstrap(t, dir, b.db)
+	hc := devHTTPClient(t, public) // trusts the other CA only
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "clients", "admin.crt"), filepath.Join(dir, "clients", "admin.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{cert}
+	resp, err := hc.Get("https://" + b.ConsoleAddr() + "/login")
+	if err != nil {
+		t.Fatalf("the console with its own certificate: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "certlogin") {
+		t.Errorf("the operator's certificate (broker's CA) is not offered for login: %s", body)
+	}
+	if got := resp.TLS.PeerCertificates[0].Issuer.String(); strings.Contains(got, "gradebroker") {
+		t.Errorf("the console presented a certificate issued by %s; want the console's own", got)
+	}
+	// The gRPC and gateway ports keep the broker's certificate.
+	if _, err := devHTTPClient(t, public).Get("https://" + b.HTTPAddr() + "/healthz"); err == nil {
+		t.Error("the gateway presented the console's certificate")
+	}
+}

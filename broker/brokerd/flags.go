@@ -29,6 +29,7 @@ The config file takes the flag names with '_' for '-', for example:
   key_file: /etc/gradebroker/broker.key
   token_key_file: /etc/gradebroker/broker-token.key
   wakeup_key_file: /etc/gradebroker/wakeup.key
+  console_addr: ":8444"            # the web console; off unless set
   max_attempts: 3
   default_timeout: 5m
   log_format: json
