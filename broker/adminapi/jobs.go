@@ -82,6 +82,10 @@ func (s *Service) BulkJobAction(ctx context.Context, req *gradebrokerv1.BulkJobA
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
+	// Once confirmed, the action runs to its end even if the browser or
+	// client that asked gives up waiting: a half-done bulk action would
+	// leave its count meaningless.
+	ctx = context.WithoutCancel(ctx)
 	var act func(id int64) error
 	switch req.GetAction() {
 	case gradebrokerv1.BulkAction_BULK_ACTION_REQUEUE:
