@@ -57,6 +57,11 @@ type drainSpec struct {
 	// never drains: it is timed over the window like a deep queue.
 	hold int
 	fx   Fixture
+	// configure, if set, changes the broker's config; started, if set,
+	// runs once the broker is up and returns what to undo before it
+	// stops (the console scenario's browsers).
+	configure func(*brokerd.Config)
+	started   func(*brokerd.Broker) (func(), error)
 }
 
 // drainResult is what a drain measured.
@@ -222,7 +227,11 @@ func runDrain(ctx context.Context, s drainSpec) (res drainResult, err error) {
 	}
 	defer closeLog()
 	t := time.Now()
-	b, err := brokerd.New(ctx, brokerConfig(s.pki, s.dbPath, s.logLevel), log)
+	cfg := brokerConfig(s.pki, s.dbPath, s.logLevel)
+	if s.configure != nil {
+		s.configure(&cfg)
+	}
+	b, err := brokerd.New(ctx, cfg, log)
 	if err != nil {
 		return res, err
 	}
@@ -230,6 +239,13 @@ func runDrain(ctx context.Context, s drainSpec) (res drainResult, err error) {
 		return res, err
 	}
 	defer b.Close()
+	if s.started != nil {
+		undo, err := s.started(b)
+		if err != nil {
+			return res, err
+		}
+		defer undo()
+	}
 	res.Load = time.Since(t)
 	disp := b.Dispatcher()
 	if st := disp.Stats(); int64(st.Queued) != s.jobs {

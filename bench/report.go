@@ -20,6 +20,7 @@ type Report struct {
 	Latency    *latencyResult
 	Scale      []scaleRow
 	RSS        *rssResult
+	Console    *consoleResult
 	Elapsed    time.Duration
 }
 
@@ -365,6 +366,10 @@ func (r *Report) Write(w io.Writer) error {
 			p("Child environment: %s.", strings.Join(s.Env, " "))
 		}
 		p("")
+	}
+
+	if c := r.Console; c != nil {
+		writeConsole(p, c, o)
 	}
 
 	p("### Setup")

@@ -57,6 +57,15 @@ type Options struct {
 	BrokerBin  string   // "" re-executes gbbench as the broker
 	RSSEnv     []string // extra KEY=VALUE for the child broker
 
+	// ConsoleJobs is the size of the console scenario's database;
+	// ConsoleRenders the requests timed per page; ConsoleSSE the browsers
+	// on the live overview; ConsoleRepeats the pairs of drains (without
+	// browsers, with them).
+	ConsoleJobs    int
+	ConsoleRenders int
+	ConsoleSSE     int
+	ConsoleRepeats int
+
 	LogLevel   string // the broker's log level in the drains
 	InfoLogRow bool   // add a 4 × 16 run at log level info (to a file)
 
@@ -70,11 +79,12 @@ func (o *Options) Defaults() error {
 		warm, window, lat, rssWindow time.Duration
 		scale                        []int
 		rssJobs, repeats             int
+		consoleJobs                  int
 	}
 	presets := map[string]preset{
-		"default": {2 * time.Second, 10 * time.Second, 15 * time.Second, 8 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 2},
-		"quick":   {time.Second, 4 * time.Second, 6 * time.Second, 4 * time.Second, []int{1_000, 20_000, 100_000}, 100_000, 1},
-		"full":    {3 * time.Second, 30 * time.Second, 60 * time.Second, 30 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 3},
+		"default": {2 * time.Second, 10 * time.Second, 15 * time.Second, 8 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 2, 1_000_000},
+		"quick":   {time.Second, 4 * time.Second, 6 * time.Second, 4 * time.Second, []int{1_000, 20_000, 100_000}, 100_000, 1, 100_000},
+		"full":    {3 * time.Second, 30 * time.Second, 60 * time.Second, 30 * time.Second, []int{1_000, 100_000, 1_000_000}, 1_000_000, 3, 1_000_000},
 	}
 	if o.Preset == "" {
 		o.Preset = "default"
@@ -113,15 +123,19 @@ func (o *Options) Defaults() error {
 	seti(&o.RSSJobs, p.rssJobs)
 	seti(&o.RSSStreams, 1000)
 	seti(&o.RSSSlots, 1)
+	seti(&o.ConsoleJobs, p.consoleJobs)
+	seti(&o.ConsoleRenders, 200)
+	seti(&o.ConsoleSSE, 50)
+	seti(&o.ConsoleRepeats, p.repeats)
 	if o.LogLevel == "" {
 		o.LogLevel = "warn"
 	}
 	if len(o.Scenarios) == 0 {
-		o.Scenarios = []string{"throughput", "latency", "scale", "rss"}
+		o.Scenarios = []string{"throughput", "latency", "scale", "rss", "console"}
 	}
 	for _, s := range o.Scenarios {
-		if !slices.Contains([]string{"throughput", "latency", "scale", "rss"}, s) {
-			return fmt.Errorf("scenario %q: want throughput, latency, scale or rss", s)
+		if !slices.Contains([]string{"throughput", "latency", "scale", "rss", "console"}, s) {
+			return fmt.Errorf("scenario %q: want throughput, latency, scale, rss or console", s)
 		}
 	}
 	return nil
@@ -341,6 +355,11 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 			return fmt.Errorf("memory: %w", err)
 		}
 		rep.RSS = &res
+	}
+	if o.want("console") {
+		if rep.Console, err = runConsole(ctx, o, p, dir, bench, logFile); err != nil {
+			return fmt.Errorf("console: %w", err)
+		}
 	}
 	rep.Machine.LoadEnd = loadavg()
 	rep.Elapsed = time.Since(started)

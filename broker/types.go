@@ -70,6 +70,13 @@ func (t ServerType) Covers(tags []string) bool {
 	return true
 }
 
+// ConsolePlatform is the name of the built-in platform that the web
+// console's test jobs belong to. CheckName refuses it, so no operator can
+// register, change or remove a platform of that name; it has no key (no
+// token can claim it) and no return URL (its results are delivered
+// nowhere).
+const ConsolePlatform = "@console"
+
 // Platform is a client that submits jobs and receives their results.
 type Platform struct {
 	ID            int64

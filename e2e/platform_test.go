@@ -33,9 +33,15 @@ type platformEnv struct {
 
 func setupPlatform(t *testing.T) *platformEnv {
 	t.Helper()
+	return setupPlatformWith(t, nil)
+}
+
+// setupPlatformWith is setupPlatform with the broker's config changed by mod.
+func setupPlatformWith(t *testing.T, mod func(*brokerdConfig)) *platformEnv {
+	t.Helper()
 	dir := devPKI(t)
 	script(t, "gb-keys.sh", "--out", filepath.Join(dir, "other-token"))
-	b := startBroker(t, dir, nil)
+	b := startBroker(t, dir, mod)
 	bootstrap(t, dir, b.db)
 	b.mustAdmin(t, "tag", "add", "python3")
 	b.mustAdmin(t, "tag", "add", "gpu")

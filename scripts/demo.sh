@@ -21,6 +21,7 @@ esac
 GRPC=127.0.0.1:17443
 HTTP=127.0.0.1:18443
 METRICS=127.0.0.1:19090
+CONSOLE=127.0.0.1:18444
 CALLBACK=127.0.0.1:19999
 for b in bin/broker bin/graderd bin/samplegrader; do
   [ -x "$b" ] || { echo "demo: $b is missing; run 'make build' first" >&2; exit 1; }
@@ -42,8 +43,9 @@ trap cleanup EXIT INT TERM
 log "bootstrapping the first operator (admin) in dev/demo.db"
 bin/broker admin bootstrap --db dev/demo.db --name admin --cert dev/clients/admin.crt --ca dev/ca.crt
 
-log "starting the broker (gRPC $GRPC, REST gateway https://$HTTP); log in dev/broker.log"
+log "starting the broker (gRPC $GRPC, REST gateway https://$HTTP, console https://$CONSOLE); log in dev/broker.log"
 bin/broker serve --database dev/demo.db --grpc-addr "$GRPC" --http-addr "$HTTP" --metrics-addr "$METRICS" \
+  --console-addr "$CONSOLE" \
   --ca-file dev/ca.crt --cert-file dev/broker.crt --key-file dev/broker.key \
   --token-key-file dev/broker-token.key >dev/broker.log 2>&1 &
 pids+=($!)
@@ -100,7 +102,11 @@ wait "$receiver" || true
 cat dev/callback.json
 
 if [ "$mode" = run ]; then
-  log "running: broker on $GRPC / https://$HTTP, graderd grader1. Try:"
+  log "the web console: open this one-time link within 10 minutes (make another with 'bin/broker admin console-login')"
+  bin/broker admin console-login
+  echo "(the dev CA in dev/ca.crt is private: your browser warns once; accept it, or import dev/ca.crt, or see"
+  echo " console_cert_file in the README)"
+  log "running: broker on $GRPC / https://$HTTP, console https://$CONSOLE, graderd grader1. Try:"
   echo "  export GB_ADMIN_ADDR=$GRPC GB_ADMIN_CA=dev/ca.crt GB_ADMIN_CERT=dev/clients/admin.crt GB_ADMIN_KEY=dev/clients/admin.key"
   echo "  bin/broker admin job list"
   echo "  export GB_PLATFORM_URL=https://$HTTP GB_PLATFORM=demo GB_PLATFORM_KEY=dev/demo-token.key GB_BROKER_KEY=dev/broker-token.pub GB_CA=dev/ca.crt"

@@ -74,7 +74,7 @@ func (s *Service) DrainServer(ctx context.Context, req *gradebrokerv1.DrainServe
 
 // GetQueueStats returns the dispatcher's queue per server type.
 func (s *Service) GetQueueStats(ctx context.Context, _ *gradebrokerv1.GetQueueStatsRequest) (*gradebrokerv1.GetQueueStatsResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	if _, err := s.reader(ctx, false); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	st, err := s.d.QueueStats(ctx)

@@ -62,6 +62,9 @@ type Service struct {
 	rd  Redeliverer
 	log *slog.Logger
 	now func() time.Time
+
+	console *consoleState // console.go; nil while the console is off
+	jobs    jobsState     // jobs.go
 }
 
 // Redeliverer schedules result callbacks again; the delivery worker
@@ -191,9 +194,10 @@ func (s *Service) UpdatePlatform(ctx context.Context, req *gradebrokerv1.UpdateP
 	return &gradebrokerv1.UpdatePlatformResponse{Platform: protoconv.PlatformToProto(p)}, nil
 }
 
-// ListPlatforms lists every platform by name.
+// ListPlatforms lists every registered platform by name (not the
+// console's built-in one).
 func (s *Service) ListPlatforms(ctx context.Context, _ *gradebrokerv1.ListPlatformsRequest) (*gradebrokerv1.ListPlatformsResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	if _, err := s.reader(ctx, false); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	ps, err := s.db.ListPlatforms(ctx)
@@ -202,6 +206,10 @@ func (s *Service) ListPlatforms(ctx context.Context, _ *gradebrokerv1.ListPlatfo
 	}
 	out := &gradebrokerv1.ListPlatformsResponse{}
 	for _, p := range ps {
+		if p.Name == broker.ConsolePlatform {
+			// Built in, not registered: nothing to add, change or remove.
+			continue
+		}
 		out.Platforms = append(out.Platforms, protoconv.PlatformToProto(p))
 	}
 	return out, nil
@@ -306,7 +314,7 @@ func (s *Service) UpdateServer(ctx context.Context, req *gradebrokerv1.UpdateSer
 // ListServers lists every server with its registration and, from the
 // dispatcher, its connection state.
 func (s *Service) ListServers(ctx context.Context, _ *gradebrokerv1.ListServersRequest) (*gradebrokerv1.ListServersResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	if _, err := s.reader(ctx, false); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	srvs, err := s.db.ListServers(ctx)
@@ -375,7 +383,7 @@ func (s *Service) AddTag(ctx context.Context, req *gradebrokerv1.AddTagRequest) 
 
 // ListTags lists every tag by name.
 func (s *Service) ListTags(ctx context.Context, _ *gradebrokerv1.ListTagsRequest) (*gradebrokerv1.ListTagsResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	if _, err := s.reader(ctx, false); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	tags, err := s.db.ListTags(ctx)
@@ -446,7 +454,7 @@ func (s *Service) UpdateServerType(ctx context.Context, req *gradebrokerv1.Updat
 
 // ListServerTypes lists every server type by name.
 func (s *Service) ListServerTypes(ctx context.Context, _ *gradebrokerv1.ListServerTypesRequest) (*gradebrokerv1.ListServerTypesResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	if _, err := s.reader(ctx, false); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	types, err := s.db.ListServerTypes(ctx)
@@ -530,16 +538,26 @@ func (s *Service) RemoveOperator(ctx context.Context, req *gradebrokerv1.RemoveO
 
 // ListJobs lists jobs newest first, filtered and paged as the request says.
 func (s *Service) ListJobs(ctx context.Context, req *gradebrokerv1.ListJobsRequest) (*gradebrokerv1.ListJobsResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	p, err := s.reader(ctx, true)
+	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	jobs, err := s.db.ListJobs(ctx, store.JobFilter{
-		State:    protoconv.JobStateFromProto(req.GetState()),
-		Platform: req.GetPlatform(),
-		Server:   req.GetServer(),
-		Limit:    int(req.GetLimit()),
-		BeforeID: req.GetBeforeId(),
-	})
+	f := store.JobFilter{
+		State:         protoconv.JobStateFromProto(req.GetState()),
+		Platform:      req.GetPlatform(),
+		Server:        req.GetServer(),
+		Tag:           req.GetTag(),
+		CreatedAfter:  timeOf(req.GetCreatedAfter()),
+		CreatedBefore: timeOf(req.GetCreatedBefore()),
+		Search:        req.GetSearch(),
+		Limit:         int(req.GetLimit()),
+		BeforeID:      req.GetBeforeId(),
+		AfterID:       req.GetAfterId(),
+	}
+	if err := scopeFilter(p, &f); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	jobs, err := s.db.ListJobs(ctx, f)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -552,13 +570,14 @@ func (s *Service) ListJobs(ctx context.Context, req *gradebrokerv1.ListJobsReque
 
 // GetJob shows one job with its data, attempts and events.
 func (s *Service) GetJob(ctx context.Context, req *gradebrokerv1.AdminServiceGetJobRequest) (*gradebrokerv1.AdminServiceGetJobResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	p, err := s.reader(ctx, true)
+	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	if err := checkJobID(req.GetId()); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	j, err := s.db.GetJob(ctx, req.GetId())
+	j, err := s.visibleJob(ctx, p, req.GetId())
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -631,8 +650,18 @@ func firstError(checks ...func() error) error {
 
 // ListDeliveries implements AdminService.ListDeliveries.
 func (s *Service) ListDeliveries(ctx context.Context, req *gradebrokerv1.ListDeliveriesRequest) (*gradebrokerv1.ListDeliveriesResponse, error) {
-	if _, err := s.caller(ctx); err != nil {
+	p, err := s.reader(ctx, true)
+	if err != nil {
 		return nil, s.fail(ctx, err)
+	}
+	if p.Scoped() {
+		// A scoped viewer sees the deliveries of a job it may see.
+		if req.GetJobId() == 0 {
+			return nil, s.fail(ctx, fmt.Errorf("%w: %s sees only %s; ask for the deliveries of one of them", broker.ErrPermissionDenied, p.Name, p.scopeText()))
+		}
+		if _, err := s.visibleJob(ctx, p, req.GetJobId()); err != nil {
+			return nil, s.fail(ctx, err)
+		}
 	}
 	ds, err := s.db.ListDeliveries(ctx, store.DeliveryFilter{State: broker.DeliveryState(req.GetState()),
 		Platform: req.GetPlatform(), JobID: req.GetJobId(), Limit: int(req.GetLimit()), BeforeID: req.GetBeforeId()})

@@ -60,7 +60,8 @@ type Broker struct {
 	metricsLis net.Listener
 	metricsSrv *http.Server
 
-	maintSvc maintServices // retention and alerts (maint.go)
+	maintSvc maintServices  // retention and alerts (maint.go)
+	console  consoleService // the web console (console.go)
 
 	// stops undoes what Start started, in the order it started it; Close,
 	// or a Start that fails, runs it backwards.
@@ -143,6 +144,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if err := b.newMaint(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := b.newConsole(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -231,6 +236,9 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	if err := b.started("https listener", func(context.Context) { b.httpLis.Close() }); err != nil {
 		return err
 	}
+	if err := b.listenConsole(); err != nil {
+		return err
+	}
 	err = b.startServices(ctx, service{"dispatcher", b.disp.Start, b.disp.Stop},
 		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop})
 	if err != nil {
@@ -317,6 +325,9 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 		return err
 	}
 	if err := b.serveMetrics(); err != nil {
+		return err
+	}
+	if err := b.serveConsole(ctx); err != nil {
 		return err
 	}
 	if err := b.startMaint(ctx); err != nil {

@@ -88,6 +88,8 @@ type Config struct {
 
 	// Maint is retention and alerting (maint.go).
 	Maint MaintConfig `yaml:",inline"`
+	// Console is the web console (console.go).
+	Console ConsoleConfig `yaml:",inline"`
 
 	// OnCommit, if set, is called after each group commit of the
 	// dispatcher, beside the metrics, with its number of changes and how
@@ -123,6 +125,7 @@ func DefaultConfig() Config {
 		LogFormat:           "text",
 		ShutdownTimeout:     10 * time.Second,
 		Maint:               DefaultMaintConfig(),
+		Console:             DefaultConsoleConfig(),
 	}
 }
 
@@ -190,6 +193,9 @@ func (c Config) Validate() error {
 	case "text", "json":
 	default:
 		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
+	}
+	if err := c.Console.Validate(); err != nil {
+		return err
 	}
 	return c.Maint.Validate()
 }

@@ -29,6 +29,7 @@ The config file takes the flag names with '_' for '-', for example:
   key_file: /etc/gradebroker/broker.key
   token_key_file: /etc/gradebroker/broker-token.key
   wakeup_key_file: /etc/gradebroker/wakeup.key
+  console_addr: ":8444"            # the web console; off unless set
   max_attempts: 3
   default_timeout: 5m
   log_format: json
@@ -91,6 +92,7 @@ func ParseServeFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
 	registerMaintFlags(fs, &cfg.Maint)
+	registerConsoleFlags(fs, &cfg.Console)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

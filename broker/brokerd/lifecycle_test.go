@@ -10,8 +10,13 @@ import (
 )
 
 // startSteps are the steps of Start, in order.
-var startSteps = []string{"metrics listener", "grpc listener", "https listener", "dispatcher", "delivery", "wakeup",
-	"grpc server", "https server", "certificate reload", "dispatcher watch", "metrics server", "retention", "alerts"}
+// The console is on, so that its steps are among them.
+var startSteps = []string{"metrics listener", "grpc listener", "https listener", "console listener", "dispatcher",
+	"delivery", "wakeup", "grpc server", "https server", "certificate reload", "dispatcher watch", "metrics server",
+	"console", "console server", "retention", "alerts"}
+
+// withConsole turns the web console on, on a port of its own.
+func withConsole(c *Config) { c.Console.ConsoleAddr = "127.0.0.1:0" }
 
 // TestStartFailingAtEachStep: a Start that fails after any of its steps
 // stops what it had started and closes the database, and no goroutine of
@@ -21,7 +26,7 @@ func TestStartFailingAtEachStep(t *testing.T) {
 	injected := errors.New("injected failure")
 	for i, step := range startSteps {
 		t.Run(step, func(t *testing.T) {
-			e := newBroker(t, nil)
+			e := newBroker(t, withConsole)
 			var done []string
 			e.b.afterStep = func(name string) error {
 				done = append(done, name)
@@ -65,7 +70,7 @@ func TestStartFailingAtEachStep(t *testing.T) {
 // TestCloseStopsEverything: a broker that started runs every step, and
 // Close leaves nothing of it running either.
 func TestCloseStopsEverything(t *testing.T) {
-	e := newBroker(t, nil)
+	e := newBroker(t, withConsole)
 	var done []string
 	e.b.afterStep = func(name string) error { done = append(done, name); return nil }
 	if err := e.b.Start(context.Background()); err != nil {

@@ -130,6 +130,9 @@ type Alerter struct {
 	deadSeen map[int64]bool
 
 	life startstop.Base
+
+	firingMu sync.Mutex
+	firing   []Alert // what the last check found, sent or held back
 }
 
 // NewAlerter returns an Alerter over db and q that sends through
@@ -192,8 +195,9 @@ func (a *Alerter) Check(ctx context.Context) []Alert {
 			delete(a.next, k)
 		}
 	}
-	var raised []Alert
+	var raised, found []Alert
 	raise := func(al Alert) bool {
+		found = append(found, Alert{Kind: al.Kind, Severity: al.Severity, Summary: al.Summary, Subject: al.Subject, At: now})
 		sent, tried := a.raise(ctx, now, al)
 		if tried {
 			al.At = now
@@ -214,7 +218,19 @@ func (a *Alerter) Check(ctx context.Context) []Alert {
 			a.log.Error("alert check failed", "check", c.name, "err", err)
 		}
 	}
+	a.firingMu.Lock()
+	a.firing = found
+	a.firingMu.Unlock()
 	return raised
+}
+
+// Firing returns the alerts whose condition held at the last check, whether
+// they were sent then or held back by the rate limit: what an operator's
+// console shows as firing.
+func (a *Alerter) Firing() []Alert {
+	a.firingMu.Lock()
+	defer a.firingMu.Unlock()
+	return slices.Clone(a.firing)
 }
 
 // raise sends al unless an alert of its kind and subject went out less than

@@ -97,6 +97,10 @@ func TestAlertJobsFailing(t *testing.T) {
 	if got := wh.take(); len(got) != 0 {
 		t.Fatalf("a second alert within the rate limit: %v", kinds(got))
 	}
+	// Held back by the rate limit, it still fires (the console shows it).
+	if f := a.Firing(); len(f) != 1 || f[0].Kind != KindJobsFailing {
+		t.Errorf("Firing() = %v; want the jobs_failing alert held back", f)
+	}
 	// An hour on, failures in the new window alert again.
 	e.clk.Add(55 * time.Minute)
 	for range 10 {
@@ -116,6 +120,9 @@ func TestAlertJobsFailing(t *testing.T) {
 	a.Check(ctx)
 	if got := wh.take(); len(got) != 0 {
 		t.Fatalf("5%% failed: %v", kinds(got))
+	}
+	if f := a.Firing(); len(f) != 0 {
+		t.Errorf("Firing() = %v once the condition passed; want none", f)
 	}
 	if !strings.Contains(e.logs.String(), "alert sent") || strings.Contains(e.logs.String(), "s3cr3t") {
 		t.Errorf("log lacks 'alert sent' or shows the webhook's secret:\n%s", e.logs.String())

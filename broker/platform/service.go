@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -129,6 +128,10 @@ func (k signers) SignerKey(ctx context.Context, name string) (*rsa.PublicKey, er
 	}
 	if err != nil {
 		return nil, err
+	}
+	if p.PublicKeyPEM == "" {
+		// The console's built-in platform: it takes no tokens.
+		return nil, fmt.Errorf("%w: platform %q sends no tokens", token.ErrUnknownSigner, name)
 	}
 	return k.s.publicKey(p)
 }
@@ -410,25 +413,10 @@ func (s *Service) buildJob(p broker.Platform, spec jobSpec, reg *registry) (brok
 	if err != nil {
 		return broker.NewJob{}, err
 	}
-	var unknown []string
-	for _, t := range tags {
-		if !reg.tags[t] {
-			unknown = append(unknown, t)
-		}
+	typeIDs, err := broker.EligibleTypes(tags, func(t string) bool { return reg.tags[t] }, reg.types)
+	if err != nil {
+		return broker.NewJob{}, err
 	}
-	if len(unknown) > 0 {
-		return broker.NewJob{}, fmt.Errorf("unknown tag(s): %s", strings.Join(unknown, ", "))
-	}
-	var typeIDs []int64
-	for _, t := range reg.types {
-		if t.Covers(tags) {
-			typeIDs = append(typeIDs, t.ID)
-		}
-	}
-	if len(typeIDs) == 0 {
-		return broker.NewJob{}, fmt.Errorf("no server type covers the tags [%s]; ask the operator for a server type with all of them", strings.Join(tags, " "))
-	}
-	sort.Slice(typeIDs, func(i, k int) bool { return typeIDs[i] < typeIDs[k] })
 	if spec.Priority.v < -int64(s.cfg.MaxPriority) || spec.Priority.v > int64(s.cfg.MaxPriority) {
 		return broker.NewJob{}, fmt.Errorf("priority %d is outside [-%d, %d]", spec.Priority.v, s.cfg.MaxPriority, s.cfg.MaxPriority)
 	}

@@ -90,6 +90,7 @@ func ServerToProto(s broker.Server) *gradebrokerv1.Server {
 		WakeupUrl:         s.WakeupURL,
 		CreatedAt:         Timestamp(s.CreatedAt),
 		LastSeen:          Timestamp(s.LastSeen),
+		WakeupFails:       Count(s.WakeupFails),
 	}
 }
 

@@ -146,7 +146,8 @@ type Inserted struct {
 	CreatedAt time.Time
 }
 
-// InsertJob stores a new queued job, its eligible types and a "queued" event.
+// InsertJob stores a new queued job, its tags (job_tags, which the console's
+// tag filter reads), its eligible types and a "queued" event.
 // When the platform already sent a job with the same idempotency key, nothing
 // is written and that job is returned with Duplicate set.
 func (t *JobTx) InsertJob(nj broker.NewJob, actor string) (Inserted, error) {
@@ -174,6 +175,11 @@ func (t *JobTx) InsertJob(nj broker.NewJob, actor string) (Inserted, error) {
 		return in, translate(err)
 	}
 	id, _ := res.LastInsertId()
+	for _, tag := range nj.Tags {
+		if _, err := t.exec(`INSERT INTO job_tags (tag, job_id) VALUES (?, ?)`, tag, id); err != nil {
+			return Inserted{}, translate(err)
+		}
+	}
 	for _, typeID := range nj.TypeIDs {
 		if _, err := t.exec(`INSERT INTO job_types (job_id, type_id) VALUES (?, ?)`, id, typeID); err != nil {
 			return Inserted{}, translate(err)

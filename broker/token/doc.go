@@ -9,6 +9,12 @@
 // refused with ErrAlgorithm, in the JWE header before any RSA work and in
 // the JWS header before the signer is looked up.
 //
+// The web console's login links carry a third kind of token, the broker's
+// to itself: a compact JWS with alg HS256 under a key only the broker holds,
+// typ "gb-console-login+jwt" (SignConsoleLogin, VerifyConsoleLogin). It is
+// never encrypted (it holds no secret, only who the session is for) and no
+// other algorithm is accepted for it.
+//
 // This is the only package of gradebroker that imports go-jose. It uses
 // go-jose to produce tokens (Seal) and to parse and verify the inner JWS, but
 // it takes the outer JWE apart itself: go-jose's Decrypt inflates zip DEF

@@ -63,13 +63,15 @@ const usage = `Usage: gbbench [flags]
 
 Benchmarks the broker over real mTLS with fake graderd clients and prints a
 markdown table (stdout); progress goes to stderr. By default it runs every
-scenario in under five minutes: throughput (1, 4, 16 servers × 16 slots),
+scenario in about seven minutes: throughput (1, 4, 16 servers × 16 slots),
 latency (open loop at half the 4 × 16 peak, to 4 servers with 64 slots
 each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
 / 1,000,000 jobs queued, each depth held by a feeder while it drains), memory (1,000,000 queued, 1,000 streams, broker in a child
-process), and the platform API (REST sendjob with real tokens beside the
-crypto-only rate, batch submission, result callbacks), and the sandbox's cost
-per grading run (a no-op grader with and without it; needs root and crun).
+process), the web console (render time of its job pages over 1,000,000 jobs,
+and the dispatch rate with 50 browsers on the live overview against none),
+the platform API (REST sendjob with real tokens beside the crypto-only rate,
+batch submission, result callbacks), and the sandbox's cost per grading run
+(a no-op grader with and without it; needs root and crun).
 
 Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
 (GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
@@ -84,7 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
 	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
-	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,api,sandbox (default all)")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,api,sandbox (default all)")
 	sandboxRuns := fs.Int("sandbox-runs", 300, "sandbox: no-op runs of each kind")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")

@@ -34,6 +34,9 @@ import (
 // OperatorName is the operator Start registers, as the bootstrap would.
 const OperatorName = "alice"
 
+// ConsoleURL is where the test service's console login links point.
+const ConsoleURL = "https://console.test:8444"
+
 // Env is a running admin API.
 type Env struct {
 	// Addr is the server's address, 127.0.0.1:port.
@@ -47,6 +50,10 @@ type Env struct {
 	DB     *store.DB
 	// Dispatcher is the fake the service calls.
 	Dispatcher *FakeDispatcher
+	// Service is the admin service itself, for calls made in-process with
+	// a principal (as the web console makes them). Its console is on, with
+	// login links to ConsoleURL.
+	Service *adminapi.Service
 
 	logs *testutil.SyncBuffer
 }
@@ -83,6 +90,10 @@ func Start(tb testing.TB) *Env {
 	}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	svc := adminapi.New(db, src.CAPool, e.Dispatcher, log)
+	if err := svc.EnableConsole(adminapi.ConsoleConfig{URL: ConsoleURL}); err != nil {
+		tb.Fatalf("adminapitest: %v", err)
+	}
+	e.Service = svc
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(src.ServerTLSConfig())),
 		grpc.ChainUnaryInterceptor(svc.UnaryInterceptor()),

@@ -23,6 +23,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// BulkAction is what BulkJobAction does to each job.
+type BulkAction int32
+
+const (
+	// Never used.
+	BulkAction_BULK_ACTION_UNSPECIFIED BulkAction = 0
+	// Requeue each job (RequeueJob).
+	BulkAction_BULK_ACTION_REQUEUE BulkAction = 1
+	// Cancel each job (CancelJob).
+	BulkAction_BULK_ACTION_CANCEL BulkAction = 2
+)
+
+// Enum value maps for BulkAction.
+var (
+	BulkAction_name = map[int32]string{
+		0: "BULK_ACTION_UNSPECIFIED",
+		1: "BULK_ACTION_REQUEUE",
+		2: "BULK_ACTION_CANCEL",
+	}
+	BulkAction_value = map[string]int32{
+		"BULK_ACTION_UNSPECIFIED": 0,
+		"BULK_ACTION_REQUEUE":     1,
+		"BULK_ACTION_CANCEL":      2,
+	}
+)
+
+func (x BulkAction) Enum() *BulkAction {
+	p := new(BulkAction)
+	*p = x
+	return p
+}
+
+func (x BulkAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BulkAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_gradebroker_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (BulkAction) Type() protoreflect.EnumType {
+	return &file_gradebroker_v1_admin_proto_enumTypes[0]
+}
+
+func (x BulkAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BulkAction.Descriptor instead.
+func (BulkAction) EnumDescriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // CertIdentity is what the broker stores of a client certificate.
 type CertIdentity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -242,7 +295,9 @@ type Server struct {
 	// The graderd version it reported when it connected.
 	Version string `protobuf:"bytes,12,opt,name=version,proto3" json:"version,omitempty"`
 	// Its executors and their sandboxes, as it reported them when it connected.
-	Executors     []*ExecutorInfo `protobuf:"bytes,13,rep,name=executors,proto3" json:"executors,omitempty"`
+	Executors []*ExecutorInfo `protobuf:"bytes,13,rep,name=executors,proto3" json:"executors,omitempty"`
+	// How many times in a row waking it failed (0 after a success).
+	WakeupFails   uint32 `protobuf:"varint,14,opt,name=wakeup_fails,json=wakeupFails,proto3" json:"wakeup_fails,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -366,6 +421,13 @@ func (x *Server) GetExecutors() []*ExecutorInfo {
 		return x.Executors
 	}
 	return nil
+}
+
+func (x *Server) GetWakeupFails() uint32 {
+	if x != nil {
+		return x.WakeupFails
+	}
+	return 0
 }
 
 // Tag is a registered tag.
@@ -2778,7 +2840,19 @@ type ListJobsRequest struct {
 	// At most this many; default 50, at most 1000.
 	Limit uint32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Only jobs with an id below this, to page; 0 starts at the newest.
-	BeforeId      int64 `protobuf:"varint,5,opt,name=before_id,json=beforeId,proto3" json:"before_id,omitempty"`
+	BeforeId int64 `protobuf:"varint,5,opt,name=before_id,json=beforeId,proto3" json:"before_id,omitempty"`
+	// Only jobs that carry this tag, if set.
+	Tag string `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Only jobs queued at or after this time, if set.
+	CreatedAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_after,json=createdAfter,proto3" json:"created_after,omitempty"`
+	// Only jobs queued before this time, if set.
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	// Only jobs whose id is this number, whose name starts with it, or whose
+	// idempotency key is it, if set.
+	Search string `protobuf:"bytes,9,opt,name=search,proto3" json:"search,omitempty"`
+	// Only jobs with an id above this (the page of newer jobs, still newest
+	// first); not with before_id.
+	AfterId       int64 `protobuf:"varint,10,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2844,6 +2918,41 @@ func (x *ListJobsRequest) GetLimit() uint32 {
 func (x *ListJobsRequest) GetBeforeId() int64 {
 	if x != nil {
 		return x.BeforeId
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetCreatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAfter
+	}
+	return nil
+}
+
+func (x *ListJobsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
+func (x *ListJobsRequest) GetSearch() string {
+	if x != nil {
+		return x.Search
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetAfterId() int64 {
+	if x != nil {
+		return x.AfterId
 	}
 	return 0
 }
@@ -3527,6 +3636,935 @@ func (x *RedeliverDeliveriesResponse) GetRedelivered() uint32 {
 	return 0
 }
 
+// JobFilter selects jobs for CountJobs and BulkJobAction; every field set
+// narrows the selection, as in ListJobsRequest.
+type JobFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only jobs in this state, if set.
+	State JobState `protobuf:"varint,1,opt,name=state,proto3,enum=gradebroker.v1.JobState" json:"state,omitempty"`
+	// Only this platform's jobs, if set.
+	Platform string `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	// Only jobs whose latest attempt ran on this server, if set.
+	Server string `protobuf:"bytes,3,opt,name=server,proto3" json:"server,omitempty"`
+	// Only jobs that carry this tag, if set.
+	Tag string `protobuf:"bytes,4,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Only jobs queued at or after this time, if set.
+	CreatedAfter *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_after,json=createdAfter,proto3" json:"created_after,omitempty"`
+	// Only jobs queued before this time, if set.
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	// Only jobs whose id is this number, whose name starts with it, or whose
+	// idempotency key is it, if set.
+	Search        string `protobuf:"bytes,7,opt,name=search,proto3" json:"search,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobFilter) Reset() {
+	*x = JobFilter{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobFilter) ProtoMessage() {}
+
+func (x *JobFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobFilter.ProtoReflect.Descriptor instead.
+func (*JobFilter) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *JobFilter) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *JobFilter) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *JobFilter) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *JobFilter) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *JobFilter) GetCreatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAfter
+	}
+	return nil
+}
+
+func (x *JobFilter) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
+func (x *JobFilter) GetSearch() string {
+	if x != nil {
+		return x.Search
+	}
+	return ""
+}
+
+// CountJobsRequest counts jobs.
+type CountJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which jobs.
+	Filter        *JobFilter `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountJobsRequest) Reset() {
+	*x = CountJobsRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountJobsRequest) ProtoMessage() {}
+
+func (x *CountJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountJobsRequest.ProtoReflect.Descriptor instead.
+func (*CountJobsRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *CountJobsRequest) GetFilter() *JobFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+// CountJobsResponse tells how many jobs a filter selects.
+type CountJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many, up to limit.
+	Count uint32 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	// The count reached the limit: there may be more.
+	More bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	// The limit of one count and one bulk action.
+	Limit uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The largest id counted: pass it to BulkJobAction so that it acts on
+	// what was counted and not on jobs submitted since.
+	MaxId         int64 `protobuf:"varint,4,opt,name=max_id,json=maxId,proto3" json:"max_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountJobsResponse) Reset() {
+	*x = CountJobsResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountJobsResponse) ProtoMessage() {}
+
+func (x *CountJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountJobsResponse.ProtoReflect.Descriptor instead.
+func (*CountJobsResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *CountJobsResponse) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *CountJobsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *CountJobsResponse) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *CountJobsResponse) GetMaxId() int64 {
+	if x != nil {
+		return x.MaxId
+	}
+	return 0
+}
+
+// BulkJobActionRequest requeues or cancels many jobs.
+type BulkJobActionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which jobs.
+	Filter *JobFilter `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// What to do.
+	Action BulkAction `protobuf:"varint,2,opt,name=action,proto3,enum=gradebroker.v1.BulkAction" json:"action,omitempty"`
+	// Only jobs with an id at most this (CountJobsResponse.max_id); required.
+	MaxId         int64 `protobuf:"varint,3,opt,name=max_id,json=maxId,proto3" json:"max_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BulkJobActionRequest) Reset() {
+	*x = BulkJobActionRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkJobActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkJobActionRequest) ProtoMessage() {}
+
+func (x *BulkJobActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkJobActionRequest.ProtoReflect.Descriptor instead.
+func (*BulkJobActionRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *BulkJobActionRequest) GetFilter() *JobFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *BulkJobActionRequest) GetAction() BulkAction {
+	if x != nil {
+		return x.Action
+	}
+	return BulkAction_BULK_ACTION_UNSPECIFIED
+}
+
+func (x *BulkJobActionRequest) GetMaxId() int64 {
+	if x != nil {
+		return x.MaxId
+	}
+	return 0
+}
+
+// BulkJobActionResponse tells what the action did.
+type BulkJobActionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs requeued or cancelled.
+	Done uint32 `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
+	// Jobs the action did not apply to (a done job cannot be requeued, a
+	// final one cannot be cancelled).
+	Skipped uint32 `protobuf:"varint,2,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// The first reason a job was skipped, for people.
+	FirstSkipReason string `protobuf:"bytes,3,opt,name=first_skip_reason,json=firstSkipReason,proto3" json:"first_skip_reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BulkJobActionResponse) Reset() {
+	*x = BulkJobActionResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkJobActionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkJobActionResponse) ProtoMessage() {}
+
+func (x *BulkJobActionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkJobActionResponse.ProtoReflect.Descriptor instead.
+func (*BulkJobActionResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *BulkJobActionResponse) GetDone() uint32 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *BulkJobActionResponse) GetSkipped() uint32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *BulkJobActionResponse) GetFirstSkipReason() string {
+	if x != nil {
+		return x.FirstSkipReason
+	}
+	return ""
+}
+
+// SubmitTestJobRequest queues a test job.
+type SubmitTestJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its tags; each must be registered, and a server type must cover them.
+	Tags []string `protobuf:"bytes,1,rep,name=tags,proto3" json:"tags,omitempty"`
+	// Its data for the grader: a JSON object or array, at most 1 MiB.
+	Jobdata string `protobuf:"bytes,2,opt,name=jobdata,proto3" json:"jobdata,omitempty"`
+	// Its name, for people.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Its priority, -1000..1000.
+	Priority      int32 `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitTestJobRequest) Reset() {
+	*x = SubmitTestJobRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitTestJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitTestJobRequest) ProtoMessage() {}
+
+func (x *SubmitTestJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitTestJobRequest.ProtoReflect.Descriptor instead.
+func (*SubmitTestJobRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *SubmitTestJobRequest) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *SubmitTestJobRequest) GetJobdata() string {
+	if x != nil {
+		return x.Jobdata
+	}
+	return ""
+}
+
+func (x *SubmitTestJobRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SubmitTestJobRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+// SubmitTestJobResponse returns the queued job.
+type SubmitTestJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job's id.
+	JobId         int64 `protobuf:"varint,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitTestJobResponse) Reset() {
+	*x = SubmitTestJobResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitTestJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitTestJobResponse) ProtoMessage() {}
+
+func (x *SubmitTestJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitTestJobResponse.ProtoReflect.Descriptor instead.
+func (*SubmitTestJobResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *SubmitTestJobResponse) GetJobId() int64 {
+	if x != nil {
+		return x.JobId
+	}
+	return 0
+}
+
+// ConsoleSession is one web console session.
+type ConsoleSession struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its id, to revoke it.
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Whom it is for: the operator, or the viewer's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// "operator" (everything) or "viewer" (read only).
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// A viewer scoped to one platform sees only its jobs.
+	Platform string `protobuf:"bytes,4,opt,name=platform,proto3" json:"platform,omitempty"`
+	// A viewer scoped to tags sees only the jobs that carry one of them.
+	Tags []string `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty"`
+	// How it was opened: "link" (console-login) or "certificate".
+	Via string `protobuf:"bytes,6,opt,name=via,proto3" json:"via,omitempty"`
+	// The operator who made the login link, or who logged in.
+	CreatedBy string `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// When it was opened.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When it ends.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// When it was last used (to the minute).
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// When an operator revoked it; unset while it is not.
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleSession) Reset() {
+	*x = ConsoleSession{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleSession) ProtoMessage() {}
+
+func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleSession.ProtoReflect.Descriptor instead.
+func (*ConsoleSession) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *ConsoleSession) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ConsoleSession) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConsoleSession) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *ConsoleSession) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *ConsoleSession) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *ConsoleSession) GetVia() string {
+	if x != nil {
+		return x.Via
+	}
+	return ""
+}
+
+func (x *ConsoleSession) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *ConsoleSession) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *ConsoleSession) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *ConsoleSession) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *ConsoleSession) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+// ConsoleLoginRequest asks for a login link.
+type ConsoleLoginRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Make a link for a read-only viewer instead of for yourself.
+	Viewer bool `protobuf:"varint,1,opt,name=viewer,proto3" json:"viewer,omitempty"`
+	// The viewer's name, shown in the console and in the session list
+	// (required for a viewer; an operator's session has the operator's name).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Scope the viewer to this platform's jobs.
+	Platform string `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`
+	// Scope the viewer to the jobs that carry one of these tags.
+	Tags []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
+	// How long the session lasts once opened; default the broker's
+	// console_session_ttl, at most 30 days.
+	SessionTtl    *durationpb.Duration `protobuf:"bytes,5,opt,name=session_ttl,json=sessionTtl,proto3" json:"session_ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleLoginRequest) Reset() {
+	*x = ConsoleLoginRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleLoginRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleLoginRequest) ProtoMessage() {}
+
+func (x *ConsoleLoginRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleLoginRequest.ProtoReflect.Descriptor instead.
+func (*ConsoleLoginRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *ConsoleLoginRequest) GetViewer() bool {
+	if x != nil {
+		return x.Viewer
+	}
+	return false
+}
+
+func (x *ConsoleLoginRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConsoleLoginRequest) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *ConsoleLoginRequest) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *ConsoleLoginRequest) GetSessionTtl() *durationpb.Duration {
+	if x != nil {
+		return x.SessionTtl
+	}
+	return nil
+}
+
+// ConsoleLoginResponse is the login link.
+type ConsoleLoginResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The one-time URL to open in a browser.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// When the link stops working if unused.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// The session it will open, as far as known before it is opened.
+	Session       *ConsoleSession `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleLoginResponse) Reset() {
+	*x = ConsoleLoginResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleLoginResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleLoginResponse) ProtoMessage() {}
+
+func (x *ConsoleLoginResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleLoginResponse.ProtoReflect.Descriptor instead.
+func (*ConsoleLoginResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *ConsoleLoginResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ConsoleLoginResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *ConsoleLoginResponse) GetSession() *ConsoleSession {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+// ListConsoleSessionsRequest lists console sessions.
+type ListConsoleSessionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsoleSessionsRequest) Reset() {
+	*x = ListConsoleSessionsRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsoleSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsoleSessionsRequest) ProtoMessage() {}
+
+func (x *ListConsoleSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsoleSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListConsoleSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{73}
+}
+
+// ListConsoleSessionsResponse lists console sessions, newest first.
+type ListConsoleSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sessions that have not expired, revoked ones included.
+	Sessions      []*ConsoleSession `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsoleSessionsResponse) Reset() {
+	*x = ListConsoleSessionsResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsoleSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsoleSessionsResponse) ProtoMessage() {}
+
+func (x *ListConsoleSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsoleSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListConsoleSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *ListConsoleSessionsResponse) GetSessions() []*ConsoleSession {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+// RevokeConsoleSessionRequest ends a console session.
+type RevokeConsoleSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's id.
+	Id            int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeConsoleSessionRequest) Reset() {
+	*x = RevokeConsoleSessionRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeConsoleSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeConsoleSessionRequest) ProtoMessage() {}
+
+func (x *RevokeConsoleSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeConsoleSessionRequest.ProtoReflect.Descriptor instead.
+func (*RevokeConsoleSessionRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *RevokeConsoleSessionRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// RevokeConsoleSessionResponse returns the session.
+type RevokeConsoleSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session after the revocation.
+	Session       *ConsoleSession `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeConsoleSessionResponse) Reset() {
+	*x = RevokeConsoleSessionResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeConsoleSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeConsoleSessionResponse) ProtoMessage() {}
+
+func (x *RevokeConsoleSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeConsoleSessionResponse.ProtoReflect.Descriptor instead.
+func (*RevokeConsoleSessionResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *RevokeConsoleSessionResponse) GetSession() *ConsoleSession {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 var File_gradebroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_gradebroker_v1_admin_proto_rawDesc = "" +
@@ -3548,7 +4586,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12>\n" +
 	"\vcertificate\x18\x06 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xf1\x03\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x94\x04\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x12\x12\n" +
@@ -3565,7 +4603,8 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x18\n" +
 	"\adrained\x18\v \x01(\bR\adrained\x12\x18\n" +
 	"\aversion\x18\f \x01(\tR\aversion\x12:\n" +
-	"\texecutors\x18\r \x03(\v2\x1c.gradebroker.v1.ExecutorInfoR\texecutors\";\n" +
+	"\texecutors\x18\r \x03(\v2\x1c.gradebroker.v1.ExecutorInfoR\texecutors\x12!\n" +
+	"\fwakeup_fails\x18\x0e \x01(\rR\vwakeupFails\";\n" +
 	"\x03Tag\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"4\n" +
@@ -3704,13 +4743,19 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\toperators\x18\x01 \x03(\v2\x18.gradebroker.v1.OperatorR\toperators\"+\n" +
 	"\x15RemoveOperatorRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
-	"\x16RemoveOperatorResponse\"\xa8\x01\n" +
+	"\x16RemoveOperatorResponse\"\xf1\x02\n" +
 	"\x0fListJobsRequest\x12.\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x18.gradebroker.v1.JobStateR\x05state\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x16\n" +
 	"\x06server\x18\x03 \x01(\tR\x06server\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\rR\x05limit\x12\x1b\n" +
-	"\tbefore_id\x18\x05 \x01(\x03R\bbeforeId\";\n" +
+	"\tbefore_id\x18\x05 \x01(\x03R\bbeforeId\x12\x10\n" +
+	"\x03tag\x18\x06 \x01(\tR\x03tag\x12?\n" +
+	"\rcreated_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fcreatedAfter\x12A\n" +
+	"\x0ecreated_before\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x12\x16\n" +
+	"\x06search\x18\t \x01(\tR\x06search\x12\x19\n" +
+	"\bafter_id\x18\n" +
+	" \x01(\x03R\aafterId\";\n" +
 	"\x10ListJobsResponse\x12'\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x13.gradebroker.v1.JobR\x04jobs\"+\n" +
 	"\x19AdminServiceGetJobRequest\x12\x0e\n" +
@@ -3752,7 +4797,78 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x19\n" +
 	"\ball_dead\x18\x03 \x01(\bR\aallDead\"?\n" +
 	"\x1bRedeliverDeliveriesResponse\x12 \n" +
-	"\vredelivered\x18\x01 \x01(\rR\vredelivered2\xd7\x13\n" +
+	"\vredelivered\x18\x01 \x01(\rR\vredelivered\"\x9d\x02\n" +
+	"\tJobFilter\x12.\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x18.gradebroker.v1.JobStateR\x05state\x12\x1a\n" +
+	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x16\n" +
+	"\x06server\x18\x03 \x01(\tR\x06server\x12\x10\n" +
+	"\x03tag\x18\x04 \x01(\tR\x03tag\x12?\n" +
+	"\rcreated_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fcreatedAfter\x12A\n" +
+	"\x0ecreated_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x12\x16\n" +
+	"\x06search\x18\a \x01(\tR\x06search\"E\n" +
+	"\x10CountJobsRequest\x121\n" +
+	"\x06filter\x18\x01 \x01(\v2\x19.gradebroker.v1.JobFilterR\x06filter\"j\n" +
+	"\x11CountJobsResponse\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\x12\x15\n" +
+	"\x06max_id\x18\x04 \x01(\x03R\x05maxId\"\x94\x01\n" +
+	"\x14BulkJobActionRequest\x121\n" +
+	"\x06filter\x18\x01 \x01(\v2\x19.gradebroker.v1.JobFilterR\x06filter\x122\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x1a.gradebroker.v1.BulkActionR\x06action\x12\x15\n" +
+	"\x06max_id\x18\x03 \x01(\x03R\x05maxId\"q\n" +
+	"\x15BulkJobActionResponse\x12\x12\n" +
+	"\x04done\x18\x01 \x01(\rR\x04done\x12\x18\n" +
+	"\askipped\x18\x02 \x01(\rR\askipped\x12*\n" +
+	"\x11first_skip_reason\x18\x03 \x01(\tR\x0ffirstSkipReason\"t\n" +
+	"\x14SubmitTestJobRequest\x12\x12\n" +
+	"\x04tags\x18\x01 \x03(\tR\x04tags\x12\x18\n" +
+	"\ajobdata\x18\x02 \x01(\tR\ajobdata\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1a\n" +
+	"\bpriority\x18\x04 \x01(\x05R\bpriority\".\n" +
+	"\x15SubmitTestJobResponse\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\x03R\x05jobId\"\x93\x03\n" +
+	"\x0eConsoleSession\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x1a\n" +
+	"\bplatform\x18\x04 \x01(\tR\bplatform\x12\x12\n" +
+	"\x04tags\x18\x05 \x03(\tR\x04tags\x12\x10\n" +
+	"\x03via\x18\x06 \x01(\tR\x03via\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\x129\n" +
+	"\n" +
+	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x127\n" +
+	"\tlast_seen\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x129\n" +
+	"\n" +
+	"revoked_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"\xad\x01\n" +
+	"\x13ConsoleLoginRequest\x12\x16\n" +
+	"\x06viewer\x18\x01 \x01(\bR\x06viewer\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bplatform\x18\x03 \x01(\tR\bplatform\x12\x12\n" +
+	"\x04tags\x18\x04 \x03(\tR\x04tags\x12:\n" +
+	"\vsession_ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"sessionTtl\"\x9d\x01\n" +
+	"\x14ConsoleLoginResponse\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x128\n" +
+	"\asession\x18\x03 \x01(\v2\x1e.gradebroker.v1.ConsoleSessionR\asession\"\x1c\n" +
+	"\x1aListConsoleSessionsRequest\"Y\n" +
+	"\x1bListConsoleSessionsResponse\x12:\n" +
+	"\bsessions\x18\x01 \x03(\v2\x1e.gradebroker.v1.ConsoleSessionR\bsessions\"-\n" +
+	"\x1bRevokeConsoleSessionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"X\n" +
+	"\x1cRevokeConsoleSessionResponse\x128\n" +
+	"\asession\x18\x01 \x01(\v2\x1e.gradebroker.v1.ConsoleSessionR\asession*Z\n" +
+	"\n" +
+	"BulkAction\x12\x1b\n" +
+	"\x17BULK_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13BULK_ACTION_REQUEUE\x10\x01\x12\x16\n" +
+	"\x12BULK_ACTION_CANCEL\x10\x022\xa3\x18\n" +
 	"\fAdminService\x12V\n" +
 	"\vAddPlatform\x12\".gradebroker.v1.AddPlatformRequest\x1a#.gradebroker.v1.AddPlatformResponse\x12_\n" +
 	"\x0eUpdatePlatform\x12%.gradebroker.v1.UpdatePlatformRequest\x1a&.gradebroker.v1.UpdatePlatformResponse\x12\\\n" +
@@ -3781,7 +4897,13 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"RequeueJob\x12!.gradebroker.v1.RequeueJobRequest\x1a\".gradebroker.v1.RequeueJobResponse\x12h\n" +
 	"\tCancelJob\x12,.gradebroker.v1.AdminServiceCancelJobRequest\x1a-.gradebroker.v1.AdminServiceCancelJobResponse\x12_\n" +
 	"\x0eListDeliveries\x12%.gradebroker.v1.ListDeliveriesRequest\x1a&.gradebroker.v1.ListDeliveriesResponse\x12n\n" +
-	"\x13RedeliverDeliveries\x12*.gradebroker.v1.RedeliverDeliveriesRequest\x1a+.gradebroker.v1.RedeliverDeliveriesResponseBEZCgithub.com/gradebroker/gradebroker/gen/gradebroker/v1;gradebrokerv1b\x06proto3"
+	"\x13RedeliverDeliveries\x12*.gradebroker.v1.RedeliverDeliveriesRequest\x1a+.gradebroker.v1.RedeliverDeliveriesResponse\x12P\n" +
+	"\tCountJobs\x12 .gradebroker.v1.CountJobsRequest\x1a!.gradebroker.v1.CountJobsResponse\x12\\\n" +
+	"\rBulkJobAction\x12$.gradebroker.v1.BulkJobActionRequest\x1a%.gradebroker.v1.BulkJobActionResponse\x12\\\n" +
+	"\rSubmitTestJob\x12$.gradebroker.v1.SubmitTestJobRequest\x1a%.gradebroker.v1.SubmitTestJobResponse\x12Y\n" +
+	"\fConsoleLogin\x12#.gradebroker.v1.ConsoleLoginRequest\x1a$.gradebroker.v1.ConsoleLoginResponse\x12n\n" +
+	"\x13ListConsoleSessions\x12*.gradebroker.v1.ListConsoleSessionsRequest\x1a+.gradebroker.v1.ListConsoleSessionsResponse\x12q\n" +
+	"\x14RevokeConsoleSession\x12+.gradebroker.v1.RevokeConsoleSessionRequest\x1a,.gradebroker.v1.RevokeConsoleSessionResponseBEZCgithub.com/gradebroker/gradebroker/gen/gradebroker/v1;gradebrokerv1b\x06proto3"
 
 var (
 	file_gradebroker_v1_admin_proto_rawDescOnce sync.Once
@@ -3795,175 +4917,220 @@ func file_gradebroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_gradebroker_v1_admin_proto_rawDescData
 }
 
-var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_gradebroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_gradebroker_v1_admin_proto_goTypes = []any{
-	(*CertIdentity)(nil),                  // 0: gradebroker.v1.CertIdentity
-	(*Platform)(nil),                      // 1: gradebroker.v1.Platform
-	(*Server)(nil),                        // 2: gradebroker.v1.Server
-	(*Tag)(nil),                           // 3: gradebroker.v1.Tag
-	(*ServerType)(nil),                    // 4: gradebroker.v1.ServerType
-	(*Operator)(nil),                      // 5: gradebroker.v1.Operator
-	(*StringList)(nil),                    // 6: gradebroker.v1.StringList
-	(*AddPlatformRequest)(nil),            // 7: gradebroker.v1.AddPlatformRequest
-	(*AddPlatformResponse)(nil),           // 8: gradebroker.v1.AddPlatformResponse
-	(*UpdatePlatformRequest)(nil),         // 9: gradebroker.v1.UpdatePlatformRequest
-	(*UpdatePlatformResponse)(nil),        // 10: gradebroker.v1.UpdatePlatformResponse
-	(*ListPlatformsRequest)(nil),          // 11: gradebroker.v1.ListPlatformsRequest
-	(*ListPlatformsResponse)(nil),         // 12: gradebroker.v1.ListPlatformsResponse
-	(*RemovePlatformRequest)(nil),         // 13: gradebroker.v1.RemovePlatformRequest
-	(*RemovePlatformResponse)(nil),        // 14: gradebroker.v1.RemovePlatformResponse
-	(*AddServerRequest)(nil),              // 15: gradebroker.v1.AddServerRequest
-	(*AddServerResponse)(nil),             // 16: gradebroker.v1.AddServerResponse
-	(*UpdateServerRequest)(nil),           // 17: gradebroker.v1.UpdateServerRequest
-	(*UpdateServerResponse)(nil),          // 18: gradebroker.v1.UpdateServerResponse
-	(*ListServersRequest)(nil),            // 19: gradebroker.v1.ListServersRequest
-	(*ListServersResponse)(nil),           // 20: gradebroker.v1.ListServersResponse
-	(*RemoveServerRequest)(nil),           // 21: gradebroker.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),          // 22: gradebroker.v1.RemoveServerResponse
-	(*RequeueServerJobsRequest)(nil),      // 23: gradebroker.v1.RequeueServerJobsRequest
-	(*RequeueServerJobsResponse)(nil),     // 24: gradebroker.v1.RequeueServerJobsResponse
-	(*DrainServerRequest)(nil),            // 25: gradebroker.v1.DrainServerRequest
-	(*DrainServerResponse)(nil),           // 26: gradebroker.v1.DrainServerResponse
-	(*GetQueueStatsRequest)(nil),          // 27: gradebroker.v1.GetQueueStatsRequest
-	(*TypeQueueStats)(nil),                // 28: gradebroker.v1.TypeQueueStats
-	(*GetQueueStatsResponse)(nil),         // 29: gradebroker.v1.GetQueueStatsResponse
-	(*AddTagRequest)(nil),                 // 30: gradebroker.v1.AddTagRequest
-	(*AddTagResponse)(nil),                // 31: gradebroker.v1.AddTagResponse
-	(*ListTagsRequest)(nil),               // 32: gradebroker.v1.ListTagsRequest
-	(*ListTagsResponse)(nil),              // 33: gradebroker.v1.ListTagsResponse
-	(*RemoveTagRequest)(nil),              // 34: gradebroker.v1.RemoveTagRequest
-	(*RemoveTagResponse)(nil),             // 35: gradebroker.v1.RemoveTagResponse
-	(*AddServerTypeRequest)(nil),          // 36: gradebroker.v1.AddServerTypeRequest
-	(*AddServerTypeResponse)(nil),         // 37: gradebroker.v1.AddServerTypeResponse
-	(*UpdateServerTypeRequest)(nil),       // 38: gradebroker.v1.UpdateServerTypeRequest
-	(*UpdateServerTypeResponse)(nil),      // 39: gradebroker.v1.UpdateServerTypeResponse
-	(*ListServerTypesRequest)(nil),        // 40: gradebroker.v1.ListServerTypesRequest
-	(*ListServerTypesResponse)(nil),       // 41: gradebroker.v1.ListServerTypesResponse
-	(*RemoveServerTypeRequest)(nil),       // 42: gradebroker.v1.RemoveServerTypeRequest
-	(*RemoveServerTypeResponse)(nil),      // 43: gradebroker.v1.RemoveServerTypeResponse
-	(*AddOperatorRequest)(nil),            // 44: gradebroker.v1.AddOperatorRequest
-	(*AddOperatorResponse)(nil),           // 45: gradebroker.v1.AddOperatorResponse
-	(*ListOperatorsRequest)(nil),          // 46: gradebroker.v1.ListOperatorsRequest
-	(*ListOperatorsResponse)(nil),         // 47: gradebroker.v1.ListOperatorsResponse
-	(*RemoveOperatorRequest)(nil),         // 48: gradebroker.v1.RemoveOperatorRequest
-	(*RemoveOperatorResponse)(nil),        // 49: gradebroker.v1.RemoveOperatorResponse
-	(*ListJobsRequest)(nil),               // 50: gradebroker.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),              // 51: gradebroker.v1.ListJobsResponse
-	(*AdminServiceGetJobRequest)(nil),     // 52: gradebroker.v1.AdminServiceGetJobRequest
-	(*AdminServiceGetJobResponse)(nil),    // 53: gradebroker.v1.AdminServiceGetJobResponse
-	(*RequeueJobRequest)(nil),             // 54: gradebroker.v1.RequeueJobRequest
-	(*RequeueJobResponse)(nil),            // 55: gradebroker.v1.RequeueJobResponse
-	(*AdminServiceCancelJobRequest)(nil),  // 56: gradebroker.v1.AdminServiceCancelJobRequest
-	(*AdminServiceCancelJobResponse)(nil), // 57: gradebroker.v1.AdminServiceCancelJobResponse
-	(*Delivery)(nil),                      // 58: gradebroker.v1.Delivery
-	(*ListDeliveriesRequest)(nil),         // 59: gradebroker.v1.ListDeliveriesRequest
-	(*ListDeliveriesResponse)(nil),        // 60: gradebroker.v1.ListDeliveriesResponse
-	(*RedeliverDeliveriesRequest)(nil),    // 61: gradebroker.v1.RedeliverDeliveriesRequest
-	(*RedeliverDeliveriesResponse)(nil),   // 62: gradebroker.v1.RedeliverDeliveriesResponse
-	(*timestamppb.Timestamp)(nil),         // 63: google.protobuf.Timestamp
-	(*ExecutorInfo)(nil),                  // 64: gradebroker.v1.ExecutorInfo
-	(*durationpb.Duration)(nil),           // 65: google.protobuf.Duration
-	(JobState)(0),                         // 66: gradebroker.v1.JobState
-	(*Job)(nil),                           // 67: gradebroker.v1.Job
-	(DeliveryState)(0),                    // 68: gradebroker.v1.DeliveryState
+	(BulkAction)(0),                       // 0: gradebroker.v1.BulkAction
+	(*CertIdentity)(nil),                  // 1: gradebroker.v1.CertIdentity
+	(*Platform)(nil),                      // 2: gradebroker.v1.Platform
+	(*Server)(nil),                        // 3: gradebroker.v1.Server
+	(*Tag)(nil),                           // 4: gradebroker.v1.Tag
+	(*ServerType)(nil),                    // 5: gradebroker.v1.ServerType
+	(*Operator)(nil),                      // 6: gradebroker.v1.Operator
+	(*StringList)(nil),                    // 7: gradebroker.v1.StringList
+	(*AddPlatformRequest)(nil),            // 8: gradebroker.v1.AddPlatformRequest
+	(*AddPlatformResponse)(nil),           // 9: gradebroker.v1.AddPlatformResponse
+	(*UpdatePlatformRequest)(nil),         // 10: gradebroker.v1.UpdatePlatformRequest
+	(*UpdatePlatformResponse)(nil),        // 11: gradebroker.v1.UpdatePlatformResponse
+	(*ListPlatformsRequest)(nil),          // 12: gradebroker.v1.ListPlatformsRequest
+	(*ListPlatformsResponse)(nil),         // 13: gradebroker.v1.ListPlatformsResponse
+	(*RemovePlatformRequest)(nil),         // 14: gradebroker.v1.RemovePlatformRequest
+	(*RemovePlatformResponse)(nil),        // 15: gradebroker.v1.RemovePlatformResponse
+	(*AddServerRequest)(nil),              // 16: gradebroker.v1.AddServerRequest
+	(*AddServerResponse)(nil),             // 17: gradebroker.v1.AddServerResponse
+	(*UpdateServerRequest)(nil),           // 18: gradebroker.v1.UpdateServerRequest
+	(*UpdateServerResponse)(nil),          // 19: gradebroker.v1.UpdateServerResponse
+	(*ListServersRequest)(nil),            // 20: gradebroker.v1.ListServersRequest
+	(*ListServersResponse)(nil),           // 21: gradebroker.v1.ListServersResponse
+	(*RemoveServerRequest)(nil),           // 22: gradebroker.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),          // 23: gradebroker.v1.RemoveServerResponse
+	(*RequeueServerJobsRequest)(nil),      // 24: gradebroker.v1.RequeueServerJobsRequest
+	(*RequeueServerJobsResponse)(nil),     // 25: gradebroker.v1.RequeueServerJobsResponse
+	(*DrainServerRequest)(nil),            // 26: gradebroker.v1.DrainServerRequest
+	(*DrainServerResponse)(nil),           // 27: gradebroker.v1.DrainServerResponse
+	(*GetQueueStatsRequest)(nil),          // 28: gradebroker.v1.GetQueueStatsRequest
+	(*TypeQueueStats)(nil),                // 29: gradebroker.v1.TypeQueueStats
+	(*GetQueueStatsResponse)(nil),         // 30: gradebroker.v1.GetQueueStatsResponse
+	(*AddTagRequest)(nil),                 // 31: gradebroker.v1.AddTagRequest
+	(*AddTagResponse)(nil),                // 32: gradebroker.v1.AddTagResponse
+	(*ListTagsRequest)(nil),               // 33: gradebroker.v1.ListTagsRequest
+	(*ListTagsResponse)(nil),              // 34: gradebroker.v1.ListTagsResponse
+	(*RemoveTagRequest)(nil),              // 35: gradebroker.v1.RemoveTagRequest
+	(*RemoveTagResponse)(nil),             // 36: gradebroker.v1.RemoveTagResponse
+	(*AddServerTypeRequest)(nil),          // 37: gradebroker.v1.AddServerTypeRequest
+	(*AddServerTypeResponse)(nil),         // 38: gradebroker.v1.AddServerTypeResponse
+	(*UpdateServerTypeRequest)(nil),       // 39: gradebroker.v1.UpdateServerTypeRequest
+	(*UpdateServerTypeResponse)(nil),      // 40: gradebroker.v1.UpdateServerTypeResponse
+	(*ListServerTypesRequest)(nil),        // 41: gradebroker.v1.ListServerTypesRequest
+	(*ListServerTypesResponse)(nil),       // 42: gradebroker.v1.ListServerTypesResponse
+	(*RemoveServerTypeRequest)(nil),       // 43: gradebroker.v1.RemoveServerTypeRequest
+	(*RemoveServerTypeResponse)(nil),      // 44: gradebroker.v1.RemoveServerTypeResponse
+	(*AddOperatorRequest)(nil),            // 45: gradebroker.v1.AddOperatorRequest
+	(*AddOperatorResponse)(nil),           // 46: gradebroker.v1.AddOperatorResponse
+	(*ListOperatorsRequest)(nil),          // 47: gradebroker.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),         // 48: gradebroker.v1.ListOperatorsResponse
+	(*RemoveOperatorRequest)(nil),         // 49: gradebroker.v1.RemoveOperatorRequest
+	(*RemoveOperatorResponse)(nil),        // 50: gradebroker.v1.RemoveOperatorResponse
+	(*ListJobsRequest)(nil),               // 51: gradebroker.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),              // 52: gradebroker.v1.ListJobsResponse
+	(*AdminServiceGetJobRequest)(nil),     // 53: gradebroker.v1.AdminServiceGetJobRequest
+	(*AdminServiceGetJobResponse)(nil),    // 54: gradebroker.v1.AdminServiceGetJobResponse
+	(*RequeueJobRequest)(nil),             // 55: gradebroker.v1.RequeueJobRequest
+	(*RequeueJobResponse)(nil),            // 56: gradebroker.v1.RequeueJobResponse
+	(*AdminServiceCancelJobRequest)(nil),  // 57: gradebroker.v1.AdminServiceCancelJobRequest
+	(*AdminServiceCancelJobResponse)(nil), // 58: gradebroker.v1.AdminServiceCancelJobResponse
+	(*Delivery)(nil),                      // 59: gradebroker.v1.Delivery
+	(*ListDeliveriesRequest)(nil),         // 60: gradebroker.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil),        // 61: gradebroker.v1.ListDeliveriesResponse
+	(*RedeliverDeliveriesRequest)(nil),    // 62: gradebroker.v1.RedeliverDeliveriesRequest
+	(*RedeliverDeliveriesResponse)(nil),   // 63: gradebroker.v1.RedeliverDeliveriesResponse
+	(*JobFilter)(nil),                     // 64: gradebroker.v1.JobFilter
+	(*CountJobsRequest)(nil),              // 65: gradebroker.v1.CountJobsRequest
+	(*CountJobsResponse)(nil),             // 66: gradebroker.v1.CountJobsResponse
+	(*BulkJobActionRequest)(nil),          // 67: gradebroker.v1.BulkJobActionRequest
+	(*BulkJobActionResponse)(nil),         // 68: gradebroker.v1.BulkJobActionResponse
+	(*SubmitTestJobRequest)(nil),          // 69: gradebroker.v1.SubmitTestJobRequest
+	(*SubmitTestJobResponse)(nil),         // 70: gradebroker.v1.SubmitTestJobResponse
+	(*ConsoleSession)(nil),                // 71: gradebroker.v1.ConsoleSession
+	(*ConsoleLoginRequest)(nil),           // 72: gradebroker.v1.ConsoleLoginRequest
+	(*ConsoleLoginResponse)(nil),          // 73: gradebroker.v1.ConsoleLoginResponse
+	(*ListConsoleSessionsRequest)(nil),    // 74: gradebroker.v1.ListConsoleSessionsRequest
+	(*ListConsoleSessionsResponse)(nil),   // 75: gradebroker.v1.ListConsoleSessionsResponse
+	(*RevokeConsoleSessionRequest)(nil),   // 76: gradebroker.v1.RevokeConsoleSessionRequest
+	(*RevokeConsoleSessionResponse)(nil),  // 77: gradebroker.v1.RevokeConsoleSessionResponse
+	(*timestamppb.Timestamp)(nil),         // 78: google.protobuf.Timestamp
+	(*ExecutorInfo)(nil),                  // 79: gradebroker.v1.ExecutorInfo
+	(*durationpb.Duration)(nil),           // 80: google.protobuf.Duration
+	(JobState)(0),                         // 81: gradebroker.v1.JobState
+	(*Job)(nil),                           // 82: gradebroker.v1.Job
+	(DeliveryState)(0),                    // 83: gradebroker.v1.DeliveryState
 }
 var file_gradebroker_v1_admin_proto_depIdxs = []int32{
-	63, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 1: gradebroker.v1.Platform.certificate:type_name -> gradebroker.v1.CertIdentity
-	63, // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 3: gradebroker.v1.Server.certificate:type_name -> gradebroker.v1.CertIdentity
-	63, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
-	63, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
-	64, // 6: gradebroker.v1.Server.executors:type_name -> gradebroker.v1.ExecutorInfo
-	0,  // 7: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
-	63, // 8: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 9: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
-	6,  // 10: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
-	1,  // 11: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
-	1,  // 12: gradebroker.v1.ListPlatformsResponse.platforms:type_name -> gradebroker.v1.Platform
-	2,  // 13: gradebroker.v1.AddServerResponse.server:type_name -> gradebroker.v1.Server
-	2,  // 14: gradebroker.v1.UpdateServerResponse.server:type_name -> gradebroker.v1.Server
-	2,  // 15: gradebroker.v1.ListServersResponse.servers:type_name -> gradebroker.v1.Server
-	2,  // 16: gradebroker.v1.DrainServerResponse.server:type_name -> gradebroker.v1.Server
-	65, // 17: gradebroker.v1.TypeQueueStats.oldest_waiting:type_name -> google.protobuf.Duration
-	28, // 18: gradebroker.v1.GetQueueStatsResponse.types:type_name -> gradebroker.v1.TypeQueueStats
-	3,  // 19: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
-	3,  // 20: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
-	4,  // 21: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	4,  // 22: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	4,  // 23: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
-	5,  // 24: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
-	5,  // 25: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
-	66, // 26: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
-	67, // 27: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
-	67, // 28: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
-	67, // 29: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
-	67, // 30: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
-	68, // 31: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
-	63, // 32: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	63, // 33: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
-	63, // 34: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
-	68, // 35: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
-	58, // 36: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
-	7,  // 37: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
-	9,  // 38: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
-	11, // 39: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
-	13, // 40: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
-	15, // 41: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
-	17, // 42: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
-	19, // 43: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
-	21, // 44: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
-	23, // 45: gradebroker.v1.AdminService.RequeueServerJobs:input_type -> gradebroker.v1.RequeueServerJobsRequest
-	25, // 46: gradebroker.v1.AdminService.DrainServer:input_type -> gradebroker.v1.DrainServerRequest
-	27, // 47: gradebroker.v1.AdminService.GetQueueStats:input_type -> gradebroker.v1.GetQueueStatsRequest
-	30, // 48: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
-	32, // 49: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
-	34, // 50: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
-	36, // 51: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
-	38, // 52: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
-	40, // 53: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
-	42, // 54: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
-	44, // 55: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
-	46, // 56: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
-	48, // 57: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
-	50, // 58: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
-	52, // 59: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
-	54, // 60: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
-	56, // 61: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
-	59, // 62: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
-	61, // 63: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
-	8,  // 64: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
-	10, // 65: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
-	12, // 66: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
-	14, // 67: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
-	16, // 68: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
-	18, // 69: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
-	20, // 70: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
-	22, // 71: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
-	24, // 72: gradebroker.v1.AdminService.RequeueServerJobs:output_type -> gradebroker.v1.RequeueServerJobsResponse
-	26, // 73: gradebroker.v1.AdminService.DrainServer:output_type -> gradebroker.v1.DrainServerResponse
-	29, // 74: gradebroker.v1.AdminService.GetQueueStats:output_type -> gradebroker.v1.GetQueueStatsResponse
-	31, // 75: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
-	33, // 76: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
-	35, // 77: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
-	37, // 78: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
-	39, // 79: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
-	41, // 80: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
-	43, // 81: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
-	45, // 82: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
-	47, // 83: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
-	49, // 84: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
-	51, // 85: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
-	53, // 86: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
-	55, // 87: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
-	57, // 88: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
-	60, // 89: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
-	62, // 90: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
-	64, // [64:91] is the sub-list for method output_type
-	37, // [37:64] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	78, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
+	1,  // 1: gradebroker.v1.Platform.certificate:type_name -> gradebroker.v1.CertIdentity
+	78, // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 3: gradebroker.v1.Server.certificate:type_name -> gradebroker.v1.CertIdentity
+	78, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
+	78, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
+	79, // 6: gradebroker.v1.Server.executors:type_name -> gradebroker.v1.ExecutorInfo
+	1,  // 7: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
+	78, // 8: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 9: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
+	7,  // 10: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
+	2,  // 11: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
+	2,  // 12: gradebroker.v1.ListPlatformsResponse.platforms:type_name -> gradebroker.v1.Platform
+	3,  // 13: gradebroker.v1.AddServerResponse.server:type_name -> gradebroker.v1.Server
+	3,  // 14: gradebroker.v1.UpdateServerResponse.server:type_name -> gradebroker.v1.Server
+	3,  // 15: gradebroker.v1.ListServersResponse.servers:type_name -> gradebroker.v1.Server
+	3,  // 16: gradebroker.v1.DrainServerResponse.server:type_name -> gradebroker.v1.Server
+	80, // 17: gradebroker.v1.TypeQueueStats.oldest_waiting:type_name -> google.protobuf.Duration
+	29, // 18: gradebroker.v1.GetQueueStatsResponse.types:type_name -> gradebroker.v1.TypeQueueStats
+	4,  // 19: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
+	4,  // 20: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
+	5,  // 21: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	5,  // 22: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	5,  // 23: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
+	6,  // 24: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
+	6,  // 25: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
+	81, // 26: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
+	78, // 27: gradebroker.v1.ListJobsRequest.created_after:type_name -> google.protobuf.Timestamp
+	78, // 28: gradebroker.v1.ListJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	82, // 29: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
+	82, // 30: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
+	82, // 31: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
+	82, // 32: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
+	83, // 33: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
+	78, // 34: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	78, // 35: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
+	78, // 36: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
+	83, // 37: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
+	59, // 38: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
+	81, // 39: gradebroker.v1.JobFilter.state:type_name -> gradebroker.v1.JobState
+	78, // 40: gradebroker.v1.JobFilter.created_after:type_name -> google.protobuf.Timestamp
+	78, // 41: gradebroker.v1.JobFilter.created_before:type_name -> google.protobuf.Timestamp
+	64, // 42: gradebroker.v1.CountJobsRequest.filter:type_name -> gradebroker.v1.JobFilter
+	64, // 43: gradebroker.v1.BulkJobActionRequest.filter:type_name -> gradebroker.v1.JobFilter
+	0,  // 44: gradebroker.v1.BulkJobActionRequest.action:type_name -> gradebroker.v1.BulkAction
+	78, // 45: gradebroker.v1.ConsoleSession.created_at:type_name -> google.protobuf.Timestamp
+	78, // 46: gradebroker.v1.ConsoleSession.expires_at:type_name -> google.protobuf.Timestamp
+	78, // 47: gradebroker.v1.ConsoleSession.last_seen:type_name -> google.protobuf.Timestamp
+	78, // 48: gradebroker.v1.ConsoleSession.revoked_at:type_name -> google.protobuf.Timestamp
+	80, // 49: gradebroker.v1.ConsoleLoginRequest.session_ttl:type_name -> google.protobuf.Duration
+	78, // 50: gradebroker.v1.ConsoleLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
+	71, // 51: gradebroker.v1.ConsoleLoginResponse.session:type_name -> gradebroker.v1.ConsoleSession
+	71, // 52: gradebroker.v1.ListConsoleSessionsResponse.sessions:type_name -> gradebroker.v1.ConsoleSession
+	71, // 53: gradebroker.v1.RevokeConsoleSessionResponse.session:type_name -> gradebroker.v1.ConsoleSession
+	8,  // 54: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
+	10, // 55: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
+	12, // 56: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
+	14, // 57: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
+	16, // 58: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
+	18, // 59: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
+	20, // 60: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
+	22, // 61: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
+	24, // 62: gradebroker.v1.AdminService.RequeueServerJobs:input_type -> gradebroker.v1.RequeueServerJobsRequest
+	26, // 63: gradebroker.v1.AdminService.DrainServer:input_type -> gradebroker.v1.DrainServerRequest
+	28, // 64: gradebroker.v1.AdminService.GetQueueStats:input_type -> gradebroker.v1.GetQueueStatsRequest
+	31, // 65: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
+	33, // 66: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
+	35, // 67: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
+	37, // 68: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
+	39, // 69: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
+	41, // 70: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
+	43, // 71: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
+	45, // 72: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
+	47, // 73: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
+	49, // 74: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
+	51, // 75: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
+	53, // 76: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
+	55, // 77: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
+	57, // 78: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
+	60, // 79: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
+	62, // 80: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
+	65, // 81: gradebroker.v1.AdminService.CountJobs:input_type -> gradebroker.v1.CountJobsRequest
+	67, // 82: gradebroker.v1.AdminService.BulkJobAction:input_type -> gradebroker.v1.BulkJobActionRequest
+	69, // 83: gradebroker.v1.AdminService.SubmitTestJob:input_type -> gradebroker.v1.SubmitTestJobRequest
+	72, // 84: gradebroker.v1.AdminService.ConsoleLogin:input_type -> gradebroker.v1.ConsoleLoginRequest
+	74, // 85: gradebroker.v1.AdminService.ListConsoleSessions:input_type -> gradebroker.v1.ListConsoleSessionsRequest
+	76, // 86: gradebroker.v1.AdminService.RevokeConsoleSession:input_type -> gradebroker.v1.RevokeConsoleSessionRequest
+	9,  // 87: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
+	11, // 88: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
+	13, // 89: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
+	15, // 90: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
+	17, // 91: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
+	19, // 92: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
+	21, // 93: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
+	23, // 94: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
+	25, // 95: gradebroker.v1.AdminService.RequeueServerJobs:output_type -> gradebroker.v1.RequeueServerJobsResponse
+	27, // 96: gradebroker.v1.AdminService.DrainServer:output_type -> gradebroker.v1.DrainServerResponse
+	30, // 97: gradebroker.v1.AdminService.GetQueueStats:output_type -> gradebroker.v1.GetQueueStatsResponse
+	32, // 98: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
+	34, // 99: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
+	36, // 100: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
+	38, // 101: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
+	40, // 102: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
+	42, // 103: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
+	44, // 104: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
+	46, // 105: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
+	48, // 106: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
+	50, // 107: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
+	52, // 108: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
+	54, // 109: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
+	56, // 110: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
+	58, // 111: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
+	61, // 112: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
+	63, // 113: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
+	66, // 114: gradebroker.v1.AdminService.CountJobs:output_type -> gradebroker.v1.CountJobsResponse
+	68, // 115: gradebroker.v1.AdminService.BulkJobAction:output_type -> gradebroker.v1.BulkJobActionResponse
+	70, // 116: gradebroker.v1.AdminService.SubmitTestJob:output_type -> gradebroker.v1.SubmitTestJobResponse
+	73, // 117: gradebroker.v1.AdminService.ConsoleLogin:output_type -> gradebroker.v1.ConsoleLoginResponse
+	75, // 118: gradebroker.v1.AdminService.ListConsoleSessions:output_type -> gradebroker.v1.ListConsoleSessionsResponse
+	77, // 119: gradebroker.v1.AdminService.RevokeConsoleSession:output_type -> gradebroker.v1.RevokeConsoleSessionResponse
+	87, // [87:120] is the sub-list for method output_type
+	54, // [54:87] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_admin_proto_init() }
@@ -3980,13 +5147,14 @@ func file_gradebroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gradebroker_v1_admin_proto_rawDesc), len(file_gradebroker_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   63,
+			NumEnums:      1,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_gradebroker_v1_admin_proto_goTypes,
 		DependencyIndexes: file_gradebroker_v1_admin_proto_depIdxs,
+		EnumInfos:         file_gradebroker_v1_admin_proto_enumTypes,
 		MessageInfos:      file_gradebroker_v1_admin_proto_msgTypes,
 	}.Build()
 	File_gradebroker_v1_admin_proto = out.File

@@ -19,33 +19,39 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_AddPlatform_FullMethodName         = "/gradebroker.v1.AdminService/AddPlatform"
-	AdminService_UpdatePlatform_FullMethodName      = "/gradebroker.v1.AdminService/UpdatePlatform"
-	AdminService_ListPlatforms_FullMethodName       = "/gradebroker.v1.AdminService/ListPlatforms"
-	AdminService_RemovePlatform_FullMethodName      = "/gradebroker.v1.AdminService/RemovePlatform"
-	AdminService_AddServer_FullMethodName           = "/gradebroker.v1.AdminService/AddServer"
-	AdminService_UpdateServer_FullMethodName        = "/gradebroker.v1.AdminService/UpdateServer"
-	AdminService_ListServers_FullMethodName         = "/gradebroker.v1.AdminService/ListServers"
-	AdminService_RemoveServer_FullMethodName        = "/gradebroker.v1.AdminService/RemoveServer"
-	AdminService_RequeueServerJobs_FullMethodName   = "/gradebroker.v1.AdminService/RequeueServerJobs"
-	AdminService_DrainServer_FullMethodName         = "/gradebroker.v1.AdminService/DrainServer"
-	AdminService_GetQueueStats_FullMethodName       = "/gradebroker.v1.AdminService/GetQueueStats"
-	AdminService_AddTag_FullMethodName              = "/gradebroker.v1.AdminService/AddTag"
-	AdminService_ListTags_FullMethodName            = "/gradebroker.v1.AdminService/ListTags"
-	AdminService_RemoveTag_FullMethodName           = "/gradebroker.v1.AdminService/RemoveTag"
-	AdminService_AddServerType_FullMethodName       = "/gradebroker.v1.AdminService/AddServerType"
-	AdminService_UpdateServerType_FullMethodName    = "/gradebroker.v1.AdminService/UpdateServerType"
-	AdminService_ListServerTypes_FullMethodName     = "/gradebroker.v1.AdminService/ListServerTypes"
-	AdminService_RemoveServerType_FullMethodName    = "/gradebroker.v1.AdminService/RemoveServerType"
-	AdminService_AddOperator_FullMethodName         = "/gradebroker.v1.AdminService/AddOperator"
-	AdminService_ListOperators_FullMethodName       = "/gradebroker.v1.AdminService/ListOperators"
-	AdminService_RemoveOperator_FullMethodName      = "/gradebroker.v1.AdminService/RemoveOperator"
-	AdminService_ListJobs_FullMethodName            = "/gradebroker.v1.AdminService/ListJobs"
-	AdminService_GetJob_FullMethodName              = "/gradebroker.v1.AdminService/GetJob"
-	AdminService_RequeueJob_FullMethodName          = "/gradebroker.v1.AdminService/RequeueJob"
-	AdminService_CancelJob_FullMethodName           = "/gradebroker.v1.AdminService/CancelJob"
-	AdminService_ListDeliveries_FullMethodName      = "/gradebroker.v1.AdminService/ListDeliveries"
-	AdminService_RedeliverDeliveries_FullMethodName = "/gradebroker.v1.AdminService/RedeliverDeliveries"
+	AdminService_AddPlatform_FullMethodName          = "/gradebroker.v1.AdminService/AddPlatform"
+	AdminService_UpdatePlatform_FullMethodName       = "/gradebroker.v1.AdminService/UpdatePlatform"
+	AdminService_ListPlatforms_FullMethodName        = "/gradebroker.v1.AdminService/ListPlatforms"
+	AdminService_RemovePlatform_FullMethodName       = "/gradebroker.v1.AdminService/RemovePlatform"
+	AdminService_AddServer_FullMethodName            = "/gradebroker.v1.AdminService/AddServer"
+	AdminService_UpdateServer_FullMethodName         = "/gradebroker.v1.AdminService/UpdateServer"
+	AdminService_ListServers_FullMethodName          = "/gradebroker.v1.AdminService/ListServers"
+	AdminService_RemoveServer_FullMethodName         = "/gradebroker.v1.AdminService/RemoveServer"
+	AdminService_RequeueServerJobs_FullMethodName    = "/gradebroker.v1.AdminService/RequeueServerJobs"
+	AdminService_DrainServer_FullMethodName          = "/gradebroker.v1.AdminService/DrainServer"
+	AdminService_GetQueueStats_FullMethodName        = "/gradebroker.v1.AdminService/GetQueueStats"
+	AdminService_AddTag_FullMethodName               = "/gradebroker.v1.AdminService/AddTag"
+	AdminService_ListTags_FullMethodName             = "/gradebroker.v1.AdminService/ListTags"
+	AdminService_RemoveTag_FullMethodName            = "/gradebroker.v1.AdminService/RemoveTag"
+	AdminService_AddServerType_FullMethodName        = "/gradebroker.v1.AdminService/AddServerType"
+	AdminService_UpdateServerType_FullMethodName     = "/gradebroker.v1.AdminService/UpdateServerType"
+	AdminService_ListServerTypes_FullMethodName      = "/gradebroker.v1.AdminService/ListServerTypes"
+	AdminService_RemoveServerType_FullMethodName     = "/gradebroker.v1.AdminService/RemoveServerType"
+	AdminService_AddOperator_FullMethodName          = "/gradebroker.v1.AdminService/AddOperator"
+	AdminService_ListOperators_FullMethodName        = "/gradebroker.v1.AdminService/ListOperators"
+	AdminService_RemoveOperator_FullMethodName       = "/gradebroker.v1.AdminService/RemoveOperator"
+	AdminService_ListJobs_FullMethodName             = "/gradebroker.v1.AdminService/ListJobs"
+	AdminService_GetJob_FullMethodName               = "/gradebroker.v1.AdminService/GetJob"
+	AdminService_RequeueJob_FullMethodName           = "/gradebroker.v1.AdminService/RequeueJob"
+	AdminService_CancelJob_FullMethodName            = "/gradebroker.v1.AdminService/CancelJob"
+	AdminService_ListDeliveries_FullMethodName       = "/gradebroker.v1.AdminService/ListDeliveries"
+	AdminService_RedeliverDeliveries_FullMethodName  = "/gradebroker.v1.AdminService/RedeliverDeliveries"
+	AdminService_CountJobs_FullMethodName            = "/gradebroker.v1.AdminService/CountJobs"
+	AdminService_BulkJobAction_FullMethodName        = "/gradebroker.v1.AdminService/BulkJobAction"
+	AdminService_SubmitTestJob_FullMethodName        = "/gradebroker.v1.AdminService/SubmitTestJob"
+	AdminService_ConsoleLogin_FullMethodName         = "/gradebroker.v1.AdminService/ConsoleLogin"
+	AdminService_ListConsoleSessions_FullMethodName  = "/gradebroker.v1.AdminService/ListConsoleSessions"
+	AdminService_RevokeConsoleSession_FullMethodName = "/gradebroker.v1.AdminService/RevokeConsoleSession"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -120,6 +126,24 @@ type AdminServiceClient interface {
 	// (a new delivery_id) with a fresh retry window; pending ones are tried at
 	// once.
 	RedeliverDeliveries(ctx context.Context, in *RedeliverDeliveriesRequest, opts ...grpc.CallOption) (*RedeliverDeliveriesResponse, error)
+	// CountJobs counts the jobs a filter selects, for a bulk action's
+	// confirmation.
+	CountJobs(ctx context.Context, in *CountJobsRequest, opts ...grpc.CallOption) (*CountJobsResponse, error)
+	// BulkJobAction requeues or cancels every job a filter selects whose id
+	// is at most max_id (what CountJobs counted), as RequeueJob or CancelJob
+	// of each; jobs the action does not apply to are skipped and counted.
+	BulkJobAction(ctx context.Context, in *BulkJobActionRequest, opts ...grpc.CallOption) (*BulkJobActionResponse, error)
+	// SubmitTestJob queues a job of the built-in console platform, whose
+	// result is kept and delivered nowhere.
+	SubmitTestJob(ctx context.Context, in *SubmitTestJobRequest, opts ...grpc.CallOption) (*SubmitTestJobResponse, error)
+	// ConsoleLogin makes a one-time login link to the web console: for the
+	// calling operator, or for a read-only viewer, optionally scoped to one
+	// platform or to a set of tags.
+	ConsoleLogin(ctx context.Context, in *ConsoleLoginRequest, opts ...grpc.CallOption) (*ConsoleLoginResponse, error)
+	// ListConsoleSessions lists the console sessions that have not expired.
+	ListConsoleSessions(ctx context.Context, in *ListConsoleSessionsRequest, opts ...grpc.CallOption) (*ListConsoleSessionsResponse, error)
+	// RevokeConsoleSession ends a console session at once.
+	RevokeConsoleSession(ctx context.Context, in *RevokeConsoleSessionRequest, opts ...grpc.CallOption) (*RevokeConsoleSessionResponse, error)
 }
 
 type adminServiceClient struct {
@@ -400,6 +424,66 @@ func (c *adminServiceClient) RedeliverDeliveries(ctx context.Context, in *Redeli
 	return out, nil
 }
 
+func (c *adminServiceClient) CountJobs(ctx context.Context, in *CountJobsRequest, opts ...grpc.CallOption) (*CountJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CountJobsResponse)
+	err := c.cc.Invoke(ctx, AdminService_CountJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) BulkJobAction(ctx context.Context, in *BulkJobActionRequest, opts ...grpc.CallOption) (*BulkJobActionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BulkJobActionResponse)
+	err := c.cc.Invoke(ctx, AdminService_BulkJobAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SubmitTestJob(ctx context.Context, in *SubmitTestJobRequest, opts ...grpc.CallOption) (*SubmitTestJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitTestJobResponse)
+	err := c.cc.Invoke(ctx, AdminService_SubmitTestJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ConsoleLogin(ctx context.Context, in *ConsoleLoginRequest, opts ...grpc.CallOption) (*ConsoleLoginResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConsoleLoginResponse)
+	err := c.cc.Invoke(ctx, AdminService_ConsoleLogin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListConsoleSessions(ctx context.Context, in *ListConsoleSessionsRequest, opts ...grpc.CallOption) (*ListConsoleSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConsoleSessionsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListConsoleSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeConsoleSession(ctx context.Context, in *RevokeConsoleSessionRequest, opts ...grpc.CallOption) (*RevokeConsoleSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeConsoleSessionResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeConsoleSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -472,6 +556,24 @@ type AdminServiceServer interface {
 	// (a new delivery_id) with a fresh retry window; pending ones are tried at
 	// once.
 	RedeliverDeliveries(context.Context, *RedeliverDeliveriesRequest) (*RedeliverDeliveriesResponse, error)
+	// CountJobs counts the jobs a filter selects, for a bulk action's
+	// confirmation.
+	CountJobs(context.Context, *CountJobsRequest) (*CountJobsResponse, error)
+	// BulkJobAction requeues or cancels every job a filter selects whose id
+	// is at most max_id (what CountJobs counted), as RequeueJob or CancelJob
+	// of each; jobs the action does not apply to are skipped and counted.
+	BulkJobAction(context.Context, *BulkJobActionRequest) (*BulkJobActionResponse, error)
+	// SubmitTestJob queues a job of the built-in console platform, whose
+	// result is kept and delivered nowhere.
+	SubmitTestJob(context.Context, *SubmitTestJobRequest) (*SubmitTestJobResponse, error)
+	// ConsoleLogin makes a one-time login link to the web console: for the
+	// calling operator, or for a read-only viewer, optionally scoped to one
+	// platform or to a set of tags.
+	ConsoleLogin(context.Context, *ConsoleLoginRequest) (*ConsoleLoginResponse, error)
+	// ListConsoleSessions lists the console sessions that have not expired.
+	ListConsoleSessions(context.Context, *ListConsoleSessionsRequest) (*ListConsoleSessionsResponse, error)
+	// RevokeConsoleSession ends a console session at once.
+	RevokeConsoleSession(context.Context, *RevokeConsoleSessionRequest) (*RevokeConsoleSessionResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -562,6 +664,24 @@ func (UnimplementedAdminServiceServer) ListDeliveries(context.Context, *ListDeli
 }
 func (UnimplementedAdminServiceServer) RedeliverDeliveries(context.Context, *RedeliverDeliveriesRequest) (*RedeliverDeliveriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RedeliverDeliveries not implemented")
+}
+func (UnimplementedAdminServiceServer) CountJobs(context.Context, *CountJobsRequest) (*CountJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CountJobs not implemented")
+}
+func (UnimplementedAdminServiceServer) BulkJobAction(context.Context, *BulkJobActionRequest) (*BulkJobActionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BulkJobAction not implemented")
+}
+func (UnimplementedAdminServiceServer) SubmitTestJob(context.Context, *SubmitTestJobRequest) (*SubmitTestJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitTestJob not implemented")
+}
+func (UnimplementedAdminServiceServer) ConsoleLogin(context.Context, *ConsoleLoginRequest) (*ConsoleLoginResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConsoleLogin not implemented")
+}
+func (UnimplementedAdminServiceServer) ListConsoleSessions(context.Context, *ListConsoleSessionsRequest) (*ListConsoleSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConsoleSessions not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeConsoleSession(context.Context, *RevokeConsoleSessionRequest) (*RevokeConsoleSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeConsoleSession not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -1070,6 +1190,114 @@ func _AdminService_RedeliverDeliveries_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CountJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CountJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CountJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CountJobs(ctx, req.(*CountJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_BulkJobAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BulkJobActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).BulkJobAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_BulkJobAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).BulkJobAction(ctx, req.(*BulkJobActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SubmitTestJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitTestJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SubmitTestJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SubmitTestJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SubmitTestJob(ctx, req.(*SubmitTestJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ConsoleLogin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConsoleLoginRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ConsoleLogin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ConsoleLogin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ConsoleLogin(ctx, req.(*ConsoleLoginRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListConsoleSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConsoleSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListConsoleSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListConsoleSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListConsoleSessions(ctx, req.(*ListConsoleSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeConsoleSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeConsoleSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeConsoleSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeConsoleSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeConsoleSession(ctx, req.(*RevokeConsoleSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1184,6 +1412,30 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RedeliverDeliveries",
 			Handler:    _AdminService_RedeliverDeliveries_Handler,
+		},
+		{
+			MethodName: "CountJobs",
+			Handler:    _AdminService_CountJobs_Handler,
+		},
+		{
+			MethodName: "BulkJobAction",
+			Handler:    _AdminService_BulkJobAction_Handler,
+		},
+		{
+			MethodName: "SubmitTestJob",
+			Handler:    _AdminService_SubmitTestJob_Handler,
+		},
+		{
+			MethodName: "ConsoleLogin",
+			Handler:    _AdminService_ConsoleLogin_Handler,
+		},
+		{
+			MethodName: "ListConsoleSessions",
+			Handler:    _AdminService_ListConsoleSessions_Handler,
+		},
+		{
+			MethodName: "RevokeConsoleSession",
+			Handler:    _AdminService_RevokeConsoleSession_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
