@@ -194,9 +194,12 @@ func TestCancelStopsExecJob(t *testing.T) {
 	t.Parallel()
 	// The grader writes its pid where the test can see it, then becomes a
 	// sleep far longer than the test may wait: only the Cancel ends it.
+	// Unconfined, so that the pid and the file are the host's: the
+	// sandboxed cancel is TestEscapeDetachedChildGoneAfterTimeout's.
 	pidFile := filepath.Join(t.TempDir(), "grader.pid")
 	h := setup(t, func(c *Config) {
-		c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec, Command: []string{"sh", "-c", `echo $$ > ` + pidFile + `; exec sleep 3600`}}
+		c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec, Sandbox: SandboxNone,
+			Command: []string{"sh", "-c", `echo $$ > ` + pidFile + `; exec sleep 3600`}}
 	})
 	bs := h.fb.nextStream(t)
 	bs.assign(&gradebrokerv1.Assign{JobId: 3, LeaseId: 30, Jobdata: []byte(`{}`)})
