@@ -53,6 +53,9 @@ type consoleEnv struct {
 	console string
 	rcv     *receiver
 	pin     string
+	// flags is where the tests leave files the grader looks for
+	// (fail_unless); its sandboxed runs see it read-only.
+	flags string
 }
 
 func setupConsole(t *testing.T) *consoleEnv {
@@ -75,7 +78,11 @@ func setupConsole(t *testing.T) *consoleEnv {
 	e.b.mustAdmin(t, "server", "add", "grader1", "--cert", filepath.Join(e.b.dir, "clients", "grader1.crt"), "--type", "py", "--max-jobs", "4")
 	ce.rcv = newReceiver(t, "demo", e.demoKey, e.brokerPub)
 	e.b.mustAdmin(t, "platform", "update", "demo", "--return-url", ce.rcv.srv.URL+"/cb")
-	startGraderdInProcess(t, e.b, "grader1", []string{"python3", "-c", consoleGrader})
+	ce.flags = t.TempDir()
+	if err := os.Chmod(ce.flags, 0o755); err != nil { // the runs' uids look in it
+		t.Fatal(err)
+	}
+	startGraderdInProcess(t, e.b, "grader1", []string{"python3", "-c", consoleGrader}, ce.flags)
 	testutil.Eventually(t, "grader1 connects", func() bool {
 		return strings.Contains(e.b.mustAdmin(t, "server", "list"), "yes")
 	})
@@ -274,7 +281,7 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	t.Run("requeue a failed job", func(t *testing.T) {
 		op := op0.in(t)
-		flag := filepath.Join(t.TempDir(), "fixed")
+		flag := filepath.Join(e.flags, "fixed")
 		id, _ := e.send(t, "demo", map[string]any{"jobname": "flaky", "tags": "python3", "jobdata": map[string]any{"fail_unless": flag}})
 		e.waitJob(t, id, gb.JobFailed)
 		op.open(e.console + "/jobs/" + strconv.FormatInt(id, 10))

@@ -374,9 +374,11 @@ func runGraderd(t *testing.T, dir, grpcAddr, name string, o graderdOpts) *grader
 		if o.sleepAttempt > 0 {
 			env += fmt.Sprintf(", GRADER_SLEEP_ATTEMPT=%d", o.sleepAttempt)
 		}
-		// The script itself is the command: the sandbox shows a run its
-		// program, and nothing else of this directory.
-		cfg := fmt.Sprintf("default_executor:\n  type: exec\n  command: [%s]\n  env: %s]\n", grader, env)
+		// These tests watch the grader's runs from outside (a file in
+		// g.runs for each), which the sandbox is there to prevent: the
+		// grader runs unconfined. The round trip and the console tests grade
+		// in the sandbox.
+		cfg := fmt.Sprintf("default_executor:\n  type: exec\n  sandbox: none\n  command: [%s]\n  env: %s]\n", grader, env)
 		cfgFile := filepath.Join(work, "graderd.yaml")
 		if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)

@@ -89,7 +89,8 @@ func buildSampleGrader(t *testing.T) string {
 
 // startGraderdInProcess runs graderd in-process as server name with the given
 // grader command.
-func startGraderdInProcess(t *testing.T, b *broker, name string, command []string) {
+// readOnly are paths shown to its sandboxed runs.
+func startGraderdInProcess(t *testing.T, b *broker, name string, command []string, readOnly ...string) {
 	t.Helper()
 	cfg := gd.DefaultConfig()
 	cfg.Broker = b.GRPCAddr()
@@ -100,7 +101,7 @@ func startGraderdInProcess(t *testing.T, b *broker, name string, command []strin
 	cfg.WorkRoot = t.TempDir()
 	cfg.Slots = 2
 	cfg.ReconnectMax = time.Second
-	cfg.DefaultExecutor = gd.ExecutorSpec{Type: gd.ExecutorExec, Command: command}
+	cfg.DefaultExecutor = gd.ExecutorSpec{Type: gd.ExecutorExec, Command: command, ReadOnlyPaths: readOnly}
 	d, err := gd.New(cfg, nil)
 	if err != nil {
 		t.Fatalf("graderd.New: %v", err)
