@@ -1,0 +1,283 @@
+package kubernetes
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clientset "k8s.io/client-go/kubernetes"
+
+	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/graderd/executor"
+	"github.com/gradebroker/gradebroker/graderd/executor/kubernetes/kubetest"
+	"github.com/gradebroker/gradebroker/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	kubetest.StopShared()
+	os.Exit(code)
+}
+
+var nsCount atomic.Int64
+
+// setup is one test's namespace (Pod Security "restricted" enforced), node
+// agent, cluster and executor.
+type setup struct {
+	env    *kubetest.Env
+	ns     string
+	client clientset.Interface
+	agent  *kubetest.Agent
+	c      *Cluster
+	e      *Executor
+}
+
+type options struct {
+	grader  kubetest.FakeGrader
+	noLogs  bool
+	modify  func(*Config)
+	before  func(s *setup) // before the cluster starts
+	server  string
+	nodeLbl map[string]string
+}
+
+func newSetup(t *testing.T, o options) *setup {
+	t.Helper()
+	env := kubetest.Shared(t)
+	ctx := context.Background()
+	s := &setup{env: env, ns: fmt.Sprintf("grading-%d", nsCount.Add(1)), client: env.Client}
+	if err := env.Namespace(ctx, s.ns, "restricted"); err != nil {
+		t.Fatal(err)
+	}
+	if o.grader == nil {
+		o.grader = kubetest.Echo
+	}
+	agent, err := kubetest.StartAgent(ctx, kubetest.AgentConfig{
+		Client: env.Client, Namespace: s.ns, Node: "node-" + s.ns, Labels: cmpOr(o.nodeLbl, map[string]string{"pool": "grading"}),
+		Runtime: o.grader, NoLogs: o.noLogs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(agent.Stop)
+	s.agent = agent
+	if o.before != nil {
+		o.before(s)
+	}
+	s.c, err = NewCluster(ClusterConfig{Client: env.Client, Namespace: s.ns, Server: cmpOr(o.server, "grader-1"), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.c.Start(ctx)
+	t.Cleanup(s.c.Stop)
+	cfg := Config{Cluster: s.c, Name: "python", Image: "graders/python:1", Command: []string{"/usr/local/bin/grade"},
+		EntrypointImage: "gradebroker/graderd:test", ScheduleTimeout: 30 * time.Second, StartTimeout: 30 * time.Second,
+		NodeSelector: map[string]string{"pool": "grading"}, Logger: testLogger(t)}
+	if o.modify != nil {
+		o.modify(&cfg)
+	}
+	if s.e, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func cmpOr[T any](v, def T) T {
+	if any(v) == nil || fmt.Sprint(v) == fmt.Sprint(*new(T)) {
+		return def
+	}
+	return v
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func job(lease int64, data string) executor.Job {
+	return executor.Job{JobID: lease * 10, LeaseID: lease, Attempt: 1, Name: "alice/sum", JobData: []byte(data), Tags: []string{"python3"}, Timeout: time.Minute}
+}
+
+// leftovers returns the pods and Secrets of the namespace.
+func (s *setup) leftovers(t *testing.T) (pods, secrets int) {
+	t.Helper()
+	ctx := context.Background()
+	p, err := s.client.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := s.client.CoreV1().Secrets(s.ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(p.Items), len(sec.Items)
+}
+
+func (s *setup) waitClean(t *testing.T) {
+	t.Helper()
+	testutil.Eventually(t, "the run's pod and Secrets to be deleted", func() bool {
+		p, sec := s.leftovers(t)
+		return p == 0 && sec == 0
+	})
+}
+
+// TestJobPodResult: a job becomes a pod whose grader gets the job document
+// byte for byte and whose result and log come back apart; the pod and its
+// Secret are deleted afterwards.
+func TestJobPodResult(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, options{})
+	j := job(1, `{"task": "sum",  "solution":"print(1)"}`)
+	res := s.e.Run(context.Background(), j)
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_OK {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Error)
+	}
+	want, _ := executor.JobDocument(j, s.e.Limits())
+	if !bytes.Equal(res.Result, bytes.TrimSpace(want)) {
+		t.Errorf("result is not the job document:\n got %s\nwant %s", res.Result, want)
+	}
+	if res.Log != fmt.Sprintf("echoed %d bytes\n", len(want)) {
+		t.Errorf("log %q", res.Log)
+	}
+	s.waitClean(t)
+}
+
+// TestLargeDocumentAndResult: a document larger than a Secret holds travels
+// in several, and a result larger than a termination message through the
+// container's log (the API server proxies the request to the node agent's
+// log endpoint).
+func TestLargeDocumentAndResult(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, options{})
+	data := `{"blob":"` + strings.Repeat("0123456789", 250_000) + `"}`
+	j := job(2, data)
+	res := s.e.Run(context.Background(), j)
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_OK {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Error)
+	}
+	want, _ := executor.JobDocument(j, s.e.Limits())
+	if !bytes.Equal(res.Result, bytes.TrimSpace(want)) {
+		t.Errorf("result of %d bytes is not the %d-byte job document", len(res.Result), len(want))
+	}
+	if s.agent.Runs() != 1 {
+		t.Errorf("agent ran %d pods", s.agent.Runs())
+	}
+	s.waitClean(t)
+}
+
+// TestNoLogEndpoint: where the cluster serves no logs, a result that fits
+// the termination message still arrives whole with its log; a larger one
+// ends TEMPORARY, saying why.
+func TestNoLogEndpoint(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, options{noLogs: true, grader: func(_ context.Context, g kubetest.Grading) (int, []byte, []byte) {
+		if bytes.Contains(g.Document, []byte("big")) {
+			return 0, []byte(`{"x":"` + strings.Repeat("y", 10_000) + `"}`), []byte("log\n")
+		}
+		return 0, []byte(`{"score":1}`), []byte("all good\n")
+	}})
+	res := s.e.Run(context.Background(), job(3, `{"small":true}`))
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_OK || string(res.Result) != `{"score":1}` || res.Log != "all good\n" {
+		t.Errorf("small result without logs: %v %s %q %s", res.Outcome, res.Result, res.Log, res.Error)
+	}
+	res = s.e.Run(context.Background(), job(4, `{"big":true}`))
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_TEMPORARY || !strings.Contains(res.Error, "too large for the termination message") {
+		t.Errorf("large result without logs: %v %s", res.Outcome, res.Error)
+	}
+	s.waitClean(t)
+}
+
+// TestExitCodes: the grader's exit maps to the outcome as in the exec
+// convention.
+func TestExitCodes(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, options{grader: func(_ context.Context, g kubetest.Grading) (int, []byte, []byte) {
+		switch {
+		case bytes.Contains(g.Document, []byte(`"fatal"`)):
+			return 1, []byte(`{"why":"no"}`), []byte("bad solution\n")
+		case bytes.Contains(g.Document, []byte(`"retry"`)):
+			return 2, nil, []byte("database down\n")
+		}
+		return 0, []byte("not json"), nil
+	}})
+	for _, tc := range []struct {
+		data    string
+		outcome gradebrokerv1.Outcome
+		err     string
+	}{
+		{`"fatal"`, gradebrokerv1.Outcome_OUTCOME_FATAL, "exit status 1): bad solution"},
+		{`"retry"`, gradebrokerv1.Outcome_OUTCOME_TEMPORARY, "exit status 2): database down"},
+		{`"garbage"`, gradebrokerv1.Outcome_OUTCOME_FATAL, "not JSON"},
+	} {
+		res := s.e.Run(context.Background(), job(5, tc.data))
+		if res.Outcome != tc.outcome || !strings.Contains(res.Error, tc.err) {
+			t.Errorf("%s: %v %q", tc.data, res.Outcome, res.Error)
+		}
+	}
+}
+
+// TestTimeout: past the job's timeout graderd deletes the pod (its grader
+// stopped) and the run ends TIMEOUT.
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	stopped := make(chan struct{})
+	s := newSetup(t, options{grader: func(ctx context.Context, _ kubetest.Grading) (int, []byte, []byte) {
+		<-ctx.Done()
+		close(stopped)
+		return 143, nil, nil
+	}})
+	j := job(6, `{}`)
+	j.Timeout = 2 * time.Second
+	res := s.e.Run(context.Background(), j)
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_TIMEOUT || res.Limit != executor.LimitWallTime {
+		t.Fatalf("outcome %v, limit %v: %s", res.Outcome, res.Limit, res.Error)
+	}
+	testutil.WaitClosed(t, "the grader to be stopped", stopped)
+	s.waitClean(t)
+}
+
+// TestCancel: a cancelled run deletes its pod and ends TEMPORARY.
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	running := make(chan struct{})
+	s := newSetup(t, options{grader: func(ctx context.Context, _ kubetest.Grading) (int, []byte, []byte) {
+		close(running)
+		<-ctx.Done()
+		return 143, nil, nil
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-running; cancel() }()
+	res := s.e.Run(ctx, job(7, `{}`))
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_TEMPORARY || res.Error != executor.ErrorCancelled {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Error)
+	}
+	s.waitClean(t)
+}
+
+// TestUnschedulable: a pod no node takes within the bound ends the run
+// TEMPORARY with the scheduler's words.
+func TestUnschedulable(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, options{modify: func(c *Config) {
+		c.NodeSelector = map[string]string{"gpu": "yes"}
+		c.ScheduleTimeout = time.Second
+	}})
+	res := s.e.Run(context.Background(), job(8, `{}`))
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_TEMPORARY || !strings.Contains(res.Error, "unschedulable") || !strings.Contains(res.Error, "didn't match Pod's node affinity/selector") {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Error)
+	}
+	s.waitClean(t)
+}
