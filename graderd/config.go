@@ -43,7 +43,14 @@ const (
 	ExecutorExec = "exec"
 	// ExecutorNoop answers every job with OK {"noop":true} (executor.Noop).
 	ExecutorNoop = "noop"
+	// ExecutorKubernetes runs each job as a pod of a Kubernetes cluster
+	// (package executor/kubernetes).
+	ExecutorKubernetes = "kubernetes"
 )
+
+// DefaultKubernetesNamespace is where kubernetes executors run their pods
+// unless kubernetes.namespace says otherwise; deploy/kubernetes makes it.
+const DefaultKubernetesNamespace = "gradebroker-grading"
 
 // Config is everything graderd needs to run. DefaultConfig gives the
 // defaults; LoadConfigFile, environment variables and flags fill in the rest
@@ -77,6 +84,8 @@ type Config struct {
 	Sandbox SandboxSettings `yaml:"sandbox"`
 	// Limits apply to every exec executor that does not set its own.
 	Limits Limits `yaml:"limits"`
+	// Kubernetes is the cluster of the kubernetes executors.
+	Kubernetes KubernetesSettings `yaml:"kubernetes"`
 	// DefaultExecutor runs jobs none of whose tags has an executor in
 	// Executors. Its zero value (no type) means there is no default: such
 	// jobs are handed back to the broker as TEMPORARY.
@@ -140,6 +149,52 @@ type SandboxSettings struct {
 	RestrictRoots []string `yaml:"restrict_roots"`
 }
 
+// KubernetesSettings configure graderd's cluster, for kubernetes
+// executors. All of them share it.
+type KubernetesSettings struct {
+	// Kubeconfig is a kubeconfig file; empty means graderd runs in the
+	// cluster and uses its pod's ServiceAccount (client-go's in-cluster
+	// configuration).
+	Kubeconfig string `yaml:"kubeconfig"`
+	// Context is the kubeconfig's context; empty means its current one.
+	Context string `yaml:"context"`
+	// Namespace is where the grading pods run; default
+	// DefaultKubernetesNamespace.
+	Namespace string `yaml:"namespace"`
+	// EntrypointImage is the image whose /usr/local/bin/gbpod becomes each
+	// pod's entrypoint: graderd's own image.
+	EntrypointImage string `yaml:"entrypoint_image"`
+}
+
+// PodSettings are a kubernetes executor's settings beside its image,
+// command, env and limits (see kubernetes.Config).
+type PodSettings struct {
+	// CPU is the pod's CPU request and limit ("500m", "2"); default 1.
+	CPU string `yaml:"cpu"`
+	// EphemeralStorage is the pod's ephemeral-storage request and limit;
+	// default 256MiB.
+	EphemeralStorage ByteSize `yaml:"ephemeral_storage"`
+	// NodeSelector picks the nodes that may run the pods.
+	NodeSelector map[string]string `yaml:"node_selector"`
+	// RuntimeClass is the pods' RuntimeClass (gvisor, kata), if any.
+	RuntimeClass string `yaml:"runtime_class"`
+	// ImagePullPolicy is Always, IfNotPresent or Never.
+	ImagePullPolicy string `yaml:"image_pull_policy"`
+	// ImagePullSecrets name Secrets of the namespace for a private registry.
+	ImagePullSecrets []string `yaml:"image_pull_secrets"`
+	// RunAsUser is the containers' uid and gid; default 65534.
+	RunAsUser int64 `yaml:"run_as_user"`
+	// ScheduleTimeout bounds the wait for a node (default 1m);
+	// StartTimeout the time from a node to a running grader (default 5m).
+	ScheduleTimeout time.Duration `yaml:"schedule_timeout"`
+	StartTimeout    time.Duration `yaml:"start_timeout"`
+}
+
+func (p PodSettings) set() bool {
+	return p.CPU != "" || p.EphemeralStorage != 0 || len(p.NodeSelector) > 0 || p.RuntimeClass != "" || p.ImagePullPolicy != "" ||
+		len(p.ImagePullSecrets) > 0 || p.RunAsUser != 0 || p.ScheduleTimeout != 0 || p.StartTimeout != 0
+}
+
 // Values of ExecutorSpec.Sandbox and ExecutorSpec.Network.
 const (
 	// SandboxNone runs an exec executor's graders unconfined.
@@ -179,10 +234,12 @@ type Limits struct {
 
 // ExecutorSpec describes one executor in the configuration.
 type ExecutorSpec struct {
-	// Type is ExecutorExec or ExecutorNoop.
+	// Type is ExecutorExec, ExecutorKubernetes or ExecutorNoop.
 	Type string `yaml:"type"`
-	// Command is the grader's argv, for type exec.
+	// Command is the grader's argv, for types exec and kubernetes.
 	Command []string `yaml:"command"`
+	// Image is the grading image, for type kubernetes.
+	Image string `yaml:"image"`
 	// Env is the grader's environment, as KEY=value, for type exec: in
 	// the sandbox the only variables beside executor.DefaultEnv (which
 	// they may replace), without it added to graderd's own.
@@ -199,6 +256,8 @@ type ExecutorSpec struct {
 	ReadOnlyPaths []string `yaml:"read_only_paths"`
 	// Limits override Config.Limits field by field where they are not zero.
 	Limits `yaml:",inline"`
+	// PodSettings are for type kubernetes.
+	PodSettings `yaml:",inline"`
 }
 
 // DefaultConfig returns a Config with every default set. Broker and the TLS
@@ -294,6 +353,9 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if c.usesKubernetes() && c.Kubernetes.EntrypointImage == "" {
+		return errors.New("kubernetes.entrypoint_image: missing; kubernetes executors need the image that holds gbpod (graderd's own image)")
+	}
 	if c.DrainTimeout < 0 {
 		return fmt.Errorf("drain_timeout: must not be negative, got %v", c.DrainTimeout)
 	}
@@ -310,6 +372,19 @@ func (c Config) Validate() error {
 		return fmt.Errorf("testbehavior: must be between 0 and %d, got %d", maxTestBehavior, c.TestBehavior)
 	}
 	return nil
+}
+
+// usesKubernetes reports whether an executor is of type kubernetes.
+func (c Config) usesKubernetes() bool {
+	if c.DefaultExecutor.Type == ExecutorKubernetes {
+		return true
+	}
+	for _, s := range c.Executors {
+		if s.Type == ExecutorKubernetes {
+			return true
+		}
+	}
+	return false
 }
 
 // hasExecutor reports whether any job could find an executor.
@@ -330,7 +405,34 @@ func (c Config) serverName() string {
 }
 
 func (s ExecutorSpec) validate(field string) error {
+	if s.Type != ExecutorKubernetes && (s.Image != "" || s.PodSettings.set()) {
+		return fmt.Errorf("%s: image and the pod settings (cpu, ephemeral_storage, node_selector, ...) are for type %s", field, ExecutorKubernetes)
+	}
 	switch s.Type {
+	case ExecutorKubernetes:
+		if s.Image == "" {
+			return fmt.Errorf("%s.image: missing; a kubernetes executor needs the grading image", field)
+		}
+		if len(s.Command) == 0 || s.Command[0] == "" {
+			return fmt.Errorf("%s.command: missing; a kubernetes executor needs the grader's argv in its image, e.g. [/usr/local/bin/grade]", field)
+		}
+		for _, e := range s.Env {
+			if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+				return fmt.Errorf("%s.env: %q is not KEY=value", field, e)
+			}
+		}
+		if s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 {
+			return fmt.Errorf("%s: sandbox, network and read_only_paths are exec settings; a pod is isolated by its own settings and the namespace's NetworkPolicy", field)
+		}
+		if s.CPUTime != 0 {
+			return fmt.Errorf("%s.cpu_time: a pod has a CPU rate limit (cpu), not a CPU-time budget; leave it out (the job's timeout bounds CPU time to timeout × cpu)", field)
+		}
+		if s.Pids != 0 {
+			return fmt.Errorf("%s.pids: a pod has no process limit of its own; the kubelet's podPidsLimit sets one for every pod of a node", field)
+		}
+		if s.ScheduleTimeout < 0 || s.StartTimeout < 0 || s.RunAsUser < 0 {
+			return fmt.Errorf("%s: schedule_timeout, start_timeout and run_as_user must not be negative", field)
+		}
 	case ExecutorExec:
 		if len(s.Command) == 0 || s.Command[0] == "" {
 			return fmt.Errorf("%s.command: missing; an exec executor needs the grader's argv, e.g. [/usr/local/bin/grade]", field)
@@ -361,9 +463,9 @@ func (s ExecutorSpec) validate(field string) error {
 			return fmt.Errorf("%s: a noop executor takes no command, env or sandbox settings", field)
 		}
 	case "":
-		return fmt.Errorf("%s.type: missing; use %q or %q", field, ExecutorExec, ExecutorNoop)
+		return fmt.Errorf("%s.type: missing; use %q, %q or %q", field, ExecutorExec, ExecutorKubernetes, ExecutorNoop)
 	default:
-		return fmt.Errorf("%s.type: unknown executor type %q; use %q or %q", field, s.Type, ExecutorExec, ExecutorNoop)
+		return fmt.Errorf("%s.type: unknown executor type %q; use %q, %q or %q", field, s.Type, ExecutorExec, ExecutorKubernetes, ExecutorNoop)
 	}
 	return s.Limits.validate(field + ".")
 }

@@ -65,8 +65,12 @@ func RESTConfig(kubeconfig, context string) (*rest.Config, error) {
 
 // ClusterConfig configures a Cluster.
 type ClusterConfig struct {
-	// Client talks to the API server.
+	// Client talks to the API server; nil means one made from Kubeconfig
+	// and Context by RESTConfig.
 	Client clientset.Interface
+	// Kubeconfig and Context: see RESTConfig.
+	Kubeconfig string
+	Context    string
 	// Namespace is where the grading pods and their Secrets go.
 	Namespace string
 	// Server is this graderd's name (its certificate's common name); pods
@@ -98,8 +102,17 @@ type Cluster struct {
 
 // NewCluster makes a Cluster; it contacts nothing until Start.
 func NewCluster(cfg ClusterConfig) (*Cluster, error) {
-	if cfg.Client == nil || cfg.Namespace == "" || cfg.Server == "" {
-		return nil, errors.New("kubernetes: a cluster needs a client, a namespace and the server's name")
+	if cfg.Namespace == "" || cfg.Server == "" {
+		return nil, errors.New("kubernetes: a cluster needs a namespace and the server's name")
+	}
+	if cfg.Client == nil {
+		rc, err := RESTConfig(cfg.Kubeconfig, cfg.Context)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.Client, err = clientset.NewForConfig(rc); err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
 	}
 	if errs := validation.IsDNS1123Label(cfg.Namespace); len(errs) > 0 {
 		return nil, fmt.Errorf("kubernetes.namespace: %q is not a namespace name: %v", cfg.Namespace, errs)
