@@ -281,3 +281,63 @@ func TestUnschedulable(t *testing.T) {
 	}
 	s.waitClean(t)
 }
+
+// TestShippedRole: with deploy/kubernetes applied (namespaces, Role,
+// NetworkPolicy, graderd's StatefulSet: the API server validates each),
+// graderd's ServiceAccount runs a job under the Role and no more: a large
+// document and result (several Secrets, deleted by label; the log), and it
+// cannot read a Secret.
+func TestShippedRole(t *testing.T) {
+	t.Parallel()
+	env := kubetest.Shared(t)
+	ctx := context.Background()
+	dir, err := kubetest.DeployDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, f := range []string{"namespaces.yaml", "rbac.yaml", "networkpolicy.yaml", "graderd.yaml"} {
+		files = append(files, dir+"/"+f)
+	}
+	if _, err := env.Apply(ctx, files...); err != nil {
+		t.Fatal(err)
+	}
+	const ns = "gradebroker-grading"
+	agent, err := kubetest.StartAgent(ctx, kubetest.AgentConfig{Client: env.Client, Namespace: ns, Node: "node-rbac", Runtime: kubetest.FakeGrader(kubetest.Echo)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(agent.Stop)
+	rc, err := env.UserConfig("system:serviceaccount:gradebroker:graderd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := clientset.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCluster(ClusterConfig{Client: client, Namespace: ns, Server: "grader-rbac", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Start(ctx)
+	t.Cleanup(c.Stop)
+	e, err := New(Config{Cluster: c, Name: "default", Image: "graders/python:1", Command: []string{"/grade"}, EntrypointImage: "gradebroker/graderd:test", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := job(31, `{"blob":"`+strings.Repeat("x", 1_500_000)+`"}`)
+	res := e.Run(ctx, j)
+	want, _ := executor.JobDocument(j, e.Limits())
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_OK || !bytes.Equal(res.Result, bytes.TrimSpace(want)) {
+		t.Fatalf("under the shipped Role: outcome %v, %d-byte result: %s", res.Outcome, len(res.Result), res.Error)
+	}
+	s := &setup{client: env.Client, ns: ns}
+	s.waitClean(t)
+	if _, err := client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); err == nil {
+		t.Error("graderd's ServiceAccount may list Secrets; the Role should not allow it")
+	}
+	if _, err := client.CoreV1().Pods("gradebroker").List(ctx, metav1.ListOptions{}); err == nil {
+		t.Error("graderd's ServiceAccount may list pods outside the grading namespace")
+	}
+}
