@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientset "k8s.io/client-go/kubernetes"
 
@@ -339,5 +340,201 @@ func TestShippedRole(t *testing.T) {
 	}
 	if _, err := client.CoreV1().Pods("gradebroker").List(ctx, metav1.ListOptions{}); err == nil {
 		t.Error("graderd's ServiceAccount may list pods outside the grading namespace")
+	}
+}
+
+// TestImagePullFailure: an image that cannot be pulled ends the run
+// TEMPORARY, saying so.
+func TestImagePullFailure(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, options{modify: func(c *Config) { c.Image = "registry.example.org/missing:1" }})
+	s.agent.Stop()
+	agent, err := kubetest.StartAgent(context.Background(), kubetest.AgentConfig{Client: s.client, Namespace: s.ns, Node: "node2-" + s.ns,
+		Labels: map[string]string{"pool": "grading"}, Runtime: kubetest.FakeGrader(kubetest.Echo),
+		Pull: func(image string) error {
+			if strings.Contains(image, "missing") {
+				return fmt.Errorf("rpc error: code = NotFound desc = failed to pull and unpack image %q: not found", image)
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(agent.Stop)
+	res := s.e.Run(context.Background(), job(9, `{}`))
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_TEMPORARY || !strings.Contains(res.Error, "image pull failed") || !strings.Contains(res.Error, "registry.example.org/missing:1") {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Error)
+	}
+	s.waitClean(t)
+}
+
+// TestEvicted: a pod the node evicts ends the run TEMPORARY, saying so.
+func TestEvicted(t *testing.T) {
+	t.Parallel()
+	running := make(chan struct{})
+	s := newSetup(t, options{grader: func(ctx context.Context, _ kubetest.Grading) (int, []byte, []byte) {
+		close(running)
+		<-ctx.Done()
+		return 137, nil, nil
+	}})
+	go func() {
+		<-running
+		// What a kubelet under memory pressure writes.
+		ctx := context.Background()
+		pods, err := s.client.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{})
+		if err != nil || len(pods.Items) != 1 {
+			t.Errorf("pods: %v %d", err, len(pods.Items))
+			return
+		}
+		p := pods.Items[0]
+		p.Status.Phase, p.Status.Reason = corev1.PodFailed, "Evicted"
+		p.Status.Message = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 90Mi."
+		if _, err := s.client.CoreV1().Pods(s.ns).UpdateStatus(ctx, &p, metav1.UpdateOptions{}); err != nil {
+			t.Error(err)
+		}
+	}()
+	res := s.e.Run(context.Background(), job(10, `{}`))
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_TEMPORARY || !strings.Contains(res.Error, "evicted") || !strings.Contains(res.Error, "low on resource: memory") {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Error)
+	}
+	s.waitClean(t)
+}
+
+// TestStrayPodsReaped: pods and Secrets of this server that no run holds
+// (a crashed graderd's) are deleted when the cluster's watch starts; other
+// servers' pods are left alone.
+func TestStrayPodsReaped(t *testing.T) {
+	t.Parallel()
+	var stray, other *corev1.Pod
+	s := newSetup(t, options{server: "grader-7", before: func(s *setup) {
+		ctx := context.Background()
+		mk := func(server string, lease int64) *corev1.Pod {
+			c, err := NewCluster(ClusterConfig{Client: s.client, Namespace: s.ns, Server: server})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := New(Config{Cluster: c, Name: "python", Image: "i", Command: []string{"/g"}, EntrypointImage: "e", NodeSelector: map[string]string{"pool": "none"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := job(lease, `{}`)
+			doc, _ := executor.JobDocument(j, e.Limits())
+			name := podName(j, "stray")
+			for _, sec := range e.secrets(name, j, doc) {
+				if _, err := s.client.CoreV1().Secrets(s.ns).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p, err := s.client.CoreV1().Pods(s.ns).Create(ctx, e.pod(name, j, doc, 1), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		stray, other = mk("grader-7", 70), mk("grader-8", 80)
+	}})
+	testutil.Eventually(t, "the stray pod and its Secret to be deleted", func() bool {
+		_, err := s.client.CoreV1().Pods(s.ns).Get(context.Background(), stray.Name, metav1.GetOptions{})
+		sec, _ := s.client.CoreV1().Secrets(s.ns).List(context.Background(), metav1.ListOptions{LabelSelector: executor.LabelServer + "=grader-7"})
+		return err != nil && len(sec.Items) == 0
+	})
+	if _, err := s.client.CoreV1().Pods(s.ns).Get(context.Background(), other.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("another server's pod was deleted: %v", err)
+	}
+	sec, _ := s.client.CoreV1().Secrets(s.ns).List(context.Background(), metav1.ListOptions{LabelSelector: executor.LabelServer + "=grader-8"})
+	if len(sec.Items) != 1 {
+		t.Errorf("another server's Secret is gone")
+	}
+}
+
+// TestPodSecurity: the pod as the API server admitted it into a namespace
+// that enforces the restricted Pod Security level carries the hardened
+// profile; the same pod without it is refused there.
+func TestPodSecurity(t *testing.T) {
+	t.Parallel()
+	running := make(chan struct{})
+	release := make(chan struct{})
+	s := newSetup(t, options{grader: func(ctx context.Context, _ kubetest.Grading) (int, []byte, []byte) {
+		close(running)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return 0, []byte(`{}`), nil
+	}})
+	done := make(chan executor.Result, 1)
+	j := job(11, `{}`)
+	j.Timeout = 90 * time.Second
+	go func() { done <- s.e.Run(context.Background(), j) }()
+	<-running
+	pods, err := s.client.CoreV1().Pods(s.ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("pods: %v %d", err, len(pods.Items))
+	}
+	p := pods.Items[0]
+	close(release)
+	if res := <-done; res.Outcome != gradebrokerv1.Outcome_OUTCOME_OK {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Error)
+	}
+
+	spec := p.Spec
+	check := func(what string, ok bool) {
+		if !ok {
+			t.Errorf("pod spec: %s", what)
+		}
+	}
+	check("restartPolicy Never", spec.RestartPolicy == corev1.RestartPolicyNever)
+	check("activeDeadlineSeconds from the timeout (90s + start timeout 30s + grace 2s)", deref(spec.ActiveDeadlineSeconds) == 122)
+	check("automountServiceAccountToken false", spec.AutomountServiceAccountToken != nil && !*spec.AutomountServiceAccountToken)
+	check("pod seccomp RuntimeDefault", spec.SecurityContext.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault)
+	check("pod runAsNonRoot", *spec.SecurityContext.RunAsNonRoot && *spec.SecurityContext.RunAsUser == DefaultRunAsUser)
+	for _, c := range append(spec.InitContainers, spec.Containers...) {
+		sc := c.SecurityContext
+		check(c.Name+": runAsNonRoot", sc.RunAsNonRoot != nil && *sc.RunAsNonRoot)
+		check(c.Name+": readOnlyRootFilesystem", sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem)
+		check(c.Name+": allowPrivilegeEscalation false", sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation)
+		check(c.Name+": drop ALL", len(sc.Capabilities.Drop) == 1 && sc.Capabilities.Drop[0] == "ALL" && len(sc.Capabilities.Add) == 0)
+		check(c.Name+": seccomp RuntimeDefault", sc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault)
+		for _, r := range []corev1.ResourceName{corev1.ResourceMemory, corev1.ResourceCPU, corev1.ResourceEphemeralStorage} {
+			l, req := c.Resources.Limits[r], c.Resources.Requests[r]
+			check(fmt.Sprintf("%s: %s request and limit", c.Name, r), !l.IsZero() && l.Equal(req))
+		}
+	}
+	grader := spec.Containers[0]
+	check("memory limit 1GiB", grader.Resources.Limits.Memory().Value() == DefaultMemory)
+	sizes := map[string]int64{}
+	for _, v := range spec.Volumes {
+		if v.EmptyDir != nil {
+			check(v.Name+": emptyDir sizeLimit", v.EmptyDir.SizeLimit != nil)
+			sizes[v.Name] = v.EmptyDir.SizeLimit.Value()
+		}
+	}
+	check("/tmp and /job emptyDirs of the limits' sizes", sizes["tmp"] == executor.DefaultTmpSize && sizes["work"] == executor.DefaultWorkSize)
+	mounts := map[string]bool{}
+	for _, m := range grader.VolumeMounts {
+		mounts[m.MountPath] = m.ReadOnly
+	}
+	check("/tmp and /job writable, gbpod and the input read-only", !mounts["/tmp"] && !mounts["/job"] && mounts["/gradebroker/bin"] && mounts["/gradebroker/input"])
+	for _, k := range []string{executor.LabelServer, executor.LabelJob, executor.LabelLease, executor.LabelExecutor} {
+		check("label "+k, p.Labels[k] != "")
+	}
+	check("labels' values", p.Labels[executor.LabelLease] == "11" && p.Labels[executor.LabelJob] == "110" && p.Labels[executor.LabelExecutor] == "python")
+
+	// The namespace really enforces "restricted": the same pod without
+	// the hardened fields is refused.
+	weak := p.DeepCopy()
+	weak.ObjectMeta = metav1.ObjectMeta{Name: "weak"}
+	weak.Spec.NodeName = ""
+	weak.Status = corev1.PodStatus{}
+	weak.Spec.SecurityContext.RunAsNonRoot = nil
+	weak.Spec.SecurityContext.RunAsUser = nil
+	for i := range weak.Spec.Containers {
+		weak.Spec.Containers[i].SecurityContext.Capabilities = nil
+		weak.Spec.Containers[i].SecurityContext.RunAsNonRoot = nil
+		weak.Spec.Containers[i].SecurityContext.RunAsUser = nil
+	}
+	_, err = s.client.CoreV1().Pods(s.ns).Create(context.Background(), weak, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "violates PodSecurity \"restricted") {
+		t.Errorf("a pod without the hardened fields was not refused by Pod Security admission: %v", err)
 	}
 }

@@ -60,6 +60,10 @@ type AgentConfig struct {
 	Labels map[string]string
 	// Runtime runs the pods.
 	Runtime Runtime
+	// Pull, when set, is asked for each container's image before the pod
+	// runs; an error leaves the container waiting in ErrImagePull with
+	// the error as message, as a kubelet whose pull failed.
+	Pull func(image string) error
 	// NoLogs leaves the node without a log endpoint: the API server
 	// answers every request for a container's log with an error, as on a
 	// cluster whose kubelets it cannot reach.
@@ -239,6 +243,25 @@ func (a *Agent) run(ctx, runCtx context.Context, pod *corev1.Pod) {
 		}
 	}
 	now := metav1.Now()
+	if a.cfg.Pull != nil {
+		for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
+			if err := a.cfg.Pull(c.Image); err != nil {
+				a.status(ctx, pod, func(p *corev1.Pod) {
+					setCondition(p, corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionTrue})
+					p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Image: c.Image,
+						State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: err.Error()}}}}
+				})
+				<-runCtx.Done()
+				a.mu.Lock()
+				delete(a.running, pod.UID)
+				a.mu.Unlock()
+				if ctx.Err() == nil {
+					a.confirmDeletion(ctx, pod)
+				}
+				return
+			}
+		}
+	}
 	a.status(ctx, pod, func(p *corev1.Pod) {
 		p.Status.Phase = corev1.PodRunning
 		p.Status.StartTime = &now
