@@ -386,4 +386,3 @@ func setCondition(p *corev1.Pod, c corev1.PodCondition) {
 }
 
 func ptr[T any](v T) *T { return &v }
-

@@ -331,4 +331,3 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
-
