@@ -18,10 +18,11 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/broker, bin/graderd and bin/samplegrader (needs Go and gcc).
+build: ## Build bin/broker, bin/graderd, bin/samplegrader and bin/gbpod (needs Go and gcc).
 	$(GO) build -o bin/broker ./broker/cmd/broker
 	$(GO) build -o bin/graderd ./graderd/cmd/graderd
 	$(GO) build -o bin/samplegrader ./examples/samplegrader
+	CGO_ENABLED=0 $(GO) build -o bin/gbpod ./graderd/cmd/gbpod
 
 .PHONY: run
 run: build ## Run a broker, one graderd and the sample grader on embedded defaults (Ctrl-C stops).
@@ -43,6 +44,10 @@ test: ## Vet, then run every test with the race detector.
 .PHONY: test-short
 test-short: ## Run the tests without the slow suites.
 	$(GO) test -short -count=1 ./...
+
+.PHONY: kube-apiserver
+kube-apiserver: ## Build kube-apiserver for the Kubernetes tests, cached outside the checkout (cold: ~10 min).
+	bash scripts/kube-apiserver.sh
 
 .PHONY: bench
 bench: build ## Run the benchmarks and print their tables.
