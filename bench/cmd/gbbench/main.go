@@ -19,6 +19,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/bench"
 	"github.com/gradebroker/gradebroker/bench/apibench"
+	"github.com/gradebroker/gradebroker/bench/kubebench"
 	"github.com/gradebroker/gradebroker/bench/sandboxbench"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
 )
@@ -70,8 +71,10 @@ each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
 process), the web console (render time of its job pages over 1,000,000 jobs,
 and the dispatch rate with 50 browsers on the live overview against none),
 the platform API (REST sendjob with real tokens beside the crypto-only rate,
-batch submission, result callbacks), and the sandbox's cost per grading run
-(a no-op grader with and without it; needs root and crun).
+batch submission, result callbacks), the sandbox's cost per grading run
+(a no-op grader with and without it; needs root and crun), and the
+kubernetes executor's pod lifecycle and API calls per job against a real
+kube-apiserver (make kube-apiserver) with a fake node agent.
 
 Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
 (GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
@@ -86,8 +89,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
 	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
-	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,api,sandbox (default all)")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,api,sandbox,kubernetes (default all)")
 	sandboxRuns := fs.Int("sandbox-runs", 300, "sandbox: no-op runs of each kind")
+	kubeRuns := fs.Int("kube-runs", 200, "kubernetes: jobs through the executor, and bare pods")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
 	apiProfile := fs.String("api-cpuprofile", "", "api: write a CPU profile of one extra sendjob window to `file` (key size appended when several)")
@@ -142,11 +146,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *rssEnv != "" {
 		o.RSSEnv = strings.Split(*rssEnv, ",")
 	}
-	wantAPI, wantSandbox := *only == "", *only == ""
+	wantAPI, wantSandbox, wantKube := *only == "", *only == "", *only == ""
 	if *only != "" {
 		for _, sc := range strings.Split(*only, ",") {
 			if sc == "api" {
 				wantAPI = true
+				continue
+			}
+			if sc == "kubernetes" {
+				wantKube = true
 				continue
 			}
 			if sc == "sandbox" {
@@ -193,6 +201,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		var res sandboxbench.Result
 		if res, err = sandboxbench.Run(ctx, so); err == nil {
+			err = res.Write(stdout)
+		}
+	}
+	if err == nil && wantKube {
+		ko := kubebench.Options{Runs: *kubeRuns}
+		if *quick {
+			ko.Runs = 30
+		}
+		if !*quiet {
+			ko.Progress = stderr
+		}
+		var res kubebench.Result
+		if res, err = kubebench.Run(ctx, ko); err == nil {
 			err = res.Write(stdout)
 		}
 	}
