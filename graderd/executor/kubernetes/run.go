@@ -114,7 +114,6 @@ func (e *Executor) Run(ctx context.Context, job executor.Job) (res executor.Resu
 
 // follow waits for the pod's end, or ends it, and returns the run's result.
 func (e *Executor) follow(ctx context.Context, r *run, uid types.UID, log *slog.Logger) executor.Result {
-	c := e.cfg.Cluster
 	created := time.Now()
 	schedule := time.NewTimer(e.cfg.ScheduleTimeout)
 	defer schedule.Stop()
@@ -134,7 +133,7 @@ func (e *Executor) follow(ctx context.Context, r *run, uid types.UID, log *slog.
 				if p.term != nil {
 					res := e.resultOf(pod, p.term)
 					// The grader has ended: nothing is left to wait for.
-					c.deletePod(context.Background(), r.name, uid, 1)
+					e.deleteEnded(r, uid)
 					return res
 				}
 				if gone {
@@ -177,8 +176,9 @@ func (e *Executor) follow(ctx context.Context, r *run, uid types.UID, log *slog.
 			// The pod may have ended meanwhile; its own end wins.
 			if pod, gone := r.latest(); !gone {
 				if p := e.progressOf(pod, false); p.ended && p.term != nil {
-					c.deletePod(context.Background(), r.name, uid, 1)
-					return e.resultOf(pod, p.term)
+					res := e.resultOf(pod, p.term)
+					e.deleteEnded(r, uid)
+					return res
 				}
 			}
 			res := executor.LimitResult(executor.LimitWallTime, e.limits, r.job.Timeout, "")
@@ -190,6 +190,14 @@ func (e *Executor) follow(ctx context.Context, r *run, uid types.UID, log *slog.
 			return stop(temporary(executor.ErrorCancelled))
 		}
 	}
+}
+
+// deleteEnded deletes the pod of a run whose grader has ended, without
+// waiting: nothing of it runs any more.
+func (e *Executor) deleteEnded(r *run, uid types.UID) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e.cfg.Cluster.deletePod(ctx, r.name, uid, 1)
 }
 
 // stopPod deletes the run's pod, its grader getting the kill grace, and

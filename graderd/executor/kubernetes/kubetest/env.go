@@ -24,6 +24,8 @@ import (
 	clientset "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // Env is a running API server with its etcd.
@@ -145,6 +147,7 @@ func (e *Env) Namespace(ctx context.Context, name, level string) error {
 // TestMain calls StopShared. A test that cannot have one fails.
 func Shared(t testing.TB) *Env {
 	t.Helper()
+	testutil.Slow(t, "starts kube-apiserver and etcd")
 	shared.once.Do(func() { shared.env, shared.err = Start() })
 	if shared.err != nil {
 		t.Fatal(shared.err)
