@@ -474,8 +474,8 @@ func prlimitArgv(argv []string, memory int64) ([]string, error) {
 
 // JobDocument builds the JSON object the grader reads on stdin (see the
 // package documentation), for every executor that follows the exec
-// convention. jobdata is spliced in byte for byte: encoding/json would
-// compact and HTML-escape it.
+// convention. jobdata is
+// spliced in byte for byte: encoding/json would compact and HTML-escape it.
 func JobDocument(job Job, limits Limits) ([]byte, error) {
 	jobdata := bytes.TrimSpace(job.JobData)
 	if len(jobdata) == 0 {
