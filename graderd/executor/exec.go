@@ -155,7 +155,7 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		return temporary("graderd has no grader command configured")
 	}
 	limits := e.limits()
-	stdin, err := JobDocument(job, limits)
+	stdin, err := stdinDocument(job, limits)
 	if err != nil {
 		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_FATAL, Error: err.Error()}
 	}
@@ -472,11 +472,9 @@ func prlimitArgv(argv []string, memory int64) ([]string, error) {
 	return append([]string{pl, "--as=" + strconv.FormatInt(memory, 10), "--"}, argv...), nil
 }
 
-// JobDocument builds the JSON object the grader reads on stdin (see the
-// package documentation), for every executor that follows the exec
-// convention. jobdata is
+// stdinDocument builds the JSON object the grader reads on stdin. jobdata is
 // spliced in byte for byte: encoding/json would compact and HTML-escape it.
-func JobDocument(job Job, limits Limits) ([]byte, error) {
+func stdinDocument(job Job, limits Limits) ([]byte, error) {
 	jobdata := bytes.TrimSpace(job.JobData)
 	if len(jobdata) == 0 {
 		jobdata = []byte("null")
