@@ -409,7 +409,12 @@ func (e *Exec) classify(st started, stop stopReason, hit, seen Limit, stdout *re
 		}
 	}
 	limitResult := func(l Limit, detail string) Result {
-		return LimitResult(l, limits, job.Timeout, detail)
+		r := fatal(LimitError(l, limits, job.Timeout, detail))
+		r.Limit = l
+		if l == LimitWallTime {
+			r.Outcome = gradebrokerv1.Outcome_OUTCOME_TIMEOUT
+		}
+		return r
 	}
 	switch stop {
 	case stoppedCancel:
@@ -459,7 +464,33 @@ func (e *Exec) classify(st started, stop stopReason, hit, seen Limit, stdout *re
 		}
 	}
 
-	return ExitResult(code, sig, out, stderr.String())
+	switch {
+	case sig != 0:
+		return temporary(fmt.Sprintf("grader was killed by signal %d (%v)", int(sig), sig))
+	case code == 0:
+		doc := bytes.TrimSpace(out)
+		if len(doc) == 0 {
+			return fatal("grader exited with status 0 but printed no result on stdout")
+		}
+		if !json.Valid(doc) {
+			return fatal(notJSON(doc, 0))
+		}
+		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_OK, Result: doc}
+	case code == 1:
+		doc := bytes.TrimSpace(out)
+		if len(doc) > 0 && !json.Valid(doc) {
+			return fatal(notJSON(doc, 1))
+		}
+		r := fatal("grader reported a fatal error (exit status 1)" + lastLine(stderr.String()))
+		if len(doc) > 0 {
+			r.Result = doc
+		}
+		return r
+	case code == 2:
+		return temporary("grader asked for a retry (exit status 2)" + lastLine(stderr.String()))
+	default:
+		return temporary(fmt.Sprintf("grader exited with status %d", code) + lastLine(stderr.String()))
+	}
 }
 
 // prlimitArgv wraps argv in prlimit(1) so that the grader starts with

@@ -60,11 +60,7 @@
 package executor
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"syscall"
 	"time"
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
@@ -142,53 +138,4 @@ func (Noop) Run(ctx context.Context, _ Job) Result {
 		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_TEMPORARY, Error: ErrorCancelled}
 	}
 	return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_OK, Result: []byte(`{"noop":true}`)}
-}
-
-// ExitResult maps how a grader ended to a Result by the exec convention
-// (see the package documentation): exit status code, or death by signal sig
-// (code is then ignored), its standard output out and its log. Every
-// executor that runs a grader by the convention maps its ending here, after
-// it has judged the limits (LimitResult). The Result has no Log, Duration or
-// Usage.
-func ExitResult(code int, sig syscall.Signal, out []byte, log string) Result {
-	switch {
-	case sig != 0:
-		return temporary(fmt.Sprintf("grader was killed by signal %d (%v)", int(sig), sig))
-	case code == 0:
-		doc := bytes.TrimSpace(out)
-		if len(doc) == 0 {
-			return fatal("grader exited with status 0 but printed no result on stdout")
-		}
-		if !json.Valid(doc) {
-			return fatal(notJSON(doc, 0))
-		}
-		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_OK, Result: doc}
-	case code == 1:
-		doc := bytes.TrimSpace(out)
-		if len(doc) > 0 && !json.Valid(doc) {
-			return fatal(notJSON(doc, 1))
-		}
-		r := fatal("grader reported a fatal error (exit status 1)" + lastLine(log))
-		if len(doc) > 0 {
-			r.Result = doc
-		}
-		return r
-	case code == 2:
-		return temporary("grader asked for a retry (exit status 2)" + lastLine(log))
-	default:
-		return temporary(fmt.Sprintf("grader exited with status %d", code) + lastLine(log))
-	}
-}
-
-// LimitResult is the Result of a run that limit l ended: FATAL, since every
-// server of the type enforces the same limits and a retry would only meet
-// it again, or TIMEOUT for the wall time; Error names the limit (see
-// LimitError, which takes limits, timeout and detail).
-func LimitResult(l Limit, limits Limits, timeout time.Duration, detail string) Result {
-	r := fatal(LimitError(l, limits, timeout, detail))
-	r.Limit = l
-	if l == LimitWallTime {
-		r.Outcome = gradebrokerv1.Outcome_OUTCOME_TIMEOUT
-	}
-	return r
 }
