@@ -246,7 +246,7 @@ serves; unknown keys are an error):
       image: registry.example.org/graders/python:3.12
       command: [/usr/local/bin/grade]
       memory_limit: 1GiB              # the pod's memory request and limit (default 1GiB)
-      cpu: "1"                        # its CPU request and limit
+      cpus: 1                         # its CPU request and limit
       ephemeral_storage: 256MiB
       node_selector: {pool: grading}
       runtime_class: ""               # e.g. gvisor

@@ -167,10 +167,17 @@ type KubernetesSettings struct {
 }
 
 // PodSettings are a kubernetes executor's settings beside its image,
-// command, env and limits (see kubernetes.Config).
+// command, env and limits (see kubernetes.Config). Image, CPUs and User
+// mean what they mean for the container executors.
 type PodSettings struct {
-	// CPU is the pod's CPU request and limit ("500m", "2"); default 1.
-	CPU string `yaml:"cpu"`
+	// Image is the grading image.
+	Image string `yaml:"image"`
+	// CPUs is the pod's CPU request and limit, in CPUs (0.5, 2); 0 means
+	// executor.DefaultContainerCPUs.
+	CPUs float64 `yaml:"cpus"`
+	// User is the containers' numeric uid[:gid]; default 65534:65534.
+	// Never root.
+	User string `yaml:"user"`
 	// EphemeralStorage is the pod's ephemeral-storage request and limit;
 	// default 256MiB.
 	EphemeralStorage ByteSize `yaml:"ephemeral_storage"`
@@ -182,8 +189,6 @@ type PodSettings struct {
 	ImagePullPolicy string `yaml:"image_pull_policy"`
 	// ImagePullSecrets name Secrets of the namespace for a private registry.
 	ImagePullSecrets []string `yaml:"image_pull_secrets"`
-	// RunAsUser is the containers' uid and gid; default 65534.
-	RunAsUser int64 `yaml:"run_as_user"`
 	// ScheduleTimeout bounds the wait for a node (default 1m);
 	// StartTimeout the time from a node to a running grader (default 5m).
 	ScheduleTimeout time.Duration `yaml:"schedule_timeout"`
@@ -191,8 +196,8 @@ type PodSettings struct {
 }
 
 func (p PodSettings) set() bool {
-	return p.CPU != "" || p.EphemeralStorage != 0 || len(p.NodeSelector) > 0 || p.RuntimeClass != "" || p.ImagePullPolicy != "" ||
-		len(p.ImagePullSecrets) > 0 || p.RunAsUser != 0 || p.ScheduleTimeout != 0 || p.StartTimeout != 0
+	return p.Image != "" || p.CPUs != 0 || p.User != "" || p.EphemeralStorage != 0 || len(p.NodeSelector) > 0 || p.RuntimeClass != "" ||
+		p.ImagePullPolicy != "" || len(p.ImagePullSecrets) > 0 || p.ScheduleTimeout != 0 || p.StartTimeout != 0
 }
 
 // Values of ExecutorSpec.Sandbox and ExecutorSpec.Network.
@@ -238,8 +243,6 @@ type ExecutorSpec struct {
 	Type string `yaml:"type"`
 	// Command is the grader's argv, for types exec and kubernetes.
 	Command []string `yaml:"command"`
-	// Image is the grading image, for type kubernetes.
-	Image string `yaml:"image"`
 	// Env is the grader's environment, as KEY=value, for type exec: in
 	// the sandbox the only variables beside executor.DefaultEnv (which
 	// they may replace), without it added to graderd's own.
@@ -405,8 +408,8 @@ func (c Config) serverName() string {
 }
 
 func (s ExecutorSpec) validate(field string) error {
-	if s.Type != ExecutorKubernetes && (s.Image != "" || s.PodSettings.set()) {
-		return fmt.Errorf("%s: image and the pod settings (cpu, ephemeral_storage, node_selector, ...) are for type %s", field, ExecutorKubernetes)
+	if s.Type != ExecutorKubernetes && s.PodSettings.set() {
+		return fmt.Errorf("%s: image and the pod settings (cpus, user, ephemeral_storage, node_selector, ...) are for type %s", field, ExecutorKubernetes)
 	}
 	switch s.Type {
 	case ExecutorKubernetes:
@@ -425,13 +428,18 @@ func (s ExecutorSpec) validate(field string) error {
 			return fmt.Errorf("%s: sandbox, network and read_only_paths are exec settings; a pod is isolated by its own settings and the namespace's NetworkPolicy", field)
 		}
 		if s.CPUTime != 0 {
-			return fmt.Errorf("%s.cpu_time: a pod has a CPU rate limit (cpu), not a CPU-time budget; leave it out (the job's timeout bounds CPU time to timeout × cpu)", field)
+			return fmt.Errorf("%s.cpu_time: a pod has a CPU rate limit (cpus), not a CPU-time budget; leave it out (the job's timeout bounds CPU time to timeout × cpus)", field)
 		}
 		if s.Pids != 0 {
 			return fmt.Errorf("%s.pids: a pod has no process limit of its own; the kubelet's podPidsLimit sets one for every pod of a node", field)
 		}
-		if s.ScheduleTimeout < 0 || s.StartTimeout < 0 || s.RunAsUser < 0 {
-			return fmt.Errorf("%s: schedule_timeout, start_timeout and run_as_user must not be negative", field)
+		if s.ScheduleTimeout < 0 || s.StartTimeout < 0 || s.CPUs < 0 {
+			return fmt.Errorf("%s: schedule_timeout, start_timeout and cpus must not be negative", field)
+		}
+		if s.User != "" {
+			if _, _, err := ParseUser(s.User); err != nil {
+				return fmt.Errorf("%s.user: %w", field, err)
+			}
 		}
 	case ExecutorExec:
 		if len(s.Command) == 0 || s.Command[0] == "" {
@@ -522,6 +530,26 @@ func (l Limits) executor() executor.Limits {
 		CPUTime: l.CPUTime, Memory: int64(l.MemoryLimit), Pids: l.Pids, OpenFiles: l.OpenFiles,
 		TmpSize: int64(l.TmpSize), WorkSize: int64(l.WorkSize), MaxStdout: int64(l.MaxStdout), MaxStderr: int64(l.MaxStderr),
 	}
+}
+
+// ParseUser reads a numeric "uid[:gid]" (gid defaults to uid). Root (uid
+// or gid 0) is refused: graders never run as root.
+func ParseUser(s string) (uid, gid int64, err error) {
+	u, g, hasGID := strings.Cut(s, ":")
+	uid, err = strconv.ParseInt(u, 10, 32)
+	if err == nil {
+		gid = uid
+		if hasGID {
+			gid, err = strconv.ParseInt(g, 10, 32)
+		}
+	}
+	if err != nil || uid < 0 || gid < 0 {
+		return 0, 0, fmt.Errorf("%q is not a numeric uid[:gid] such as 65534:65534", s)
+	}
+	if uid == 0 || gid == 0 {
+		return 0, 0, fmt.Errorf("%q is root; graders never run as root", s)
+	}
+	return uid, gid, nil
 }
 
 // ByteSize is a size in bytes. In the configuration file and in flags it is

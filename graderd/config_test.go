@@ -34,8 +34,8 @@ func exampleConfig() Config {
 		"web":    {Type: ExecutorExec, Command: []string{"/opt/graders/web-grader"}, Network: NetworkHost},
 		"legacy": {Type: ExecutorExec, Command: []string{"/opt/graders/old-grader"}, Sandbox: SandboxNone},
 		"bench":  {Type: ExecutorNoop},
-		"course-6.00x": {Type: ExecutorKubernetes, Image: "registry.example.org/graders/python:3.12", Command: []string{"/usr/local/bin/grade"},
-			Limits: Limits{MemoryLimit: 1 << 30}, PodSettings: PodSettings{CPU: "1", EphemeralStorage: 256 << 20,
+		"course-6.00x": {Type: ExecutorKubernetes, Command: []string{"/usr/local/bin/grade"},
+			Limits: Limits{MemoryLimit: 1 << 30}, PodSettings: PodSettings{Image: "registry.example.org/graders/python:3.12", CPUs: 1, EphemeralStorage: 256 << 20,
 				NodeSelector: map[string]string{"pool": "grading"}, ScheduleTimeout: time.Minute, StartTimeout: 5 * time.Minute}},
 	}
 	cfg.Kubernetes = KubernetesSettings{Namespace: "gradebroker-grading", EntrypointImage: "registry.example.org/gradebroker/graderd:1.0"}
@@ -144,25 +144,29 @@ func TestValidateNamesTheBadField(t *testing.T) {
 			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Command: []string{"g"}}}
 		}},
 		{"executors.k8s.command:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Image: "i"}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}}}
 		}},
 		{"executors.k8s.pids:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Image: "i", Command: []string{"g"}, Limits: Limits{Pids: 10}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}, Limits: Limits{Pids: 10}}}
 		}},
 		{"executors.k8s.cpu_time:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Image: "i", Command: []string{"g"}, Limits: Limits{CPUTime: time.Second}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}, Limits: Limits{CPUTime: time.Second}}}
 		}},
 		{"executors.k8s:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Image: "i", Command: []string{"g"}, ReadOnlyPaths: []string{"/opt"}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}, ReadOnlyPaths: []string{"/opt"}}}
 		}},
 		{"executors.gpu:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Image: "i"}}
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, PodSettings: PodSettings{Image: "i"}}}
 		}},
 		{"executors.gpu:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, PodSettings: PodSettings{CPU: "1"}}}
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, PodSettings: PodSettings{CPUs: 1}}}
+		}},
+		{"executors.k8s.user:", func(c *Config) {
+			c.Kubernetes.EntrypointImage = "gbpod"
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Command: []string{"g"}, PodSettings: PodSettings{Image: "i", User: "0:0"}}}
 		}},
 		{"kubernetes.entrypoint_image:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Image: "i", Command: []string{"g"}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}}}
 		}},
 		{"drain_timeout:", func(c *Config) { c.DrainTimeout = -1 }},
 		{"reconnect_min:", func(c *Config) { c.ReconnectMin = 0 }},

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -275,11 +276,19 @@ func (d *Daemon) kubernetesExecutor(name string, s ExecutorSpec) (*kubernetes.Ex
 		d.log.Warn("limits.pids and limits.cpu_time do not apply to kubernetes executors: a pod has neither (see the README)", "executor", name)
 		l.Pids, l.CPUTime = 0, 0
 	}
+	var uid, gid int64
+	if s.User != "" {
+		uid, gid, _ = ParseUser(s.User) // checked by Validate
+	}
+	cpu := ""
+	if s.CPUs > 0 {
+		cpu = strconv.FormatInt(int64(s.CPUs*1000), 10) + "m"
+	}
 	return kubernetes.New(kubernetes.Config{
 		Cluster: d.cluster, Name: name, Image: s.Image, Command: slices.Clone(s.Command), Env: slices.Clone(s.Env),
 		EntrypointImage: d.cfg.Kubernetes.EntrypointImage, Limits: l.executor(),
-		CPU: s.CPU, EphemeralStorage: int64(s.EphemeralStorage), NodeSelector: s.NodeSelector, RuntimeClass: s.RuntimeClass,
-		ImagePullPolicy: s.ImagePullPolicy, ImagePullSecrets: s.ImagePullSecrets, RunAsUser: s.RunAsUser,
+		CPU: cpu, EphemeralStorage: int64(s.EphemeralStorage), NodeSelector: s.NodeSelector, RuntimeClass: s.RuntimeClass,
+		ImagePullPolicy: s.ImagePullPolicy, ImagePullSecrets: s.ImagePullSecrets, RunAsUser: uid, RunAsGroup: gid,
 		ScheduleTimeout: s.ScheduleTimeout, StartTimeout: s.StartTimeout, KillGrace: l.KillGrace, Logger: d.log,
 	})
 }

@@ -501,7 +501,7 @@ func TestPodSecurity(t *testing.T) {
 		}
 	}
 	grader := spec.Containers[0]
-	check("memory limit 1GiB", grader.Resources.Limits.Memory().Value() == DefaultMemory)
+	check("memory limit 1GiB", grader.Resources.Limits.Memory().Value() == executor.DefaultContainerMemory)
 	sizes := map[string]int64{}
 	for _, v := range spec.Volumes {
 		if v.EmptyDir != nil {

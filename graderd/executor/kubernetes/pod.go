@@ -23,11 +23,6 @@ import (
 
 // Defaults of Config where it leaves a field zero.
 const (
-	// DefaultMemory is a pod's memory request and limit; the /tmp and work
-	// directory files count against it (they are tmpfs).
-	DefaultMemory = 1 << 30
-	// DefaultCPU is a pod's CPU request and limit.
-	DefaultCPU = "1"
 	// DefaultEphemeralStorage is a pod's ephemeral-storage request and
 	// limit: the container's log (the result may travel in it) and gbpod.
 	DefaultEphemeralStorage = 256 << 20
@@ -71,12 +66,14 @@ type Config struct {
 	// EntrypointImage holds gbpod at EntrypointPath: graderd's own image.
 	EntrypointImage string
 	// Limits bound each run (see the README for which hold on Kubernetes):
-	// Memory, TmpSize, WorkSize, OpenFiles, MaxStdout and MaxStderr, with
-	// the exec executor's defaults where zero (DefaultMemory for Memory).
-	// CPUTime and Pids must be zero: a pod has neither.
+	// Memory (executor.DefaultContainerMemory where zero; the /tmp and work
+	// directory files count against it, being tmpfs), TmpSize, WorkSize,
+	// OpenFiles, MaxStdout and MaxStderr (the defaults of
+	// executor.Limits.WithDefaults). CPUTime and Pids must be zero: a pod
+	// has neither.
 	Limits executor.Limits
 	// CPU is the CPU request and limit, as a Kubernetes quantity ("500m");
-	// empty means DefaultCPU.
+	// empty means executor.DefaultContainerCPUs.
 	CPU string
 	// EphemeralStorage is the ephemeral-storage request and limit in bytes;
 	// 0 means DefaultEphemeralStorage.
@@ -87,9 +84,10 @@ type Config struct {
 	RuntimeClass     string
 	ImagePullPolicy  string
 	ImagePullSecrets []string
-	// RunAsUser is the containers' uid and gid; 0 means DefaultRunAsUser
-	// (root is never allowed).
-	RunAsUser int64
+	// RunAsUser and RunAsGroup are the containers' uid and gid; 0 means
+	// DefaultRunAsUser (root is never allowed).
+	RunAsUser  int64
+	RunAsGroup int64
 	// ScheduleTimeout and StartTimeout bound a pod's scheduling and its
 	// start; past either the run ends TEMPORARY.
 	ScheduleTimeout time.Duration
@@ -125,11 +123,11 @@ func New(cfg Config) (*Executor, error) {
 	case cfg.EntrypointImage == "":
 		return nil, errors.New("kubernetes.entrypoint_image: missing; name the image that holds gbpod at " + EntrypointPath + " (graderd's own)")
 	case cfg.Limits.CPUTime != 0:
-		return nil, errors.New("cpu_time: a pod has a CPU rate limit (cpu), not a CPU-time budget; leave cpu_time out (the job's timeout bounds CPU time to timeout × cpu)")
+		return nil, errors.New("cpu_time: a pod has a CPU rate limit (cpus), not a CPU-time budget; leave cpu_time out (the job's timeout bounds CPU time to timeout × cpus)")
 	case cfg.Limits.Pids != 0:
 		return nil, errors.New("pids: a pod has no process limit of its own; the kubelet's podPidsLimit sets one for every pod of a node")
-	case cfg.RunAsUser < 0:
-		return nil, fmt.Errorf("run_as_user: %d is not a uid", cfg.RunAsUser)
+	case cfg.RunAsUser < 0 || cfg.RunAsGroup < 0:
+		return nil, fmt.Errorf("user: %d:%d is not a uid and gid", cfg.RunAsUser, cfg.RunAsGroup)
 	}
 	if errs := validation.IsValidLabelValue(cfg.Name); len(errs) > 0 {
 		return nil, fmt.Errorf("executor name %q cannot be a label value: %v", cfg.Name, errs)
@@ -144,19 +142,21 @@ func New(cfg Config) (*Executor, error) {
 	default:
 		return nil, fmt.Errorf("image_pull_policy: %q is not Always, IfNotPresent or Never", cfg.ImagePullPolicy)
 	}
-	cpu, err := resource.ParseQuantity(cmp.Or(cfg.CPU, DefaultCPU))
-	if err != nil || cpu.Sign() <= 0 {
-		return nil, fmt.Errorf("cpu: %q is not a positive CPU quantity such as 500m or 2", cfg.CPU)
+	cpu := *resource.NewMilliQuantity(int64(executor.DefaultContainerCPUs*1000), resource.DecimalSI)
+	if cfg.CPU != "" {
+		var err error
+		if cpu, err = resource.ParseQuantity(cfg.CPU); err != nil || cpu.Sign() <= 0 {
+			return nil, fmt.Errorf("cpu: %q is not a positive CPU quantity such as 500m or 2", cfg.CPU)
+		}
 	}
-	l := cfg.Limits
-	l.Memory = cmp.Or(l.Memory, DefaultMemory)
-	l.OpenFiles = cmp.Or(l.OpenFiles, executor.DefaultOpenFiles)
-	l.TmpSize = cmp.Or(l.TmpSize, executor.DefaultTmpSize)
-	l.WorkSize = cmp.Or(l.WorkSize, executor.DefaultWorkSize)
-	l.MaxStdout = cmp.Or(l.MaxStdout, executor.DefaultMaxStdout)
-	l.MaxStderr = cmp.Or(l.MaxStderr, executor.DefaultMaxStderr)
+	l := cfg.Limits.WithDefaults()
+	l.Memory = cmp.Or(l.Memory, executor.DefaultContainerMemory)
+	// A pod has no process limit of its own (the kubelet's podPidsLimit
+	// is the node's): the grader is not told of one.
+	l.Pids = 0
 	cfg.EphemeralStorage = cmp.Or(cfg.EphemeralStorage, DefaultEphemeralStorage)
 	cfg.RunAsUser = cmp.Or(cfg.RunAsUser, DefaultRunAsUser)
+	cfg.RunAsGroup = cmp.Or(cfg.RunAsGroup, cfg.RunAsUser)
 	cfg.ScheduleTimeout = cmp.Or(cfg.ScheduleTimeout, DefaultScheduleTimeout)
 	cfg.StartTimeout = cmp.Or(cfg.StartTimeout, DefaultStartTimeout)
 	cfg.KillGrace = cmp.Or(cfg.KillGrace, executor.DefaultKillGrace)
@@ -198,7 +198,7 @@ func (e *Executor) labels(job executor.Job) map[string]string {
 func (e *Executor) pod(name string, job executor.Job, doc []byte, parts int) *corev1.Pod {
 	l := e.limits
 	yes, no := true, false
-	uid := e.cfg.RunAsUser
+	uid, gid := e.cfg.RunAsUser, e.cfg.RunAsGroup
 	grace := int64(math.Ceil(e.cfg.KillGrace.Seconds()))
 	// The kubelet's clock starts when it takes the pod, before it pulls
 	// the images; graderd's own starts when the grader runs, and ends the
@@ -219,7 +219,7 @@ func (e *Executor) pod(name string, job executor.Job, doc []byte, parts int) *co
 	hardened := &corev1.SecurityContext{
 		RunAsNonRoot:             &yes,
 		RunAsUser:                &uid,
-		RunAsGroup:               &uid,
+		RunAsGroup:               &gid,
 		ReadOnlyRootFilesystem:   &yes,
 		AllowPrivilegeEscalation: &no,
 		Privileged:               &no,
@@ -272,8 +272,8 @@ func (e *Executor) pod(name string, job executor.Job, doc []byte, parts int) *co
 			SecurityContext: &corev1.PodSecurityContext{
 				RunAsNonRoot:   &yes,
 				RunAsUser:      &uid,
-				RunAsGroup:     &uid,
-				FSGroup:        &uid,
+				RunAsGroup:     &gid,
+				FSGroup:        &gid,
 				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 			InitContainers: []corev1.Container{{

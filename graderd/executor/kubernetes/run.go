@@ -1,12 +1,10 @@
 package kubernetes
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -62,11 +60,11 @@ func (e *Executor) Run(ctx context.Context, job executor.Job) (res executor.Resu
 	defer func() {
 		if p := recover(); p != nil {
 			log.Error("executor panicked", "panic", p)
-			res = temporary(fmt.Sprintf("internal error in graderd's kubernetes executor: %v", p))
+			res = executor.Temporary(fmt.Sprintf("internal error in graderd's kubernetes executor: %v", p))
 		}
 	}()
 	if ctx.Err() != nil {
-		return temporary(executor.ErrorCancelled)
+		return executor.Temporary(executor.ErrorCancelled)
 	}
 	doc, err := executor.JobDocument(job, e.limits)
 	if err != nil {
@@ -75,9 +73,9 @@ func (e *Executor) Run(ctx context.Context, job executor.Job) (res executor.Resu
 	c := e.cfg.Cluster
 	if err := c.waitSynced(ctx, e.cfg.StartTimeout); err != nil {
 		if ctx.Err() != nil {
-			return temporary(executor.ErrorCancelled)
+			return executor.Temporary(executor.ErrorCancelled)
 		}
-		return temporary(err.Error())
+		return executor.Temporary(err.Error())
 	}
 	var suffix [4]byte
 	_, _ = rand.Read(suffix[:])
@@ -94,13 +92,13 @@ func (e *Executor) Run(ctx context.Context, job executor.Job) (res executor.Resu
 	for _, s := range secrets {
 		if _, err := c.client.CoreV1().Secrets(c.ns).Create(setup, s, metav1.CreateOptions{}); err != nil {
 			c.deleteSecrets(setup, c.leaseSelector(lease))
-			return temporary(fmt.Sprintf("cannot create the Secret that carries the job document into the pod: %v", err))
+			return executor.Temporary(fmt.Sprintf("cannot create the Secret that carries the job document into the pod: %v", err))
 		}
 	}
 	created, err := c.client.CoreV1().Pods(c.ns).Create(setup, e.pod(r.name, job, doc, len(secrets)), metav1.CreateOptions{})
 	if err != nil {
 		c.deleteSecrets(setup, c.leaseSelector(lease))
-		return temporary(fmt.Sprintf("the API server refused the grading pod: %v", err))
+		return executor.Temporary(fmt.Sprintf("the API server refused the grading pod: %v", err))
 	}
 	log = log.With("pod", r.name)
 	log.Debug("pod created")
@@ -165,13 +163,13 @@ func (e *Executor) follow(ctx context.Context, r *run, uid types.UID, log *slog.
 			if last.unschedulable != "" {
 				why = last.unschedulable
 			}
-			return stop(temporary(fmt.Sprintf("unschedulable: no node took the grading pod within %v: %s", e.cfg.ScheduleTimeout, why)))
+			return stop(executor.Temporary(fmt.Sprintf("unschedulable: no node took the grading pod within %v: %s", e.cfg.ScheduleTimeout, why)))
 		case <-start:
 			why := ""
 			if last.waiting != "" {
 				why = ": " + last.waiting
 			}
-			return stop(temporary(fmt.Sprintf("the grading pod did not start within %v of being scheduled%s", e.cfg.StartTimeout, why)))
+			return stop(executor.Temporary(fmt.Sprintf("the grading pod did not start within %v of being scheduled%s", e.cfg.StartTimeout, why)))
 		case <-timeout:
 			// The pod may have ended meanwhile; its own end wins.
 			if pod, gone := r.latest(); !gone {
@@ -187,7 +185,7 @@ func (e *Executor) follow(ctx context.Context, r *run, uid types.UID, log *slog.
 			return stop(res)
 		case <-ctx.Done():
 			log.Debug("run cancelled; deleting its pod", "after", time.Since(created))
-			return stop(temporary(executor.ErrorCancelled))
+			return stop(executor.Temporary(executor.ErrorCancelled))
 		}
 	}
 }
@@ -258,7 +256,7 @@ func (e *Executor) progressOf(pod *corev1.Pod, gone bool) progress {
 			p.unschedulable = c.Message
 		case c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue:
 			p.ended = true
-			p.res = temporary(fmt.Sprintf("the grading pod was disrupted (%s): %s", c.Reason, c.Message))
+			p.res = executor.Temporary(fmt.Sprintf("the grading pod was disrupted (%s): %s", c.Reason, c.Message))
 		}
 	}
 	// The pod's own end comes first: an evicted pod's grader was killed
@@ -271,7 +269,7 @@ func (e *Executor) progressOf(pod *corev1.Pod, gone bool) progress {
 			if strings.Contains(msg, "EmptyDir") || strings.Contains(msg, "ephemeral") {
 				p.res = executor.LimitResult(executor.LimitDisk, e.limits, 0, "ephemeral storage: "+msg)
 			} else {
-				p.res = temporary("evicted: the node evicted the grading pod: " + msg)
+				p.res = executor.Temporary("evicted: the node evicted the grading pod: " + msg)
 			}
 			return p
 		case "DeadlineExceeded":
@@ -287,13 +285,13 @@ func (e *Executor) progressOf(pod *corev1.Pod, gone bool) progress {
 	for _, s := range pod.Status.InitContainerStatuses {
 		if t := s.State.Terminated; t != nil && t.ExitCode != 0 {
 			p.ended = true
-			p.res = temporary(fmt.Sprintf("gbpod's install (init container, image %s) failed: exit code %d, %s %s", s.Image, t.ExitCode, t.Reason, strings.TrimSpace(t.Message)))
+			p.res = executor.Temporary(fmt.Sprintf("gbpod's install (init container, image %s) failed: exit code %d, %s %s", s.Image, t.ExitCode, t.Reason, strings.TrimSpace(t.Message)))
 			return p
 		}
 		if w := s.State.Waiting; w != nil {
 			if what, bad := cannotStart[w.Reason]; bad {
 				p.ended = true
-				p.res = temporary(fmt.Sprintf("%s: init container %s (image %s): %s: %s", what, s.Name, s.Image, w.Reason, w.Message))
+				p.res = executor.Temporary(fmt.Sprintf("%s: init container %s (image %s): %s: %s", what, s.Name, s.Image, w.Reason, w.Message))
 				return p
 			}
 			p.waiting = w.Reason + " " + w.Message
@@ -313,7 +311,7 @@ func (e *Executor) progressOf(pod *corev1.Pod, gone bool) progress {
 			w := s.State.Waiting
 			if what, bad := cannotStart[w.Reason]; bad {
 				p.ended = true
-				p.res = temporary(fmt.Sprintf("%s: container %s (image %s): %s: %s", what, s.Name, s.Image, w.Reason, w.Message))
+				p.res = executor.Temporary(fmt.Sprintf("%s: container %s (image %s): %s: %s", what, s.Name, s.Image, w.Reason, w.Message))
 				return p
 			}
 			if w.Reason != "" {
@@ -323,13 +321,13 @@ func (e *Executor) progressOf(pod *corev1.Pod, gone bool) progress {
 	}
 	if pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
 		p.ended = true
-		p.res = temporary(fmt.Sprintf("the grading pod ended (%s %s: %s) without its grader's status", pod.Status.Phase, pod.Status.Reason, pod.Status.Message))
+		p.res = executor.Temporary(fmt.Sprintf("the grading pod ended (%s %s: %s) without its grader's status", pod.Status.Phase, pod.Status.Reason, pod.Status.Message))
 		return p
 	}
 	if gone || pod.DeletionTimestamp != nil {
 		// Not by graderd: its own deletions end the run first.
 		p.ended = true
-		p.res = temporary("the grading pod was deleted by someone else (an operator, a drain, the node going away) before its grader finished")
+		p.res = executor.Temporary("the grading pod was deleted by someone else (an operator, a drain, the node going away) before its grader finished")
 	}
 	return p
 }
@@ -350,10 +348,10 @@ func (e *Executor) resultOf(pod *corev1.Pod, term *corev1.ContainerStateTerminat
 		if term.Reason == "OOMKilled" {
 			return executor.LimitResult(executor.LimitMemory, e.limits, 0, "")
 		}
-		return temporary(fmt.Sprintf("the grader's container ended (exit code %d, %s) without gbpod's report: %v", term.ExitCode, term.Reason, err))
+		return executor.Temporary(fmt.Sprintf("the grader's container ended (exit code %d, %s) without gbpod's report: %v", term.ExitCode, term.Reason, err))
 	}
 	if rep.Error != "" {
-		return temporary("gbpod could not run the grader: " + rep.Error)
+		return executor.Temporary("gbpod could not run the grader: " + rep.Error)
 	}
 	log, result := []byte(rep.LogTail), rep.Result
 	if !rep.InlineResult() || !rep.LogComplete() {
@@ -363,7 +361,7 @@ func (e *Executor) resultOf(pod *corev1.Pod, term *corev1.ContainerStateTerminat
 		}
 		if err != nil {
 			if !rep.InlineResult() {
-				return temporary(fmt.Sprintf("the result (%d bytes) was too large for the termination message (%d bytes) and the container's log did not yield it: %v", rep.ResultLen, podentry.MaxReport, err))
+				return executor.Temporary(fmt.Sprintf("the result (%d bytes) was too large for the termination message (%d bytes) and the container's log did not yield it: %v", rep.ResultLen, podentry.MaxReport, err))
 			}
 			log = fmt.Appendf(nil, "[graderd could not read the grader's log (%v); here are its last %d of %d bytes]\n%s", err, len(rep.LogTail), rep.LogLen, rep.LogTail)
 			result = rep.Result
@@ -379,13 +377,14 @@ func (e *Executor) resultOf(pod *corev1.Pod, term *corev1.ContainerStateTerminat
 		res = executor.LimitResult(executor.LimitMemory, e.limits, 0, "")
 	case failed && rep.Full != "":
 		res = executor.LimitResult(executor.LimitDisk, e.limits, 0, rep.Full)
+	case rep.Signal != 0:
+		sig := syscall.Signal(rep.Signal)
+		res = executor.Temporary(fmt.Sprintf("grader was killed by signal %d (%v)", int(sig), sig))
 	default:
-		res = executor.ExitResult(rep.Exit, syscall.Signal(rep.Signal), result, string(log))
+		res = executor.ExitResult(rep.Exit, result, string(log))
 	}
 	if res.Limit != executor.LimitNone && rep.Exit == 1 {
-		if doc := bytes.TrimSpace(result); len(doc) > 0 && json.Valid(doc) {
-			res.Result = doc
-		}
+		res.Result = executor.JSONOrNil(result)
 	}
 	res.Log = strings.ToValidUTF8(string(log), "\uFFFD")
 	res.Usage = executor.Usage{CPUTime: time.Duration(rep.CPU), PeakMemory: rep.MaxRSS, WallTime: time.Duration(rep.Wall)}
@@ -400,8 +399,4 @@ func (e *Executor) readLog(pod *corev1.Pod, rep podentry.Report) ([]byte, error)
 	defer cancel()
 	c := e.cfg.Cluster
 	return c.client.CoreV1().Pods(c.ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: GraderContainer, LimitBytes: &limit}).DoRaw(ctx)
-}
-
-func temporary(msg string) executor.Result {
-	return executor.Result{Outcome: gradebrokerv1.Outcome_OUTCOME_TEMPORARY, Error: msg}
 }
