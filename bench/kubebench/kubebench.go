@@ -258,18 +258,17 @@ func newGoneWatch(ctx context.Context, client clientset.Interface, ns string) (*
 	return g, nil
 }
 
-func (g *goneWatch) expect(prefix string) <-chan struct{} {
-	ch := make(chan struct{})
-	g.mu.Lock()
-	g.wait[prefix] = ch
-	g.mu.Unlock()
-	return ch
-}
+// expect returns a channel closed when a pod whose name starts with prefix
+// is deleted.
+func (g *goneWatch) expect(prefix string) <-chan struct{} { return g.register(g.wait, prefix) }
 
-func (g *goneWatch) expectEnd(name string) <-chan struct{} {
+// expectEnd returns a channel closed when pod name has ended.
+func (g *goneWatch) expectEnd(name string) <-chan struct{} { return g.register(g.ended, name) }
+
+func (g *goneWatch) register(m map[string]chan struct{}, key string) <-chan struct{} {
 	ch := make(chan struct{})
 	g.mu.Lock()
-	g.ended[name] = ch
+	m[key] = ch
 	g.mu.Unlock()
 	return ch
 }
