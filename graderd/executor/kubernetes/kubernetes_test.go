@@ -466,7 +466,11 @@ func TestPodSecurity(t *testing.T) {
 	j := job(11, `{}`)
 	j.Timeout = 90 * time.Second
 	go func() { done <- s.e.Run(context.Background(), j) }()
-	<-running
+	select {
+	case <-running:
+	case res := <-done:
+		t.Fatalf("the run ended before its grader ran: %v: %s", res.Outcome, res.Error)
+	}
 	pods, err := s.client.CoreV1().Pods(s.ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("pods: %v %d", err, len(pods.Items))
