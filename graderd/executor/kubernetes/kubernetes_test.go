@@ -242,7 +242,11 @@ func TestTimeout(t *testing.T) {
 	}})
 	j := job(6, `{}`)
 	j.Timeout = 2 * time.Second
-	res := s.e.Run(context.Background(), j)
+	var res executor.Result
+	ran := make(chan struct{})
+	go func() { defer close(ran); res = s.e.Run(context.Background(), j) }()
+	// Nothing else ends this run: no kubelet enforces activeDeadlineSeconds here.
+	testutil.WaitClosed(t, "graderd to end the run at its timeout", ran)
 	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_TIMEOUT || res.Limit != executor.LimitWallTime {
 		t.Fatalf("outcome %v, limit %v: %s", res.Outcome, res.Limit, res.Error)
 	}
