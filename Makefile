@@ -45,6 +45,15 @@ test: ## Vet, then run every test with the race detector.
 test-short: ## Run the tests without the slow suites.
 	$(GO) test -short -count=1 ./...
 
+IMAGE ?= gradebroker/graderd:dev
+
+.PHONY: image
+image: ## Build graderd's container image (graderd and gbpod, static) for deploy/kubernetes as $(IMAGE).
+	mkdir -p bin/static
+	CGO_ENABLED=0 $(GO) build -o bin/static/graderd ./graderd/cmd/graderd
+	CGO_ENABLED=0 $(GO) build -o bin/static/gbpod ./graderd/cmd/gbpod
+	docker build -f deploy/kubernetes/Dockerfile -t $(IMAGE) bin/static
+
 .PHONY: kube-apiserver
 kube-apiserver: ## Build kube-apiserver for the Kubernetes tests, cached outside the checkout (cold: ~10 min).
 	bash scripts/kube-apiserver.sh
