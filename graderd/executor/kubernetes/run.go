@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd/executor"
 	"github.com/gradebroker/gradebroker/graderd/executor/kubernetes/podentry"
 )
@@ -68,7 +67,7 @@ func (e *Executor) Run(ctx context.Context, job executor.Job) (res executor.Resu
 	}
 	doc, err := executor.JobDocument(job, e.limits)
 	if err != nil {
-		return executor.Result{Outcome: gradebrokerv1.Outcome_OUTCOME_FATAL, Error: err.Error()}
+		return executor.Fatal(err.Error())
 	}
 	c := e.cfg.Cluster
 	if err := c.waitSynced(ctx, e.cfg.StartTimeout); err != nil {
