@@ -57,6 +57,18 @@ func (l Limits) WithDefaults() Limits {
 	return l
 }
 
+// Defaults of the container executors (Docker, Kubernetes), beside those of
+// WithDefaults: an engine must be given a memory limit and a CPU quota, or
+// one container may take the whole machine.
+const (
+	// DefaultContainerMemory is a container's memory (swap off) when
+	// Limits.Memory is 0.
+	DefaultContainerMemory = 1 << 30
+	// DefaultContainerCPUs is a container's CPU quota, in CPUs, when its
+	// executor sets none.
+	DefaultContainerCPUs = 1.0
+)
+
 // Usage is what one run used, all its processes together. A zero field
 // means the executor could not measure it.
 type Usage struct {
