@@ -84,17 +84,6 @@ type Exec struct {
 
 var _ Executor = (*Exec)(nil)
 
-// stopReason is why Run stopped a grader before it exited on its own.
-type stopReason int
-
-const (
-	notStopped stopReason = iota
-	stoppedTimeout
-	stoppedCancel
-	stoppedOverflow
-	stoppedLimit
-)
-
 // started is a run Run waits for, with or without the sandbox.
 type started struct {
 	cmd        *exec.Cmd
@@ -200,29 +189,11 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		waitExited(pid)
 	}()
 
-	var timeout <-chan time.Time
-	if job.Timeout > 0 {
-		t := time.NewTimer(job.Timeout)
-		defer t.Stop()
-		timeout = t.C
-	}
-	stop := notStopped
-	hit := LimitNone
-	select {
-	case <-exited:
-	case <-timeout:
-		stop, hit = stoppedTimeout, LimitWallTime
-	case <-ctx.Done():
-		stop = stoppedCancel
-	case <-stdout.Overflow():
-		stop, hit = stoppedOverflow, LimitOutput
-	case hit = <-watch.Hit():
-		stop = stoppedLimit
-	}
-	if stop == stoppedLimit {
+	stop, hit := Supervise(ctx, exited, job.Timeout, stdout, watch)
+	if stop == StoppedLimit {
 		// A limit ends the run at once: there is nothing to wait for.
 		e.killAll(st, pid)
-	} else if stop != notStopped {
+	} else if stop != NotStopped {
 		e.terminate(st, pid)
 		grace := time.NewTimer(e.killGrace())
 		select {
@@ -253,7 +224,7 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 			}
 		}
 	}
-	if limits.CPUTime > 0 && usage.CPUTime > limits.CPUTime && hit == LimitNone && stop == notStopped {
+	if limits.CPUTime > 0 && usage.CPUTime > limits.CPUTime && hit == LimitNone && stop == NotStopped {
 		seen = LimitCPUTime
 	}
 
@@ -376,7 +347,7 @@ func (e *Exec) startUnconfined(st *started, job Job, argv []string, limits Limit
 
 // classify maps how the run ended to a Result (without Log, Duration and
 // Usage).
-func (e *Exec) classify(st started, stop stopReason, hit, seen Limit, stdout *ResultBuffer, stderr *LogBuffer, job Job, limits Limits) Result {
+func (e *Exec) classify(st started, stop Stop, hit, seen Limit, stdout *ResultBuffer, stderr *LogBuffer, job Job, limits Limits) Result {
 	if st.sandbox != nil {
 		if msg := st.sandbox.crunError(); msg != "" {
 			// crun failed, not the grader (a missing program, a path the
@@ -384,11 +355,8 @@ func (e *Exec) classify(st started, stop stopReason, hit, seen Limit, stdout *Re
 			return Temporary("the sandbox could not run the grader: " + msg)
 		}
 	}
-	switch stop {
-	case stoppedCancel:
-		return Temporary(ErrorCancelled)
-	case stoppedTimeout, stoppedOverflow, stoppedLimit:
-		return LimitResult(hit, limits, job.Timeout, "")
+	if stop != NotStopped {
+		return StoppedResult(stop, hit, limits, job.Timeout)
 	}
 	out, over := stdout.Bytes()
 	if over {
