@@ -61,13 +61,21 @@ func (e *Engine) ReapOrphans(ctx context.Context, server string, log *slog.Logge
 	if err != nil {
 		return n, errors.Join(append(errs, fmt.Errorf("listing the images a previous graderd loaded: %w", err))...)
 	}
+	prefix := loadedRepo + "/" + repoComponent(server) + "-lease-"
 	for _, im := range images.Items {
-		if _, err := e.cli.ImageRemove(ctx, im.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true}); err != nil && !errdefs.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("removing image %s: %w", im.ID, err))
-			continue
+		// By name, never by id: the image may have other names (the
+		// job's archive held an image the engine had), which stay.
+		for _, tag := range im.RepoTags {
+			if !strings.HasPrefix(tag, prefix) {
+				continue
+			}
+			if _, err := e.cli.ImageRemove(ctx, tag, client.ImageRemoveOptions{PruneChildren: true}); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("removing image %s: %w", tag, err))
+				continue
+			}
+			n++
+			log.Warn("removed an image a previous graderd loaded for a run", "image", tag)
 		}
-		n++
-		log.Warn("removed an image a previous graderd loaded for a run", "image", im.RepoTags)
 	}
 	return n, errors.Join(errs...)
 }

@@ -58,6 +58,8 @@ func moduleRoot(t testing.TB) string {
 }
 
 var (
+	importMu sync.Mutex
+
 	buildMu sync.Mutex
 	built   = map[string]string{} // package and flags -> binary
 )
@@ -122,6 +124,10 @@ func Image(t testing.TB, e *docker.Engine, name, bin string, changes ...string) 
 		fmt.Fprintf(h, "%s\n", c)
 	}
 	ref := "gradebroker-test/" + name + ":" + hex.EncodeToString(h.Sum(nil))[:16]
+	// One import per image and process: two at once would leave the
+	// first one's image nameless.
+	importMu.Lock()
+	defer importMu.Unlock()
 	ctx := context.Background()
 	if ok, err := e.HasImage(ctx, ref); err != nil {
 		t.Fatal(err)
