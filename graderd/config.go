@@ -265,7 +265,8 @@ type Containers struct {
 	Ready ReadySettings `yaml:"ready"`
 	// ScenarioTimeout bounds a scenario without its own timeout.
 	ScenarioTimeout time.Duration `yaml:"scenario_timeout"`
-	// ScenarioDir holds the scenario sets jobs name.
+	// ScenarioDir holds the scenario sets jobs name (relative to the
+	// working directory graderd starts in).
 	ScenarioDir string `yaml:"scenario_dir"`
 	// InlineScenarios, when false, refuses sets carried in jobdata.
 	InlineScenarios *bool `yaml:"inline_scenarios"`
@@ -594,9 +595,6 @@ func (c Containers) validate(field, typ string) error {
 		if d.v < 0 {
 			return fmt.Errorf("%s: must not be negative, got %v", f(d.name), d.v)
 		}
-	}
-	if c.ScenarioDir != "" && !strings.HasPrefix(c.ScenarioDir, "/") {
-		return fmt.Errorf("%s: %q is not an absolute path", f("scenario_dir"), c.ScenarioDir)
 	}
 	if c.InlineScenarios != nil && !*c.InlineScenarios && c.ScenarioDir == "" {
 		return fmt.Errorf("%s: with inline_scenarios false, jobs can only name sets of scenario_dir: set it", f("scenario_dir"))

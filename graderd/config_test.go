@@ -329,3 +329,18 @@ func TestParseByteSize(t *testing.T) {
 		}
 	}
 }
+
+// TestExampleConfigsLoad keeps the demos' configurations valid.
+func TestExampleConfigsLoad(t *testing.T) {
+	t.Parallel()
+	for _, f := range []string{"../examples/demo/graderd.yaml", "../examples/scenarios/graderd.yaml"} {
+		cfg := DefaultConfig()
+		if err := LoadConfigFile(f, &cfg); err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}

@@ -334,10 +334,16 @@ func (d *Daemon) containerExecutor(name string, s ExecutorSpec) (executor.Reaper
 			return nil, fmt.Errorf("%s: %w", field, err)
 		}
 	}
+	sets := s.ScenarioDir
+	if sets != "" {
+		if sets, err = filepath.Abs(sets); err != nil {
+			return nil, fmt.Errorf("%s.scenario_dir: %w", field, err)
+		}
+	}
 	sc := &docker.Scenarios{
 		Engine: eng, Server: server, Name: name, Images: images, RunnerImage: runner,
 		Port: s.Port, Ready: scenarios.Probe{Path: s.Ready.Path, Status: s.Ready.Status}, ReadyTimeout: s.Ready.Timeout,
-		ScenarioTimeout: s.ScenarioTimeout, SetsDir: s.ScenarioDir, NoInlineSets: s.InlineScenarios != nil && !*s.InlineScenarios,
+		ScenarioTimeout: s.ScenarioTimeout, SetsDir: sets, NoInlineSets: s.InlineScenarios != nil && !*s.InlineScenarios,
 		ServicesTimeout: s.ServicesTimeout, StudentEnv: slices.Clone(s.StudentEnv), User: s.User,
 		Limits: l.executor(), CPUs: s.CPUs, MaxBody: int64(s.MaxBody), KillGrace: l.KillGrace, Logger: d.log,
 	}

@@ -271,13 +271,38 @@ func keyPath(k string) string {
 	return "." + k
 }
 
-// show writes a value for a diff, in JSON, cut short.
+// show writes a value for a diff, in JSON, without its ignored keys, cut
+// short.
 func (c *comparer) show(v any) string {
-	b, err := json.Marshal(v)
+	b, err := json.Marshal(c.strip(v, 0))
 	if err != nil {
 		return "?"
 	}
 	return cut(string(b))
+}
+
+// strip returns v without its ignored keys, at any depth.
+func (c *comparer) strip(v any, depth int) any {
+	if len(c.ignore) == 0 || depth > maxDepth {
+		return v
+	}
+	switch t := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, e := range t {
+			if !c.ignore[k] {
+				out[k] = c.strip(e, depth+1)
+			}
+		}
+		return out
+	case []any:
+		out := make([]any, len(t))
+		for i, e := range t {
+			out[i] = c.strip(e, depth+1)
+		}
+		return out
+	}
+	return v
 }
 
 // quote writes a body for a diff, cut short.

@@ -154,6 +154,8 @@ func TestCompareJSON(t *testing.T) {
 		{"arrays in any order, at any depth", `{"a": [[1, 2], [3, 4]]}`, `{"a": [[4, 3], [2, 1]]}`, nil, true, nil},
 		{"unordered duplicates count", `[1, 1, 2]`, `[1, 2, 2]`, nil, true, []string{`$[*]: missing (expected an element 1)`, `$[*]: unexpected (got an element 2)`}},
 		{"unordered objects with ignored keys", `[{"id": 1, "t": "a"}, {"id": 2, "t": "b"}]`, `[{"id": 5, "t": "b"}, {"id": 6, "t": "a"}]`, []string{"id"}, true, nil},
+		{"ignored keys not shown", `[{"id": 1, "t": "a"}]`, `[{"id": 5, "t": "b"}]`, []string{"id"}, true,
+			[]string{`$[*]: missing (expected an element {"t":"a"})`, `$[*]: unexpected (got an element {"t":"b"})`}},
 		{"array length", `[1]`, `[1, 2]`, nil, false, []string{`$[1]: unexpected (got 2)`}},
 		{"type change", `{"a": {"b": 1}}`, `{"a": [1]}`, nil, false, []string{`$.a: expected an object, got [1]`}},
 		{"not JSON", `{}`, `<html>`, nil, false, []string{`the body is not JSON (invalid character '<' looking for beginning of value): "<html>"`}},
