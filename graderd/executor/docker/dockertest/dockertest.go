@@ -48,13 +48,12 @@ func Name(prefix string) string {
 }
 
 // moduleRoot is the directory of go.mod.
-func moduleRoot(t testing.TB) string {
-	t.Helper()
+func moduleRoot() (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(out)) == "" {
-		t.Fatalf("go env GOMOD: %v (the go command must be on PATH)", err)
+		return "", fmt.Errorf("go env GOMOD: %v (the go command must be on PATH, in the module)", err)
 	}
-	return filepath.Dir(strings.TrimSpace(string(out)))
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
 }
 
 var (
@@ -69,44 +68,66 @@ var (
 // per test process, and returns its path.
 func Binary(t testing.TB, pkg string, ldflags string) string {
 	t.Helper()
+	bin, err := BuildBinary(pkg, ldflags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// BuildBinary is Binary for programs that are not tests (benchmarks).
+func BuildBinary(pkg string, ldflags string) (string, error) {
 	key := pkg + " " + ldflags
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if b, ok := built[key]; ok {
-		return b
+		return b, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
 	}
 	sum := sha256.Sum256([]byte(key))
 	dir := filepath.Join(os.TempDir(), "gradebroker-dockertest")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	bin := filepath.Join(dir, filepath.Base(pkg)+"-"+hex.EncodeToString(sum[:])[:12])
 	tmp := bin + Name(".tmp-")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w "+ldflags, "-o", tmp, pkg)
-	cmd.Dir = moduleRoot(t)
+	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.Remove(tmp)
-		t.Fatalf("building %s: %v\n%s", pkg, err, out)
+		return "", fmt.Errorf("building %s: %v\n%s", pkg, err, out)
 	}
 	// Other test processes may build the same binary at the same time.
 	if err := os.Rename(tmp, bin); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	built[key] = bin
-	return bin
+	return bin, nil
 }
 
 // Image makes an image holding the binary alone as /app, its entrypoint,
 // with empty /tmp and /var/tmp (1777, as in distributions' images: a
 // writable root file system would let anyone write there) and /job, and
-// returns its reference, which
-// names its content: an image already on the engine is not made again.
+// returns its reference, which names its content: an image already on the
+// engine is not made again.
 func Image(t testing.TB, e *docker.Engine, name, bin string, changes ...string) string {
 	t.Helper()
-	body, err := os.ReadFile(bin)
+	ref, err := MakeImage(context.Background(), e, name, bin, changes...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return ref
+}
+
+// MakeImage is Image for programs that are not tests (benchmarks).
+func MakeImage(ctx context.Context, e *docker.Engine, name, bin string, changes ...string) (string, error) {
+	body, err := os.ReadFile(bin)
+	if err != nil {
+		return "", err
 	}
 	files := []docker.File{
 		{Name: "app", Mode: 0o755, Body: body},
@@ -128,16 +149,10 @@ func Image(t testing.TB, e *docker.Engine, name, bin string, changes ...string) 
 	// first one's image nameless.
 	importMu.Lock()
 	defer importMu.Unlock()
-	ctx := context.Background()
-	if ok, err := e.HasImage(ctx, ref); err != nil {
-		t.Fatal(err)
-	} else if ok {
-		return ref
+	if ok, err := e.HasImage(ctx, ref); err != nil || ok {
+		return ref, err
 	}
-	if err := e.ImportImage(ctx, ref, files, append([]string{`ENTRYPOINT ["/app"]`}, changes...)); err != nil {
-		t.Fatal(err)
-	}
-	return ref
+	return ref, e.ImportImage(ctx, ref, files, append([]string{`ENTRYPOINT ["/app"]`}, changes...))
 }
 
 // GoImage builds pkg and makes its image (Binary, then Image).
