@@ -3,6 +3,8 @@ package docker_test
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -273,5 +275,65 @@ func TestRunnerImageNeedsAStaticBinary(t *testing.T) {
 		if _, err := docker.EnsureRunnerImage(context.Background(), eng, bin); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("a runner image from %s: %v; want %q", bin, err, want)
 		}
+	}
+}
+
+// TestScenariosStudentIsHardened looks at the student's container from
+// inside (the probe as a service): it reaches its database and nothing
+// else, has no capability, writes only /tmp, and is not root.
+func TestScenariosStudentIsHardened(t *testing.T) {
+	t.Parallel()
+	eng := dockertest.Engine(t)
+	student := dockertest.GoImage(t, eng, "probe-serve", probePkg, "", `ENTRYPOINT ["/app", "serve"]`)
+	lis, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	port := itoa(lis.Addr().(*net.TCPAddr).Port)
+	dial := []string{"127.0.0.1:5984", "127.0.0.1:" + port}
+	if ip := hostIP(t); ip != "" {
+		dial = append(dial, ip+":"+port)
+	}
+	q := url.Values{"dial": dial, "write": {"/escape", "/var/tmp/escape", "/tmp/ok"}, "path": {"/var/run/docker.sock", "/run/docker.sock"}}
+	s, _ := scenariosExecutor(t, func(s *docker.Scenarios) {
+		s.Images.Allowed = []string{"gradebroker-test/probe-serve:*"}
+		s.Ready.Path = "/look"
+	})
+	set := []map[string]any{{"name": "look", "path": "/look?" + q.Encode(), "expect": map[string]any{"status": 200}}}
+	res, doc := grade(t, s, map[string]any{"image": student, "scenarios": set}, 2*time.Minute)
+	if res.Outcome != gradebrokerv1.Outcome_OUTCOME_OK || len(doc.Scenarios) != 1 {
+		t.Fatalf("outcome %v error %q records %v", res.Outcome, res.Error, statuses(doc))
+	}
+	var got struct {
+		UID, GID   int
+		CapEff     string
+		CapBnd     string
+		NoNewPrivs string
+		Seccomp    string
+		Written    []string
+		Visible    []string
+		Dial       map[string]string
+		Interfaces []string
+	}
+	if err := json.Unmarshal([]byte(doc.Scenarios[0].Got.Body), &got); err != nil {
+		t.Fatalf("the probe's answer %q: %v", doc.Scenarios[0].Got.Body, err)
+	}
+	if got.Dial["127.0.0.1:5984"] != "connected" {
+		t.Errorf("the student's service cannot reach its database: %v", got.Dial)
+	}
+	for addr, r := range got.Dial {
+		if addr != "127.0.0.1:5984" && r == "connected" {
+			t.Errorf("the student's service reached %s, outside its run", addr)
+		}
+	}
+	if strings.Join(got.Interfaces, " ") != "lo" {
+		t.Errorf("interfaces %v; want the run's loopback only", got.Interfaces)
+	}
+	if got.UID == 0 || got.GID == 0 || got.CapEff != "0000000000000000" || got.CapBnd != "0000000000000000" || got.NoNewPrivs != "1" || got.Seccomp != "2" {
+		t.Errorf("uid %d gid %d CapEff %s CapBnd %s NoNewPrivs %s Seccomp %s; want hardened", got.UID, got.GID, got.CapEff, got.CapBnd, got.NoNewPrivs, got.Seccomp)
+	}
+	if strings.Join(got.Written, " ") != "/tmp/ok" || len(got.Visible) > 0 {
+		t.Errorf("wrote %v, saw %v; want /tmp only, and no engine socket", got.Written, got.Visible)
 	}
 }

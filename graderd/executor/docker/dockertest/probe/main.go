@@ -16,6 +16,11 @@
 //	out      print jobdata.n bytes on stdout
 //	exit     exit with status jobdata.code, printing jobdata.stdout
 //
+// Run as "probe serve" it is instead a student's service: it listens on
+// $PORT and answers GET /look?path=P&write=W&dial=ADDR (each repeatable)
+// with what look reports, so that a scenarios test sees the student's
+// container from inside.
+//
 // Children are the probe itself, run as "probe child sleep" or "probe
 // child grab MIB".
 package main
@@ -26,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -48,6 +54,10 @@ type jobdata struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		serve()
+		return
+	}
 	if len(os.Args) > 2 && os.Args[1] == "child" {
 		child(os.Args[2:])
 		return
@@ -142,7 +152,21 @@ func child(args []string) {
 	}
 }
 
-func look(j jobdata) {
+func serve() {
+	http.HandleFunc("/look", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(report(jobdata{Paths: q["path"], Write: q["write"], Dial: q["dial"]}))
+	})
+	if err := http.ListenAndServe(":"+os.Getenv("PORT"), nil); err != nil {
+		fmt.Fprintln(os.Stderr, "probe:", err)
+		os.Exit(1)
+	}
+}
+
+func look(j jobdata) { print(report(j)) }
+
+func report(j jobdata) map[string]any {
 	r := map[string]any{"uid": os.Getuid(), "gid": os.Getgid(), "env": os.Environ()}
 	wd, _ := os.Getwd()
 	r["cwd"] = wd
@@ -188,7 +212,7 @@ func look(j jobdata) {
 	}
 	r["interfaces"] = ifaces
 	r["chown"] = errString(syscall.Chown("/tmp", 0, 0))
-	print(r)
+	return r
 }
 
 func errString(err error) string {
