@@ -209,7 +209,7 @@ serves; unknown keys are an error):
     uid_base: 2000000000              # slot N runs as uid and gid uid_base+N
     read_only_paths: [/srv/tasks]     # shown read-only to every run (-/path: if it exists)
     restrict_roots: [/srv/tasks]      # where a platform's restrict_paths may point
-  limits:                             # for every exec executor
+  limits:                             # for every executor
     memory_limit: 512MiB              # all the run's processes and tmpfs files; 0 = none
     cpu_time: 1m                      # all the run's processes; 0 = none
     pids: 256                         # processes and threads at once

@@ -90,7 +90,8 @@ type Config struct {
 	// executors ("unix:///var/run/docker.sock", "tcp://..."); empty means
 	// DOCKER_HOST, else the local socket.
 	DockerHost string `yaml:"docker_host"`
-	// Limits apply to every exec executor that does not set its own.
+	// Limits apply to every executor (exec, docker, scenarios) that does
+	// not set its own.
 	Limits Limits `yaml:"limits"`
 	// DefaultExecutor runs jobs none of whose tags has an executor in
 	// Executors. Its zero value (no type) means there is no default: such
