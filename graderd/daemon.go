@@ -345,7 +345,7 @@ func (d *Daemon) containerExecutor(name string, s ExecutorSpec) (executor.Reaper
 		Port: s.Port, Ready: scenarios.Probe{Path: s.Ready.Path, Status: s.Ready.Status}, ReadyTimeout: s.Ready.Timeout,
 		ScenarioTimeout: s.ScenarioTimeout, SetsDir: sets, NoInlineSets: s.InlineScenarios != nil && !*s.InlineScenarios,
 		ServicesTimeout: s.ServicesTimeout, StudentEnv: slices.Clone(s.StudentEnv), User: s.User,
-		Limits: l.executor(), CPUs: s.CPUs, MaxBody: int64(s.MaxBody), KillGrace: l.KillGrace, Logger: d.log,
+		Limits: l.executor(), CPUs: s.CPUs, MaxBody: int64(s.MaxBody), Logger: d.log,
 	}
 	for _, sv := range s.Services {
 		sc.Services = append(sc.Services, docker.Service{

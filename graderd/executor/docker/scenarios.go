@@ -51,7 +51,8 @@ import (
 //  4. The runner probes it with backoff up to the readiness bound, then
 //     makes the scenarios' requests in order and reports the answers;
 //     graderd judges them.
-//  5. Everything is removed, whatever happened: in the run's own cleanup,
+//  5. Everything is removed (killed: a service's answers no longer matter
+//     once the run is over), whatever happened: in the run's own cleanup,
 //     or, after a crash of graderd, by the next graderd's ReapOrphans
 //     (every container carries the run's labels).
 
@@ -126,9 +127,6 @@ type Scenarios struct {
 	// MaxBody is how much of an answer's body is read and compared; 0
 	// means DefaultMaxBody.
 	MaxBody int64
-	// KillGrace is the student's time to stop after SIGTERM at a timeout
-	// or cancel; 0 means executor.DefaultKillGrace.
-	KillGrace time.Duration
 	// Logger receives the executor's own logs; nil discards them.
 	Logger *slog.Logger
 }

@@ -68,7 +68,6 @@ func scenariosExecutor(t *testing.T, mutate func(*docker.Scenarios)) (*docker.Sc
 			Env:   []string{"KVDB_USER={{.User}}", "KVDB_PASSWORD={{.Password}}", "KVDB_DATABASE={{.Database}}"},
 			Tmpfs: map[string]string{"/data": "size=16m,uid=65534,gid=65534,mode=0700"},
 		}},
-		KillGrace: 200 * time.Millisecond,
 	}
 	if mutate != nil {
 		mutate(s)
