@@ -45,9 +45,10 @@ import (
 //     user and writable tmpfs directories as their configuration says,
 //     fresh credentials in their environment, and limits; the runner waits
 //     until their ports accept connections.
-//  3. The student's container starts, hardened as a grader's is (read-only
-//     root, no capabilities, no_new_privs, the default seccomp profile, a
-//     non-root user, limits), with the credentials in its environment.
+//  3. The student's container (created meanwhile) starts, hardened as a
+//     grader's is (read-only root, no capabilities, no_new_privs, the
+//     default seccomp profile, a non-root user, limits), with the
+//     credentials in its environment.
 //  4. The runner probes it with backoff up to the readiness bound, then
 //     makes the scenarios' requests in order and reports the answers;
 //     graderd judges them.
@@ -414,6 +415,12 @@ func (r *scenarioRun) run(set *scenarios.Set, image string, j scenariosJob, stud
 	if err := r.send(plan); err != nil {
 		return executor.Temporary(fmt.Sprintf("cannot give the runner its plan: %v", err))
 	}
+	// Created while the services start; started once they answer.
+	limits := s.studentLimits()
+	student, err := r.createStudent(image, creds, limits, studentLog)
+	if err != nil {
+		return executor.Temporary(err.Error())
+	}
 	ev, err := r.next()
 	if err != nil {
 		return executor.Temporary(err.Error())
@@ -428,10 +435,8 @@ func (r *scenarioRun) run(set *scenarios.Set, image string, j scenariosJob, stud
 		return executor.Temporary(msg)
 	}
 
-	limits := s.studentLimits()
-	student, err := r.startStudent(image, creds, limits, studentLog)
-	if err != nil {
-		return executor.Temporary(err.Error())
+	if err := student.start(r.ctx); err != nil {
+		return executor.Temporary(fmt.Sprintf("cannot start the student's container: %v", err))
 	}
 	meter, stopMeter := student.meter(r.ctx)
 	defer stopMeter()
@@ -644,8 +649,8 @@ func (r *scenarioRun) startService(svc Service, creds Credentials, lb *executor.
 	return nil
 }
 
-// startStudent starts the student's container.
-func (r *scenarioRun) startStudent(image string, creds Credentials, limits executor.Limits, log *executor.LogBuffer) (*box, error) {
+// createStudent creates the student's container.
+func (r *scenarioRun) createStudent(image string, creds Credentials, limits executor.Limits, log *executor.LogBuffer) (*box, error) {
 	s := r.s
 	tmpl := s.StudentEnv
 	if tmpl == nil {
@@ -665,9 +670,6 @@ func (r *scenarioRun) startStudent(image string, creds Credentials, limits execu
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the student's container: %w", err)
-	}
-	if err := b.start(r.ctx); err != nil {
-		return nil, fmt.Errorf("cannot start the student's container: %w", err)
 	}
 	return b, nil
 }
