@@ -87,6 +87,9 @@ type Platform struct {
 	ForceTag      string
 	Cert          *CertIdentity
 	CreatedAt     time.Time
+	// LegacyTokens allows the tokens graderqueue's platforms make: no kid,
+	// iat, exp or jti, a date claim (see token.Opener.OpenWith).
+	LegacyTokens bool
 }
 
 // Server is one registered grading machine.
