@@ -28,6 +28,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
 	"github.com/gradebroker/gradebroker/broker/graderapi"
+	"github.com/gradebroker/gradebroker/broker/graderqueue"
 	"github.com/gradebroker/gradebroker/broker/metrics"
 	"github.com/gradebroker/gradebroker/broker/platform"
 	"github.com/gradebroker/gradebroker/broker/store"
@@ -265,6 +266,8 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", gateway)
+	// graderqueue's platform API, for platforms written for it.
+	mux.Handle(graderqueue.Path, graderqueue.Handler(b.plat, graderqueue.Config{}, b.log))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", b.readyz)
 	b.http = &http.Server{
