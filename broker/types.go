@@ -90,6 +90,12 @@ type Protocol string
 // chose another.
 const ProtocolGradebroker Protocol = "gradebroker"
 
+// ProtocolGraderqueue is France-ioi's graderqueue's protocol: tokens to
+// api.php (broker/graderqueue), and results POSTed to the platform's
+// return_url as graderqueue's sendresults.php posted them, a form field
+// sToken holding {"sTaskName", "sResultData", "date"}.
+const ProtocolGraderqueue Protocol = "graderqueue"
+
 // Platform is a client that submits jobs and receives their results.
 type Platform struct {
 	ID            int64

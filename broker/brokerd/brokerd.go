@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
@@ -121,6 +122,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
 	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
 		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
+		Protocols: map[broker.Protocol]delivery.Protocol{
+			broker.ProtocolGraderqueue: delivery.NewGraderqueueCallback(b.keys, cfg.Name, 0),
+		},
 		OnDelivered: b.metrics.ObserveDelivery}, log)
 	if err != nil {
 		db.Close()
