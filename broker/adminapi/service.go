@@ -133,6 +133,7 @@ func (s *Service) AddPlatform(ctx context.Context, req *gradebrokerv1.AddPlatfor
 		ReturnURL:     req.GetReturnUrl(),
 		RestrictPaths: req.GetRestrictPaths(),
 		ForceTag:      req.GetForceTag(),
+		LegacyTokens:  req.GetLegacyTokens(),
 	}
 	if p.Protocol == "" {
 		p.Protocol = broker.ProtocolGradebroker
@@ -232,6 +233,7 @@ func (s *Service) UpdatePlatform(ctx context.Context, req *gradebrokerv1.UpdateP
 		}
 		u.Cert = &c
 	}
+	u.LegacyTokens = req.LegacyTokens
 	p, err := s.db.UpdatePlatform(ctx, req.GetName(), u)
 	if err != nil {
 		return nil, s.fail(ctx, err)

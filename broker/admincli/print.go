@@ -81,6 +81,7 @@ func printPlatform(w io.Writer, p *gradebrokerv1.Platform) {
 	fields(w,
 		"platform", p.GetName(),
 		"protocol", p.GetProtocol(),
+		"legacy tokens", yesNo(p.GetLegacyTokens()),
 		"return URL", orDash(p.GetReturnUrl()),
 		"restrict paths", list(p.GetRestrictPaths()),
 		"force tag", orDash(p.GetForceTag()),

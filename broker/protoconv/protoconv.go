@@ -67,6 +67,7 @@ func PlatformToProto(p broker.Platform) *gradebrokerv1.Platform {
 	out := &gradebrokerv1.Platform{
 		Name:          p.Name,
 		Protocol:      string(p.Protocol),
+		LegacyTokens:  p.LegacyTokens,
 		PublicKeyPem:  p.PublicKeyPEM,
 		ReturnUrl:     p.ReturnURL,
 		RestrictPaths: p.RestrictPaths,
