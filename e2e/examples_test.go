@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"crypto/rsa"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,6 +132,135 @@ func TestPythonPlatformExample(t *testing.T) {
 	} {
 		if out, err := verify(tok); err == nil || !strings.Contains(out, "refused") {
 			t.Errorf("verify of a callback %s: %v, want it refused\n%s", name, err, out)
+		}
+	}
+}
+
+// needPHP fails the test unless php-cli and Debian's php-phpseclib3 are
+// installed, naming the packages.
+func needPHP(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command("php", "-r", `require "/usr/share/php/phpseclib3/autoload.php"; echo class_exists("phpseclib3\\Crypt\\RSA") ? "ok" : "no";`).CombinedOutput()
+	if err != nil || string(out) != "ok" {
+		t.Fatalf("the PHP platform example needs php-cli and php-phpseclib3 (apt-get install php-cli php-phpseclib3): %v\n%s", err, out)
+	}
+}
+
+// TestPHPPlatformExample runs examples/platform-php against a real broker
+// and graderd: platform demo speaks graderqueue's protocol; client.php
+// sends its job to api.php as graderqueue's platforms did, with full
+// tokens, and asks getjob until it is done; callback.php, served by PHP's
+// own web server as the platform's return URL, decrypts and verifies the
+// sToken callback, and refuses forged and replayed ones.
+func TestPHPPlatformExample(t *testing.T) {
+	t.Parallel()
+	needPHP(t)
+	grader := buildSampleGrader(t)
+	e := setupPlatform(t)
+	dir := filepath.Join(repoRoot(t), "examples", "platform-php")
+	state := t.TempDir()
+	listen := freeAddr(t)
+	php := exec.Command("php", "-S", listen, filepath.Join(dir, "callback.php"))
+	php.Env = append(os.Environ(), "GB_PLATFORM=demo", "GB_PLATFORM_KEY="+filepath.Join(e.b.dir, "demo-token.key"),
+		"GB_BROKER_KEY="+filepath.Join(e.b.dir, "broker-token.pub"), "GB_STATE_DIR="+state)
+	var phpLog testutil.SyncBuffer
+	php.Stdout, php.Stderr = &phpLog, &phpLog
+	if err := php.Start(); err != nil {
+		t.Fatalf("php -S: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = php.Process.Kill()
+		_ = php.Wait()
+		if t.Failed() {
+			t.Logf("php -S:\n%s", phpLog.String())
+		}
+	})
+	hc := &http.Client{Timeout: 10 * time.Second}
+	testutil.Eventually(t, "php -S to listen", func() bool {
+		resp, err := hc.Get("http://" + listen + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	e.b.mustAdmin(t, "platform", "update", "demo", "--protocol", "graderqueue", "--return-url", "http://"+listen+"/callback.php")
+	e.b.mustAdmin(t, "server", "add", "grader1", "--cert", filepath.Join(e.b.dir, "clients", "grader1.crt"), "--type", "py")
+	startGraderdInProcess(t, e.b, "grader1", []string{grader})
+	solution, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", "solutions", "sum_wrong.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobdata, _ := json.Marshal(map[string]string{"task": "sum", "lang": "python3", "solution": string(solution)})
+
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command("php", filepath.Join(dir, "client.php"), "--url", e.url, "--ca", filepath.Join(e.b.dir, "ca.crt"),
+		"--platform", "demo", "--key", filepath.Join(e.b.dir, "demo-token.key"), "--broker-key", filepath.Join(e.b.dir, "broker-token.pub"),
+		"--jobdata", string(jobdata), "--tags", "python3", "--jobname", "sum", "--callbacks", filepath.Join(state, "callbacks.jsonl"))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("client.php: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	var out struct {
+		JobID  int64 `json:"jobid"`
+		GetJob struct {
+			Origin string
+			Data   map[string]any
+		}
+		Callback map[string]any
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+		t.Fatalf("client.php printed %q: %v", stdout.String(), err)
+	}
+	var resultdata struct{ Score int }
+	if rd, _ := out.GetJob.Data["resultdata"].(string); json.Unmarshal([]byte(rd), &resultdata) != nil || out.GetJob.Origin != "done" || resultdata.Score != 40 {
+		t.Errorf("getjob answered %+v", out.GetJob)
+	}
+	result, _ := out.Callback["sResultData"].(map[string]any)
+	if out.Callback["sTaskName"] != "sum" || result["score"] != float64(40) || out.Callback["status"] != "done" ||
+		out.Callback["date"] != time.Now().Format("02-01-2006") || out.Callback["job_id"] != float64(out.JobID) {
+		t.Errorf("the callback callback.php verified: %v", out.Callback)
+	}
+	testutil.Eventually(t, "the callback acknowledged", func() bool {
+		st := e.b.Delivery().Stats()
+		return st.Delivered == 1 && st.InFlight == 0
+	})
+
+	// callback.php refuses what is not the broker's, once.
+	brokerKey, err := token.LoadPrivateKeyPEM(mustRead(t, filepath.Join(e.b.dir, "broker-token.key")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Unix()
+	seal := func(kid string, key *rsa.PrivateKey, jti string) string {
+		b, _ := json.Marshal(map[string]any{"sTaskName": "x", "sResultData": nil, "job_id": 99, "delivery_id": 99,
+			"iat": now, "exp": now + 300, "jti": jti, "aud": "demo", "iss": "gradebroker"})
+		tok, err := token.Seal(b, kid, key, &e.demoKey.PublicKey, "", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	post := func(tok string) (int, string) {
+		resp, err := hc.PostForm("http://"+listen+"/callback.php", url.Values{"sToken": {tok}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	good := seal("gradebroker", brokerKey, token.NewJTI())
+	if code, body := post(good); code != 200 || !strings.Contains(body, `"bSuccess":true`) {
+		t.Errorf("a callback of the broker's: %d %s", code, body)
+	}
+	for name, tok := range map[string]string{
+		"replayed":              good,
+		"signed by another key": seal("gradebroker", e.demoKey, token.NewJTI()),
+		"of another signer":     seal("someone", brokerKey, token.NewJTI()),
+		"not a token":           "a.b.c.d.e",
+	} {
+		if code, body := post(tok); code != 400 || !strings.Contains(body, `"bSuccess":false`) {
+			t.Errorf("a callback %s: %d %s, want 400 and bSuccess false", name, code, body)
 		}
 	}
 }
