@@ -140,7 +140,7 @@ func TestGraderqueueCallbackThroughOutage(t *testing.T) {
 	}
 	last := calls[len(calls)-1]
 	if got := string(last.raw["sResultData"]); got != `{"executions":[{"name":"e","big":12345678901234567890}]}` {
-		t.Errorf("sResultData = %s, want taskgrader's output byte for byte", got)
+		t.Errorf("sResultData = %s, want taskgrader's output", got)
 	}
 	if got, want := last.payload.Date, e.clk.Now().Format("02-01-2006"); got != want || last.payload.Status != "done" || last.payload.JobID != jobID {
 		t.Errorf("date %q status %q job %d, want %q, done, %d", got, last.payload.Status, last.payload.JobID, want, jobID)
