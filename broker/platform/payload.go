@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 )
@@ -17,6 +18,9 @@ import (
 // JavaScript send numbers as strings and tags as comma-separated strings,
 // and because jobdata must reach the grader byte for byte (protojson's Value
 // would turn large integers into floats).
+
+// integerType is the type flexInt's decoding errors name.
+var integerType = reflect.TypeFor[int64]()
 
 // flexInt is an integer sent as a JSON number or a numeric string.
 type flexInt struct {
@@ -44,7 +48,8 @@ func (f *flexInt) UnmarshalJSON(b []byte) error {
 		// Accept 5.0 from languages without integers, but not 5.5.
 		fv, ferr := strconv.ParseFloat(s, 64)
 		if ferr != nil || fv != float64(int64(fv)) {
-			return fmt.Errorf("%s is not an integer", s)
+			// encoding/json adds the member's name to this kind of error.
+			return &json.UnmarshalTypeError{Value: strconv.Quote(s), Type: integerType}
 		}
 		v = int64(fv)
 	}
@@ -131,6 +136,9 @@ func decodePayload(payload []byte, v any) error {
 	if err := json.Unmarshal(payload, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
+			if te.Type == integerType {
+				return fmt.Errorf("payload member %q: %s is not an integer", te.Field, te.Value)
+			}
 			return fmt.Errorf("payload member %q: expected %s", te.Field, te.Type)
 		}
 		return fmt.Errorf("payload: %w", err)

@@ -86,6 +86,7 @@ func FuzzPayload(f *testing.F) {
 		`{"jobs":[{"jobdata":"{}","tags":["a"]}]}`,
 		`{"taskpath":"t","lang":"python3","solfile":{"name":"a.py","content_base64":"cHJpbnQoMSk="},"memlimit":"1024"}`,
 		`{"jobid":"17","wait_seconds":5}`,
+		`{"taskpath":"$ROOT_PATH/t","lang":"py","memlimit":0,"timelimit":"1000","solcontent":"","solpath":"a/b.py","taskrevision":"12"}`,
 		`{"jobdata":"{\"x\":[1,2,3]}"}`,
 		`[]`, `{"priority":1e400}`, `{"tags":null}`,
 	} {
@@ -105,7 +106,12 @@ func FuzzPayload(f *testing.F) {
 			if jd, err := solutionJobdata(sol); err == nil && !json.Valid(jd) {
 				t.Fatalf("solution jobdata %q is not JSON", jd)
 			}
+			if jd, name, err := graderqueueSolutionJobdata(sol, &Upload{Name: "dir/up.c", Content: b}); err == nil && (!json.Valid(jd) || name == "") {
+				t.Fatalf("graderqueue's solution jobdata %q (file %q) is not JSON", jd, name)
+			}
 		}
+		var gq graderqueueFields
+		_ = decodePayload(b, &gq)
 		var ref jobRef
 		_ = decodePayload(b, &ref)
 	})

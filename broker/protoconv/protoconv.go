@@ -66,6 +66,8 @@ func CertIdentityToProto(c broker.CertIdentity) *gradebrokerv1.CertIdentity {
 func PlatformToProto(p broker.Platform) *gradebrokerv1.Platform {
 	out := &gradebrokerv1.Platform{
 		Name:          p.Name,
+		Protocol:      string(p.Protocol),
+		LegacyTokens:  p.LegacyTokens,
 		PublicKeyPem:  p.PublicKeyPEM,
 		ReturnUrl:     p.ReturnURL,
 		RestrictPaths: p.RestrictPaths,
