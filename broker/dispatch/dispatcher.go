@@ -160,6 +160,45 @@ type lease struct {
 	// server listed the lease before.
 	assignSeq atomic.Uint64
 	reported  bool
+	// sess is the session the lease's Assign goes to (nil for a lease
+	// loaded at start, whose Assign left before the restart), and sent
+	// how far the Assign got (assignPending...): a lease the broker ends
+	// before its Assign left was never the server's, and must cost its
+	// job nothing.
+	sess *Session
+	sent atomic.Int32
+}
+
+// How far a lease's Assign got (lease.sent). An Assign leaves when the
+// transport takes it from the session's outbox; until then the broker can
+// still keep it from leaving.
+const (
+	// assignPending: the lease is being committed; its Assign waits.
+	assignPending int32 = iota
+	// assignQueued: the Assign waits in its session's outbox.
+	assignQueued
+	// assignTaken: the transport took the Assign; the server may have it.
+	assignTaken
+	// assignWithdrawn: the broker ended the lease before its Assign left;
+	// it never will.
+	assignWithdrawn
+)
+
+// withdraw keeps the lease's Assign from leaving if it has not left yet,
+// and reports whether it never left: then the server never had the job.
+// An Assign waiting in the outbox of an open session is left to go: what
+// the caller sends next (a Cancel) follows it.
+func (l *lease) withdraw() bool {
+	if l.sent.CompareAndSwap(assignPending, assignWithdrawn) {
+		return true
+	}
+	s := l.sess
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed && l.sent.CompareAndSwap(assignQueued, assignWithdrawn)
 }
 
 // Stats are counters for monitoring.
@@ -382,6 +421,8 @@ func (d *Dispatcher) load(ctx context.Context) error {
 		}
 		l := &lease{id: ol.ID, jobID: j.ID, attempt: ol.Number, deadline: ol.Deadline,
 			hard: ol.Deadline, cls: cls, prio: j.Priority, platform: j.PlatformID, q: q}
+		// Its Assign may have reached the server before the restart.
+		l.sent.Store(assignTaken)
 		srv := d.servers[ol.ServerID]
 		d.leases[l.id] = l
 		d.leaseByJob[j.ID] = l
@@ -577,13 +618,12 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 	timeout := time.Duration(q.timeoutMS) * time.Millisecond
 	l := &lease{id: id, jobID: q.id, srv: s, attempt: int(q.attempts),
 		deadline: now.Add(timeout + d.cfg.LeaseGrace), hard: now.Add(2*timeout + d.cfg.LeaseGrace),
-		cls: c, prio: prio, platform: platform, q: q}
+		cls: c, prio: prio, platform: platform, q: q, sess: s.sess}
 	d.leases[id] = l
 	d.leaseByJob[q.id] = l
 	s.leases[id] = l
 	d.stats.Assigned++
 	d.mx.assigned(q.attempts)
-	sess := s.sess
 	var aj store.AssignedJob
 	var aerr error
 	o := &op{
@@ -596,7 +636,7 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 		},
 		after: func() {
 			if aerr == nil {
-				sess.sendAssign(l, aj, timeout)
+				l.sess.sendAssign(l, aj, timeout)
 				return
 			}
 			// The job was not queued in the database after all; forget the
@@ -650,17 +690,27 @@ func (d *Dispatcher) requeueLocal(l *lease, avoid int64, now time.Time) {
 	d.stats.Requeued++
 }
 
-// revoke takes lease l back from its server: forgotten as a lease, it
-// stays counted against the server's slots as a zombie while the server is
-// connected, and the server is told to stop it. The zombie goes when the
-// server reports it or stops listing it.
-func (d *Dispatcher) revoke(l *lease, reason string) {
+// revoke takes lease l back from its server. When its Assign never left
+// (the lease was still being committed), the server never had the job: the
+// Assign never will leave, its slot is free at once, and revoke reports
+// true. Otherwise, forgotten as a lease, it stays counted against the
+// server's slots as a zombie while the server is connected, and the server
+// is told to stop it. The zombie goes when the server reports it or stops
+// listing it.
+func (d *Dispatcher) revoke(l *lease, reason string) (withdrawn bool) {
 	d.dropLease(l)
+	if l.withdraw() {
+		if l.srv != nil {
+			d.fill(l.srv, d.cfg.Now())
+		}
+		return true
+	}
 	if s := l.srv; s != nil && s.sess != nil {
 		l.zombie = true
 		s.leases[l.id] = l
 		s.sess.sendCancel(l, reason)
 	}
+	return false
 }
 
 // endAttempt ends lease l without a final result (expired, disconnected,

@@ -128,10 +128,13 @@ type Session struct {
 	queue   []Message
 	acks    []LeaseRef
 	assigns uint64 // Assigns queued so far
-	ready   chan struct{}
-	done    chan struct{}
-	err     error
-	closed  bool
+	// queued are the leases whose Assign waits in queue: Messages marks
+	// them taken.
+	queued []*lease
+	ready  chan struct{}
+	done   chan struct{}
+	err    error
+	closed bool
 }
 
 func newSession(d *Dispatcher, srv *server) *Session {
@@ -143,10 +146,19 @@ func (s *Session) Ready() <-chan struct{} { return s.ready }
 
 // Messages takes the messages waiting for the server, in the order they
 // must be delivered; acknowledgements waiting together come last, as one
-// Ack.
+// Ack. Once the session has ended it returns nothing: what had not left
+// by then never leaves, and the dispatcher counts it so (an Assign that
+// never left costs its job no attempt).
 func (s *Session) Messages() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	for _, l := range s.queued {
+		l.sent.CompareAndSwap(assignQueued, assignTaken)
+	}
+	s.queued = nil
 	out := s.queue
 	s.queue = nil
 	if len(s.acks) > 0 {
@@ -205,8 +217,12 @@ func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Durati
 	m := &Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
 		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline}
 	s.mu.Lock()
-	if !s.closed {
+	// A lease withdrawn meanwhile (cancelled while it was being committed)
+	// sends nothing; on a closed session the Assign stays pending, never
+	// to leave.
+	if !s.closed && l.sent.CompareAndSwap(assignPending, assignQueued) {
 		s.queue = append(s.queue, m)
+		s.queued = append(s.queued, l)
 		s.assigns++
 		l.assignSeq.Store(s.assigns)
 	}
