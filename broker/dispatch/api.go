@@ -189,11 +189,15 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.revoke(l, "requeued by "+actor)
+		withdrawn := d.revoke(l, "requeued by "+actor)
+		if withdrawn {
+			// Its Assign never left: the attempt does not count.
+			l.q.attempts--
+		}
 		if l.q.attempts >= l.q.maxAttempts {
 			l.q.maxAttempts = l.q.attempts + 1
 		}
-		maxAttempts := int(l.q.maxAttempts)
+		attempts, maxAttempts := int(l.q.attempts), int(l.q.maxAttempts)
 		d.requeueLocal(l, 0, now)
 		done := make(chan error, 1)
 		d.w.enqueue(&op{
@@ -203,6 +207,11 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 				}
 				if err := tx.SetMaxAttempts(jobID, maxAttempts); err != nil {
 					return err
+				}
+				if withdrawn {
+					if err := tx.SetAttempts(jobID, attempts); err != nil {
+						return err
+					}
 				}
 				return tx.Requeue(jobID, 0, actor, l.id, "requeued by "+actor)
 			},

@@ -716,8 +716,14 @@ func (d *Dispatcher) revoke(l *lease, reason string) (withdrawn bool) {
 // endAttempt ends lease l without a final result (expired, disconnected,
 // lost, temporary, timeout): the job is requeued, or fails when it has used
 // its attempts. The lease is forgotten at once; the change is committed by
-// the writer.
+// the writer. An end the broker decided for a lease whose Assign never left
+// (its server went away while it was being committed) costs no attempt:
+// the job never ran.
 func (d *Dispatcher) endAttempt(l *lease, end broker.LeaseEnd, reason, actor string) {
+	if !end.Reported() && l.withdraw() {
+		d.giveBack(l, end, reason+"; its Assign had not left the broker, so the attempt does not count", actor)
+		return
+	}
 	d.dropLease(l)
 	d.requeueOrFail(l, end, reason, actor)
 }
@@ -752,20 +758,21 @@ func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor 
 	d.fillClass(l.cls, now)
 }
 
-// giveBack puts the job of a lease its server never started (it had no
-// free slot) back in the queue without using an attempt: the dispatcher
-// gave the server more than it runs, and that must not cost the job.
-func (d *Dispatcher) giveBack(l *lease, reason, actor string) {
+// giveBack puts the job of a lease its server never ran back in the queue
+// without using an attempt: the server had no free slot for it (the
+// dispatcher gave it more than it runs), or never got its Assign. The
+// broker's own bookkeeping must never cost a job an attempt.
+func (d *Dispatcher) giveBack(l *lease, end broker.LeaseEnd, reason, actor string) {
 	now := d.cfg.Now()
 	d.dropLease(l)
 	l.q.attempts--
 	attempts := int(l.q.attempts)
 	d.requeueLocal(l, 0, now)
 	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
-		if err := tx.EndLease(l.id, broker.EndNotStarted, reason); err != nil {
+		if err := tx.EndLease(l.id, end, reason); err != nil {
 			return err
 		}
-		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(broker.EndNotStarted)+": "+reason); err != nil {
+		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(end)+": "+reason); err != nil {
 			return err
 		}
 		return tx.SetAttempts(l.jobID, attempts)
@@ -891,7 +898,10 @@ func (d *Dispatcher) expire(now time.Time) {
 			// The server may still be running it: stop it and keep the slot
 			// counted until it lets go.
 			reason := fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339))
-			d.revoke(l, string(broker.EndExpired))
+			if d.revoke(l, string(broker.EndExpired)) {
+				d.giveBack(l, broker.EndExpired, reason+"; its Assign had not left the broker, so the attempt does not count", "broker")
+				continue
+			}
 			d.requeueOrFail(l, broker.EndExpired, reason, "broker")
 		}
 	}

@@ -468,7 +468,7 @@ func (s *Session) Result(r Result) {
 		d.mx.result(ResultNotStarted)
 		log.Warn("server had no free slot for the job; requeueing it without using an attempt", "server", srv.name,
 			"job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "reason", reason)
-		d.giveBack(l, reason, "server:"+srv.name)
+		d.giveBack(l, broker.EndNotStarted, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	default:
 		// An OK without a JSON result, or an unknown outcome: the server is
