@@ -235,10 +235,19 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		after: func() {
 			d.mu.Lock()
 			defer d.mu.Unlock()
+			q := qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS, maxAttempts: int32(oj.MaxAttempts)}
+			c, stillQueued := d.cancelled[jobID]
 			d.dropCancelled(jobID)
-			c := d.classFor(oj.TypeIDs)
-			c.push(oj.Priority, platform, qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS,
-				maxAttempts: int32(oj.MaxAttempts)})
+			if stillQueued && c != nil {
+				// Cancelled while queued, and no server has reached its
+				// entry to drop it yet: that entry comes back, with the
+				// reopened job's fresh attempts.
+				d.reopened[jobID] = q
+			} else {
+				delete(d.reopened, jobID)
+				c = d.classFor(oj.TypeIDs)
+				c.push(oj.Priority, platform, q)
+			}
 			d.fillClass(c, d.cfg.Now())
 		},
 	})

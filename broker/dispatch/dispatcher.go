@@ -239,14 +239,18 @@ type Dispatcher struct {
 	leases          map[int64]*lease // current leases by id
 	leaseByJob      map[int64]*lease
 	cancelled       map[int64]*class // queued jobs cancelled, dropped when reached; their class if known
-	nextLease       int64
-	waiters         map[int64][]chan struct{}
-	stats           Stats
-	onFinal         func(jobID, deliveryID int64)
-	wake            wakeState
-	mx              metricCounts
-	closed          bool
-	lastTouch       time.Time // when servers' last_seen was last written
+	// reopened are jobs reopened while their entry from before their
+	// cancellation was still queued: the entry takes these fields when a
+	// server reaches it, rather than a second entry joining it.
+	reopened  map[int64]qjob
+	nextLease int64
+	waiters   map[int64][]chan struct{}
+	stats     Stats
+	onFinal   func(jobID, deliveryID int64)
+	wake      wakeState
+	mx        metricCounts
+	closed    bool
+	lastTouch time.Time // when servers' last_seen was last written
 
 	w *writer
 	// inline, while set, makes assign write its lease into this transaction
@@ -288,6 +292,7 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
 		leases:          make(map[int64]*lease),
 		leaseByJob:      make(map[int64]*lease),
 		cancelled:       make(map[int64]*class),
+		reopened:        make(map[int64]qjob),
 		waiters:         make(map[int64][]chan struct{}),
 	}
 	d.stopped = d.life.Done()
@@ -550,8 +555,15 @@ func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool)
 			j, fromAgain := pq.head()
 			if _, gone := d.cancelled[j.id]; gone {
 				d.dropCancelled(j.id)
+				delete(d.reopened, j.id)
 				c.take(lv, pq, fromAgain)
 				return nil, true
+			}
+			if len(d.reopened) > 0 {
+				if r, ok := d.reopened[j.id]; ok {
+					*j = r // the same job: its place in the queue (by id) stands
+					delete(d.reopened, j.id)
+				}
 			}
 			if j.avoid == s.id && nowMS-j.requeuedAt < d.cfg.AvoidFor.Milliseconds() && d.otherServerFor(c, s) {
 				continue

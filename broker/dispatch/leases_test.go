@@ -37,6 +37,41 @@ func TestCancelWhileTheLeaseCommitsSendsNothing(t *testing.T) {
 	}
 }
 
+// Reopening a cancelled job that still sits in its queue (cancelling a
+// queued job leaves its entry until a server reaches it) queues it once,
+// with fresh attempts.
+func TestReopenCancelledJobStillInItsQueue(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{MaxAttempts: 3}, "g1")
+	g := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g.nextAssign()
+	g.sess.SetSlots(0)
+	g.result(a, broker.OutcomeTemporary, nil) // queued again, one attempt used
+	e.waitState(ids[0], broker.JobQueued)
+	ctx := context.Background()
+	if err := e.d.CancelJob(ctx, ids[0], "operator:test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.RequeueJob(ctx, ids[0], "operator:test"); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.d.Stats(); st.Queued != 1 {
+		t.Fatalf("%d jobs queued after the reopen, want 1", st.Queued)
+	}
+	g.sess.SetSlots(2)
+	again := g.nextAssign()
+	if again.Lease.JobID != ids[0] || again.Attempt != 1 {
+		t.Fatalf("got job %d attempt %d, want job %d attempt 1 (fresh attempts)", again.Lease.JobID, again.Attempt, ids[0])
+	}
+	g.none()
+	if st := e.d.Stats(); st.Queued != 0 || st.Running != 1 {
+		t.Fatalf("queued %d, running %d; want 0 and 1", st.Queued, st.Running)
+	}
+	g.result(again, broker.OutcomeOK, map[string]int{"score": 1})
+	e.waitState(ids[0], broker.JobDone)
+}
+
 // A lease whose Assign never left the broker (its server went away while
 // the lease was being committed, or before the transport took the Assign;
 // an operator or the deadline took it back while it was being committed)
