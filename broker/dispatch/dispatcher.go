@@ -52,6 +52,23 @@ type Config struct {
 	// with its number of changes and how long its transaction took, from
 	// begin to commit. It runs on the writer goroutine: it must be quick.
 	OnCommit func(ops int, took time.Duration)
+	// OnRun, if set, is called for every result of a current lease that
+	// says what its run used or which limit ended it (a result refused as
+	// stale is not: the broker kept another). It runs under the
+	// dispatcher's lock: it must be quick.
+	OnRun func(Run)
+}
+
+// Run is one grading run as its server reported it, for metrics.
+type Run struct {
+	// Outcome is how the run ended, one of ResultNames.
+	Outcome string
+	// ServerType is the type of the server that ran it.
+	ServerType string
+	// Usage is what the run used; nil when the server measured nothing.
+	Usage *broker.Usage
+	// Limit is the limit that ended the run, if one did.
+	Limit broker.Limit
 }
 
 func (c *Config) setDefaults() {
@@ -167,6 +184,11 @@ type lease struct {
 	// job nothing.
 	sess *Session
 	sent atomic.Int32
+	// usage and limit are what the lease's run used and the limit that
+	// ended it, as its result reported them: they are written with the
+	// lease's end.
+	usage *broker.Usage
+	limit broker.Limit
 }
 
 // How far a lease's Assign got (lease.sent). An Assign leaves when the
@@ -757,12 +779,12 @@ func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor 
 	if int(l.q.attempts) >= int(l.q.maxAttempts) {
 		errMsg := fmt.Sprintf("gave up after %d attempt(s); last: %s: %s", l.q.attempts, end, reason)
 		d.log.Warn("job failed: out of attempts", "job_id", l.jobID, "lease_id", l.id, "server", srvName, "attempts", l.q.attempts)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
+		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
 		return
 	}
 	d.requeueLocal(l, avoid, now)
 	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
-		if err := tx.EndLease(l.id, end, reason); err != nil {
+		if err := tx.EndLeaseRun(l.id, end, reason, l.usage, l.limit); err != nil {
 			return err
 		}
 		return tx.Requeue(l.jobID, avoid, actor, l.id, string(end)+": "+reason)
@@ -792,18 +814,17 @@ func (d *Dispatcher) giveBack(l *lease, end broker.LeaseEnd, reason, actor strin
 	d.fillClass(l.cls, now)
 }
 
-// finish queues a job's final state. end and reason close its lease, if
-// leaseID is set; after runs after commit.
-func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end broker.LeaseEnd, reason string, after func()) {
+// finish queues the final state of lease l's job. end and reason close the
+// lease, with what its run used; after runs after commit.
+func (d *Dispatcher) finish(l *lease, f store.Final, end broker.LeaseEnd, reason string, after func()) {
 	d.stats.Finished++
 	d.mx.finalState(f.State)
+	jobID, leaseID := l.jobID, l.id
 	var deliveryID int64
 	d.w.enqueue(&op{
 		apply: func(tx *store.JobTx) error {
-			if leaseID != 0 {
-				if err := tx.EndLease(leaseID, end, reason); err != nil {
-					return err
-				}
+			if err := tx.EndLeaseRun(leaseID, end, reason, l.usage, l.limit); err != nil {
+				return err
 			}
 			f.LeaseID = leaseID
 			var err error

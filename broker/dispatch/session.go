@@ -57,6 +57,11 @@ type Result struct {
 	// Log is the grader's log; Error why it failed, for outcomes but OK.
 	Log   string
 	Error string
+	// Usage is what the run used, as far as the server measured it; nil
+	// when it measured nothing.
+	Usage *broker.Usage
+	// Limit is the limit that ended the run, if one did.
+	Limit broker.Limit
 }
 
 // Heartbeat is a server's periodic report of the leases it runs.
@@ -421,16 +426,18 @@ func (s *Session) Result(r Result) {
 		return
 	}
 	d.dropLease(l)
+	l.usage, l.limit = r.Usage, r.Limit
 	ack := func() { s.sendAck(r.Lease) }
 	valid := len(r.Result) == 0 || json.Valid(r.Result)
 	// The job's attributes go on each call rather than through log.With,
 	// which formats them even when the level is off (this runs per job).
 	log := d.log
+	var kind int
 	switch {
 	case r.Outcome == broker.OutcomeOK && len(r.Result) > 0 && valid:
-		d.mx.result(ResultOK)
+		kind = ResultOK
 		log.Info("job done", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: r.Outcome, Result: r.Result,
+		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: r.Outcome, Result: r.Result,
 			Log: r.Log, Actor: "server:" + srv.name}, broker.EndOK, "", ack)
 	case r.Outcome == broker.OutcomeFatal:
 		msg := r.Error
@@ -441,9 +448,9 @@ func (s *Session) Result(r Result) {
 		if !valid || len(res) == 0 {
 			res = nil
 		}
-		d.mx.result(ResultFatal)
+		kind = ResultFatal
 		log.Info("job failed: fatal result", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "error", msg)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: r.Outcome, Result: res, Log: r.Log,
+		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: r.Outcome, Result: res, Log: r.Log,
 			Error: msg, Actor: "server:" + srv.name}, broker.EndFatal, msg, ack)
 	case r.Outcome == broker.OutcomeTemporary || r.Outcome == broker.OutcomeTimeout:
 		reason := r.Error
@@ -451,11 +458,9 @@ func (s *Session) Result(r Result) {
 			reason = "no reason given"
 		}
 		end := broker.EndTemporary
+		kind = ResultTemporary
 		if r.Outcome == broker.OutcomeTimeout {
-			end = broker.EndTimeout
-			d.mx.result(ResultTimeout)
-		} else {
-			d.mx.result(ResultTemporary)
+			end, kind = broker.EndTimeout, ResultTimeout
 		}
 		log.Info("attempt ended; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", end, "reason", reason)
 		d.endAttempt(l, end, reason, "server:"+srv.name)
@@ -465,7 +470,7 @@ func (s *Session) Result(r Result) {
 		if reason == "" {
 			reason = "the server had no free slot"
 		}
-		d.mx.result(ResultNotStarted)
+		kind = ResultNotStarted
 		log.Warn("server had no free slot for the job; requeueing it without using an attempt", "server", srv.name,
 			"job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "reason", reason)
 		d.giveBack(l, broker.EndNotStarted, reason, "server:"+srv.name)
@@ -477,10 +482,14 @@ func (s *Session) Result(r Result) {
 		if !valid {
 			reason = "server sent a result that is not JSON"
 		}
-		d.mx.result(ResultInvalid)
+		kind = ResultInvalid
 		log.Warn("invalid result; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", int(r.Outcome), "reason", reason)
 		d.endAttempt(l, broker.EndInvalid, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
+	}
+	d.mx.result(kind)
+	if hook := d.cfg.OnRun; hook != nil && (r.Usage != nil || r.Limit != "") {
+		hook(Run{Outcome: ResultNames[kind], ServerType: srv.typeName, Usage: r.Usage, Limit: r.Limit})
 	}
 	d.fill(srv, now)
 }
