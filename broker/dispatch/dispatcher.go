@@ -689,7 +689,8 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 			// leaves right after it.
 			d.stats.AssignedInline++
 			if in.err == nil {
-				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds()}
+				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds(),
+					RestrictPaths: nj.RestrictPaths}
 				in.err = in.tx.AssignInserted(q.id, id, s.id, s.name, l.attempt, l.deadline)
 			}
 			in.after = append(in.after, o.after)

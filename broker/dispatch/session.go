@@ -88,6 +88,10 @@ type Assign struct {
 	Timeout time.Duration
 	// Deadline is when the lease ends unless a heartbeat extends it.
 	Deadline time.Time
+	// RestrictPaths are the job's platform's restrict_paths: the grader
+	// gets them in its job document (restrictToPaths), and graderd shows
+	// it those inside the paths its own configuration allows.
+	RestrictPaths []string
 }
 
 // Ack says the results of these leases are committed; the server may
@@ -220,7 +224,7 @@ func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Durati
 		return
 	}
 	m := &Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
-		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline}
+		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline, RestrictPaths: aj.RestrictPaths}
 	s.mu.Lock()
 	// A lease withdrawn meanwhile (cancelled while it was being committed)
 	// sends nothing; on a closed session the Assign stays pending, never

@@ -64,3 +64,25 @@ func TestRunUsageIsKeptWithItsAttempt(t *testing.T) {
 		t.Errorf("OnRun calls (-want +got):\n%s", diff)
 	}
 }
+
+// Every Assign carries its job's restrict_paths, whether its lease was
+// written with the job (a slot was free) or later.
+func TestAssignCarriesRestrictPaths(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	paths := []string{"/srv/tasks/t1", "/srv/tasks/shared"}
+	job := e.job(e.platform, 0)
+	job.RestrictPaths = paths
+	queued := e.submitJobs(job)
+	g := e.connect("g1", 2)
+	inline := e.submitJobs(job)
+	for _, id := range []int64{queued[0], inline[0]} {
+		a := g.nextAssign()
+		if a.Lease.JobID != id || !cmp.Equal(a.RestrictPaths, paths) {
+			t.Errorf("Assign of job %d: restrict paths %q, want job %d with %q", a.Lease.JobID, a.RestrictPaths, id, paths)
+		}
+	}
+	if st := e.d.Stats(); st.AssignedInline != 1 {
+		t.Fatalf("%d leases written with their job, want 1: the test covers both ways", st.AssignedInline)
+	}
+}

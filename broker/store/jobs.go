@@ -208,6 +208,9 @@ type AssignedJob struct {
 	JobData   []byte
 	Tags      []string
 	TimeoutMS int64
+	// RestrictPaths are the platform's restrict_paths, copied to the job
+	// when it was submitted.
+	RestrictPaths []string
 }
 
 // Assign moves a queued job to assigned under a new lease and returns what
@@ -215,10 +218,10 @@ type AssignedJob struct {
 // not queued.
 func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attempt int, deadline time.Time) (AssignedJob, error) {
 	var a AssignedJob
-	var tags string
+	var tags, paths string
 	err := t.tx.QueryRowContext(t.ctx, `UPDATE jobs SET state = 2, lease_id = ?, attempts = ?, server_id = ?,
-		server_name = ?, updated_at = ? WHERE id = ? AND state = 1 RETURNING name, jobdata, tags, timeout_ms`,
-		leaseID, attempt, serverID, serverName, t.now, jobID).Scan(&a.Name, &a.JobData, &tags, &a.TimeoutMS)
+		server_name = ?, updated_at = ? WHERE id = ? AND state = 1 RETURNING name, jobdata, tags, timeout_ms, restrict_paths`,
+		leaseID, attempt, serverID, serverName, t.now, jobID).Scan(&a.Name, &a.JobData, &tags, &a.TimeoutMS, &paths)
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, fmt.Errorf("%w: job %d is not queued", broker.ErrFailedPrecondition, jobID)
 	}
@@ -227,6 +230,11 @@ func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attemp
 	}
 	if err := json.Unmarshal([]byte(tags), &a.Tags); err != nil {
 		return a, fmt.Errorf("job %d: tags: %w", jobID, err)
+	}
+	if paths != "[]" {
+		if err := json.Unmarshal([]byte(paths), &a.RestrictPaths); err != nil {
+			return a, fmt.Errorf("job %d: restrict_paths: %w", jobID, err)
+		}
 	}
 	return a, t.lease(jobID, leaseID, serverID, serverName, attempt, deadline)
 }
