@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
@@ -372,6 +373,20 @@ func (d *Dispatcher) ServerStatus(name string) (connected bool, slots, running i
 		return false, 0, 0, time.Time{}
 	}
 	return s.sess != nil, s.capacity(), len(s.leases), s.lastSeen
+}
+
+// ServerHello returns what server name's graderd reported of itself when
+// it last connected since the broker started: its version and its
+// executors, with how each isolates its runs. Both are empty for a server
+// that has not connected since.
+func (d *Dispatcher) ServerHello(name string) (version string, executors []broker.Executor) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.byName[name]
+	if s == nil {
+		return "", nil
+	}
+	return s.version, slices.Clone(s.executors)
 }
 
 // UseToken records a token id in its own group-committed transaction, for

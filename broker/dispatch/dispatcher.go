@@ -132,6 +132,10 @@ type server struct {
 	wakeupURL      string // empty: it cannot be woken (wakeup.go)
 	// drained: an operator drained it (ops.go); it gets no new jobs.
 	drained bool
+	// version and executors are what graderd reported in its last Hello,
+	// for operators (an executor without a sandbox must show).
+	version   string
+	executors []broker.Executor
 	// full: it handed a job back for want of a free slot, so the
 	// dispatcher's count of its leases is short; it gets no new jobs
 	// until it reports again (a result or a heartbeat), changes its slots

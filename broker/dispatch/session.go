@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,9 +35,13 @@ type Hello struct {
 	// Held lists the leases the server still holds: running, or finished
 	// with a result it has not had acknowledged yet.
 	Held []LeaseRef
-	// Hostname and Version are for the logs.
+	// Hostname is for the logs.
 	Hostname string
-	Version  string
+	// Version is graderd's version, and Executors its executors with how
+	// each isolates its runs: for the logs and for operators
+	// (Dispatcher.ServerHello).
+	Version   string
+	Executors []broker.Executor
 }
 
 // Welcome answers a Hello: who the dispatcher takes the server for.
@@ -270,6 +275,12 @@ func (d *Dispatcher) Open(ctx context.Context, fingerprint string, h Hello) (*Se
 	}
 	d.log.Info("server connected", "server", rec.Name, "type", rec.Type, "slots", h.Slots, "running", len(h.Held),
 		"hostname", h.Hostname, "version", h.Version)
+	for _, e := range h.Executors {
+		if e.Sandbox == broker.SandboxNone {
+			d.log.Warn("a server's executor runs its graders without a sandbox, with graderd's powers", "server", rec.Name,
+				"executor", e.Name, "type", e.Type)
+		}
+	}
 	return sess, w, nil
 }
 
@@ -338,6 +349,7 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 	sess := newSession(d, s)
 	s.sess = sess
 	s.slots = h.Slots
+	s.version, s.executors = h.Version, slices.Clone(h.Executors)
 	s.full = false
 	s.lastSeen = now
 	d.connectedByType[s.typeID]++

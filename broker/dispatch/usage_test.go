@@ -86,3 +86,28 @@ func TestAssignCarriesRestrictPaths(t *testing.T) {
 		t.Fatalf("%d leases written with their job, want 1: the test covers both ways", st.AssignedInline)
 	}
 }
+
+// What graderd says of itself in its Hello is kept for operators, and
+// replaced at its next connection.
+func TestServerHelloIsKept(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	if v, ex := e.d.ServerHello("g1"); v != "" || ex != nil {
+		t.Fatalf("before any connection: %q, %v", v, ex)
+	}
+	for _, h := range []Hello{
+		{Slots: 1, Version: "1.0", Executors: []broker.Executor{{Name: "default", Type: "exec", Sandbox: "crun"},
+			{Name: "gpu", Type: "exec", Sandbox: broker.SandboxNone}}},
+		{Slots: 1, Version: "1.1", Executors: []broker.Executor{{Name: "default", Type: "docker", Sandbox: "docker"}}},
+	} {
+		sess, _, err := e.d.Open(context.Background(), fingerprint("g1"), h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess.Close(nil)
+		v, ex := e.d.ServerHello("g1")
+		if v != h.Version || !cmp.Equal(ex, h.Executors) {
+			t.Errorf("ServerHello = %q, %v; want %q, %v", v, ex, h.Version, h.Executors)
+		}
+	}
+}
