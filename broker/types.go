@@ -289,6 +289,8 @@ const (
 	LimitOutput Limit = "output"
 	// LimitDisk: the size of the run's writable file systems.
 	LimitDisk Limit = "disk"
+	// LimitUnknown: a limit this broker does not know (a newer graderd's).
+	LimitUnknown Limit = "unknown"
 )
 
 // LeaseEnd is how a lease ended, as stored with its attempt and shown to
