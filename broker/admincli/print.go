@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -250,23 +250,8 @@ func usageColumns(u *gradebrokerv1.Usage) (cpu, mem, wall string) {
 	if u == nil {
 		return "-", "-", "-"
 	}
-	return u.GetCpuTime().AsDuration().Round(time.Millisecond).String(), bytesIEC(u.GetPeakMemoryBytes()),
+	return u.GetCpuTime().AsDuration().Round(time.Millisecond).String(), humanize.IBytes(u.GetPeakMemoryBytes()),
 		u.GetWallTime().AsDuration().Round(time.Millisecond).String()
-}
-
-// bytesIEC writes a size the way limits are configured: 512 KiB, 1.5 GiB.
-func bytesIEC(n uint64) string {
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	v, unit := float64(n)/1024, "KiB"
-	for _, u := range []string{"MiB", "GiB", "TiB"} {
-		if v < 1024 {
-			break
-		}
-		v, unit = v/1024, u
-	}
-	return strings.TrimSuffix(strconv.FormatFloat(v, 'f', 1, 64), ".0") + " " + unit
 }
 
 // limitName is the limit that ended a run as operators read it: "memory",
