@@ -54,8 +54,9 @@ type Config struct {
 	OnCommit func(ops int, took time.Duration)
 	// OnRun, if set, is called for every result of a current lease that
 	// says what its run used or which limit ended it (a result refused as
-	// stale is not: the broker kept another). It runs under the
-	// dispatcher's lock: it must be quick.
+	// stale is not: the broker kept another). It runs on the writer
+	// goroutine once the result is committed, just before the server's
+	// Ack is queued: it must be quick.
 	OnRun func(Run)
 }
 

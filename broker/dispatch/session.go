@@ -443,19 +443,28 @@ func (s *Session) Result(r Result) {
 	}
 	d.dropLease(l)
 	l.usage, l.limit = r.Usage, r.Limit
-	ack := func() { s.sendAck(r.Lease) }
 	valid := len(r.Result) == 0 || json.Valid(r.Result)
+	kind := resultKind(r, valid)
+	d.mx.result(kind)
+	ack := func() { s.sendAck(r.Lease) }
+	if report := d.cfg.OnRun; report != nil && (r.Usage != nil || r.Limit != "") {
+		// Reported once the result is committed, just before its Ack: off
+		// the dispatcher's lock, and before the server hears it was kept.
+		run := Run{Outcome: ResultNames[kind], ServerType: srv.typeName, Usage: r.Usage, Limit: r.Limit}
+		ack = func() {
+			report(run)
+			s.sendAck(r.Lease)
+		}
+	}
 	// The job's attributes go on each call rather than through log.With,
 	// which formats them even when the level is off (this runs per job).
 	log := d.log
-	var kind int
-	switch {
-	case r.Outcome == broker.OutcomeOK && len(r.Result) > 0 && valid:
-		kind = ResultOK
+	switch kind {
+	case ResultOK:
 		log.Info("job done", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt)
 		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: r.Outcome, Result: r.Result,
 			Log: r.Log, Actor: "server:" + srv.name}, broker.EndOK, "", ack)
-	case r.Outcome == broker.OutcomeFatal:
+	case ResultFatal:
 		msg := r.Error
 		if msg == "" {
 			msg = "the grader reported a fatal error"
@@ -464,29 +473,26 @@ func (s *Session) Result(r Result) {
 		if !valid || len(res) == 0 {
 			res = nil
 		}
-		kind = ResultFatal
 		log.Info("job failed: fatal result", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "error", msg)
 		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: r.Outcome, Result: res, Log: r.Log,
 			Error: msg, Actor: "server:" + srv.name}, broker.EndFatal, msg, ack)
-	case r.Outcome == broker.OutcomeTemporary || r.Outcome == broker.OutcomeTimeout:
+	case ResultTemporary, ResultTimeout:
 		reason := r.Error
 		if reason == "" {
 			reason = "no reason given"
 		}
 		end := broker.EndTemporary
-		kind = ResultTemporary
-		if r.Outcome == broker.OutcomeTimeout {
-			end, kind = broker.EndTimeout, ResultTimeout
+		if kind == ResultTimeout {
+			end = broker.EndTimeout
 		}
 		log.Info("attempt ended; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", end, "reason", reason)
 		d.endAttempt(l, end, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
-	case r.Outcome == broker.OutcomeNotStarted:
+	case ResultNotStarted:
 		reason := r.Error
 		if reason == "" {
 			reason = "the server had no free slot"
 		}
-		kind = ResultNotStarted
 		log.Warn("server had no free slot for the job; requeueing it without using an attempt", "server", srv.name,
 			"job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "reason", reason)
 		d.giveBack(l, broker.EndNotStarted, reason, "server:"+srv.name)
@@ -498,16 +504,32 @@ func (s *Session) Result(r Result) {
 		if !valid {
 			reason = "server sent a result that is not JSON"
 		}
-		kind = ResultInvalid
 		log.Warn("invalid result; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", int(r.Outcome), "reason", reason)
 		d.endAttempt(l, broker.EndInvalid, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	}
-	d.mx.result(kind)
-	if hook := d.cfg.OnRun; hook != nil && (r.Usage != nil || r.Limit != "") {
-		hook(Run{Outcome: ResultNames[kind], ServerType: srv.typeName, Usage: r.Usage, Limit: r.Limit})
-	}
 	d.fill(srv, now)
+}
+
+// resultKind classifies a result of a current lease as ResultNames counts
+// it; valid says its result is empty or JSON.
+func resultKind(r Result, valid bool) int {
+	switch r.Outcome {
+	case broker.OutcomeOK:
+		if len(r.Result) > 0 && valid {
+			return ResultOK
+		}
+	case broker.OutcomeFatal:
+		return ResultFatal
+	case broker.OutcomeTemporary:
+		return ResultTemporary
+	case broker.OutcomeTimeout:
+		return ResultTimeout
+	case broker.OutcomeNotStarted:
+		return ResultNotStarted
+	}
+	// An OK without a JSON result, or an unknown outcome.
+	return ResultInvalid
 }
 
 // Heartbeat extends the leases the server still runs and lets go of the

@@ -12,8 +12,8 @@ import (
 )
 
 // What each run used and the limit that ended it are committed with its
-// attempt, whatever the outcome, and reported to OnRun; a stale result's
-// are neither.
+// attempt, whatever the outcome, and reported to OnRun once committed; a
+// stale result's are neither.
 func TestRunUsageIsKeptWithItsAttempt(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
@@ -35,6 +35,7 @@ func TestRunUsageIsKeptWithItsAttempt(t *testing.T) {
 	g.sess.Result(Result{Lease: b.Lease, Outcome: broker.OutcomeFatal, Error: "memory limit: the run used 1 GiB",
 		Usage: last, Limit: broker.LimitMemory})
 	e.waitState(ids[0], broker.JobFailed)
+	e.settle() // what follows the commit has run: OnRun, the Acks
 
 	type attempt struct {
 		End   broker.LeaseEnd

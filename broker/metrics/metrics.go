@@ -198,8 +198,8 @@ func (m *Metrics) ObserveDelivery(latency time.Duration) {
 // ObserveRun records one grading run whose result the broker kept: what
 // it used (nil: its server measured nothing) and the limit that ended it,
 // if one did. outcome is how it ended (ok, fatal, temporary, timeout,
-// invalid), serverType its server's type. It is quick enough for
-// dispatch.Config.OnRun, which calls it under the dispatcher's lock.
+// invalid), serverType its server's type: it is dispatch.Config.OnRun's
+// work.
 func (m *Metrics) ObserveRun(outcome, serverType string, u *broker.Usage, limit broker.Limit) {
 	if m == nil {
 		return
