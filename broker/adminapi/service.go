@@ -42,6 +42,9 @@ type Dispatcher interface {
 	// offers, how many jobs it runs and when it was last heard from; a
 	// server the dispatcher does not know is not connected.
 	ServerStatus(name string) (connected bool, slots, running int, lastSeen time.Time)
+	// ServerHello returns the version and executors graderd reported when
+	// server name last connected; both empty before it did.
+	ServerHello(name string) (version string, executors []broker.Executor)
 	// RequeueJob puts job id back in the queue on behalf of actor. It
 	// returns ErrNotFound for an unknown job and ErrFailedPrecondition for
 	// a job that cannot be requeued (done, or already queued).
@@ -388,6 +391,9 @@ func (s *Service) serverToProto(srv broker.Server) *gradebrokerv1.Server {
 	p.Slots = protoconv.Count(slots)
 	p.Running = protoconv.Count(running)
 	p.Drained = s.d.ServerDrained(srv.Name)
+	var executors []broker.Executor
+	p.Version, executors = s.d.ServerHello(srv.Name)
+	p.Executors = protoconv.ExecutorsToProto(executors)
 	return p
 }
 

@@ -341,19 +341,26 @@ type: the server takes the jobs whose tags the type covers.`,
 	{
 		name:     "server list",
 		synopsis: "server list",
-		summary:  "List servers with their connection state",
+		summary:  "List servers with their connection state, graderd version and sandbox",
+		help: `SANDBOX says how each server's executors isolate grading runs, as graderd
+reported it when it last connected since the broker started: "crun" for
+graderd's sandbox, "NONE (executor...)" first and in capitals for executors an
+operator set to 'sandbox: none', whose graders run with graderd's own powers
+(a warning under the table names them too), "-" before the server connected.`,
 		examples: []string{"broker admin server list"},
 		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
 			return call(ctx, r, admin.ListServers, &gradebrokerv1.ListServersRequest{},
 				func(w io.Writer, resp *gradebrokerv1.ListServersResponse) {
 					now := time.Now()
 					tw := newTable(w)
-					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN")
+					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN\tVERSION\tSANDBOX")
 					for _, s := range resp.GetServers() {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
-							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
+							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now),
+							orDash(s.GetVersion()), sandboxSummary(s.GetExecutors()))
 					}
 					tw.Flush()
+					warnUnsandboxed(w, resp.GetServers())
 				})
 		}),
 	},

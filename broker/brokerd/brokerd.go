@@ -117,6 +117,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		ReconnectGrace:    cfg.ReconnectGrace,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		OnCommit:          onCommit(b.metrics, cfg.OnCommit),
+		OnRun:             func(r dispatch.Run) { b.metrics.ObserveRun(r.Outcome, r.ServerType, r.Usage, r.Limit) },
 	}, log)
 	b.grader = graderapi.New(b.disp, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
