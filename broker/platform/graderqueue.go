@@ -105,14 +105,7 @@ func graderqueueSolutionJobdata(p sendSolutionPayload, upload *Upload) ([]byte, 
 	if name == "" || name == "." || name == "/" {
 		return nil, "", errors.New("the solution's file name is empty")
 	}
-	params := map[string]any{
-		"timeLimitMs":      max(1, p.Timelimit.v),
-		"memoryLimitKb":    max(4, p.Memlimit.v),
-		"useCache":         true,
-		"stdoutTruncateKb": -1,
-		"stderrTruncateKb": -1,
-		"getFiles":         []string{},
-	}
+	params := taskgraderParams(max(1, p.Timelimit.v), max(4, p.Memlimit.v))
 	extra["solutionId"] = "sol-" + name
 	extra["solutionExecId"] = "exec-" + name
 	extra["solutionLanguage"] = p.Lang

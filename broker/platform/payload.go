@@ -177,9 +177,8 @@ func normalizeJobdata(raw json.RawMessage) ([]byte, error) {
 //	{"taskPath": TASKPATH,
 //	 "extraParams": {"solutionFilename": NAME, "solutionContent": SOURCE | "solutionPath": PATH,
 //	                 "solutionLanguage": LANG,
-//	                 "defaultSolutionCompParams": {"memoryLimitKb": M, "timeLimitMs": T},
-//	                 "defaultSolutionExecParams": {"memoryLimitKb": M, "timeLimitMs": T}},
-//	 "solutions": "@defaultSolutions", "executions": "@defaultExecutions"}
+//	                 "defaultSolutionCompParams": PARAMS, "defaultSolutionExecParams": PARAMS},
+//	 "solutions": "@defaultEvaluationSolutions", "executions": "@defaultEvaluationExecutions"}
 func solutionJobdata(p sendSolutionPayload) ([]byte, error) {
 	if p.Taskpath == "" {
 		return nil, errors.New("taskpath is required")
@@ -218,19 +217,37 @@ func solutionJobdata(p sendSolutionPayload) ([]byte, error) {
 	if given != 1 {
 		return nil, fmt.Errorf("exactly one of solcontent, solpath and solfile is required; got %d", given)
 	}
-	params := map[string]int64{}
-	if p.Memlimit.set {
-		params["memoryLimitKb"] = p.Memlimit.v
+	switch {
+	case p.Memlimit.set && p.Timelimit.set:
+		params := taskgraderParams(p.Timelimit.v, p.Memlimit.v)
+		extra["defaultSolutionCompParams"] = params
+		extra["defaultSolutionExecParams"] = params
+	case p.Memlimit.set || p.Timelimit.set:
+		// taskgrader takes the solution's parameters as a whole: half of
+		// them would leave it without the other half.
+		return nil, errors.New("memlimit and timelimit go together: send both, or neither for the task's defaults")
 	}
-	if p.Timelimit.set {
-		params["timeLimitMs"] = p.Timelimit.v
-	}
-	extra["defaultSolutionCompParams"] = params
-	extra["defaultSolutionExecParams"] = params
 	return json.Marshal(map[string]any{
 		"taskPath":    p.Taskpath,
 		"extraParams": extra,
-		"solutions":   "@defaultSolutions",
-		"executions":  "@defaultExecutions",
+		"solutions":   "@defaultEvaluationSolutions",
+		"executions":  "@defaultEvaluationExecutions",
 	})
+}
+
+// taskgraderParams are a solution's compilation and execution parameters
+// for taskgrader, as graderqueue's api.php set them: they replace the
+// task's defaults as a whole, so every key taskgrader reads is there.
+// The variables the solutions and executions refer to
+// (@defaultEvaluationSolutions and @defaultEvaluationExecutions) are the
+// ones taskgrader's genJson writes into a task's defaultParams.json.
+func taskgraderParams(timeLimitMs, memoryLimitKb int64) map[string]any {
+	return map[string]any{
+		"timeLimitMs":      timeLimitMs,
+		"memoryLimitKb":    memoryLimitKb,
+		"useCache":         true,
+		"stdoutTruncateKb": -1,
+		"stderrTruncateKb": -1,
+		"getFiles":         []string{},
+	}
 }
