@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi/adminapitest"
 	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/store"
@@ -139,8 +140,17 @@ func TestTagsTypesServers(t *testing.T) {
 	env.Dispatcher.SetStatus("g1", adminapitest.Status{Connected: true, Slots: 3, Running: 1, LastSeen: time.Now().Add(-5 * time.Second)})
 	r = run(t, env, "server", "list")
 	ok(t, r, "NAME", "TYPE", "CONNECTED", "SLOTS", "RUNNING", "LAST SEEN")
-	if !regexpLine(r.stdout, "g1", "py", "yes", "3", "1", "4", "ago") {
+	if !regexpLine(r.stdout, "g1", "py", "yes", "3", "1", "4", "ago", "-", "-") || strings.Contains(r.stdout, "WARNING") {
 		t.Errorf("server list:\n%s", r.stdout)
+	}
+	// An executor without a sandbox stands out: first, in capitals, and
+	// in a warning.
+	env.Dispatcher.SetStatus("g1", adminapitest.Status{Connected: true, Version: "1.4.0", Executors: []broker.Executor{
+		{Name: "default", Type: "exec", Sandbox: "crun"}, {Name: "gpu", Type: "exec", Sandbox: "none"}}})
+	r = run(t, env, "server", "list")
+	ok(t, r, "VERSION", "SANDBOX", "WARNING: server g1 runs the graders of executor(s) gpu WITHOUT a sandbox")
+	if !regexpLine(r.stdout, "g1", "py", "yes", "1.4.0", "NONE", "(gpu),", "crun") {
+		t.Errorf("server list with an executor without a sandbox:\n%s", r.stdout)
 	}
 	ok(t, run(t, env, "server", "update", "g1", "--max-jobs", "8", "--wakeup-url", "https://g1.lan/wake"), "max jobs:", "8", "https://g1.lan/wake")
 	env.Dispatcher.SetStatus("g1", adminapitest.Status{RequeueOnDrop: 1})
@@ -288,10 +298,18 @@ func TestPlatformsOperatorsAndJobs(t *testing.T) {
 	run(t, env, "platform", "add", "bad", "--key", keyFile, "--return-url", "http://mooc.example/cb").
 		want(t, 1, nil, []string{"https://"})
 	ok(t, run(t, env, "platform", "update", "mooc", "--force-tag", "", "--no-restrict-paths"), "force tag:")
+	// A protocol other than gradebroker's needs neither key nor return URL.
+	env.Service.SetProtocols(broker.ProtocolGradebroker, "other")
+	ok(t, run(t, env, "platform", "add", "lms", "--protocol", "other"), "protocol:", "other")
+	run(t, env, "platform", "add", "lms2").want(t, 2, nil, []string{"--key is required"})
+	run(t, env, "platform", "update", "lms", "--protocol", "gradebroker").want(t, 1, nil, []string{"public key"})
 	r := run(t, env, "platform", "list")
-	if !regexpLine(r.stdout, "mooc", "https://mooc.example/cb", "-", "-", "-") {
+	if !regexpLine(r.stdout, "mooc", "gradebroker", "https://mooc.example/cb", "-", "-", "-") ||
+		!regexpLine(r.stdout, "lms", "other", "-", "-", "-", "-") {
 		t.Errorf("platform list:\n%s", r.stdout)
 	}
+	ok(t, run(t, env, "platform", "update", "mooc", "--protocol", "other"), "protocol:", "other")
+	ok(t, run(t, env, "platform", "remove", "lms"))
 
 	bob := env.CA.Client(t, certs.RoleOperator, "bob")
 	ok(t, run(t, env, "operator", "add", "bob", "--cert", bob.CertFile), "operator:", "bob", "CN=bob,OU=operator")
