@@ -36,6 +36,7 @@ image() {
   local root=dev/scenarios/img/$1
   mkdir -p "$root/tmp" "$root/data" && chmod 1777 "$root/tmp"
   cp "$3" "$root/app"
+  docker rmi "$2" >/dev/null 2>&1 || true   # the previous demo's, which would be left nameless
   tar --owner=0 --group=0 -C "$root" -c . | docker import -c 'ENTRYPOINT ["/app"]' - "$2" >/dev/null
   echo "  $2"
 }

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -145,14 +146,37 @@ func MakeImage(ctx context.Context, e *docker.Engine, name, bin string, changes 
 		fmt.Fprintf(h, "%s\n", c)
 	}
 	ref := "gradebroker-test/" + name + ":" + hex.EncodeToString(h.Sum(nil))[:16]
-	// One import per image and process: two at once would leave the
-	// first one's image nameless.
+	// One import at a time, in this process and across the test
+	// processes of one go test run: two imports of one name leave the
+	// first one's image nameless on the engine.
 	importMu.Lock()
 	defer importMu.Unlock()
+	unlock, err := lockFile(filepath.Join(os.TempDir(), "gradebroker-dockertest", "import.lock"))
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
 	if ok, err := e.HasImage(ctx, ref); err != nil || ok {
 		return ref, err
 	}
 	return ref, e.ImportImage(ctx, ref, files, append([]string{`ENTRYPOINT ["/app"]`}, changes...))
+}
+
+// lockFile takes an exclusive lock on path, made if missing, and returns
+// how to release it.
+func lockFile(path string) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 // GoImage builds pkg and makes its image (Binary, then Image).
