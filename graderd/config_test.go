@@ -23,6 +23,7 @@ func exampleConfig() Config {
 	cfg.KeyFile = "/etc/graderd/server.key"
 	cfg.Hostname = "grader1"
 	cfg.WorkRoot = "/var/lib/graderd/work"
+	cfg.DockerHost = "unix:///var/run/docker.sock"
 	cfg.Sandbox = SandboxSettings{Runtime: "crun", StateDir: "/run/graderd", UIDBase: 2000000000,
 		ReadOnlyPaths: []string{"/srv/tasks"}, RestrictRoots: []string{"/srv/tasks"}}
 	cfg.Limits = Limits{MemoryLimit: 512 << 20, CPUTime: time.Minute, Pids: 256, OpenFiles: 1024, TmpSize: 64 << 20, WorkSize: 256 << 20,
@@ -34,6 +35,16 @@ func exampleConfig() Config {
 		"web":    {Type: ExecutorExec, Command: []string{"/opt/graders/web-grader"}, Network: NetworkHost},
 		"legacy": {Type: ExecutorExec, Command: []string{"/opt/graders/old-grader"}, Sandbox: SandboxNone},
 		"bench":  {Type: ExecutorNoop},
+		"containers": {Type: ExecutorDocker, Command: []string{"/usr/local/bin/grade"}, Limits: Limits{MemoryLimit: 512 << 20},
+			Containers: Containers{Image: "graders/python:3.12", CPUs: 1, Mounts: []string{"/srv/tasks:/tasks"}}},
+		"dbs": {Type: ExecutorScenarios, Limits: Limits{MemoryLimit: 512 << 20}, Containers: Containers{
+			Images: []string{"registry.example.org/dbs/*"}, ImageSource: "registry",
+			Registry:    RegistrySettings{Address: "registry.example.org", Username: "grader", PasswordFile: "/etc/graderd/registry.pw"},
+			RemoveImage: true, ScenarioDir: "/srv/scenarios", Ready: ReadySettings{Path: "/health", Timeout: time.Minute},
+			Services: []ServiceSettings{{Name: "db", Image: "postgres:16", Port: 5432, User: "999:999",
+				Env:   []string{"POSTGRES_USER={{.User}}", "POSTGRES_PASSWORD={{.Password}}", "POSTGRES_DB={{.Database}}"},
+				Tmpfs: map[string]string{"/var/lib/postgresql/data": "size=256m,uid=999,gid=999,mode=0700", "/var/run/postgresql": "size=1m,uid=999,gid=999"}}},
+		}},
 	}
 	return cfg
 }
@@ -108,7 +119,45 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"spool_dir:", func(c *Config) { c.SpoolDir = "" }},
 		{"limits.memory_limit:", func(c *Config) { c.Limits.MemoryLimit = -1 }},
 		{"limits.kill_grace:", func(c *Config) { c.Limits.KillGrace = -time.Second }},
-		{"default_executor.type:", func(c *Config) { c.DefaultExecutor.Type = "docker" }},
+		{"default_executor.type:", func(c *Config) { c.DefaultExecutor.Type = "podman" }},
+		{"default_executor.image:", func(c *Config) { c.DefaultExecutor = ExecutorSpec{Type: ExecutorDocker} }},
+		{"default_executor.user:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.User = "0:0" }) }},
+		{"default_executor.user:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.User = "nobody" }) }},
+		{"default_executor.mounts:", func(c *Config) {
+			c.DefaultExecutor = dockerSpec(func(s *Containers) { s.Mounts = []string{"srv:/srv"} })
+		}},
+		{"default_executor.image_source:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "ftp" }) }},
+		{"default_executor.registry.address:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "registry" }) }},
+		{"default_executor:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "archive" }) }},
+		{"default_executor:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.Port = 80 }) }},
+		{"default_executor:", func(c *Config) { d := dockerSpec(nil); d.Network = "host"; c.DefaultExecutor = d }},
+		{"default_executor.images:", func(c *Config) { c.DefaultExecutor = ExecutorSpec{Type: ExecutorScenarios} }},
+		{"default_executor.image:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.Image = "x" })
+		}},
+		{"default_executor.services[0].port:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.Services = []ServiceSettings{{Name: "db", Image: "db"}} })
+		}},
+		{"default_executor.services[1].name:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) {
+				s.Services = []ServiceSettings{{Name: "db", Image: "db", Port: 1}, {Name: "db", Image: "db", Port: 2}}
+			})
+		}},
+		{"default_executor.services[0].env:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) {
+				s.Services = []ServiceSettings{{Name: "db", Image: "db", Port: 1, Env: []string{"P={{.Nope}}"}}}
+			})
+		}},
+		{"default_executor.student_env:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.StudentEnv = []string{"X={{"} })
+		}},
+		{"default_executor.scenario_dir:", func(c *Config) {
+			no := false
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.InlineScenarios = &no })
+		}},
+		{"default_executor:", func(c *Config) {
+			c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec, Command: []string{"g"}, Containers: Containers{Image: "x"}}
+		}},
 		{"default_executor.command:", func(c *Config) { c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec} }},
 		{"default_executor.env:", func(c *Config) {
 			c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec, Command: []string{"g"}, Env: []string{"NOEQUALS"}}
@@ -160,6 +209,22 @@ func TestValidateNamesTheBadField(t *testing.T) {
 	if err := validConfig().Validate(); err != nil {
 		t.Errorf("valid config: %v", err)
 	}
+}
+
+func dockerSpec(mutate func(*Containers)) ExecutorSpec {
+	s := ExecutorSpec{Type: ExecutorDocker, Containers: Containers{Image: "grader:1"}}
+	if mutate != nil {
+		mutate(&s.Containers)
+	}
+	return s
+}
+
+func scenariosSpec(mutate func(*Containers)) ExecutorSpec {
+	s := ExecutorSpec{Type: ExecutorScenarios, Containers: Containers{Images: []string{"students/*"}}}
+	if mutate != nil {
+		mutate(&s.Containers)
+	}
+	return s
 }
 
 func TestLoadConfigFileErrors(t *testing.T) {
@@ -271,6 +336,21 @@ func TestParseByteSize(t *testing.T) {
 	for _, in := range []string{"", "-1", "1.5G", "lots", "1T", "99999999999G"} {
 		if _, err := ParseByteSize(in); err == nil {
 			t.Errorf("ParseByteSize(%q) succeeded", in)
+		}
+	}
+}
+
+// TestExampleConfigsLoad keeps the demos' configurations valid.
+func TestExampleConfigsLoad(t *testing.T) {
+	t.Parallel()
+	for _, f := range []string{"../examples/demo/graderd.yaml", "../examples/scenarios/graderd.yaml"} {
+		cfg := DefaultConfig()
+		if err := LoadConfigFile(f, &cfg); err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s: %v", f, err)
 		}
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"sync"
 )
 
-// resultBuffer keeps a grader's standard output up to a cap. Past the cap it
-// keeps accepting (and dropping) bytes rather than failing the write, so that
-// the grader is stopped by Run's kill and not by a SIGPIPE that would look
-// like a crash; overflow tells Run to stop it.
-type resultBuffer struct {
+// ResultBuffer keeps a grader's standard output (its result) up to a cap.
+// Past the cap it keeps accepting (and dropping) bytes rather than failing
+// the write, so that the grader is stopped by its executor's kill and not by
+// a SIGPIPE that would look like a crash; Overflow tells the executor to stop
+// it. Every executor captures results with it, so that "output size limit"
+// means the same everywhere. It is safe for concurrent use.
+type ResultBuffer struct {
 	max      int64
 	overflow chan struct{}
 
@@ -20,11 +22,13 @@ type resultBuffer struct {
 	once  sync.Once
 }
 
-func newResultBuffer(max int64) *resultBuffer {
-	return &resultBuffer{max: max, overflow: make(chan struct{})}
+// NewResultBuffer returns a ResultBuffer that keeps max bytes.
+func NewResultBuffer(max int64) *ResultBuffer {
+	return &ResultBuffer{max: max, overflow: make(chan struct{})}
 }
 
-func (b *resultBuffer) Write(p []byte) (int, error) {
+// Write keeps what fits under the cap and drops the rest; it never fails.
+func (b *ResultBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.total += int64(len(p))
@@ -37,18 +41,23 @@ func (b *resultBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// bytes returns a copy of what was kept and whether the grader wrote more
+// Overflow is closed once more than the cap was written.
+func (b *ResultBuffer) Overflow() <-chan struct{} { return b.overflow }
+
+// Bytes returns a copy of what was kept and whether the grader wrote more
 // than the cap.
-func (b *resultBuffer) bytes() ([]byte, bool) {
+func (b *ResultBuffer) Bytes() ([]byte, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]byte(nil), b.buf...), b.total > b.max
 }
 
-// logBuffer keeps a grader's standard error within max bytes. When the log
-// is longer it keeps the first and the last half and marks the cut: the
-// start says what the grader was doing, the end usually holds the traceback.
-type logBuffer struct {
+// LogBuffer keeps a grader's standard error (the job's log) within max
+// bytes. When the log is longer it keeps the first and the last half and
+// marks the cut: the start says what the grader was doing, the end usually
+// holds the traceback. Every executor keeps logs with it. It is safe for
+// concurrent use.
+type LogBuffer struct {
 	max int64
 
 	mu    sync.Mutex
@@ -57,14 +66,16 @@ type logBuffer struct {
 	total int64
 }
 
-func newLogBuffer(max int64) *logBuffer {
-	return &logBuffer{max: max}
+// NewLogBuffer returns a LogBuffer that keeps max bytes.
+func NewLogBuffer(max int64) *LogBuffer {
+	return &LogBuffer{max: max}
 }
 
-func (b *logBuffer) headMax() int64 { return b.max / 2 }
-func (b *logBuffer) tailMax() int64 { return b.max - b.max/2 }
+func (b *LogBuffer) headMax() int64 { return b.max / 2 }
+func (b *LogBuffer) tailMax() int64 { return b.max - b.max/2 }
 
-func (b *logBuffer) Write(p []byte) (int, error) {
+// Write keeps p as the cut allows; it never fails.
+func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	n := len(p)
@@ -85,7 +96,7 @@ func (b *logBuffer) Write(p []byte) (int, error) {
 
 // String returns the kept log as valid UTF-8, with a marker where bytes
 // were cut.
-func (b *logBuffer) String() string {
+func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var s string

@@ -28,7 +28,7 @@ func TestLogBuffer(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			b := newLogBuffer(tt.max)
+			b := NewLogBuffer(tt.max)
 			for _, w := range tt.writes {
 				if n, err := b.Write([]byte(w)); n != len(w) || err != nil {
 					t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(w))
@@ -56,13 +56,13 @@ func TestResultBuffer(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			b := newResultBuffer(5)
+			b := NewResultBuffer(5)
 			for _, w := range tt.writes {
 				if n, err := b.Write([]byte(w)); n != len(w) || err != nil {
 					t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(w))
 				}
 			}
-			got, over := b.bytes()
+			got, over := b.Bytes()
 			if diff := cmp.Diff(tt.want, string(got)); diff != "" {
 				t.Errorf("bytes (-want +got):\n%s", diff)
 			}
@@ -70,7 +70,7 @@ func TestResultBuffer(t *testing.T) {
 				t.Errorf("over = %v, want %v", over, tt.wantOver)
 			}
 			select {
-			case <-b.overflow:
+			case <-b.Overflow():
 				if !tt.wantOver {
 					t.Error("overflow signalled for output within the cap")
 				}

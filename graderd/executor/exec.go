@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -89,17 +88,6 @@ type Exec struct {
 
 var _ Executor = (*Exec)(nil)
 
-// stopReason is why Run stopped a grader before it exited on its own.
-type stopReason int
-
-const (
-	notStopped stopReason = iota
-	stoppedTimeout
-	stoppedCancel
-	stoppedOverflow
-	stoppedLimit
-)
-
 // started is a run Run waits for, with or without the sandbox.
 type started struct {
 	cmd        *exec.Cmd
@@ -109,34 +97,15 @@ type started struct {
 	recordPath string         // without the sandbox: the run record (the sandbox keeps its own)
 }
 
-// limitsDoc is the "limits" object of the grader's stdin document, so that
-// a grader can pass them on to the solution it runs. Zero means none.
-type limitsDoc struct {
-	CPUTimeSec     float64 `json:"cpu_time_sec"`
-	MemoryBytes    int64   `json:"memory_bytes"`
-	Pids           int     `json:"pids"`
-	OpenFiles      int     `json:"open_files"`
-	TmpBytes       int64   `json:"tmp_bytes"`
-	WorkBytes      int64   `json:"work_bytes"`
-	MaxStdoutBytes int64   `json:"max_stdout_bytes"`
-}
-
-func (l Limits) doc() limitsDoc {
-	return limitsDoc{l.CPUTime.Seconds(), l.Memory, l.Pids, l.OpenFiles, l.TmpSize, l.WorkSize, l.MaxStdout}
-}
-
 // limits returns e.Limits with the defaults filled in: the output caps
 // always, the rest in the sandbox only (without it, zero means none).
 func (e *Exec) limits() Limits {
+	if e.Sandbox != nil {
+		return e.Limits.WithDefaults()
+	}
 	l := e.Limits
 	l.MaxStdout = cmp.Or(l.MaxStdout, DefaultMaxStdout)
 	l.MaxStderr = cmp.Or(l.MaxStderr, DefaultMaxStderr)
-	if e.Sandbox != nil {
-		l.Pids = cmp.Or(l.Pids, DefaultPids)
-		l.OpenFiles = cmp.Or(l.OpenFiles, DefaultOpenFiles)
-		l.TmpSize = cmp.Or(l.TmpSize, DefaultTmpSize)
-		l.WorkSize = cmp.Or(l.WorkSize, DefaultWorkSize)
-	}
 	return l
 }
 
@@ -149,14 +118,14 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		// cost one job, not every job on the server.
 		if p := recover(); p != nil {
 			log.Error("executor panicked", "panic", p)
-			res = temporary(fmt.Sprintf("internal error in graderd's executor: %v", p))
+			res = Temporary(fmt.Sprintf("internal error in graderd's executor: %v", p))
 		}
 	}()
 	if ctx.Err() != nil {
-		return temporary(ErrorCancelled)
+		return Temporary(ErrorCancelled)
 	}
 	if len(e.Command) == 0 || e.Command[0] == "" {
-		return temporary("graderd has no grader command configured")
+		return Temporary("graderd has no grader command configured")
 	}
 	limits := e.limits()
 	var stdin []byte
@@ -164,7 +133,7 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 	if e.Taskgrader != nil {
 		stdin, err = e.Taskgrader.input(job)
 	} else {
-		stdin, err = stdinDocument(job, limits)
+		stdin, err = JobDocument(job, limits)
 	}
 	if err != nil {
 		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_FATAL, Error: err.Error()}
@@ -182,12 +151,12 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		if errors.As(err, &ee) {
 			err = ee.Err // it would repeat the name
 		}
-		return temporary(fmt.Sprintf("cannot find grader command %q: %v", e.Command[0], err))
+		return Temporary(fmt.Sprintf("cannot find grader command %q: %v", e.Command[0], err))
 	}
 	argv := append([]string{path}, e.Command[1:]...)
 
-	stdout := newResultBuffer(limits.MaxStdout)
-	stderr := newLogBuffer(limits.MaxStderr)
+	stdout := NewResultBuffer(limits.MaxStdout)
+	stderr := NewLogBuffer(limits.MaxStderr)
 	var st started
 	if e.Sandbox != nil {
 		st.sandbox, err = e.Sandbox.start(runSpec{
@@ -197,13 +166,13 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 			leaseID: job.LeaseID, recordRunFile: e.recordFile(job.LeaseID),
 		})
 		if err != nil {
-			return temporary(fmt.Sprintf("cannot set up the sandbox: %v", err))
+			return Temporary(fmt.Sprintf("cannot set up the sandbox: %v", err))
 		}
 		defer st.sandbox.finish()
 		st.cmd, st.group = st.sandbox.cmd, st.sandbox.group
 	} else {
 		if err := e.startUnconfined(&st, job, argv, limits, bytes.NewReader(stdin), stdout, stderr, log); err != nil {
-			return temporary(err.Error())
+			return Temporary(err.Error())
 		}
 		defer func() {
 			if st.group != nil {
@@ -220,11 +189,7 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 
 	var meter Meter
 	if st.group != nil {
-		g := st.group
-		meter = Meter{CPU: g.CPUUsage, Memory: g.MemoryPeak, Events: func() (uint64, uint64, error) {
-			ev, err := g.Events()
-			return ev.OOMKills, ev.PidsRefused, err
-		}}
+		meter = GroupMeter(st.group)
 	}
 	watch := StartWatch(meter, limits.CPUTime, start)
 
@@ -234,29 +199,11 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		waitExited(pid)
 	}()
 
-	var timeout <-chan time.Time
-	if job.Timeout > 0 {
-		t := time.NewTimer(job.Timeout)
-		defer t.Stop()
-		timeout = t.C
-	}
-	stop := notStopped
-	hit := LimitNone
-	select {
-	case <-exited:
-	case <-timeout:
-		stop, hit = stoppedTimeout, LimitWallTime
-	case <-ctx.Done():
-		stop = stoppedCancel
-	case <-stdout.overflow:
-		stop, hit = stoppedOverflow, LimitOutput
-	case hit = <-watch.Hit():
-		stop = stoppedLimit
-	}
-	if stop == stoppedLimit {
+	stop, hit := Supervise(ctx, exited, job.Timeout, stdout, watch)
+	if stop == StoppedLimit {
 		// A limit ends the run at once: there is nothing to wait for.
 		e.killAll(st, pid)
-	} else if stop != notStopped {
+	} else if stop != NotStopped {
 		e.terminate(st, pid)
 		grace := time.NewTimer(e.killGrace())
 		select {
@@ -287,14 +234,14 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 			}
 		}
 	}
-	if limits.CPUTime > 0 && usage.CPUTime > limits.CPUTime && hit == LimitNone && stop == notStopped {
+	if limits.CPUTime > 0 && usage.CPUTime > limits.CPUTime && hit == LimitNone && stop == NotStopped {
 		seen = LimitCPUTime
 	}
 
 	res = e.classify(st, stop, hit, seen, stdout, stderr, job, limits)
 	res.Log = stderr.String()
 	if e.Taskgrader != nil {
-		out, _ := stdout.bytes()
+		out, _ := stdout.Bytes()
 		res = e.Taskgrader.shape(res, out, res.Log)
 	}
 	res.Duration = usage.WallTime
@@ -414,31 +361,20 @@ func (e *Exec) startUnconfined(st *started, job Job, argv []string, limits Limit
 
 // classify maps how the run ended to a Result (without Log, Duration and
 // Usage).
-func (e *Exec) classify(st started, stop stopReason, hit, seen Limit, stdout *resultBuffer, stderr *logBuffer, job Job, limits Limits) Result {
+func (e *Exec) classify(st started, stop Stop, hit, seen Limit, stdout *ResultBuffer, stderr *LogBuffer, job Job, limits Limits) Result {
 	if st.sandbox != nil {
 		if msg := st.sandbox.crunError(); msg != "" {
 			// crun failed, not the grader (a missing program, a path the
 			// sandbox could not mount): another server may do better.
-			return temporary("the sandbox could not run the grader: " + msg)
+			return Temporary("the sandbox could not run the grader: " + msg)
 		}
 	}
-	limitResult := func(l Limit, detail string) Result {
-		r := fatal(LimitError(l, limits, job.Timeout, detail))
-		r.Limit = l
-		if l == LimitWallTime {
-			r.Outcome = gradebrokerv1.Outcome_OUTCOME_TIMEOUT
-		}
-		return r
+	if stop != NotStopped {
+		return StoppedResult(stop, hit, limits, job.Timeout)
 	}
-	switch stop {
-	case stoppedCancel:
-		return temporary(ErrorCancelled)
-	case stoppedTimeout, stoppedOverflow, stoppedLimit:
-		return limitResult(hit, "")
-	}
-	out, over := stdout.bytes()
+	out, over := stdout.Bytes()
 	if over {
-		return limitResult(LimitOutput, "")
+		return LimitResult(LimitOutput, limits, job.Timeout, "")
 	}
 	ws, _ := st.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	code, sig := ws.ExitStatus(), syscall.Signal(0)
@@ -470,41 +406,18 @@ func (e *Exec) classify(st started, stop stopReason, hit, seen Limit, stdout *re
 			// FATAL, not TEMPORARY: every server of the type enforces the
 			// same limits, so a retry would hit them again and only delay
 			// the platform's answer.
-			r := limitResult(l, full)
+			r := LimitResult(l, limits, job.Timeout, full)
 			if code == 1 {
-				r.Result = jsonOrNil(out)
+				r.Result = JSONOrNil(out)
 			}
 			return r
 		}
 	}
 
-	switch {
-	case sig != 0:
-		return temporary(fmt.Sprintf("grader was killed by signal %d (%v)", int(sig), sig))
-	case code == 0:
-		doc := bytes.TrimSpace(out)
-		if len(doc) == 0 {
-			return fatal("grader exited with status 0 but printed no result on stdout")
-		}
-		if !json.Valid(doc) {
-			return fatal(notJSON(doc, 0))
-		}
-		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_OK, Result: doc}
-	case code == 1:
-		doc := bytes.TrimSpace(out)
-		if len(doc) > 0 && !json.Valid(doc) {
-			return fatal(notJSON(doc, 1))
-		}
-		r := fatal("grader reported a fatal error (exit status 1)" + lastLine(stderr.String()))
-		if len(doc) > 0 {
-			r.Result = doc
-		}
-		return r
-	case code == 2:
-		return temporary("grader asked for a retry (exit status 2)" + lastLine(stderr.String()))
-	default:
-		return temporary(fmt.Sprintf("grader exited with status %d", code) + lastLine(stderr.String()))
+	if sig != 0 {
+		return Temporary(fmt.Sprintf("grader was killed by signal %d (%v)", int(sig), sig))
 	}
+	return ExitResult(code, out, stderr.String())
 }
 
 // prlimitArgv wraps argv in prlimit(1) so that the grader starts with
@@ -515,46 +428,6 @@ func prlimitArgv(argv []string, memory int64) ([]string, error) {
 		return nil, fmt.Errorf("a memory limit is configured but neither a cgroup nor prlimit(1) is available to enforce it: %w", err)
 	}
 	return append([]string{pl, "--as=" + strconv.FormatInt(memory, 10), "--"}, argv...), nil
-}
-
-// stdinDocument builds the JSON object the grader reads on stdin. jobdata is
-// spliced in byte for byte: encoding/json would compact and HTML-escape it.
-func stdinDocument(job Job, limits Limits) ([]byte, error) {
-	jobdata := bytes.TrimSpace(job.JobData)
-	if len(jobdata) == 0 {
-		jobdata = []byte("null")
-	}
-	if !json.Valid(jobdata) {
-		return nil, errors.New("jobdata is not valid JSON")
-	}
-	tags := job.Tags
-	if tags == nil {
-		tags = []string{}
-	}
-	timeout := 0.0
-	if job.Timeout > 0 {
-		timeout = job.Timeout.Seconds()
-	}
-	restrict := job.RestrictPaths
-	if restrict == nil {
-		restrict = []string{}
-	}
-	head, err := json.Marshal(struct {
-		JobID           int64     `json:"job_id"`
-		LeaseID         int64     `json:"lease_id"`
-		Attempt         uint32    `json:"attempt"`
-		Name            string    `json:"name"`
-		Tags            []string  `json:"tags"`
-		TimeoutSec      float64   `json:"timeout_sec"`
-		Limits          limitsDoc `json:"limits"`
-		RestrictToPaths []string  `json:"restrictToPaths"`
-	}{job.JobID, job.LeaseID, job.Attempt, job.Name, tags, timeout, limits.doc(), restrict})
-	if err != nil {
-		return nil, fmt.Errorf("encoding the grader's input: %w", err)
-	}
-	doc := append(head[:len(head)-1], `,"jobdata":`...)
-	doc = append(doc, jobdata...)
-	return append(doc, "}\n"...), nil
 }
 
 // makeWorkDir creates the run's working directory. The random suffix keeps a
@@ -603,48 +476,6 @@ func waitExited(pid int) {
 			return
 		}
 	}
-}
-
-func notJSON(doc []byte, code int) string {
-	const show = 64
-	if len(doc) > show {
-		doc = doc[:show]
-	}
-	return fmt.Sprintf("grader printed something that is not JSON on stdout (exit status %d); it starts with %s",
-		code, strconv.Quote(string(doc)))
-}
-
-// lastLine returns ": " and the last non-empty line of a log, cut short, to
-// make an Error say something useful without the whole log.
-func lastLine(log string) string {
-	log = strings.TrimSpace(log)
-	if log == "" {
-		return ""
-	}
-	if i := strings.LastIndexByte(log, '\n'); i >= 0 {
-		log = log[i+1:]
-	}
-	const max = 200
-	if len(log) > max {
-		log = strings.ToValidUTF8(log[:max], "") + "..."
-	}
-	return ": " + log
-}
-
-func jsonOrNil(out []byte) []byte {
-	doc := bytes.TrimSpace(out)
-	if len(doc) == 0 || !json.Valid(doc) {
-		return nil
-	}
-	return doc
-}
-
-func temporary(msg string) Result {
-	return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_TEMPORARY, Error: msg}
-}
-
-func fatal(msg string) Result {
-	return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_FATAL, Error: msg}
 }
 
 func (e *Exec) logger() *slog.Logger {

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -39,6 +40,34 @@ type Limits struct {
 	// middle, with a marker.
 	MaxStderr int64
 }
+
+// WithDefaults returns l with every zero field that has a default of the
+// hardened profile set to it: the output caps (DefaultMaxStdout,
+// DefaultMaxStderr), Pids, OpenFiles, TmpSize and WorkSize. CPUTime and
+// Memory have no default: zero stays "no limit". Executors that isolate
+// their runs (the sandbox, containers) use it, so that a run is bounded
+// the same way whichever runs it.
+func (l Limits) WithDefaults() Limits {
+	l.MaxStdout = cmp.Or(l.MaxStdout, DefaultMaxStdout)
+	l.MaxStderr = cmp.Or(l.MaxStderr, DefaultMaxStderr)
+	l.Pids = cmp.Or(l.Pids, DefaultPids)
+	l.OpenFiles = cmp.Or(l.OpenFiles, DefaultOpenFiles)
+	l.TmpSize = cmp.Or(l.TmpSize, DefaultTmpSize)
+	l.WorkSize = cmp.Or(l.WorkSize, DefaultWorkSize)
+	return l
+}
+
+// Defaults of the container executors (Docker, Kubernetes), beside those of
+// WithDefaults: an engine must be given a memory limit and a CPU quota, or
+// one container may take the whole machine.
+const (
+	// DefaultContainerMemory is a container's memory (swap off) when
+	// Limits.Memory is 0.
+	DefaultContainerMemory = 1 << 30
+	// DefaultContainerCPUs is a container's CPU quota, in CPUs, when its
+	// executor sets none.
+	DefaultContainerCPUs = 1.0
+)
 
 // Usage is what one run used, all its processes together. A zero field
 // means the executor could not measure it.

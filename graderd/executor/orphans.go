@@ -2,6 +2,7 @@ package executor
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,21 @@ import (
 // reboot; for a process group, the group leader's pid and its start time
 // (in clock ticks since boot, /proc/PID/stat field 22), so that a pid
 // reused by another program is never taken for the grader.
+
+// Reaper is an Executor whose runs live outside graderd's process tree (a
+// container engine's containers, a cluster's pods): when graderd dies they
+// go on, and only the executor knows where to look for them (by the labels
+// of RunLabels with its server's name). graderd calls ReapOrphans of each
+// such executor once at start, before it takes a job, as it calls
+// ReapOrphans for the exec executor's records.
+type Reaper interface {
+	Executor
+	// ReapOrphans removes everything runs of this server left behind
+	// (whichever executor of the server made them) and returns how many
+	// things it removed. An error means some may be left; graderd logs it
+	// and starts anyway.
+	ReapOrphans(ctx context.Context) (int, error)
+}
 
 // runRecord is what a record file holds, as JSON.
 type runRecord struct {

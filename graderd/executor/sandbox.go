@@ -209,6 +209,14 @@ func hybridWithControllers() bool {
 // them in errors): each must be absolute, exist unless it starts with "-",
 // and neither be, hold nor lie inside one of SandboxConfig.Secret.
 func (s *Sandbox) CheckPaths(field string, paths []string) error {
+	return CheckExposedPaths(field, paths, s.cfg.Secret)
+}
+
+// CheckExposedPaths checks host paths any executor shows its runs (the
+// sandbox's read-only paths, a container's bind mounts; field names them in
+// errors): each must be absolute, exist unless it starts with "-", and
+// neither be, hold nor lie inside one of secret, graderd's own files.
+func CheckExposedPaths(field string, paths, secret []string) error {
 	for _, p := range paths {
 		path, optional := strings.CutPrefix(p, "-")
 		if !filepath.IsAbs(path) {
@@ -221,16 +229,16 @@ func (s *Sandbox) CheckPaths(field string, paths []string) error {
 			}
 			return fmt.Errorf("%s: %w (start the path with - to skip it when missing)", field, err)
 		}
-		for _, secret := range s.cfg.Secret {
-			if secret == "" {
+		for _, sec := range secret {
+			if sec == "" {
 				continue
 			}
-			sr, err := filepath.EvalSymlinks(secret)
+			sr, err := filepath.EvalSymlinks(sec)
 			if err != nil {
-				sr = filepath.Clean(secret)
+				sr = filepath.Clean(sec)
 			}
 			if within(sr, real) || within(real, sr) {
-				return fmt.Errorf("%s: %s would show graderd's own %s to every run; expose narrower paths, or keep graderd's files elsewhere", field, path, secret)
+				return fmt.Errorf("%s: %s would show graderd's own %s to every run; expose narrower paths, or keep graderd's files elsewhere", field, path, sec)
 			}
 		}
 	}

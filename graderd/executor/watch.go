@@ -5,6 +5,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/gradebroker/gradebroker/graderd/executor/cgroups"
 )
 
 // What every executor shares about a run's resources: a Meter reads what
@@ -24,6 +26,15 @@ type Meter struct {
 	// Events returns how many processes the OOM killer killed for the
 	// memory limit and how many forks the pids limit refused.
 	Events func() (oomKills, pidsRefused uint64, err error)
+}
+
+// GroupMeter reads a run's use from its cgroup: the exec executor's own
+// cgroup per run, or a container's that its engine made.
+func GroupMeter(g *cgroups.Group) Meter {
+	return Meter{CPU: g.CPUUsage, Memory: g.MemoryPeak, Events: func() (uint64, uint64, error) {
+		ev, err := g.Events()
+		return ev.OOMKills, ev.PidsRefused, err
+	}}
 }
 
 // Polling bounds of Watch. A run's CPU time can grow by at most the number

@@ -123,6 +123,7 @@ var rules = []rule{
 	home("crypto/tls (TLS configurations are made in certs, TLS 1.3)", []string{"certs"}, "crypto/tls"),
 	home("database/sql and the SQLite driver", []string{"broker/store"}, "database/sql", "github.com/mattn/go-sqlite3"),
 	home("go-jose", []string{"broker/token", "broker/token/tokentest"}, "github.com/go-jose/go-jose"),
+	home("the Docker Engine API client", []string{"graderd/executor/docker"}, "github.com/moby/moby"),
 	{
 		says:       "an edge adapter (" + strings.Join(edgeAdapters, ", ") + ") depends on no other: what two of them share belongs lower down (broker, broker/protoconv, broker/rpcstatus)",
 		applies:    func(p string) bool { return slices.Contains(edgeAdapters, p) },

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/bench"
 	"github.com/gradebroker/gradebroker/bench/apibench"
+	"github.com/gradebroker/gradebroker/bench/dockerbench"
 	"github.com/gradebroker/gradebroker/bench/sandboxbench"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
 )
@@ -70,8 +71,11 @@ each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
 process), the web console (render time of its job pages over 1,000,000 jobs,
 and the dispatch rate with 50 browsers on the live overview against none),
 the platform API (REST sendjob with real tokens beside the crypto-only rate,
-batch submission, result callbacks), and the sandbox's cost per grading run
-(a no-op grader with and without it; needs root and crun).
+batch submission, result callbacks), the sandbox's cost per grading run
+(a no-op grader with and without it; needs root and crun), and the
+container executors' (a no-op grader through the docker executor beside
+docker run --rm of the same image, and a scenarios job's overhead; needs a
+Docker engine).
 
 Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
 (GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
@@ -86,8 +90,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
 	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
-	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,api,sandbox (default all)")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,api,sandbox,docker (default all)")
 	sandboxRuns := fs.Int("sandbox-runs", 300, "sandbox: no-op runs of each kind")
+	dockerRuns := fs.Int("docker-runs", 100, "docker: no-op runs of each kind (executor, docker run --rm)")
+	scenarioRuns := fs.Int("scenario-runs", 20, "docker: scenarios jobs of one request")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
 	apiProfile := fs.String("api-cpuprofile", "", "api: write a CPU profile of one extra sendjob window to `file` (key size appended when several)")
@@ -142,7 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *rssEnv != "" {
 		o.RSSEnv = strings.Split(*rssEnv, ",")
 	}
-	wantAPI, wantSandbox := *only == "", *only == ""
+	wantAPI, wantSandbox, wantDocker := *only == "", *only == "", *only == ""
 	if *only != "" {
 		for _, sc := range strings.Split(*only, ",") {
 			if sc == "api" {
@@ -151,6 +157,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			if sc == "sandbox" {
 				wantSandbox = true
+				continue
+			}
+			if sc == "docker" {
+				wantDocker = true
 				continue
 			}
 			o.Scenarios = append(o.Scenarios, sc)
@@ -193,6 +203,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		var res sandboxbench.Result
 		if res, err = sandboxbench.Run(ctx, so); err == nil {
+			err = res.Write(stdout)
+		}
+	}
+	if err == nil && wantDocker {
+		do := dockerbench.Options{Runs: *dockerRuns, ScenarioRuns: *scenarioRuns}
+		if *quick {
+			do.Runs, do.ScenarioRuns = 10, 3
+		}
+		if !*quiet {
+			do.Progress = stderr
+		}
+		var res dockerbench.Result
+		if res, err = dockerbench.Run(ctx, do); err == nil {
 			err = res.Write(stdout)
 		}
 	}

@@ -114,29 +114,16 @@ type mount struct {
 // ignored). The error names what is missing.
 func Detect(p Probe) (*Hierarchy, error) {
 	p = p.withDefaults()
-	mounts, err := readMounts(p.Mountinfo)
+	self, v2, v1, err := readLayout(p)
 	if err != nil {
 		return nil, err
 	}
-	self, err := readSelf(p.SelfCgroup)
-	if err != nil {
-		return nil, err
-	}
-	v1 := make(map[string]mount)
-	for _, m := range mounts {
-		if m.v2 {
-			if filepath.Clean(m.dir) == filepath.Clean(p.Root) {
-				dir, err := setupV2(m, self[""], p.Pid)
-				if err != nil {
-					return nil, err
-				}
-				return &Hierarchy{v2: dir}, nil
-			}
-			continue
+	if v2 != nil {
+		dir, err := setupV2(*v2, self[""], p.Pid)
+		if err != nil {
+			return nil, err
 		}
-		for _, o := range m.options {
-			v1[o] = m
-		}
+		return &Hierarchy{v2: dir}, nil
 	}
 	var missing []string
 	h := &Hierarchy{v1: make(map[string]string)}
@@ -160,6 +147,33 @@ func Detect(p Probe) (*Hierarchy, error) {
 		return nil, fmt.Errorf("no cgroup v2 mount at %s and no cgroup v1 hierarchy of the %s controller(s): runs need a cgroup v2 mount or the memory, pids and cpuacct controllers of cgroup v1", p.Root, strings.Join(missing, ", "))
 	}
 	return h, nil
+}
+
+// readLayout reads a process's cgroups (p.SelfCgroup) and the cgroup file
+// systems: the cgroup2 mount at p.Root on a v2 host, else the v1 mount of
+// each controller (a cgroup2 mount elsewhere, the "hybrid" layout, is
+// ignored).
+func readLayout(p Probe) (cgroup map[string]string, v2 *mount, v1 map[string]mount, err error) {
+	mounts, err := readMounts(p.Mountinfo)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if cgroup, err = readSelf(p.SelfCgroup); err != nil {
+		return nil, nil, nil, err
+	}
+	v1 = make(map[string]mount)
+	for _, m := range mounts {
+		if m.v2 {
+			if filepath.Clean(m.dir) == filepath.Clean(p.Root) {
+				return cgroup, &m, nil, nil
+			}
+			continue
+		}
+		for _, o := range m.options {
+			v1[o] = m
+		}
+	}
+	return cgroup, nil, v1, nil
 }
 
 // under returns the directory of cgroup path own in mount m.
@@ -313,6 +327,52 @@ type Group struct {
 	v1   map[string]string // controller -> directory, on v1
 	home map[string]string // controller -> graderd's own cgroup, on v1
 	dirs []string          // every directory, in creation order
+	// foreign marks a group someone else made (Open): graderd reads it
+	// and never changes, kills or removes it.
+	foreign bool
+}
+
+// ErrForeign is returned by the Group methods that change a cgroup, for a
+// Group that Open found rather than New made.
+var ErrForeign = errors.New("cgroups: the group belongs to another program (a container engine): graderd only reads it")
+
+// Open returns the cgroup of an existing process, whose /proc/PID/cgroup
+// file p.SelfCgroup names, so that graderd can read what the process and
+// the others of its cgroup used (CPUUsage, MemoryPeak, Events): a
+// container's, which its engine made. The mount table (p.Mountinfo) must
+// be graderd's and the process visible from graderd's cgroup namespace (a
+// local engine). The Group refuses every change (Kill, Remove, Start):
+// the engine owns it.
+func Open(p Probe) (*Group, error) {
+	p = p.withDefaults()
+	cg, v2, v1, err := readLayout(p)
+	if err != nil {
+		return nil, err
+	}
+	g := &Group{foreign: true}
+	if v2 != nil {
+		if g.v2, err = under(*v2, cg[""]); err != nil {
+			return nil, err
+		}
+		g.dirs = []string{g.v2}
+		return g, nil
+	}
+	g.v1 = make(map[string]string)
+	for _, c := range v1Controllers {
+		m, ok := v1[c]
+		if !ok {
+			return nil, fmt.Errorf("no cgroup v2 mount at %s and no cgroup v1 hierarchy of the %s controller", p.Root, c)
+		}
+		own, ok := cg[c]
+		if !ok {
+			return nil, fmt.Errorf("%s does not list the %s controller", p.SelfCgroup, c)
+		}
+		if g.v1[c], err = under(m, own); err != nil {
+			return nil, err
+		}
+		g.dirs = append(g.dirs, g.v1[c])
+	}
+	return g, nil
 }
 
 // New creates the cgroup name for a run, with limits r. name must be a
@@ -419,6 +479,9 @@ func (g *Group) V2Dir() string { return g.v2 }
 // inherit the thread's cgroups, so a thread that joins first and then forks
 // leaves no gap.
 func (g *Group) JoinThread() error {
+	if g.foreign {
+		return ErrForeign
+	}
 	if g.v2 != "" {
 		return nil
 	}
@@ -540,6 +603,9 @@ const killTimeout = 5 * time.Second
 // forked in between. (A sandboxed run also has its own pid namespace,
 // whose processes all die with its first process.)
 func (g *Group) Kill() error {
+	if g.foreign {
+		return ErrForeign
+	}
 	return killDirs(g.dirs, g.v2)
 }
 
@@ -572,6 +638,9 @@ func killDirs(dirs []string, v2 string) error {
 
 // Remove kills what is left in the group and deletes its directories.
 func (g *Group) Remove() error {
+	if g.foreign {
+		return ErrForeign
+	}
 	return removeDirs(g.dirs, g.v2)
 }
 
@@ -651,6 +720,9 @@ func readKey(path, key string) (uint64, error) {
 // as its mount namespace. cmd must not set SysProcAttr.Pdeathsig: that
 // signal would come as soon as the thread that forked it ends.
 func (g *Group) Start(cmd *exec.Cmd, prepare func() error) error {
+	if g.foreign {
+		return ErrForeign
+	}
 	if g.v2 != "" {
 		fd, err := os.Open(g.v2)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -398,5 +399,76 @@ func TestReapDirs(t *testing.T) {
 		if _, err := os.Stat(d); err == nil {
 			t.Errorf("%s still exists after ReapDirs", d)
 		}
+	}
+}
+
+// TestOpen reads another process's cgroup (a container's, on a fake tree
+// laid out as Docker's cgroupfs driver makes it) and refuses to change it.
+func TestOpen(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		dirs  []string
+	}{
+		{"v1", with(v1Files, map[string]string{
+			"container":                                        "8:pids:/docker/c1\n4:memory:/docker/c1\n2:cpuacct:/docker/c1\n1:cpu:/docker/c1\n0::/\n",
+			"cg/cpuacct/docker/c1/cpuacct.usage":               "1500000000\n",
+			"cg/memory/docker/c1/memory.max_usage_in_bytes":    "1048576\n",
+			"cg/memory/docker/c1/memory.oom_control":           "oom_kill 2\n",
+			"cg/pids/docker/c1/pids.events":                    "max 7\n",
+			"cg/pids/docker/c1/cgroup.procs":                   "1234\n",
+			"cg/memory/process_api/x/docker-is-not-here/tasks": "",
+		}), []string{"cg/memory/docker/c1", "cg/pids/docker/c1", "cg/cpuacct/docker/c1"}},
+		{"v2", with(v2Files, map[string]string{
+			"container": "0::/system.slice/docker-c1.scope\n",
+			"cg/system.slice/docker-c1.scope/cpu.stat":      "usage_usec 1500000\n",
+			"cg/system.slice/docker-c1.scope/memory.peak":   "1048576\n",
+			"cg/system.slice/docker-c1.scope/memory.events": "oom_kill 2\n",
+			"cg/system.slice/docker-c1.scope/pids.events":   "max 7\n",
+			"cg/system.slice/docker-c1.scope/cgroup.procs":  "1234\n",
+		}), []string{"cg/system.slice/docker-c1.scope"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := fakeTree(t, tc.files)
+			p := probe(dir)
+			p.SelfCgroup = filepath.Join(dir, "container")
+			g, err := Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, d := range tc.dirs {
+				want = append(want, filepath.Join(dir, d))
+			}
+			if diff := cmp.Diff(want, g.Dirs()); diff != "" {
+				t.Errorf("Dirs (-want +got):\n%s", diff)
+			}
+			checkUsage(t, g, 1500*time.Millisecond, 1<<20, true, Events{OOMKills: 2, PidsRefused: 7})
+			for name, err := range map[string]error{"Kill": g.Kill(), "Remove": g.Remove(), "JoinThread": g.JoinThread(), "Start": g.Start(exec.Command("true"), nil)} {
+				if err != ErrForeign {
+					t.Errorf("%s on an opened group = %v, want ErrForeign", name, err)
+				}
+			}
+			for _, d := range want {
+				if _, err := os.Stat(d); err != nil {
+					t.Errorf("the engine's cgroup %s went: %v", d, err)
+				}
+			}
+		})
+	}
+}
+
+// TestOpenReal opens the test's own cgroup through /proc/PID/cgroup and
+// reads its CPU time, which the test has used some of.
+func TestOpenReal(t *testing.T) {
+	t.Parallel()
+	g, err := Open(Probe{SelfCgroup: "/proc/" + strconv.Itoa(os.Getpid()) + "/cgroup"})
+	if err != nil {
+		t.Fatalf("opening the test's own cgroup: %v", err)
+	}
+	if cpu, err := g.CPUUsage(); err != nil || cpu <= 0 {
+		t.Errorf("CPUUsage of the test's own cgroup = %v, %v; want some CPU time", cpu, err)
 	}
 }
