@@ -77,10 +77,24 @@ func (t ServerType) Covers(tags []string) bool {
 // nowhere).
 const ConsolePlatform = "@console"
 
+// Protocol is the protocol a platform speaks: how its jobs reach the broker
+// and, above all, how its results are sent back. Each protocol has its
+// edge adapter for requests and its own way of turning a delivery into a
+// request in the one result outbox (broker/delivery); the broker accepts
+// for a platform only the protocols it can deliver.
+type Protocol string
+
+// ProtocolGradebroker is gradebroker's own protocol: tokens to the REST
+// gateway, and a signed and encrypted callback token POSTed to the
+// platform's return_url. It is every platform's protocol unless an operator
+// chose another.
+const ProtocolGradebroker Protocol = "gradebroker"
+
 // Platform is a client that submits jobs and receives their results.
 type Platform struct {
 	ID            int64
 	Name          string
+	Protocol      Protocol
 	PublicKeyPEM  string
 	ReturnURL     string
 	RestrictPaths []string

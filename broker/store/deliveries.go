@@ -50,7 +50,10 @@ type Delivery struct {
 
 	PlatformID int64
 	Platform   string
-	ReturnURL  string
+	// Protocol is the platform's protocol, which decides the form of the
+	// callback (broker/delivery).
+	Protocol  broker.Protocol
+	ReturnURL string
 	// PublicKeyPEM is the platform's key, to encrypt the callback to.
 	// ListDeliveries leaves it empty.
 	PublicKeyPEM string
@@ -67,7 +70,7 @@ type Delivery struct {
 const deliveryColumns = `d.id, d.state, d.tries, d.next_attempt_at, d.last_error, d.created_at, d.delivered_at,
 	d.job_id, j.name, COALESCE(j.idempotency_key, ''), j.state, %s,
 	COALESCE(NULLIF(j.error, ''), r.error, ''), j.attempts, j.server_name,
-	d.platform_id, p.name, p.return_url,
+	d.platform_id, p.name, p.protocol, p.return_url,
 	EXISTS (SELECT 1 FROM deliveries n WHERE n.job_id = d.job_id AND n.id > d.id)`
 
 // deliveryJoins follow "FROM deliveries d" to reach the job, its result and
@@ -87,7 +90,7 @@ func scanDelivery(row rowScanner) (Delivery, error) {
 	if err := row.Scan(&d.ID, &d.State, &d.Tries, &next, &d.LastError, &created, &delivered,
 		&d.JobID, &d.JobName, &d.IdempotencyKey, &d.JobState, &d.Result, &d.PublicKeyPEM,
 		&d.Error, &d.Attempts, &d.Server,
-		&d.PlatformID, &d.Platform, &d.ReturnURL, &d.Superseded); err != nil {
+		&d.PlatformID, &d.Platform, &d.Protocol, &d.ReturnURL, &d.Superseded); err != nil {
 		return d, err
 	}
 	d.NextAttemptAt, d.CreatedAt, d.DeliveredAt = fromMS(next), fromMS(created), nullMS(delivered)

@@ -79,7 +79,7 @@ func TestDeliveryMadeByFinishAndRead(t *testing.T) {
 	want := Delivery{
 		ID: id, State: broker.DeliveryPending, NextAttemptAt: dlBase, CreatedAt: dlBase,
 		JobID: jobID, JobName: "ex1", IdempotencyKey: "k1", JobState: broker.JobDone,
-		Result: []byte(`{"score":1}`), PlatformID: p, Platform: "mooc",
+		Result: []byte(`{"score":1}`), PlatformID: p, Platform: "mooc", Protocol: broker.ProtocolGradebroker,
 		ReturnURL: "https://mooc.example/cb", PublicKeyPEM: "key of mooc",
 	}
 	got, err := db.Delivery(ctx, id)
@@ -114,6 +114,54 @@ func TestDeliveryMadeByFinishAndRead(t *testing.T) {
 	q := dlPlatform(t, db, "quiet", "")
 	if _, id := dlFinal(t, db, q, "ex3", "", Final{State: broker.JobFailed, Error: "x"}); id != 0 {
 		t.Errorf("Finish made delivery %d for a platform without a return_url", id)
+	}
+}
+
+// A platform's protocol is stored with it, gradebroker's own unless given,
+// changed by UpdatePlatform, and read with each of its deliveries, which the
+// delivery worker sends in that protocol's form.
+func TestPlatformProtocol(t *testing.T) {
+	t.Parallel()
+	db, _ := dlSetup(t)
+	ctx := context.Background()
+	p, err := db.AddPlatform(ctx, broker.Platform{Name: "plain", PublicKeyPEM: "k", ReturnURL: "https://plain.example/cb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Protocol != broker.ProtocolGradebroker {
+		t.Errorf("AddPlatform without a protocol stored %q, want %q", p.Protocol, broker.ProtocolGradebroker)
+	}
+	other, err := db.AddPlatform(ctx, broker.Platform{Name: "other", Protocol: "other-proto", ReturnURL: "https://other.example/cb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.Protocol != "other-proto" {
+		t.Errorf("AddPlatform stored protocol %q, want other-proto", other.Protocol)
+	}
+	_, id := dlFinal(t, db, other.ID, "j", "", Final{State: broker.JobDone, Outcome: broker.OutcomeOK, Result: []byte(`1`)})
+	d, err := db.Delivery(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Protocol != "other-proto" {
+		t.Errorf("Delivery.Protocol = %q, want other-proto", d.Protocol)
+	}
+
+	proto := broker.ProtocolGradebroker
+	if _, err := db.UpdatePlatform(ctx, "other", PlatformUpdate{Protocol: &proto}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := db.ListPlatforms(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list {
+		if p.Name == "other" && p.Protocol != broker.ProtocolGradebroker {
+			t.Errorf("after UpdatePlatform, ListPlatforms says %q", p.Protocol)
+		}
+	}
+	if d, err = db.Delivery(ctx, id); err != nil || d.Protocol != broker.ProtocolGradebroker {
+		t.Errorf("Delivery after the update: protocol %q, %v", d.Protocol, err)
 	}
 }
 

@@ -308,6 +308,7 @@ func (db *DB) RemoveServerType(ctx context.Context, name string) error {
 
 // PlatformUpdate lists the fields UpdatePlatform changes; nil leaves one alone.
 type PlatformUpdate struct {
+	Protocol      *broker.Protocol
 	PublicKeyPEM  *string
 	ReturnURL     *string
 	RestrictPaths *[]string
@@ -316,11 +317,15 @@ type PlatformUpdate struct {
 	Cert **broker.CertIdentity
 }
 
-// AddPlatform registers a platform. The caller has validated the key and URL.
+// AddPlatform registers a platform. The caller has validated the protocol,
+// key and URL; an empty protocol is gradebroker's own.
 func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platform, error) {
 	defer db.registryChanged()
 	if err := broker.CheckName("platform", p.Name); err != nil {
 		return broker.Platform{}, err
+	}
+	if p.Protocol == "" {
+		p.Protocol = broker.ProtocolGradebroker
 	}
 	now := db.now()
 	err := db.write(ctx, func(tx *sql.Tx) error {
@@ -335,10 +340,10 @@ func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platfo
 		}
 		paths, _ := json.Marshal(nonNil(p.RestrictPaths))
 		c := certColumns(p.Cert)
-		res, err := tx.ExecContext(ctx, `INSERT INTO platforms (name, public_key_pem, return_url, restrict_paths,
+		res, err := tx.ExecContext(ctx, `INSERT INTO platforms (name, protocol, public_key_pem, return_url, restrict_paths,
 			force_tag_id, cert_serial, cert_issuer, cert_subject, cert_fingerprint, cert_not_after, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			p.Name, p.PublicKeyPEM, p.ReturnURL, string(paths), forceTag, c[0], c[1], c[2], c[3], c[4], ms(now))
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			p.Name, string(p.Protocol), p.PublicKeyPEM, p.ReturnURL, string(paths), forceTag, c[0], c[1], c[2], c[3], c[4], ms(now))
 		if err != nil {
 			return conflictName(err, "platform", p.Name)
 		}
@@ -359,6 +364,12 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 		id, err := idByName(ctx, tx, "platforms", "platform", name)
 		if err != nil {
 			return err
+		}
+		if u.Protocol != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `protocol = ?`, string(*u.Protocol)); err != nil {
+				return err
+			}
+			defer db.callbacks.Delete(id)
 		}
 		if u.PublicKeyPEM != nil {
 			if err := setColumns(ctx, tx, "platforms", id, `public_key_pem = ?`, *u.PublicKeyPEM); err != nil {
@@ -404,7 +415,7 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 	return db.PlatformByName(ctx, name)
 }
 
-const platformColumns = `p.id, p.name, p.public_key_pem, p.return_url, p.restrict_paths, COALESCE(t.name, ''),
+const platformColumns = `p.id, p.name, p.protocol, p.public_key_pem, p.return_url, p.restrict_paths, COALESCE(t.name, ''),
 	p.cert_serial, p.cert_issuer, p.cert_subject, p.cert_fingerprint, p.cert_not_after, p.created_at
 	FROM platforms p LEFT JOIN tags t ON t.id = p.force_tag_id`
 
@@ -414,7 +425,7 @@ func scanPlatform(row rowScanner) (broker.Platform, error) {
 	var serial, issuer, subject, fp sql.NullString
 	var notAfter sql.NullInt64
 	var created int64
-	if err := row.Scan(&p.ID, &p.Name, &p.PublicKeyPEM, &p.ReturnURL, &paths, &p.ForceTag,
+	if err := row.Scan(&p.ID, &p.Name, &p.Protocol, &p.PublicKeyPEM, &p.ReturnURL, &paths, &p.ForceTag,
 		&serial, &issuer, &subject, &fp, &notAfter, &created); err != nil {
 		return p, err
 	}
