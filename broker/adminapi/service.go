@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -65,6 +67,9 @@ type Service struct {
 
 	console *consoleState // console.go; nil while the console is off
 	jobs    jobsState     // jobs.go
+	// protocols are the platform protocols the broker delivers results
+	// in; a platform may be registered with these only.
+	protocols atomic.Pointer[[]broker.Protocol]
 }
 
 // Redeliverer schedules result callbacks again; the delivery worker
@@ -85,7 +90,17 @@ func New(db *store.DB, ca func() *x509.CertPool, d Dispatcher, log *slog.Logger)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{db: db, ca: ca, d: d, log: log, now: time.Now}
+	s := &Service{db: db, ca: ca, d: d, log: log, now: time.Now}
+	s.SetProtocols(broker.ProtocolGradebroker)
+	return s
+}
+
+// SetProtocols sets the platform protocols the broker can deliver results
+// in (the delivery worker's list), which platforms may be registered with;
+// without a call, gradebroker's own only. Call it before serving.
+func (s *Service) SetProtocols(ps ...broker.Protocol) {
+	ps = slices.Clone(ps)
+	s.protocols.Store(&ps)
 }
 
 // Register registers the service on r.
@@ -113,15 +128,19 @@ func (s *Service) AddPlatform(ctx context.Context, req *gradebrokerv1.AddPlatfor
 	}
 	p := broker.Platform{
 		Name:          req.GetName(),
+		Protocol:      broker.Protocol(req.GetProtocol()),
 		PublicKeyPEM:  req.GetPublicKeyPem(),
 		ReturnURL:     req.GetReturnUrl(),
 		RestrictPaths: req.GetRestrictPaths(),
 		ForceTag:      req.GetForceTag(),
 	}
+	if p.Protocol == "" {
+		p.Protocol = broker.ProtocolGradebroker
+	}
 	err := firstError(
 		func() error { return broker.CheckName("platform", p.Name) },
-		func() error { return checkPublicKey(p.PublicKeyPEM) },
-		func() error { return checkReturnURL(p.ReturnURL) },
+		func() error { return s.checkProtocol(p.Protocol) },
+		func() error { return checkPlatformNeeds(p) },
 		func() error { return checkRestrictPaths(p.RestrictPaths) },
 		func() error { return checkOptionalTag(p.ForceTag) },
 	)
@@ -151,6 +170,32 @@ func (s *Service) UpdatePlatform(ctx context.Context, req *gradebrokerv1.UpdateP
 		return nil, s.fail(ctx, err)
 	}
 	var u store.PlatformUpdate
+	if req.Protocol != nil {
+		proto := broker.Protocol(req.GetProtocol())
+		if proto == "" {
+			proto = broker.ProtocolGradebroker
+		}
+		if err := s.checkProtocol(proto); err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		// What the new protocol needs may be in the request or already
+		// registered: check the platform as it will be.
+		cur, err := s.db.PlatformByName(ctx, req.GetName())
+		if err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		cur.Protocol = proto
+		if req.PublicKeyPem != nil {
+			cur.PublicKeyPEM = req.GetPublicKeyPem()
+		}
+		if req.ReturnUrl != nil {
+			cur.ReturnURL = req.GetReturnUrl()
+		}
+		if err := checkPlatformNeeds(cur); err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		u.Protocol = &proto
+	}
 	if req.PublicKeyPem != nil {
 		if err := checkPublicKey(req.GetPublicKeyPem()); err != nil {
 			return nil, s.fail(ctx, err)

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi/adminapitest"
 	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/store"
@@ -288,10 +289,18 @@ func TestPlatformsOperatorsAndJobs(t *testing.T) {
 	run(t, env, "platform", "add", "bad", "--key", keyFile, "--return-url", "http://mooc.example/cb").
 		want(t, 1, nil, []string{"https://"})
 	ok(t, run(t, env, "platform", "update", "mooc", "--force-tag", "", "--no-restrict-paths"), "force tag:")
+	// A protocol other than gradebroker's needs neither key nor return URL.
+	env.Service.SetProtocols(broker.ProtocolGradebroker, "other")
+	ok(t, run(t, env, "platform", "add", "lms", "--protocol", "other"), "protocol:", "other")
+	run(t, env, "platform", "add", "lms2").want(t, 2, nil, []string{"--key is required"})
+	run(t, env, "platform", "update", "lms", "--protocol", "gradebroker").want(t, 1, nil, []string{"public key"})
 	r := run(t, env, "platform", "list")
-	if !regexpLine(r.stdout, "mooc", "https://mooc.example/cb", "-", "-", "-") {
+	if !regexpLine(r.stdout, "mooc", "gradebroker", "https://mooc.example/cb", "-", "-", "-") ||
+		!regexpLine(r.stdout, "lms", "other", "-", "-", "-", "-") {
 		t.Errorf("platform list:\n%s", r.stdout)
 	}
+	ok(t, run(t, env, "platform", "update", "mooc", "--protocol", "other"), "protocol:", "other")
+	ok(t, run(t, env, "platform", "remove", "lms"))
 
 	bob := env.CA.Client(t, certs.RoleOperator, "bob")
 	ok(t, run(t, env, "operator", "add", "bob", "--cert", bob.CertFile), "operator:", "bob", "CN=bob,OU=operator")

@@ -80,7 +80,8 @@ func certSummary(c *gradebrokerv1.CertIdentity) string {
 func printPlatform(w io.Writer, p *gradebrokerv1.Platform) {
 	fields(w,
 		"platform", p.GetName(),
-		"return URL", p.GetReturnUrl(),
+		"protocol", p.GetProtocol(),
+		"return URL", orDash(p.GetReturnUrl()),
 		"restrict paths", list(p.GetRestrictPaths()),
 		"force tag", orDash(p.GetForceTag()),
 		"certificate", certSummary(p.GetCertificate()),

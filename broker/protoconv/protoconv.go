@@ -66,6 +66,7 @@ func CertIdentityToProto(c broker.CertIdentity) *gradebrokerv1.CertIdentity {
 func PlatformToProto(p broker.Platform) *gradebrokerv1.Platform {
 	out := &gradebrokerv1.Platform{
 		Name:          p.Name,
+		Protocol:      string(p.Protocol),
 		PublicKeyPem:  p.PublicKeyPEM,
 		ReturnUrl:     p.ReturnURL,
 		RestrictPaths: p.RestrictPaths,

@@ -183,7 +183,11 @@ type Platform struct {
 	// Its client certificate, if one is registered.
 	Certificate *CertIdentity `protobuf:"bytes,6,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	// When it was registered.
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// The protocol it speaks, which decides the form of its result
+	// callbacks: "gradebroker" (a JWE token POSTed to return_url) or a
+	// compatibility protocol the broker delivers.
+	Protocol      string `protobuf:"bytes,8,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -265,6 +269,13 @@ func (x *Platform) GetCreatedAt() *timestamppb.Timestamp {
 		return x.CreatedAt
 	}
 	return nil
+}
+
+func (x *Platform) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
 }
 
 // Server is a registered grading server.
@@ -665,8 +676,11 @@ type AddPlatformRequest struct {
 	ForceTag string `protobuf:"bytes,5,opt,name=force_tag,json=forceTag,proto3" json:"force_tag,omitempty"`
 	// Its client certificate, PEM, if the gateway should require one.
 	CertificatePem string `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The protocol it speaks; empty is "gradebroker", which needs
+	// public_key_pem and return_url. Another protocol may need neither.
+	Protocol      string `protobuf:"bytes,7,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddPlatformRequest) Reset() {
@@ -741,6 +755,13 @@ func (x *AddPlatformRequest) GetCertificatePem() string {
 	return ""
 }
 
+func (x *AddPlatformRequest) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
 // AddPlatformResponse returns the platform.
 type AddPlatformResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -802,8 +823,11 @@ type UpdatePlatformRequest struct {
 	ForceTag *string `protobuf:"bytes,5,opt,name=force_tag,json=forceTag,proto3,oneof" json:"force_tag,omitempty"`
 	// A new client certificate, PEM; empty removes it.
 	CertificatePem *string `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3,oneof" json:"certificate_pem,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A new protocol. Its results not yet delivered are sent in the new
+	// protocol's form.
+	Protocol      *string `protobuf:"bytes,7,opt,name=protocol,proto3,oneof" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdatePlatformRequest) Reset() {
@@ -874,6 +898,13 @@ func (x *UpdatePlatformRequest) GetForceTag() string {
 func (x *UpdatePlatformRequest) GetCertificatePem() string {
 	if x != nil && x.CertificatePem != nil {
 		return *x.CertificatePem
+	}
+	return ""
+}
+
+func (x *UpdatePlatformRequest) GetProtocol() string {
+	if x != nil && x.Protocol != nil {
+		return *x.Protocol
 	}
 	return ""
 }
@@ -4576,7 +4607,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x12fingerprint_sha256\x18\x03 \x01(\tR\x11fingerprintSha256\x12\x18\n" +
 	"\asubject\x18\x04 \x01(\tR\asubject\x12\x12\n" +
 	"\x04role\x18\x05 \x01(\tR\x04role\x127\n" +
-	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xa2\x02\n" +
+	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xbe\x02\n" +
 	"\bPlatform\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tR\fpublicKeyPem\x12\x1d\n" +
@@ -4586,7 +4617,8 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12>\n" +
 	"\vcertificate\x18\x06 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x94\x04\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1a\n" +
+	"\bprotocol\x18\b \x01(\tR\bprotocol\"\x94\x04\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x12\x12\n" +
@@ -4619,7 +4651,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"$\n" +
 	"\n" +
 	"StringList\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\xda\x01\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\xf6\x01\n" +
 	"\x12AddPlatformRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tR\fpublicKeyPem\x12\x1d\n" +
@@ -4627,9 +4659,10 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"return_url\x18\x03 \x01(\tR\treturnUrl\x12%\n" +
 	"\x0erestrict_paths\x18\x04 \x03(\tR\rrestrictPaths\x12\x1b\n" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12'\n" +
-	"\x0fcertificate_pem\x18\x06 \x01(\tR\x0ecertificatePem\"K\n" +
+	"\x0fcertificate_pem\x18\x06 \x01(\tR\x0ecertificatePem\x12\x1a\n" +
+	"\bprotocol\x18\a \x01(\tR\bprotocol\"K\n" +
 	"\x13AddPlatformResponse\x124\n" +
-	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\xd1\x02\n" +
+	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\xff\x02\n" +
 	"\x15UpdatePlatformRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tH\x00R\fpublicKeyPem\x88\x01\x01\x12\"\n" +
@@ -4637,12 +4670,14 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"return_url\x18\x03 \x01(\tH\x01R\treturnUrl\x88\x01\x01\x12A\n" +
 	"\x0erestrict_paths\x18\x04 \x01(\v2\x1a.gradebroker.v1.StringListR\rrestrictPaths\x12 \n" +
 	"\tforce_tag\x18\x05 \x01(\tH\x02R\bforceTag\x88\x01\x01\x12,\n" +
-	"\x0fcertificate_pem\x18\x06 \x01(\tH\x03R\x0ecertificatePem\x88\x01\x01B\x11\n" +
+	"\x0fcertificate_pem\x18\x06 \x01(\tH\x03R\x0ecertificatePem\x88\x01\x01\x12\x1f\n" +
+	"\bprotocol\x18\a \x01(\tH\x04R\bprotocol\x88\x01\x01B\x11\n" +
 	"\x0f_public_key_pemB\r\n" +
 	"\v_return_urlB\f\n" +
 	"\n" +
 	"_force_tagB\x12\n" +
-	"\x10_certificate_pem\"N\n" +
+	"\x10_certificate_pemB\v\n" +
+	"\t_protocol\"N\n" +
 	"\x16UpdatePlatformResponse\x124\n" +
 	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\x16\n" +
 	"\x14ListPlatformsRequest\"O\n" +
