@@ -127,6 +127,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 	}
 	b.disp.SetFinalHook(b.deliv.Notify)
 	b.admin.SetRedeliverer(b.deliv)
+	b.admin.SetProtocols(b.deliv.Protocols()...)
 	wakeKey, err := wakeup.LoadKey(cfg.WakeupKeyFile)
 	if err == nil {
 		b.wake, err = wakeup.New(wakeup.Config{Broker: cfg.Name, Key: wakeKey, OnResult: b.disp.WakeResult,
