@@ -132,10 +132,17 @@ type Session struct {
 	done    chan struct{}
 	err     error
 	closed  bool
+	// pulls is set for a pulling server's session (pull.go): its messages
+	// go to the calls waiting for them rather than to the outbox.
+	pulls *pullWaiters
 }
 
 func newSession(d *Dispatcher, srv *server) *Session {
-	return &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	if srv.pull {
+		s.pulls = &pullWaiters{assigns: make(map[int64]chan *Assign), results: make(map[int64][]chan Message)}
+	}
+	return s
 }
 
 // Ready receives a value when messages wait for Messages to take them.
@@ -172,6 +179,11 @@ func (s *Session) Err() error {
 
 func (s *Session) push(m Message) {
 	s.mu.Lock()
+	if s.pulls != nil {
+		s.toWaiter(m)
+		s.mu.Unlock()
+		return
+	}
 	if !s.closed {
 		s.queue = append(s.queue, m)
 	}
@@ -205,6 +217,11 @@ func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Durati
 	m := &Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
 		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline}
 	s.mu.Lock()
+	if s.pulls != nil {
+		s.toWaiter(m)
+		s.mu.Unlock()
+		return
+	}
 	if !s.closed {
 		s.queue = append(s.queue, m)
 		s.assigns++
@@ -222,6 +239,11 @@ func (s *Session) sendCancel(l *lease, reason string) {
 // message.
 func (s *Session) sendAck(ref LeaseRef) {
 	s.mu.Lock()
+	if s.pulls != nil {
+		s.toWaiter(&Ack{Leases: []LeaseRef{ref}})
+		s.mu.Unlock()
+		return
+	}
 	if !s.closed {
 		s.acks = append(s.acks, ref)
 	}
@@ -238,6 +260,9 @@ func (d *Dispatcher) Open(ctx context.Context, fingerprint string, h Hello) (*Se
 	rec, tags, err := d.registration(ctx, fingerprint)
 	if err != nil {
 		return nil, Welcome{}, err
+	}
+	if rec.Pull != "" {
+		return nil, Welcome{}, fmt.Errorf("%w: server %s pulls its jobs (%s) and connects no graderd", broker.ErrPermissionDenied, rec.Name, rec.Pull)
 	}
 	sess, w, err := d.attach(rec, tags, h)
 	if err != nil {
@@ -321,6 +346,13 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 	for _, r := range h.Held {
 		held[r.LeaseID] = true
 	}
+	if s.pull {
+		// A pulling client lists nothing: it may still work on every
+		// lease it took, which ends at its deadline.
+		for id := range s.leases {
+			held[id] = true
+		}
+	}
 	for _, l := range s.leases {
 		switch {
 		case held[l.id]:
@@ -389,6 +421,11 @@ func (s *Session) Result(r Result) {
 		d.updateFree(srv)
 	}
 	l := d.leases[r.Lease.LeaseID]
+	if l == nil && s.current() {
+		// A pulling client's result may come after its lease expired,
+		// while the key it holds is still the job's latest (pull.go).
+		l = d.lateLease(srv, r)
+	}
 	if l == nil || l.jobID != r.Lease.JobID || l.srv != srv || !s.current() {
 		d.stats.StaleResults++
 		refill := wasFull && !srv.full

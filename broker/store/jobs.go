@@ -555,16 +555,24 @@ func (db *DB) JobState(ctx context.Context, jobID int64) (broker.JobState, int64
 	return broker.JobState(state), platform, err
 }
 
-// JobTypeIDs returns the server types that may take job jobID, sorted;
-// none for a job that does not exist.
-func (db *DB) JobTypeIDs(ctx context.Context, jobID int64) ([]int64, error) {
+// JobClass returns what decides which queue of the dispatcher job jobID is
+// in: the server types that may take it, sorted, and its pull queue. A job
+// that does not exist has none.
+func (db *DB) JobClass(ctx context.Context, jobID int64) ([]int64, string, error) {
 	var ids []int64
+	var queue sql.NullString
 	err := db.read(ctx, func(tx *sql.Tx) error {
 		var err error
-		ids, err = jobTypeIDs(ctx, tx, jobID)
+		if ids, err = jobTypeIDs(ctx, tx, jobID); err != nil {
+			return err
+		}
+		err = tx.QueryRowContext(ctx, `SELECT queue FROM jobs WHERE id = ?`, jobID).Scan(&queue)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
 		return err
 	})
-	return ids, err
+	return ids, queue.String, err
 }
 
 // TouchServers records when servers were last heard from.
