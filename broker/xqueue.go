@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -129,3 +130,49 @@ func CheckHost(h string) error {
 	}
 	return nil
 }
+
+// XQueueToJSON turns an XQueue body, which XQueue treats as opaque text,
+// into the JSON that a job's data or result must be: the text itself when
+// it is JSON other than a string (what an LMS and xqueue-watcher send,
+// kept byte for byte), else a JSON string holding it. XQueueFromJSON
+// undoes it.
+func XQueueToJSON(body []byte) []byte {
+	if json.Valid(body) && firstByte(body) != '"' {
+		return body
+	}
+	b, _ := json.Marshal(string(body))
+	return b
+}
+
+// XQueueFromJSON is the text XQueueToJSON was given: a JSON string's
+// value, any other JSON as it is. A job's data that did not come through
+// XQueue (another platform's job, pulled by an XQueue client) comes out as
+// its JSON text.
+func XQueueFromJSON(data []byte) []byte {
+	if firstByte(data) == '"' {
+		var s string
+		if json.Unmarshal(data, &s) == nil {
+			return []byte(s)
+		}
+	}
+	return data
+}
+
+// firstByte is the first byte of b that is not JSON white space, or 0.
+func firstByte(b []byte) byte {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		}
+		return c
+	}
+	return 0
+}
+
+// XQueueFailureBody is the xqueue_body XQueue posts to the LMS for a
+// submission it gives up on (submission_queue/consumer.py,
+// post_failure_to_lms, as json.dumps writes it), so that the student sees
+// that grading failed.
+const XQueueFailureBody = `{"correct": null, "score": 0, "msg": "<div class=\"capa_alert\">Your submission could not be graded. ` +
+	`Please recheck your submission and try again. If the problem persists, please notify the course staff.</div>"}`
