@@ -33,6 +33,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/broker/wakeup"
+	"github.com/gradebroker/gradebroker/broker/xqueue"
 	"github.com/gradebroker/gradebroker/certs"
 )
 
@@ -48,6 +49,7 @@ type Broker struct {
 	admin   *adminapi.Service
 	plat    *platform.Service
 	deliv   *delivery.Worker
+	xq      *xqueue.Service
 	wake    *wakeup.Waker
 	keys    *token.KeyRing
 	grpc    *grpc.Server
@@ -118,9 +120,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 	}, log)
 	b.grader = graderapi.New(b.disp, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
-	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
+	dcfg := delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
 		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
-		OnDelivered: b.metrics.ObserveDelivery}, log)
+		OnDelivered: b.metrics.ObserveDelivery}
+	b.newXQueue(&dcfg)
+	b.deliv, err = delivery.New(db, b.keys, dcfg, log)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -241,7 +245,8 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 		return err
 	}
 	err = b.startServices(ctx, service{"dispatcher", b.disp.Start, b.disp.Stop},
-		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop})
+		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop},
+		service{"xqueue", b.xq.Start, b.xq.Stop})
 	if err != nil {
 		return err
 	}
@@ -266,6 +271,7 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", gateway)
+	mux.Handle("/xqueue/", b.xq.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", b.readyz)
 	b.http = &http.Server{
