@@ -334,10 +334,11 @@ type: the server takes the jobs whose tags the type covers.`,
 				func(w io.Writer, resp *gradebrokerv1.ListServersResponse) {
 					now := time.Now()
 					tw := newTable(w)
-					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN")
+					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN\tPULLS")
 					for _, s := range resp.GetServers() {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
-							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
+							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now),
+							orDash(s.GetPull()))
 					}
 					tw.Flush()
 				})
