@@ -13,10 +13,11 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
+	"github.com/gradebroker/gradebroker/broker/xqueue/xqueuetest"
 )
 
 // raw sends one request as it is and returns the response and its body.
-func (e *env) raw(c *http.Client, method, path, ctype, body string, h http.Header) (*http.Response, xreply) {
+func (e *env) raw(c *http.Client, method, path, ctype, body string, h http.Header) (*http.Response, xqueuetest.Reply) {
 	e.t.Helper()
 	req, err := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
 	if err != nil {
@@ -34,7 +35,7 @@ func (e *env) raw(c *http.Client, method, path, ctype, body string, h http.Heade
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var r xreply
+	var r xqueuetest.Reply
 	if resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(b, &r); err != nil {
 			e.t.Errorf("%s %s: HTTP 200 with %q, not XQueue's reply", method, path, b)
@@ -64,7 +65,7 @@ func TestLoginFlow(t *testing.T) {
 		}
 	}
 	resp, r := e.raw(c, http.MethodGet, "/xqueue/login/?next=%2Fxqueue%2Fsubmit%2F", "", "", nil)
-	if resp.StatusCode != http.StatusOK || r.ReturnCode != 1 || r.text() != "login_required" {
+	if resp.StatusCode != http.StatusOK || r.ReturnCode != 1 || r.Text() != "login_required" {
 		t.Errorf("GET login/ = %d %+v", resp.StatusCode, r)
 	}
 	csrf := cookieOf(resp, csrfCookie)
@@ -80,7 +81,7 @@ func TestLoginFlow(t *testing.T) {
 		{url.Values{"username": {lmsUser}}, "Insufficient login info"},
 	} {
 		_, r := e.raw(c, http.MethodPost, "/xqueue/login/", "application/x-www-form-urlencoded", tc.form.Encode(), nil)
-		if r.ReturnCode != 1 || r.text() != tc.want {
+		if r.ReturnCode != 1 || r.Text() != tc.want {
 			t.Errorf("login %v = %+v, want %q", tc.form, r, tc.want)
 		}
 	}
@@ -89,7 +90,7 @@ func TestLoginFlow(t *testing.T) {
 	}
 	resp, r = e.raw(c, http.MethodPost, "/xqueue/login/", "application/x-www-form-urlencoded",
 		url.Values{"username": {lmsUser}, "password": {lmsPass}}.Encode(), nil)
-	if r.ReturnCode != 0 || r.text() != "Logged in" {
+	if r.ReturnCode != 0 || r.Text() != "Logged in" {
 		t.Fatalf("login = %+v", r)
 	}
 	sess := cookieOf(resp, sessionCookie)
@@ -103,19 +104,19 @@ func TestLoginFlow(t *testing.T) {
 		t.Errorf("get_queuelen = %d %s, want 0 and the number 0", resp.StatusCode, r.Content)
 	}
 	_, r = e.raw(c, http.MethodGet, "/xqueue/get_queuelen/?queue_name=nope", "", "", nil)
-	if r.ReturnCode != 1 || r.text() != "Valid queue names are: "+queueName {
+	if r.ReturnCode != 1 || r.Text() != "Valid queue names are: "+queueName {
 		t.Errorf("get_queuelen of an unknown queue = %+v", r)
 	}
 	_, r = e.raw(c, http.MethodGet, "/xqueue/get_queuelen/", "", "", nil)
-	if r.text() != "'get_queuelen' must provide parameter 'queue_name'" {
+	if r.Text() != "'get_queuelen' must provide parameter 'queue_name'" {
 		t.Errorf("get_queuelen without a queue = %+v", r)
 	}
 	_, r = e.raw(c, http.MethodGet, "/xqueue/submit/", "", "", nil)
-	if r.ReturnCode != 1 || r.text() != "Queue requests should use HTTP POST" {
+	if r.ReturnCode != 1 || r.Text() != "Queue requests should use HTTP POST" {
 		t.Errorf("GET submit/ = %+v", r)
 	}
 	_, r = e.raw(c, http.MethodGet, "/xqueue/put_result/", "", "", nil)
-	if r.ReturnCode != 1 || r.text() != "'put_result' must use HTTP POST" {
+	if r.ReturnCode != 1 || r.Text() != "'put_result' must use HTTP POST" {
 		t.Errorf("GET put_result/ = %+v", r)
 	}
 	// The path without its slash is a 301 to it, as Django's APPEND_SLASH.
@@ -124,11 +125,11 @@ func TestLoginFlow(t *testing.T) {
 		t.Errorf("without the slash: %d %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
 	_, r = e.raw(e.srv.Client(), http.MethodGet, "/xqueue/status/", "", "", nil)
-	if r.ReturnCode != 0 || r.text() != "OK" {
+	if r.ReturnCode != 0 || r.Text() != "OK" {
 		t.Errorf("status/ = %+v", r)
 	}
 	_, r = e.raw(c, http.MethodPost, "/xqueue/logout/", "", "", nil)
-	if r.text() != "Goodbye" {
+	if r.Text() != "Goodbye" {
 		t.Errorf("logout = %+v", r)
 	}
 	if resp, _ := e.raw(c, http.MethodGet, "/xqueue/get_queuelen/?queue_name="+queueName, "", "", nil); resp.StatusCode != http.StatusFound {
@@ -151,24 +152,24 @@ func TestCSRF(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	w := e.watcher()
-	if !w.login() {
+	if !w.Login() {
 		t.Fatal("the watcher could not log in")
 	}
-	if w.headers.Get("X-CSRFToken") == "" || w.headers.Get("Referer") != e.srv.URL {
-		t.Errorf("after login the watcher sends %v, want X-CSRFToken and Referer", w.headers)
+	if w.Headers.Get("X-CSRFToken") == "" || w.Headers.Get("Referer") != e.srv.URL {
+		t.Errorf("after login the watcher sends %v, want X-CSRFToken and Referer", w.Headers)
 	}
-	if ok, _, err := w.request(http.MethodGet, "/xqueue/get_queuelen/", url.Values{"queue_name": {queueName}}, nil); !ok || err != nil {
+	if ok, _, err := w.Request(http.MethodGet, "/xqueue/get_queuelen/", url.Values{"queue_name": {queueName}}, nil); !ok || err != nil {
 		t.Errorf("get_queuelen with the CSRF header: %v %v", ok, err)
 	}
-	w.headers.Set("X-CSRFToken", "forged")
-	resp, _, err := w.do(http.MethodPost, "/xqueue/put_result/", nil, url.Values{"xqueue_header": {"{}"}, "xqueue_body": {"{}"}}, nil)
+	w.Headers.Set("X-CSRFToken", "forged")
+	resp, _, err := w.Do(http.MethodPost, "/xqueue/put_result/", nil, url.Values{"xqueue_header": {"{}"}, "xqueue_body": {"{}"}}, nil)
 	if err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Errorf("a forged X-CSRFToken: %v %v, want HTTP 403", resp, err)
 	}
 	// On a 403 the watcher logs in again, which mends it.
-	logins := w.logins
-	if _, _, err := w.request(http.MethodGet, "/xqueue/get_queuelen/", url.Values{"queue_name": {queueName}}, nil); err != nil || w.logins != logins+1 {
-		t.Errorf("after the 403 the watcher logged in %d more times, %v", w.logins-logins, err)
+	logins := w.Logins
+	if _, _, err := w.Request(http.MethodGet, "/xqueue/get_queuelen/", url.Values{"queue_name": {queueName}}, nil); err != nil || w.Logins != logins+1 {
+		t.Errorf("after the 403 the watcher logged in %d more times, %v", w.Logins-logins, err)
 	}
 }
 
@@ -180,17 +181,17 @@ func TestLMSLogsInAgain(t *testing.T) {
 	e := setup(t)
 	lms := e.lmsClient()
 	h1, _ := e.header(1, "k1")
-	if code, msg := lms.sendToQueue(h1, studentBody, nil); code != 0 {
+	if code, msg := lms.SendToQueue(h1, studentBody, nil); code != 0 {
 		t.Fatal(msg)
 	}
 	// The session expires.
 	e.clk.Add(25 * time.Hour)
 	h2, _ := e.header(2, "k2")
-	if code, msg := lms.sendToQueue(h2, studentBody, nil); code != 0 || msg != "2" {
+	if code, msg := lms.SendToQueue(h2, studentBody, nil); code != 0 || msg != "2" {
 		t.Fatalf("submission after the session expired = %d %q", code, msg)
 	}
-	if lms.logins != 2 {
-		t.Errorf("the LMS logged in %d times, want twice", lms.logins)
+	if lms.Logins != 2 {
+		t.Errorf("the LMS logged in %d times, want twice", lms.Logins)
 	}
 	// A new password ends the session; the old one no longer logs in.
 	newHash := hash(t, "a new password")
@@ -198,11 +199,11 @@ func TestLMSLogsInAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	h3, _ := e.header(3, "k3")
-	if code, msg := lms.sendToQueue(h3, studentBody, nil); code != 1 || msg != "Incorrect login credentials" {
+	if code, msg := lms.SendToQueue(h3, studentBody, nil); code != 1 || msg != "Incorrect login credentials" {
 		t.Errorf("submission with the old password = %d %q", code, msg)
 	}
-	lms.pw = "a new password"
-	if code, msg := lms.sendToQueue(h3, studentBody, nil); code != 0 {
+	lms.PW = "a new password"
+	if code, msg := lms.SendToQueue(h3, studentBody, nil); code != 0 {
 		t.Errorf("submission with the new password = %d %q", code, msg)
 	}
 }
@@ -225,25 +226,25 @@ func TestSubmitRefusals(t *testing.T) {
 		{"callback elsewhere", `{"lms_callback_url": "https://evil.example/cb", "lms_key": "k", "queue_name": "` + queueName + `"}`, studentBody,
 			`"evil.example" is not one XQueue user lms may send results to`},
 	} {
-		if code, msg := lms.sendToQueue(tc.header, tc.body, nil); code != 1 || !strings.Contains(msg, tc.want) {
+		if code, msg := lms.SendToQueue(tc.header, tc.body, nil); code != 1 || !strings.Contains(msg, tc.want) {
 			t.Errorf("%s: send_to_queue = %d %q, want %q", tc.name, code, msg, tc.want)
 		}
 	}
 	// A form without xqueue_body.
-	_, r := e.raw(lms.http, http.MethodPost, "/xqueue/submit/", "application/x-www-form-urlencoded", url.Values{"xqueue_header": {good}}.Encode(), nil)
-	if r.text() != "Queue request has invalid format" {
+	_, r := e.raw(lms.HTTP, http.MethodPost, "/xqueue/submit/", "application/x-www-form-urlencoded", url.Values{"xqueue_header": {good}}.Encode(), nil)
+	if r.Text() != "Queue request has invalid format" {
 		t.Errorf("submit without xqueue_body = %+v", r)
 	}
 	if n := e.d.QueueLength(queueName); n != 0 {
 		t.Errorf("%d submissions stored from refused requests", n)
 	}
 	// The watcher has no platform: it may not submit; the LMS may not pull.
-	w := newLMSClient(t, e.srv.URL, e.srv.Client().Transport, watcherUser, watcherPass)
-	if code, msg := w.sendToQueue(good, studentBody, nil); code != 1 || !strings.Contains(msg, "may not submit") {
+	w := xqueuetest.NewLMS(e.srv.URL, e.srv.Client().Transport, watcherUser, watcherPass)
+	if code, msg := w.SendToQueue(good, studentBody, nil); code != 1 || !strings.Contains(msg, "may not submit") {
 		t.Errorf("a user without a platform submits: %d %q", code, msg)
 	}
-	lmsPull := newWatcher(t, e.srv.URL, e.srv.Client().Transport, queueName, lmsUser, lmsPass)
-	if sub, msg, _ := lmsPull.getSubmission(); sub != nil || !strings.Contains(msg, "may not pull from queue") {
+	lmsPull := xqueuetest.NewWatcher(e.srv.URL, e.srv.Client().Transport, queueName, lmsUser, lmsPass)
+	if sub, msg, _ := lmsPull.GetSubmission(); sub != nil || !strings.Contains(msg, "may not pull from queue") {
 		t.Errorf("a user without the queue pulls: %v %q", sub, msg)
 	}
 }
@@ -257,17 +258,17 @@ func TestPullingClientIsAServer(t *testing.T) {
 	lms := e.lmsClient()
 	for i := range 3 {
 		h, _ := e.header(10+i, "k")
-		if code, msg := lms.sendToQueue(h, studentBody, nil); code != 0 {
+		if code, msg := lms.SendToQueue(h, studentBody, nil); code != 0 {
 			t.Fatal(msg)
 		}
 	}
 	w := e.watcher()
-	a, _, _ := w.getSubmission()
-	b, _, _ := w.getSubmission()
+	a, _, _ := w.GetSubmission()
+	b, _, _ := w.GetSubmission()
 	if a == nil || b == nil {
 		t.Fatal("two pulls with max jobs 2 did not both get a submission")
 	}
-	if c, msg, _ := w.getSubmission(); c != nil || !strings.Contains(msg, "2 of its 2 slots in use") {
+	if c, msg, _ := w.GetSubmission(); c != nil || !strings.Contains(msg, "2 of its 2 slots in use") {
 		t.Errorf("a third pull = %v %q", c, msg)
 	}
 	srv, err := e.db.ServerByName(context.Background(), "xq.watcher.python-grader")
@@ -277,8 +278,8 @@ func TestPullingClientIsAServer(t *testing.T) {
 	if connected, slots, running, _ := e.d.ServerStatus(srv.Name); !connected || slots != 2 || running != 2 {
 		t.Errorf("ServerStatus = %v %d %d", connected, slots, running)
 	}
-	for _, s := range []*pulled{a, b} {
-		if ok, _, _ := w.putResult(s.Header, graderReply); !ok {
+	for _, s := range []*xqueuetest.Submission{a, b} {
+		if ok, _, _ := w.PutResult(s.Header, graderReply); !ok {
 			t.Fatal("put_result refused")
 		}
 	}
@@ -287,7 +288,7 @@ func TestPullingClientIsAServer(t *testing.T) {
 	if connected, _, _, _ := e.d.ServerStatus(srv.Name); connected {
 		t.Error("an idle pulling session stayed open")
 	}
-	if c, _, _ := w.getSubmission(); c == nil {
+	if c, _, _ := w.GetSubmission(); c == nil {
 		t.Error("no pull after the idle session closed")
 	}
 	if connected, _, _, _ := e.d.ServerStatus(srv.Name); !connected {

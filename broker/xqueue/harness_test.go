@@ -22,6 +22,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker/dispatch"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
+	"github.com/gradebroker/gradebroker/broker/xqueue/xqueuetest"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
@@ -147,13 +148,13 @@ func hash(t *testing.T, pw string) string {
 }
 
 // lms is the LMS's XQueue interface, logged in as lmsUser.
-func (e *env) lmsClient() *lmsClient {
-	return newLMSClient(e.t, e.srv.URL, e.srv.Client().Transport, lmsUser, lmsPass)
+func (e *env) lmsClient() *xqueuetest.LMS {
+	return xqueuetest.NewLMS(e.srv.URL, e.srv.Client().Transport, lmsUser, lmsPass)
 }
 
 // watcher is an xqueue-watcher thread on the queue, as watcherUser.
-func (e *env) watcher() *watcherClient {
-	return newWatcher(e.t, e.srv.URL, e.srv.Client().Transport, queueName, watcherUser, watcherPass)
+func (e *env) watcher() *xqueuetest.Watcher {
+	return xqueuetest.NewWatcher(e.srv.URL, e.srv.Client().Transport, queueName, watcherUser, watcherPass)
 }
 
 // header is the LMS's make_xheader for student n's problem.
@@ -168,7 +169,7 @@ func (e *env) header(n int, key string) (header, callback string) {
 func (e *env) submitted(n int, key string) string {
 	e.t.Helper()
 	header, _ := e.header(n, key)
-	if code, msg := e.lmsClient().sendToQueue(header, studentBody, nil); code != 0 {
+	if code, msg := e.lmsClient().SendToQueue(header, studentBody, nil); code != 0 {
 		e.t.Fatalf("send_to_queue = %d %q", code, msg)
 	}
 	return header

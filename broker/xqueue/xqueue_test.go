@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/broker/xqueue/xqueuetest"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
@@ -34,21 +35,21 @@ func TestRoundTrip(t *testing.T) {
 	e := setup(t)
 	lms := e.lmsClient()
 	header, callback := e.header(1, "key-1")
-	if code, msg := lms.sendToQueue(header, studentBody, nil); code != 0 || msg != "1" {
+	if code, msg := lms.SendToQueue(header, studentBody, nil); code != 0 || msg != "1" {
 		t.Fatalf("send_to_queue = %d %q, want 0 and the queue length 1", code, msg)
 	}
-	if lms.logins != 1 {
-		t.Errorf("the LMS logged in %d times, want once (after login_required)", lms.logins)
+	if lms.Logins != 1 {
+		t.Errorf("the LMS logged in %d times, want once (after login_required)", lms.Logins)
 	}
 	w := e.watcher()
-	if !w.login() {
+	if !w.Login() {
 		t.Fatal("the watcher could not log in")
 	}
-	ok, n, err := w.request(http.MethodGet, "/xqueue/get_queuelen/", url.Values{"queue_name": {queueName}}, nil)
+	ok, n, err := w.Request(http.MethodGet, "/xqueue/get_queuelen/", url.Values{"queue_name": {queueName}}, nil)
 	if err != nil || !ok || n != "1" {
 		t.Errorf("get_queuelen = %v %q %v", ok, n, err)
 	}
-	sub, raw, err := w.getSubmission()
+	sub, raw, err := w.GetSubmission()
 	if err != nil || sub == nil {
 		t.Fatalf("get_submission = %v, %q", err, raw)
 	}
@@ -65,7 +66,7 @@ func TestRoundTrip(t *testing.T) {
 	if j := e.job(h.SubmissionID); j.State != broker.JobAssigned || j.Queue != queueName || j.Server != "xq.watcher.python-grader" {
 		t.Errorf("pulled job: %s, queue %q, server %q", j.State, j.Queue, j.Server)
 	}
-	if ok, msg, err := w.putResult(sub.Header, graderReply); err != nil || !ok || msg != "" {
+	if ok, msg, err := w.PutResult(sub.Header, graderReply); err != nil || !ok || msg != "" {
 		t.Fatalf("put_result = %v %q %v", ok, msg, err)
 	}
 	j := e.job(h.SubmissionID)
@@ -80,7 +81,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("LMS callback (-want +got):\n%s", diff)
 	}
 	// Nothing more to pull, and the queue is empty.
-	if sub, msg, _ := w.getSubmission(); sub != nil || msg != "Queue '"+queueName+"' is empty" {
+	if sub, msg, _ := w.GetSubmission(); sub != nil || msg != "Queue '"+queueName+"' is empty" {
 		t.Errorf("get_submission of an empty queue = %v %q", sub, msg)
 	}
 }
@@ -92,12 +93,12 @@ func TestAttachmentsRoundTrip(t *testing.T) {
 	e := setup(t)
 	lms := e.lmsClient()
 	header, _ := e.header(2, "key-2")
-	files := []upload{{"answer.py", []byte("print('hello')\n")}, {"data.bin", []byte{0, 1, 2, 255}}, {"empty.txt", nil}}
-	if code, msg := lms.sendToQueue(header, studentBody, files); code != 0 {
+	files := []xqueuetest.File{{Name: "answer.py", Data: []byte("print('hello')\n")}, {Name: "data.bin", Data: []byte{0, 1, 2, 255}}, {Name: "empty.txt", Data: nil}}
+	if code, msg := lms.SendToQueue(header, studentBody, files); code != 0 {
 		t.Fatalf("send_to_queue with files = %d %q", code, msg)
 	}
 	w := e.watcher()
-	sub, raw, err := w.getSubmission()
+	sub, raw, err := w.GetSubmission()
 	if err != nil || sub == nil {
 		t.Fatalf("get_submission = %v %q", err, raw)
 	}
@@ -120,13 +121,13 @@ func TestAttachmentsRoundTrip(t *testing.T) {
 		return resp.StatusCode, b
 	}
 	for _, f := range files {
-		link := links[f.name]
+		link := links[f.Name]
 		if !strings.HasPrefix(link, e.srv.URL+"/xqueue/files/") {
-			t.Errorf("link of %s = %q, want an absolute URL on the broker", f.name, link)
+			t.Errorf("link of %s = %q, want an absolute URL on the broker", f.Name, link)
 		}
 		code, b := fetch(link)
-		if code != http.StatusOK || string(b) != string(f.data) {
-			t.Errorf("%s: HTTP %d, %q; want %q", f.name, code, b, f.data)
+		if code != http.StatusOK || string(b) != string(f.Data) {
+			t.Errorf("%s: HTTP %d, %q; want %q", f.Name, code, b, f.Data)
 		}
 	}
 	// A made-up or altered link is refused.
@@ -136,15 +137,15 @@ func TestAttachmentsRoundTrip(t *testing.T) {
 	if code, _ := fetch(bad); code != http.StatusNotFound {
 		t.Errorf("altered link: HTTP %d, want 404", code)
 	}
-	if ok, _, err := w.putResult(sub.Header, graderReply); !ok || err != nil {
+	if ok, _, err := w.PutResult(sub.Header, graderReply); !ok || err != nil {
 		t.Fatalf("put_result: %v %v", ok, err)
 	}
 	if code, _ := fetch(links["answer.py"]); code != http.StatusNotFound {
 		t.Errorf("link after put_result: HTTP %d, want 404 (it ends with the pull)", code)
 	}
 	// Too much: the submission is refused, nothing stored.
-	big := []upload{{"big.bin", make([]byte, 2<<10)}}
-	if code, msg := lms.sendToQueue(header, studentBody, big); code != 1 || !strings.Contains(msg, "too large") {
+	big := []xqueuetest.File{{Name: "big.bin", Data: make([]byte, 2<<10)}}
+	if code, msg := lms.SendToQueue(header, studentBody, big); code != 1 || !strings.Contains(msg, "too large") {
 		t.Errorf("send_to_queue of 2 KiB with a 1 KiB limit = %d %q", code, msg)
 	}
 	if n := e.d.QueueLength(queueName); n != 0 {
@@ -159,7 +160,7 @@ func TestWrongKey(t *testing.T) {
 	e := setup(t)
 	header := e.submitted(3, "key-3")
 	w := e.watcher()
-	sub, _, err := w.getSubmission()
+	sub, _, err := w.GetSubmission()
 	if err != nil || sub == nil {
 		t.Fatal("no submission")
 	}
@@ -176,30 +177,30 @@ func TestWrongKey(t *testing.T) {
 		{"not JSON", `submission 1`, "Incorrect reply format"},
 		{"no key", `{"submission_id": 1}`, "Incorrect reply format"},
 	} {
-		ok, msg, err := w.request(http.MethodPost, "/xqueue/put_result/", nil, url.Values{"xqueue_header": {tc.header}, "xqueue_body": {"{}"}})
+		ok, msg, err := w.Request(http.MethodPost, "/xqueue/put_result/", nil, url.Values{"xqueue_header": {tc.header}, "xqueue_body": {"{}"}})
 		if err != nil || ok || msg != tc.want {
 			t.Errorf("%s: put_result = %v %q %v; want %q", tc.name, ok, msg, err, tc.want)
 		}
 	}
 	// The id as a string, as Python's int() takes it, is the same key.
 	strID := `{"submission_id": "` + strconv.FormatInt(h.SubmissionID, 10) + `", "submission_key": "` + h.SubmissionKey + `"}`
-	if ok, msg, err := w.request(http.MethodPost, "/xqueue/put_result/", nil, url.Values{"xqueue_header": {strID}, "xqueue_body": {`{"correct": false}`}}); !ok || err != nil {
+	if ok, msg, err := w.Request(http.MethodPost, "/xqueue/put_result/", nil, url.Values{"xqueue_header": {strID}, "xqueue_body": {`{"correct": false}`}}); !ok || err != nil {
 		t.Fatalf("put_result with the id as a string = %v %q %v", ok, msg, err)
 	}
 	// Used once: the same key again is stale.
-	if ok, msg, _ := w.putResult(sub.Header, graderReply); ok || msg != "Incorrect key for submission" {
+	if ok, msg, _ := w.PutResult(sub.Header, graderReply); ok || msg != "Incorrect key for submission" {
 		t.Errorf("second put_result = %v %q", ok, msg)
 	}
 	// Another user's pull cannot be answered by a user who may pull the
 	// queue too.
 	must(t)(e.db.AddXQueueUser(context.Background(), broker.XQueueUser{Name: "other", PasswordHash: hash(t, "other-password"),
 		PullQueues: []string{queueName}}))
-	if code, msg := e.lmsClient().sendToQueue(header, studentBody, nil); code != 0 {
+	if code, msg := e.lmsClient().SendToQueue(header, studentBody, nil); code != 0 {
 		t.Fatal(msg)
 	}
-	sub, _, _ = w.getSubmission()
-	other := newWatcher(t, e.srv.URL, e.srv.Client().Transport, queueName, "other", "other-password")
-	if ok, msg, _ := other.putResult(sub.Header, graderReply); ok || msg != "Incorrect key for submission" {
+	sub, _, _ = w.GetSubmission()
+	other := xqueuetest.NewWatcher(e.srv.URL, e.srv.Client().Transport, queueName, "other", "other-password")
+	if ok, msg, _ := other.PutResult(sub.Header, graderReply); ok || msg != "Incorrect key for submission" {
 		t.Errorf("another user's put_result = %v %q", ok, msg)
 	}
 }
@@ -212,7 +213,7 @@ func TestExpiredPullRequeued(t *testing.T) {
 	e := setup(t)
 	e.submitted(4, "key-4")
 	w := e.watcher()
-	first, _, _ := w.getSubmission()
+	first, _, _ := w.GetSubmission()
 	var h pullHeader
 	_ = json.Unmarshal([]byte(first.Header), &h)
 	e.clk.Add(12 * time.Second)
@@ -220,23 +221,23 @@ func TestExpiredPullRequeued(t *testing.T) {
 	if j := e.job(h.SubmissionID); j.Attempts != 1 || j.History[0].End != broker.EndExpired {
 		t.Errorf("after the expiry: %d attempts, %+v", j.Attempts, j.History)
 	}
-	second, _, _ := w.getSubmission()
+	second, _, _ := w.GetSubmission()
 	if second == nil || second.Header == first.Header {
 		t.Fatalf("re-pull = %+v, want a new key", second)
 	}
-	if ok, msg, _ := w.putResult(first.Header, graderReply); ok || msg != "Incorrect key for submission" {
+	if ok, msg, _ := w.PutResult(first.Header, graderReply); ok || msg != "Incorrect key for submission" {
 		t.Errorf("put_result with the first pull's key = %v %q, want it refused", ok, msg)
 	}
 	e.clk.Add(12 * time.Second)
 	testutil.Eventually(t, "the second lease to expire", func() bool { return e.job(h.SubmissionID).State == broker.JobQueued })
 	// Late, but nobody pulled it since: taken, and graded once.
-	if ok, msg, err := w.putResult(second.Header, graderReply); !ok || err != nil {
+	if ok, msg, err := w.PutResult(second.Header, graderReply); !ok || err != nil {
 		t.Fatalf("late put_result with the current key = %v %q %v, want it taken", ok, msg, err)
 	}
 	if j := e.job(h.SubmissionID); j.State != broker.JobDone || j.Attempts != 2 {
 		t.Errorf("after the late result: %s, %d attempts", j.State, j.Attempts)
 	}
-	if sub, _, _ := w.getSubmission(); sub != nil {
+	if sub, _, _ := w.GetSubmission(); sub != nil {
 		t.Errorf("the job was pulled again after its late result: %+v", sub)
 	}
 	testutil.Eventually(t, "the LMS's callback", func() bool { return len(e.lms.got()) == 1 })
@@ -251,30 +252,30 @@ func TestSupersede(t *testing.T) {
 	lms := e.lmsClient()
 	w := e.watcher()
 	h1, _ := e.header(5, "key-a")
-	if code, msg := lms.sendToQueue(h1, studentBody, nil); code != 0 {
+	if code, msg := lms.SendToQueue(h1, studentBody, nil); code != 0 {
 		t.Fatal(msg)
 	}
-	pulledOld, _, _ := w.getSubmission()
+	pulledOld, _, _ := w.GetSubmission()
 	h2, _ := e.header(5, "key-b")
-	if code, msg := lms.sendToQueue(h2, studentBody, nil); code != 0 {
+	if code, msg := lms.SendToQueue(h2, studentBody, nil); code != 0 {
 		t.Fatal(msg)
 	}
 	h3, _ := e.header(5, "key-c")
-	if code, msg := lms.sendToQueue(h3, studentBody, nil); code != 0 || msg != "1" {
+	if code, msg := lms.SendToQueue(h3, studentBody, nil); code != 0 || msg != "1" {
 		t.Fatalf("third submission = %d %q, want the queue length 1 (only itself)", code, msg)
 	}
 	// The pull of the first is stale; only the third is left to grade.
-	if ok, msg, _ := w.putResult(pulledOld.Header, graderReply); ok || msg != "Incorrect key for submission" {
+	if ok, msg, _ := w.PutResult(pulledOld.Header, graderReply); ok || msg != "Incorrect key for submission" {
 		t.Errorf("put_result of a retired submission = %v %q", ok, msg)
 	}
-	sub, _, _ := w.getSubmission()
+	sub, _, _ := w.GetSubmission()
 	if sub == nil {
 		t.Fatal("nothing to pull")
 	}
-	if ok, _, _ := w.putResult(sub.Header, graderReply); !ok {
+	if ok, _, _ := w.PutResult(sub.Header, graderReply); !ok {
 		t.Fatal("put_result refused")
 	}
-	if extra, _, _ := w.getSubmission(); extra != nil {
+	if extra, _, _ := w.GetSubmission(); extra != nil {
 		t.Errorf("a retired submission was pulled: %+v", extra)
 	}
 	testutil.Eventually(t, "the LMS's callback", func() bool { return len(e.lms.got()) >= 1 })
@@ -288,11 +289,11 @@ func TestSupersede(t *testing.T) {
 	}
 	// Another problem of the same student is another callback URL: kept.
 	h4, _ := e.header(6, "key-d")
-	if code, _ := lms.sendToQueue(h4, studentBody, nil); code != 0 {
+	if code, _ := lms.SendToQueue(h4, studentBody, nil); code != 0 {
 		t.Fatal("fourth submission refused")
 	}
 	h5, _ := e.header(7, "key-e")
-	if code, msg := lms.sendToQueue(h5, studentBody, nil); code != 0 || msg != "2" {
+	if code, msg := lms.SendToQueue(h5, studentBody, nil); code != 0 || msg != "2" {
 		t.Errorf("submission to another callback URL = %d %q, want the queue length 2", code, msg)
 	}
 }
@@ -306,8 +307,8 @@ func TestLMSDown(t *testing.T) {
 	e.submitted(8, "key-8")
 	e.lms.setDown(true)
 	w := e.watcher()
-	sub, _, _ := w.getSubmission()
-	if ok, _, _ := w.putResult(sub.Header, graderReply); !ok {
+	sub, _, _ := w.GetSubmission()
+	if ok, _, _ := w.PutResult(sub.Header, graderReply); !ok {
 		t.Fatal("put_result refused while the LMS is down")
 	}
 	var h pullHeader
@@ -316,7 +317,7 @@ func TestLMSDown(t *testing.T) {
 		ds, err := e.db.ListDeliveries(context.Background(), storeDeliveries(h.SubmissionID))
 		return err == nil && len(ds) == 1 && ds[0].Tries >= 2
 	})
-	if again, _, _ := w.getSubmission(); again != nil {
+	if again, _, _ := w.GetSubmission(); again != nil {
 		t.Fatalf("the submission was handed out again while its callback failed: %+v", again)
 	}
 	e.lms.setDown(false)
