@@ -120,6 +120,33 @@ func TestXQueueEndToEnd(t *testing.T) {
 	if !regexpish(out, "openedx", "python-grader", "done") {
 		t.Errorf("job list:\n%s", out)
 	}
+	// The XQueue calls are counted by route; file links, one per pull,
+	// are not routes.
+	resp, err = http.Get("http://" + b.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`path="/xqueue/submit/"`, `path="/xqueue/get_submission/"`, `path="/xqueue/put_result/"`} {
+		if !strings.Contains(string(metrics), `gradebroker_http_requests_total{code="200",`+want+`}`) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(string(metrics), "http_requests_total"))
+		}
+	}
+	if strings.Contains(string(metrics), "/xqueue/files/") {
+		t.Error("a file link is a metrics label")
+	}
+}
+
+// grepLines keeps the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // regexpish reports whether a line of out holds the words in order.
