@@ -317,6 +317,10 @@ func (s *Service) putResult(w http.ResponseWriter, r *http.Request, u broker.XQu
 		reply(w, true, "")
 	case errors.Is(err, broker.ErrFailedPrecondition):
 		s.refuseKey(w, r, u, h)
+	case ctx.Err() != nil:
+		// The client stopped waiting (its 1 s timeout on a loaded
+		// broker): the result is committed or refused all the same.
+		s.log.Info("put_result: the client left before the answer", "user", u.Name, "job_id", h.SubmissionID)
 	default:
 		s.internal(w, r, "put_result", err)
 	}
