@@ -25,7 +25,7 @@ func TestXQueueRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := Options{Preset: "quick", Warmup: 200 * time.Millisecond, Window: time.Second, ThroughputJobs: 2000, XQueueClients: 4,
+	o := Options{Preset: "quick", Warmup: 500 * time.Millisecond, Window: 2 * time.Second, ThroughputJobs: 2000, XQueueClients: 4,
 		Scenarios: []string{"xqueue"}}
 	if err := o.Defaults(); err != nil {
 		t.Fatal(err)

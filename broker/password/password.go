@@ -59,12 +59,18 @@ func CheckHash(hash string) error {
 // once, and remembers a successful check for Remember, keyed by an HMAC of
 // the password under a key of its own made at random, so that a client
 // with many threads logging in at once (xqueue-watcher has one session
-// per thread, and a 1 s timeout) costs one check. Its methods are safe for
+// per thread, and a 1 s timeout) costs one check. Checks of the same
+// password against the same hash share one computation, which runs to its
+// end even when every caller stopped waiting: a client that timed out
+// finds the answer remembered when it tries again. Its methods are safe for
 // concurrent use.
 type Checker struct {
 	// Remember is how long a successful check is remembered; zero means
 	// ten minutes.
 	Remember time.Duration
+	// MaxPending bounds the checks computing or waiting for a core at
+	// once; more are refused with ErrBusy. Zero means 256.
+	MaxPending int
 	// Now replaces time.Now, for tests.
 	Now func() time.Time
 
@@ -72,13 +78,24 @@ type Checker struct {
 	key  []byte
 	sem  chan struct{}
 
-	mu   sync.Mutex
-	seen map[string]remembered // stored hash → the last password it matched
+	mu      sync.Mutex
+	seen    map[string]remembered // stored hash → the last password it matched
+	pending map[string]*check     // stored hash and HMAC of the password → its computation
 }
+
+// ErrBusy is Check's refusal when MaxPending checks are already under way.
+var ErrBusy = fmt.Errorf("%w: too many password checks at once; try again", broker.ErrUnavailable)
 
 type remembered struct {
 	mac   []byte
 	until time.Time
+}
+
+// check is one bcrypt computation and its outcome, once done is closed.
+type check struct {
+	done chan struct{}
+	ok   bool
+	err  error
 }
 
 func (c *Checker) init() {
@@ -89,8 +106,12 @@ func (c *Checker) init() {
 		}
 		c.sem = make(chan struct{}, runtime.GOMAXPROCS(0))
 		c.seen = make(map[string]remembered)
+		c.pending = make(map[string]*check)
 		if c.Remember <= 0 {
 			c.Remember = 10 * time.Minute
+		}
+		if c.MaxPending <= 0 {
+			c.MaxPending = 256
 		}
 		if c.Now == nil {
 			c.Now = time.Now
@@ -99,39 +120,61 @@ func (c *Checker) init() {
 }
 
 // Check reports whether pw matches the stored hash. It returns ctx's error
-// when ctx ends while it waits for a turn.
+// when ctx ends first (the check goes on, and its answer is remembered if
+// it is yes), and ErrBusy when too many checks are under way.
 func (c *Checker) Check(ctx context.Context, hash, pw string) (bool, error) {
 	c.init()
 	m := hmac.New(sha256.New, c.key)
 	m.Write([]byte(pw))
 	mac := m.Sum(nil)
-	now := c.Now()
+	key := hash + "\x00" + string(mac)
 	c.mu.Lock()
-	r, ok := c.seen[hash]
-	c.mu.Unlock()
-	if ok && now.Before(r.until) && hmac.Equal(r.mac, mac) {
+	if r, ok := c.seen[hash]; ok && c.Now().Before(r.until) && hmac.Equal(r.mac, mac) {
+		c.mu.Unlock()
 		return true, nil
 	}
+	ch := c.pending[key]
+	if ch == nil {
+		if len(c.pending) >= c.MaxPending {
+			c.mu.Unlock()
+			return false, ErrBusy
+		}
+		ch = &check{done: make(chan struct{})}
+		c.pending[key] = ch
+		go c.compute(key, ch, hash, pw, mac)
+	}
+	c.mu.Unlock()
 	select {
-	case c.sem <- struct{}{}:
+	case <-ch.done:
+		return ch.ok, ch.err
 	case <-ctx.Done():
 		return false, ctx.Err()
 	}
+}
+
+// compute runs one bcrypt check when a core is free, and records it.
+func (c *Checker) compute(key string, ch *check, hash, pw string, mac []byte) {
+	c.sem <- struct{}{}
 	err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(pw))
 	<-c.sem
 	switch {
 	case errors.Is(err, bcrypt.ErrMismatchedHashAndPassword):
-		return false, nil
 	case err != nil:
-		return false, fmt.Errorf("check password: %w", err)
+		ch.err = fmt.Errorf("check password: %w", err)
+	default:
+		ch.ok = true
 	}
+	now := c.Now()
 	c.mu.Lock()
-	for h, r := range c.seen {
-		if !now.Before(r.until) {
-			delete(c.seen, h)
+	delete(c.pending, key)
+	if ch.ok {
+		for h, r := range c.seen {
+			if !now.Before(r.until) {
+				delete(c.seen, h)
+			}
 		}
+		c.seen[hash] = remembered{mac: mac, until: now.Add(c.Remember)}
 	}
-	c.seen[hash] = remembered{mac: mac, until: now.Add(c.Remember)}
 	c.mu.Unlock()
-	return true, nil
+	close(ch.done)
 }

@@ -52,15 +52,50 @@ func TestHashAndCheck(t *testing.T) {
 	if _, err := c.Check(ctx, "not a hash", "correct horse"); err == nil {
 		t.Error("Check against a broken hash did not fail")
 	}
-	cancelled, cancel := context.WithCancel(ctx)
-	cancel()
-	full := &Checker{}
-	full.init()
-	for range cap(full.sem) {
-		full.sem <- struct{}{}
+}
+
+// A check whose caller stopped waiting runs on, and its yes is remembered
+// for the caller's next try; checks beyond MaxPending are refused at once.
+func TestCheckOutlivesItsCaller(t *testing.T) {
+	t.Parallel()
+	h, err := Hash("correct horse")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := full.Check(cancelled, h, "correct horse"); !errors.Is(err, context.Canceled) {
-		t.Errorf("Check waiting for a turn with an ended context = %v", err)
+	c := &Checker{MaxPending: 1}
+	c.init()
+	occupy := func() {
+		for range cap(c.sem) {
+			c.sem <- struct{}{}
+		}
+	}
+	release := func() {
+		for range cap(c.sem) {
+			<-c.sem
+		}
+	}
+	occupy() // every core busy: checks wait
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Check(cancelled, h, "correct horse"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Check with an ended context = %v", err)
+	}
+	if _, err := c.Check(context.Background(), h, "another guess"); !errors.Is(err, ErrBusy) {
+		t.Errorf("a check beyond MaxPending = %v, want ErrBusy", err)
+	}
+	release()
+	testutil.Eventually(t, "the abandoned check to finish", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.pending) == 0
+	})
+	occupy() // no core free: only a remembered answer can come back
+	defer release()
+	// Bounded only so that a broken memory fails rather than hangs.
+	ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop()
+	if ok, err := c.Check(ctx, h, "correct horse"); !ok || err != nil {
+		t.Errorf("the retry after an abandoned check = %v, %v; want the remembered yes", ok, err)
 	}
 }
 

@@ -152,8 +152,8 @@ func TestCSRF(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	w := e.watcher()
-	if !w.Login() {
-		t.Fatal("the watcher could not log in")
+	if ok, err := w.Login(); !ok || err != nil {
+		t.Fatalf("the watcher could not log in: %v", err)
 	}
 	if w.Headers.Get("X-CSRFToken") == "" || w.Headers.Get("Referer") != e.srv.URL {
 		t.Errorf("after login the watcher sends %v, want X-CSRFToken and Referer", w.Headers)

@@ -42,8 +42,8 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("the LMS logged in %d times, want once (after login_required)", lms.Logins)
 	}
 	w := e.watcher()
-	if !w.Login() {
-		t.Fatal("the watcher could not log in")
+	if ok, err := w.Login(); !ok || err != nil {
+		t.Fatalf("the watcher could not log in: %v", err)
 	}
 	ok, n, err := w.Request(http.MethodGet, "/xqueue/get_queuelen/", url.Values{"queue_name": {queueName}}, nil)
 	if err != nil || !ok || n != "1" {

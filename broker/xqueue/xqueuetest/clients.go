@@ -210,30 +210,36 @@ func (c *Watcher) csrf() string {
 	return ""
 }
 
-// Login is XQueueClient._login.
-func (c *Watcher) Login() bool {
+// Login is XQueueClient._login. Like it, it fails (false) on an answer
+// other than a successful one, and raises (ErrTimeout, or another error)
+// when a request does not complete: the watcher's process_one then polls
+// again at once, and run() would end the thread.
+func (c *Watcher) Login() (bool, error) {
 	c.Logins++
 	loginURL := c.URL + "/xqueue/login/"
 	c.Jar, _ = cookiejar.New(nil) // self.session.cookies.clear()
 	c.HTTP.Jar = c.Jar
 	c.Headers.Del("X-CSRFToken")
 	if _, _, err := c.Do(http.MethodGet, "/xqueue/login/", nil, nil, nil); err != nil {
-		return false
+		return false, err
 	}
 	h := http.Header{"Referer": {loginURL}}
 	if tok := c.csrf(); tok != "" {
 		h.Set("X-CSRFToken", tok)
 	}
 	resp, raw, err := c.Do(http.MethodPost, "/xqueue/login/", nil, url.Values{"username": {c.User}, "password": {c.PW}}, h)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return false
+	if err != nil {
+		return false, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return false, nil
 	}
 	c.Headers.Set("Referer", c.URL)
 	if tok := c.csrf(); tok != "" {
 		c.Headers.Set("X-CSRFToken", tok)
 	}
 	var r Reply
-	return json.Unmarshal(raw, &r) == nil && r.ReturnCode == 0
+	return json.Unmarshal(raw, &r) == nil && r.ReturnCode == 0, nil
 }
 
 // Request is XQueueClient._request: (success, content).
@@ -256,7 +262,11 @@ func (c *Watcher) Request(method, path string, params, data url.Values) (bool, s
 				return false, fmt.Sprintf("Received %d after re-authentication", resp.StatusCode), nil
 			}
 			reauthenticated = true
-			if !c.Login() {
+			ok, err := c.Login()
+			if err != nil {
+				return false, "", err
+			}
+			if !ok {
 				return false, "Could not log in", nil
 			}
 		default:
@@ -274,8 +284,9 @@ type Submission struct {
 }
 
 // GetSubmission is the first half of process_one: a submission, or nil and
-// the reply's content when there is none. An error is a failed request, or
-// a content that is not a JSON string of a submission.
+// the reply's content when there is none. An error is a request that did
+// not complete (ErrTimeout: process_one polls again), or a content that is
+// not a JSON string of a submission.
 func (c *Watcher) GetSubmission() (*Submission, string, error) {
 	ok, content, err := c.Request(http.MethodGet, "/xqueue/get_submission/", url.Values{"queue_name": {c.Queue}}, nil)
 	if err != nil || !ok {
@@ -296,4 +307,16 @@ func (c *Watcher) PutResult(header string, result any) (bool, string, error) {
 		return false, "", err
 	}
 	return c.Request(http.MethodPost, "/xqueue/put_result/", nil, url.Values{"xqueue_header": {header}, "xqueue_body": {string(body)}})
+}
+
+// Pull is process_one's loop around GetSubmission for a caller that wants
+// one submission: a request that timed out is made again at once, as the
+// watcher does, up to tries times; no submission is (nil, content, nil).
+func (c *Watcher) Pull(tries int) (*Submission, string, error) {
+	for i := 1; ; i++ {
+		sub, content, err := c.GetSubmission()
+		if !errors.Is(err, ErrTimeout) || i >= tries {
+			return sub, content, err
+		}
+	}
 }
