@@ -246,6 +246,22 @@ An exec grader reads the job as one JSON object on standard input, prints
 its result as JSON on standard output and exits 0 (OK), 1 (FATAL), 2 or
 anything else (TEMPORARY: retried elsewhere).
 
+France-ioi's taskgrader, as graderqueue's graderserver ran it: an exec
+executor with a taskgrader key gives the grader the bare jobdata, with
+rootPath, taskPath ("$ROOT_PATH/..." or "zip:ID" rewritten) and
+restrictToPaths as graderserver made them, and turns its output into
+graderserver's result, {"errorcode": 0, "errormsg": "...", "jobdata": ...}:
+
+  executors:
+    taskgrader:
+      type: exec
+      command: [/opt/taskgrader/taskgrader.py]
+      taskgrader:
+        root_path: /srv/tasks         # CFG_GRADERQUEUE_ROOT; shown read-only to the runs
+        zip_root: /srv/zips           # CFG_ZIP_TARGET
+        vars: {TASKS: /srv/tasks}     # CFG_GRADERQUEUE_VARS, for $TASKS in restrictToPaths
+        restrict_paths: [/srv/common] # CFG_SERVER_RESTRICT
+
 Sandbox: graderd runs as root and runs each exec grader in a sandbox made
 with crun: a uid of the slot's own, no capabilities, a seccomp filter, its
 own pid, mount and network namespaces (loopback only), a read-only view of

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -199,6 +200,28 @@ type ExecutorSpec struct {
 	ReadOnlyPaths []string `yaml:"read_only_paths"`
 	// Limits override Config.Limits field by field where they are not zero.
 	Limits `yaml:",inline"`
+	// Taskgrader, for type exec, runs France-ioi's taskgrader as
+	// graderqueue's graderserver did (executor.Taskgrader).
+	Taskgrader *TaskgraderSettings `yaml:"taskgrader"`
+}
+
+// TaskgraderSettings are graderserver's settings for an exec executor that
+// runs taskgrader; the README's "Moving from graderqueue" puts each beside
+// the graderserver key it replaces.
+type TaskgraderSettings struct {
+	// RootPath is taskgrader's rootPath, what "$ROOT_PATH" in a job's
+	// taskPath stands for (CFG_GRADERQUEUE_ROOT). Required; it is shown
+	// read-only to sandboxed runs.
+	RootPath string `yaml:"root_path"`
+	// ZipRoot is where "zip:ID" tasks lie, as ZIP_ROOT/ID/
+	// (CFG_ZIP_TARGET); shown read-only to sandboxed runs when it exists.
+	ZipRoot string `yaml:"zip_root"`
+	// Vars are substituted for $NAME in restrictToPaths
+	// (CFG_GRADERQUEUE_VARS).
+	Vars map[string]string `yaml:"vars"`
+	// RestrictPaths are appended to every job's restrictToPaths
+	// (CFG_SERVER_RESTRICT).
+	RestrictPaths []string `yaml:"restrict_paths"`
 }
 
 // DefaultConfig returns a Config with every default set. Broker and the TLS
@@ -356,9 +379,17 @@ func (s ExecutorSpec) validate(field string) error {
 		if err := absPaths(field+".read_only_paths", s.ReadOnlyPaths); err != nil {
 			return err
 		}
+		if tg := s.Taskgrader; tg != nil {
+			if !filepath.IsAbs(tg.RootPath) {
+				return fmt.Errorf("%s.taskgrader.root_path: %q is not an absolute path; it is taskgrader's rootPath (graderserver's CFG_GRADERQUEUE_ROOT)", field, tg.RootPath)
+			}
+			if tg.ZipRoot != "" && !filepath.IsAbs(tg.ZipRoot) {
+				return fmt.Errorf("%s.taskgrader.zip_root: %q is not an absolute path", field, tg.ZipRoot)
+			}
+		}
 	case ExecutorNoop:
-		if len(s.Command) > 0 || len(s.Env) > 0 || s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 {
-			return fmt.Errorf("%s: a noop executor takes no command, env or sandbox settings", field)
+		if len(s.Command) > 0 || len(s.Env) > 0 || s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 || s.Taskgrader != nil {
+			return fmt.Errorf("%s: a noop executor takes no command, env, sandbox or taskgrader settings", field)
 		}
 	case "":
 		return fmt.Errorf("%s.type: missing; use %q or %q", field, ExecutorExec, ExecutorNoop)

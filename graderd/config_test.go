@@ -135,6 +135,16 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"executors.gpu:", func(c *Config) {
 			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Sandbox: SandboxNone, Network: NetworkHost}}
 		}},
+		{"executors.tg.taskgrader.root_path:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"tg": {Type: ExecutorExec, Command: []string{"g"}, Taskgrader: &TaskgraderSettings{}}}
+		}},
+		{"executors.tg.taskgrader.zip_root:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"tg": {Type: ExecutorExec, Command: []string{"g"},
+				Taskgrader: &TaskgraderSettings{RootPath: "/srv/tasks", ZipRoot: "zips"}}}
+		}},
+		{"executors.tg:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"tg": {Type: ExecutorNoop, Taskgrader: &TaskgraderSettings{RootPath: "/srv/tasks"}}}
+		}},
 		{"drain_timeout:", func(c *Config) { c.DrainTimeout = -1 }},
 		{"reconnect_min:", func(c *Config) { c.ReconnectMin = 0 }},
 		{"reconnect_max:", func(c *Config) { c.ReconnectMax = time.Millisecond }},

@@ -213,10 +213,21 @@ func (d *Daemon) buildExecutors() (func([]string) (executor.Executor, string), e
 				KillGrace:     l.KillGrace,
 				Logger:        d.log,
 			}
+			if tg := s.Taskgrader; tg != nil {
+				e.Taskgrader = &executor.Taskgrader{RootPath: tg.RootPath, ZipRoot: tg.ZipRoot,
+					Vars: maps.Clone(tg.Vars), RestrictPaths: slices.Clone(tg.RestrictPaths)}
+				if s.Sandbox != SandboxNone {
+					// The tasks are taskgrader's to read.
+					e.ReadOnlyPaths = append(e.ReadOnlyPaths, tg.RootPath)
+					if tg.ZipRoot != "" {
+						e.ReadOnlyPaths = append(e.ReadOnlyPaths, "-"+tg.ZipRoot)
+					}
+				}
+			}
 			info.Sandbox = SandboxNone
 			if s.Sandbox != SandboxNone {
 				e.Sandbox, info.Sandbox = sb, "crun"
-				if err := sb.CheckPaths(fieldOf(name)+".read_only_paths", s.ReadOnlyPaths); err != nil {
+				if err := sb.CheckPaths(fieldOf(name)+".read_only_paths", e.ReadOnlyPaths); err != nil {
 					return nil, err
 				}
 			} else {

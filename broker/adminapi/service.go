@@ -42,6 +42,9 @@ type Dispatcher interface {
 	// offers, how many jobs it runs and when it was last heard from; a
 	// server the dispatcher does not know is not connected.
 	ServerStatus(name string) (connected bool, slots, running int, lastSeen time.Time)
+	// ServerHello returns the version and executors graderd reported when
+	// server name last connected; both empty before it did.
+	ServerHello(name string) (version string, executors []broker.Executor)
 	// RequeueJob puts job id back in the queue on behalf of actor. It
 	// returns ErrNotFound for an unknown job and ErrFailedPrecondition for
 	// a job that cannot be requeued (done, or already queued).
@@ -136,6 +139,10 @@ func (s *Service) AddPlatform(ctx context.Context, req *gradebrokerv1.AddPlatfor
 		ReturnURL:     req.GetReturnUrl(),
 		RestrictPaths: req.GetRestrictPaths(),
 		ForceTag:      req.GetForceTag(),
+		LegacyTokens:  req.GetLegacyTokens(),
+	}
+	if p.Protocol == "" {
+		p.Protocol = broker.ProtocolGradebroker
 	}
 	if p.Protocol == "" {
 		p.Protocol = broker.ProtocolGradebroker
@@ -235,6 +242,7 @@ func (s *Service) UpdatePlatform(ctx context.Context, req *gradebrokerv1.UpdateP
 		}
 		u.Cert = &c
 	}
+	u.LegacyTokens = req.LegacyTokens
 	p, err := s.db.UpdatePlatform(ctx, req.GetName(), u)
 	if err != nil {
 		return nil, s.fail(ctx, err)
@@ -389,6 +397,9 @@ func (s *Service) serverToProto(srv broker.Server) *gradebrokerv1.Server {
 	p.Slots = protoconv.Count(slots)
 	p.Running = protoconv.Count(running)
 	p.Drained = s.d.ServerDrained(srv.Name)
+	var executors []broker.Executor
+	p.Version, executors = s.d.ServerHello(srv.Name)
+	p.Executors = protoconv.ExecutorsToProto(executors)
 	return p
 }
 

@@ -73,12 +73,15 @@ func (s *Service) checkProtocol(p broker.Protocol) error {
 
 // checkPlatformNeeds checks that a platform has what its protocol needs.
 // gradebroker's own protocol needs a key, which checks the platform's
-// tokens and encrypts its callbacks, and a return URL, where they go. Other
-// protocols may do without either (their adapters say what they use); a
-// key or URL given is checked all the same.
+// tokens and encrypts its callbacks, and a return URL, where they go.
+// graderqueue's needs the key for the same (its callbacks are tokens too),
+// and a return URL only for callbacks: without one, as in graderqueue, the
+// platform reads its results with getjob. Other protocols may do without
+// either (their adapters say what they use); a key or URL given is checked
+// all the same.
 func checkPlatformNeeds(p broker.Platform) error {
 	own := p.Protocol == broker.ProtocolGradebroker
-	if own || p.PublicKeyPEM != "" {
+	if own || p.Protocol == broker.ProtocolGraderqueue || p.PublicKeyPEM != "" {
 		if err := checkPublicKey(p.PublicKeyPEM); err != nil {
 			return err
 		}

@@ -140,8 +140,17 @@ func TestTagsTypesServers(t *testing.T) {
 	env.Dispatcher.SetStatus("g1", adminapitest.Status{Connected: true, Slots: 3, Running: 1, LastSeen: time.Now().Add(-5 * time.Second)})
 	r = run(t, env, "server", "list")
 	ok(t, r, "NAME", "TYPE", "CONNECTED", "SLOTS", "RUNNING", "LAST SEEN")
-	if !regexpLine(r.stdout, "g1", "py", "yes", "3", "1", "4", "ago") {
+	if !regexpLine(r.stdout, "g1", "py", "yes", "3", "1", "4", "ago", "-", "-") || strings.Contains(r.stdout, "WARNING") {
 		t.Errorf("server list:\n%s", r.stdout)
+	}
+	// An executor without a sandbox stands out: first, in capitals, and
+	// in a warning.
+	env.Dispatcher.SetStatus("g1", adminapitest.Status{Connected: true, Version: "1.4.0", Executors: []broker.Executor{
+		{Name: "default", Type: "exec", Sandbox: "crun"}, {Name: "gpu", Type: "exec", Sandbox: "none"}}})
+	r = run(t, env, "server", "list")
+	ok(t, r, "VERSION", "SANDBOX", "WARNING: server g1 runs the graders of executor(s) gpu WITHOUT a sandbox")
+	if !regexpLine(r.stdout, "g1", "py", "yes", "1.4.0", "NONE", "(gpu),", "crun") {
+		t.Errorf("server list with an executor without a sandbox:\n%s", r.stdout)
 	}
 	ok(t, run(t, env, "server", "update", "g1", "--max-jobs", "8", "--wakeup-url", "https://g1.lan/wake"), "max jobs:", "8", "https://g1.lan/wake")
 	env.Dispatcher.SetStatus("g1", adminapitest.Status{RequeueOnDrop: 1})

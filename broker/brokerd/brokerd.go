@@ -24,10 +24,12 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
 	"github.com/gradebroker/gradebroker/broker/graderapi"
+	"github.com/gradebroker/gradebroker/broker/graderqueue"
 	"github.com/gradebroker/gradebroker/broker/metrics"
 	"github.com/gradebroker/gradebroker/broker/platform"
 	"github.com/gradebroker/gradebroker/broker/store"
@@ -117,11 +119,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		ReconnectGrace:    cfg.ReconnectGrace,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		OnCommit:          onCommit(b.metrics, cfg.OnCommit),
+		OnRun:             func(r dispatch.Run) { b.metrics.ObserveRun(r.Outcome, r.ServerType, r.Usage, r.Limit) },
 	}, log)
 	b.grader = graderapi.New(b.disp, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
 	dcfg := delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
 		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
+		Protocols: map[broker.Protocol]delivery.Protocol{
+			broker.ProtocolGraderqueue: delivery.NewGraderqueueCallback(b.keys, cfg.Name, 0),
+		},
 		OnDelivered: b.metrics.ObserveDelivery}
 	b.newXQueue(&dcfg)
 	b.deliv, err = delivery.New(db, b.keys, dcfg, log)
@@ -272,6 +278,8 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", gateway)
 	mux.Handle("/xqueue/", b.xq.Handler())
+	// graderqueue's platform API, for platforms written for it.
+	mux.Handle(graderqueue.Path, graderqueue.Handler(b.plat, graderqueue.Config{}, b.log))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", b.readyz)
 	b.http = &http.Server{

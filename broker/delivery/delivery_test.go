@@ -63,10 +63,13 @@ func TestDeliveredOnce(t *testing.T) {
 	}
 	// Every field of CallbackPayload is present, even when empty.
 	for _, k := range []string{"job_id", "jobname", "idempotency_key", "status", "result", "error", "attempts",
-		"server", "delivery_id", "iat", "exp", "jti", "aud", "iss"} {
+		"server", "limit", "delivery_id", "iat", "exp", "jti", "aud", "iss"} {
 		if _, ok := cb.raw[k]; !ok {
 			t.Errorf("payload has no %q: %v", k, cb.raw)
 		}
+	}
+	if _, ok := cb.raw["usage"]; ok {
+		t.Errorf("payload has a usage though the run reported none: %v", cb.raw)
 	}
 	d := e.delivery(id)
 	if d.Tries != 1 || !d.DeliveredAt.Equal(now) || d.LastError != "" {
@@ -106,6 +109,35 @@ func TestFailedAndCancelledPayloads(t *testing.T) {
 		}
 		if _, ok := cb.raw["result"]; ok {
 			t.Errorf("delivery %d: payload has a result: %v", id, cb.raw)
+		}
+	}
+}
+
+// The callback says what the job's last run used and which limit ended
+// it, in whole milliseconds and bytes.
+func TestPayloadCarriesUsageAndLimit(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rcv := e.newReceiver("mooc", nil)
+	p := e.platform("mooc", rcv.URL, "")
+	w := e.worker(Config{})
+	u := &broker.Usage{CPUTime: 1234567 * time.Microsecond, PeakMemory: 1 << 30, WallTime: 2*time.Second + 600*time.Microsecond}
+	_, id := e.finalRun(p, "ex1", "", store.Final{State: broker.JobFailed, Outcome: broker.OutcomeFatal, Error: "memory limit: 1 GiB"},
+		u, broker.LimitMemory)
+	w.Notify(0, id)
+	testutil.Eventually(t, "the callback", func() bool { return len(rcv.got()) == 1 })
+	cb := rcv.got()[0]
+	if cb.err != nil {
+		t.Fatalf("the callback does not open: %v", cb.err)
+	}
+	want := &PayloadUsage{CPUTimeMS: 1235, PeakMemoryBytes: 1 << 30, WallTimeMS: 2001}
+	if diff := cmp.Diff(want, cb.payload.Usage); diff != "" || cb.payload.Limit != "memory" {
+		t.Errorf("usage (-want +got):\n%s\nlimit %q, want memory", diff, cb.payload.Limit)
+	}
+	raw, _ := cb.raw["usage"].(map[string]any)
+	for _, k := range []string{"cpu_time_ms", "peak_memory_bytes", "wall_time_ms"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("usage has no %q: %v", k, cb.raw["usage"])
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
@@ -221,11 +222,15 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.revoke(l, "requeued by "+actor)
+		withdrawn := d.revoke(l, "requeued by "+actor)
+		if withdrawn {
+			// Its Assign never left: the attempt does not count.
+			l.q.attempts--
+		}
 		if l.q.attempts >= l.q.maxAttempts {
 			l.q.maxAttempts = l.q.attempts + 1
 		}
-		maxAttempts := int(l.q.maxAttempts)
+		attempts, maxAttempts := int(l.q.attempts), int(l.q.maxAttempts)
 		d.requeueLocal(l, 0, now)
 		done := make(chan error, 1)
 		d.w.enqueue(&op{
@@ -235,6 +240,11 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 				}
 				if err := tx.SetMaxAttempts(jobID, maxAttempts); err != nil {
 					return err
+				}
+				if withdrawn {
+					if err := tx.SetAttempts(jobID, attempts); err != nil {
+						return err
+					}
 				}
 				return tx.Requeue(jobID, 0, actor, l.id, "requeued by "+actor)
 			},
@@ -258,10 +268,19 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		after: func() {
 			d.mu.Lock()
 			defer d.mu.Unlock()
+			q := qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS, maxAttempts: int32(oj.MaxAttempts)}
+			c, stillQueued := d.cancelled[jobID]
 			d.dropCancelled(jobID)
-			c := d.classFor(oj.TypeIDs, oj.Queue)
-			c.push(oj.Priority, platform, qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS,
-				maxAttempts: int32(oj.MaxAttempts)})
+			if stillQueued && c != nil {
+				// Cancelled while queued, and no server has reached its
+				// entry to drop it yet: that entry comes back, with the
+				// reopened job's fresh attempts.
+				d.reopened[jobID] = q
+			} else {
+				delete(d.reopened, jobID)
+				c = d.classFor(oj.TypeIDs, oj.Queue)
+				c.push(oj.Priority, platform, q)
+			}
 			d.fillClass(c, d.cfg.Now())
 		},
 	})
@@ -386,6 +405,20 @@ func (d *Dispatcher) ServerStatus(name string) (connected bool, slots, running i
 		return false, 0, 0, time.Time{}
 	}
 	return s.sess != nil, s.capacity(), len(s.leases), s.lastSeen
+}
+
+// ServerHello returns what server name's graderd reported of itself when
+// it last connected since the broker started: its version and its
+// executors, with how each isolates its runs. Both are empty for a server
+// that has not connected since.
+func (d *Dispatcher) ServerHello(name string) (version string, executors []broker.Executor) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.byName[name]
+	if s == nil {
+		return "", nil
+	}
+	return s.version, slices.Clone(s.executors)
 }
 
 // UseToken records a token id in its own group-committed transaction, for

@@ -52,6 +52,24 @@ type Config struct {
 	// with its number of changes and how long its transaction took, from
 	// begin to commit. It runs on the writer goroutine: it must be quick.
 	OnCommit func(ops int, took time.Duration)
+	// OnRun, if set, is called for every result of a current lease that
+	// says what its run used or which limit ended it (a result refused as
+	// stale is not: the broker kept another). It runs on the writer
+	// goroutine once the result is committed, just before the server's
+	// Ack is queued: it must be quick.
+	OnRun func(Run)
+}
+
+// Run is one grading run as its server reported it, for metrics.
+type Run struct {
+	// Outcome is how the run ended, one of ResultNames.
+	Outcome string
+	// ServerType is the type of the server that ran it.
+	ServerType string
+	// Usage is what the run used; nil when the server measured nothing.
+	Usage *broker.Usage
+	// Limit is the limit that ended the run, if one did.
+	Limit broker.Limit
 }
 
 func (c *Config) setDefaults() {
@@ -115,6 +133,10 @@ type server struct {
 	wakeupURL      string // empty: it cannot be woken (wakeup.go)
 	// drained: an operator drained it (ops.go); it gets no new jobs.
 	drained bool
+	// version and executors are what graderd reported in its last Hello,
+	// for operators (an executor without a sandbox must show).
+	version   string
+	executors []broker.Executor
 	// full: it handed a job back for want of a free slot, so the
 	// dispatcher's count of its leases is short; it gets no new jobs
 	// until it reports again (a result or a heartbeat), changes its slots
@@ -165,6 +187,50 @@ type lease struct {
 	// server listed the lease before.
 	assignSeq atomic.Uint64
 	reported  bool
+	// sess is the session the lease's Assign goes to (nil for a lease
+	// loaded at start, whose Assign left before the restart), and sent
+	// how far the Assign got (assignPending...): a lease the broker ends
+	// before its Assign left was never the server's, and must cost its
+	// job nothing.
+	sess *Session
+	sent atomic.Int32
+	// usage and limit are what the lease's run used and the limit that
+	// ended it, as its result reported them: they are written with the
+	// lease's end.
+	usage *broker.Usage
+	limit broker.Limit
+}
+
+// How far a lease's Assign got (lease.sent). An Assign leaves when the
+// transport takes it from the session's outbox; until then the broker can
+// still keep it from leaving.
+const (
+	// assignPending: the lease is being committed; its Assign waits.
+	assignPending int32 = iota
+	// assignQueued: the Assign waits in its session's outbox.
+	assignQueued
+	// assignTaken: the transport took the Assign; the server may have it.
+	assignTaken
+	// assignWithdrawn: the broker ended the lease before its Assign left;
+	// it never will.
+	assignWithdrawn
+)
+
+// withdraw keeps the lease's Assign from leaving if it has not left yet,
+// and reports whether it never left: then the server never had the job.
+// An Assign waiting in the outbox of an open session is left to go: what
+// the caller sends next (a Cancel) follows it.
+func (l *lease) withdraw() bool {
+	if l.sent.CompareAndSwap(assignPending, assignWithdrawn) {
+		return true
+	}
+	s := l.sess
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed && l.sent.CompareAndSwap(assignQueued, assignWithdrawn)
 }
 
 // Stats are counters for monitoring.
@@ -205,16 +271,20 @@ type Dispatcher struct {
 	leases          map[int64]*lease // current leases by id
 	leaseByJob      map[int64]*lease
 	cancelled       map[int64]*class // queued jobs cancelled (or finished by a late result), dropped when reached; their class if known
-	late            map[int64]*lease // expired leases of pulling servers whose result may still come (pull.go)
-	lateByJob       map[int64]int64  // job id → its lease in late
-	nextLease       int64
-	waiters         map[int64][]chan struct{}
-	stats           Stats
-	onFinal         func(jobID, deliveryID int64)
-	wake            wakeState
-	mx              metricCounts
-	closed          bool
-	lastTouch       time.Time // when servers' last_seen was last written
+	// reopened are jobs reopened while their entry from before their
+	// cancellation was still queued: the entry takes these fields when a
+	// server reaches it, rather than a second entry joining it.
+	reopened  map[int64]qjob
+	late      map[int64]*lease // expired leases of pulling servers whose result may still come (pull.go)
+	lateByJob map[int64]int64  // job id → its lease in late
+	nextLease int64
+	waiters   map[int64][]chan struct{}
+	stats     Stats
+	onFinal   func(jobID, deliveryID int64)
+	wake      wakeState
+	mx        metricCounts
+	closed    bool
+	lastTouch time.Time // when servers' last_seen was last written
 
 	w *writer
 	// inline, while set, makes assign write its lease into this transaction
@@ -258,6 +328,7 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
 		cancelled:       make(map[int64]*class),
 		late:            make(map[int64]*lease),
 		lateByJob:       make(map[int64]int64),
+		reopened:        make(map[int64]qjob),
 		waiters:         make(map[int64][]chan struct{}),
 	}
 	d.stopped = d.life.Done()
@@ -391,6 +462,8 @@ func (d *Dispatcher) load(ctx context.Context) error {
 		}
 		l := &lease{id: ol.ID, jobID: j.ID, attempt: ol.Number, deadline: ol.Deadline,
 			hard: ol.Deadline, cls: cls, prio: j.Priority, platform: j.PlatformID, q: q}
+		// Its Assign may have reached the server before the restart.
+		l.sent.Store(assignTaken)
 		srv := d.servers[ol.ServerID]
 		d.leases[l.id] = l
 		d.leaseByJob[j.ID] = l
@@ -526,8 +599,15 @@ func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool)
 			j, fromAgain := pq.head()
 			if _, gone := d.cancelled[j.id]; gone {
 				d.dropCancelled(j.id)
+				delete(d.reopened, j.id)
 				c.take(lv, pq, fromAgain)
 				return nil, true
+			}
+			if len(d.reopened) > 0 {
+				if r, ok := d.reopened[j.id]; ok {
+					*j = r // the same job: its place in the queue (by id) stands
+					delete(d.reopened, j.id)
+				}
 			}
 			if j.avoid == s.id && nowMS-j.requeuedAt < d.cfg.AvoidFor.Milliseconds() && d.otherServerFor(c, s) {
 				continue
@@ -600,13 +680,12 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 	timeout := time.Duration(q.timeoutMS) * time.Millisecond
 	l := &lease{id: id, jobID: q.id, srv: s, attempt: int(q.attempts),
 		deadline: now.Add(timeout + d.cfg.LeaseGrace), hard: now.Add(2*timeout + d.cfg.LeaseGrace),
-		cls: c, prio: prio, platform: platform, q: q}
+		cls: c, prio: prio, platform: platform, q: q, sess: s.sess}
 	d.leases[id] = l
 	d.leaseByJob[q.id] = l
 	s.leases[id] = l
 	d.stats.Assigned++
 	d.mx.assigned(q.attempts)
-	sess := s.sess
 	var aj store.AssignedJob
 	var aerr error
 	o := &op{
@@ -619,13 +698,13 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 		},
 		after: func() {
 			if aerr == nil {
-				sess.sendAssign(l, aj, timeout)
+				l.sess.sendAssign(l, aj, timeout)
 				return
 			}
 			// The job was not queued in the database after all; forget the
 			// lease. This only happens if something bypassed the dispatcher.
 			d.log.Error("assign refused by the database; dropping lease", "job_id", q.id, "lease_id", id, "server", s.name, "err", aerr)
-			sess.assignRefused(q.id)
+			l.sess.assignRefused(q.id)
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			d.dropLease(l)
@@ -639,7 +718,8 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 			// leaves right after it.
 			d.stats.AssignedInline++
 			if in.err == nil {
-				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds()}
+				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds(),
+					RestrictPaths: nj.RestrictPaths}
 				in.err = in.tx.AssignInserted(q.id, id, s.id, s.name, l.attempt, l.deadline)
 			}
 			in.after = append(in.after, o.after)
@@ -675,24 +755,40 @@ func (d *Dispatcher) requeueLocal(l *lease, avoid int64, now time.Time) {
 	d.stats.Requeued++
 }
 
-// revoke takes lease l back from its server: forgotten as a lease, it
-// stays counted against the server's slots as a zombie while the server is
-// connected, and the server is told to stop it. The zombie goes when the
-// server reports it or stops listing it.
-func (d *Dispatcher) revoke(l *lease, reason string) {
+// revoke takes lease l back from its server. When its Assign never left
+// (the lease was still being committed), the server never had the job: the
+// Assign never will leave, its slot is free at once, and revoke reports
+// true. Otherwise, forgotten as a lease, it stays counted against the
+// server's slots as a zombie while the server is connected, and the server
+// is told to stop it. The zombie goes when the server reports it or stops
+// listing it.
+func (d *Dispatcher) revoke(l *lease, reason string) (withdrawn bool) {
 	d.dropLease(l)
+	if l.withdraw() {
+		if l.srv != nil {
+			d.fill(l.srv, d.cfg.Now())
+		}
+		return true
+	}
 	if s := l.srv; s != nil && s.sess != nil && !s.pull {
 		l.zombie = true
 		s.leases[l.id] = l
 		s.sess.sendCancel(l, reason)
 	}
+	return false
 }
 
 // endAttempt ends lease l without a final result (expired, disconnected,
 // lost, temporary, timeout): the job is requeued, or fails when it has used
 // its attempts. The lease is forgotten at once; the change is committed by
-// the writer.
+// the writer. An end the broker decided for a lease whose Assign never left
+// (its server went away while it was being committed) costs no attempt:
+// the job never ran.
 func (d *Dispatcher) endAttempt(l *lease, end broker.LeaseEnd, reason, actor string) {
+	if !end.Reported() && l.withdraw() {
+		d.giveBack(l, end, reason+"; its Assign had not left the broker, so the attempt does not count", actor)
+		return
+	}
 	d.dropLease(l)
 	d.requeueOrFail(l, end, reason, actor)
 }
@@ -714,12 +810,12 @@ func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor 
 	if int(l.q.attempts) >= int(l.q.maxAttempts) {
 		errMsg := fmt.Sprintf("gave up after %d attempt(s); last: %s: %s", l.q.attempts, end, reason)
 		d.log.Warn("job failed: out of attempts", "job_id", l.jobID, "lease_id", l.id, "server", srvName, "attempts", l.q.attempts)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
+		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
 		return
 	}
 	d.requeueLocal(l, avoid, now)
 	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
-		if err := tx.EndLease(l.id, end, reason); err != nil {
+		if err := tx.EndLeaseRun(l.id, end, reason, l.usage, l.limit); err != nil {
 			return err
 		}
 		return tx.Requeue(l.jobID, avoid, actor, l.id, string(end)+": "+reason)
@@ -727,20 +823,21 @@ func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor 
 	d.fillClass(l.cls, now)
 }
 
-// giveBack puts the job of a lease its server never started (it had no
-// free slot) back in the queue without using an attempt: the dispatcher
-// gave the server more than it runs, and that must not cost the job.
-func (d *Dispatcher) giveBack(l *lease, reason, actor string) {
+// giveBack puts the job of a lease its server never ran back in the queue
+// without using an attempt: the server had no free slot for it (the
+// dispatcher gave it more than it runs), or never got its Assign. The
+// broker's own bookkeeping must never cost a job an attempt.
+func (d *Dispatcher) giveBack(l *lease, end broker.LeaseEnd, reason, actor string) {
 	now := d.cfg.Now()
 	d.dropLease(l)
 	l.q.attempts--
 	attempts := int(l.q.attempts)
 	d.requeueLocal(l, 0, now)
 	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
-		if err := tx.EndLease(l.id, broker.EndNotStarted, reason); err != nil {
+		if err := tx.EndLease(l.id, end, reason); err != nil {
 			return err
 		}
-		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(broker.EndNotStarted)+": "+reason); err != nil {
+		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(end)+": "+reason); err != nil {
 			return err
 		}
 		return tx.SetAttempts(l.jobID, attempts)
@@ -748,18 +845,17 @@ func (d *Dispatcher) giveBack(l *lease, reason, actor string) {
 	d.fillClass(l.cls, now)
 }
 
-// finish queues a job's final state. end and reason close its lease, if
-// leaseID is set; after runs after commit.
-func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end broker.LeaseEnd, reason string, after func()) {
+// finish queues the final state of lease l's job. end and reason close the
+// lease, with what its run used; after runs after commit.
+func (d *Dispatcher) finish(l *lease, f store.Final, end broker.LeaseEnd, reason string, after func()) {
 	d.stats.Finished++
 	d.mx.finalState(f.State)
+	jobID, leaseID := l.jobID, l.id
 	var deliveryID int64
 	d.w.enqueue(&op{
 		apply: func(tx *store.JobTx) error {
-			if leaseID != 0 {
-				if err := tx.EndLease(leaseID, end, reason); err != nil {
-					return err
-				}
+			if err := tx.EndLeaseRun(leaseID, end, reason, l.usage, l.limit); err != nil {
+				return err
 			}
 			f.LeaseID = leaseID
 			var err error
@@ -866,7 +962,10 @@ func (d *Dispatcher) expire(now time.Time) {
 			// The server may still be running it: stop it and keep the slot
 			// counted until it lets go.
 			reason := fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339))
-			d.revoke(l, string(broker.EndExpired))
+			if d.revoke(l, string(broker.EndExpired)) {
+				d.giveBack(l, broker.EndExpired, reason+"; its Assign had not left the broker, so the attempt does not count", "broker")
+				continue
+			}
 			requeued := l.q.attempts < l.q.maxAttempts
 			d.requeueOrFail(l, broker.EndExpired, reason, "broker")
 			if requeued && l.srv != nil && l.srv.pull {

@@ -179,8 +179,11 @@ func (s *Session) Return(ref LeaseRef, reason string) {
 	if l == nil || l.jobID != ref.JobID || l.srv != s.srv {
 		return
 	}
+	// Its Assign may have reached the Pull that stopped waiting, or be
+	// still on its way: either way the client never had it.
+	l.withdraw()
 	d.log.Info("lease handed back unsent", "server", s.srv.name, "job_id", l.jobID, "lease_id", l.id, "reason", reason)
-	d.giveBack(l, reason, "server:"+s.srv.name)
+	d.giveBack(l, broker.EndNotStarted, reason, "server:"+s.srv.name)
 }
 
 // Report takes the session's server's result of one lease, as Result

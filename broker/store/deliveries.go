@@ -47,6 +47,11 @@ type Delivery struct {
 	Error    string
 	Attempts int
 	Server   string
+	// Usage is what the job's last attempt used, as its server reported it
+	// with its result; nil when it reported none (or the job never ran).
+	Usage *broker.Usage
+	// Limit is the limit that ended the last attempt's run, if one did.
+	Limit broker.Limit
 
 	PlatformID int64
 	Platform   string
@@ -70,13 +75,15 @@ type Delivery struct {
 const deliveryColumns = `d.id, d.state, d.tries, d.next_attempt_at, d.last_error, d.created_at, d.delivered_at,
 	d.job_id, j.name, COALESCE(j.idempotency_key, ''), j.state, %s,
 	COALESCE(NULLIF(j.error, ''), r.error, ''), j.attempts, j.server_name,
+	l.cpu_time_us, l.peak_memory_bytes, l.wall_time_us, COALESCE(l.run_limit, ''),
 	d.platform_id, p.name, p.protocol, p.return_url,
 	EXISTS (SELECT 1 FROM deliveries n WHERE n.job_id = d.job_id AND n.id > d.id)`
 
-// deliveryJoins follow "FROM deliveries d" to reach the job, its result and
-// the platform.
+// deliveryJoins follow "FROM deliveries d" to reach the job, its result,
+// its last attempt (leases_job finds it) and the platform.
 const deliveryJoins = ` JOIN jobs j ON j.id = d.job_id JOIN platforms p ON p.id = d.platform_id
-	LEFT JOIN results r ON r.job_id = d.job_id`
+	LEFT JOIN results r ON r.job_id = d.job_id
+	LEFT JOIN leases l ON l.id = (SELECT MAX(id) FROM leases WHERE job_id = d.job_id)`
 
 var (
 	fullDeliveryQuery = `SELECT ` + fmt.Sprintf(deliveryColumns, `r.result, p.public_key_pem`) + ` FROM deliveries d` + deliveryJoins
@@ -86,14 +93,15 @@ var (
 func scanDelivery(row rowScanner) (Delivery, error) {
 	var d Delivery
 	var next, created int64
-	var delivered sql.NullInt64
+	var delivered, cpu, peak, wall sql.NullInt64
 	if err := row.Scan(&d.ID, &d.State, &d.Tries, &next, &d.LastError, &created, &delivered,
 		&d.JobID, &d.JobName, &d.IdempotencyKey, &d.JobState, &d.Result, &d.PublicKeyPEM,
-		&d.Error, &d.Attempts, &d.Server,
+		&d.Error, &d.Attempts, &d.Server, &cpu, &peak, &wall, &d.Limit,
 		&d.PlatformID, &d.Platform, &d.Protocol, &d.ReturnURL, &d.Superseded); err != nil {
 		return d, err
 	}
 	d.NextAttemptAt, d.CreatedAt, d.DeliveredAt = fromMS(next), fromMS(created), nullMS(delivered)
+	d.Usage = usageOf(cpu, peak, wall)
 	return d, nil
 }
 

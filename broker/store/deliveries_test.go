@@ -459,3 +459,71 @@ func TestRedeliverSkipsReopenedJobs(t *testing.T) {
 		t.Errorf("Redeliver by id = %v, want ErrFailedPrecondition saying the job is queued", err)
 	}
 }
+
+// What a run used and the limit that ended it are kept with its lease:
+// every attempt shows its own, and the callback the last attempt's.
+func TestRunUsageKeptWithItsLease(t *testing.T) {
+	t.Parallel()
+	db, _ := dlSetup(t)
+	ctx := context.Background()
+	p := dlPlatform(t, db, "mooc", "https://mooc.example/cb")
+	first := &broker.Usage{CPUTime: 1500 * time.Microsecond, PeakMemory: 12 << 20, WallTime: 2 * time.Second}
+	last := &broker.Usage{CPUTime: 3 * time.Second, PeakMemory: 1 << 30, WallTime: 4*time.Second + 7*time.Microsecond}
+	tx, err := db.BeginJobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	in, err := tx.InsertJob(broker.NewJob{PlatformID: p, Name: "j", Timeout: time.Minute, JobData: []byte(`{}`), MaxAttempts: 3}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []func() error{
+		func() error { return tx.AssignInserted(in.ID, 1, 0, "g1", 1, dlBase.Add(time.Minute)) },
+		func() error { return tx.EndLeaseRun(1, broker.EndTemporary, "flaky", first, "") },
+		func() error { return tx.Requeue(in.ID, 0, "test", 1, "again") },
+		func() error { _, err := tx.Assign(in.ID, 2, 0, "g1", 2, dlBase.Add(time.Minute)); return err },
+		func() error { return tx.EndLeaseRun(2, broker.EndFatal, "memory limit", last, broker.LimitMemory) },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	did, err := tx.Finish(in.ID, Final{PlatformID: p, State: broker.JobFailed, LeaseID: 2, Outcome: broker.OutcomeFatal, Error: "memory limit", Actor: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	j, err := db.GetJob(ctx, in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type run struct {
+		Usage *broker.Usage
+		Limit broker.Limit
+	}
+	var got []run
+	for _, a := range j.History {
+		got = append(got, run{a.Usage, a.Limit})
+	}
+	if diff := cmp.Diff([]run{{first, ""}, {last, broker.LimitMemory}}, got); diff != "" {
+		t.Errorf("attempts' usage (-want +got):\n%s", diff)
+	}
+	d, err := db.Delivery(ctx, did)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(run{last, broker.LimitMemory}, run{d.Usage, d.Limit}); diff != "" {
+		t.Errorf("the delivery's usage (-want +got):\n%s", diff)
+	}
+
+	// A job that never ran, or whose run reported nothing, has none.
+	_, cid := dlFinal(t, db, p, "never", "", Final{State: broker.JobCancelled, Error: "cancelled"})
+	if d, err := db.Delivery(ctx, cid); err != nil || d.Usage != nil || d.Limit != "" {
+		t.Errorf("delivery of a job that never ran: usage %v, limit %q, err %v", d.Usage, d.Limit, err)
+	}
+}

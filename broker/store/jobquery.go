@@ -443,7 +443,8 @@ func jobResult(ctx context.Context, tx *sql.Tx, j *broker.Job) error {
 
 func jobHistory(ctx context.Context, tx *sql.Tx, id int64) ([]broker.Attempt, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT id, number, server_name, assigned_at, deadline, ended_at,
-		end_kind, reason FROM leases WHERE job_id = ? ORDER BY number, id`, id)
+		end_kind, reason, cpu_time_us, peak_memory_bytes, wall_time_us, run_limit
+		FROM leases WHERE job_id = ? ORDER BY number, id`, id)
 	if err != nil {
 		return nil, err
 	}
@@ -452,11 +453,13 @@ func jobHistory(ctx context.Context, tx *sql.Tx, id int64) ([]broker.Attempt, er
 	for rows.Next() {
 		var a broker.Attempt
 		var assigned, deadline int64
-		var ended sql.NullInt64
-		if err := rows.Scan(&a.LeaseID, &a.Number, &a.Server, &assigned, &deadline, &ended, &a.End, &a.Reason); err != nil {
+		var ended, cpu, peak, wall sql.NullInt64
+		if err := rows.Scan(&a.LeaseID, &a.Number, &a.Server, &assigned, &deadline, &ended, &a.End, &a.Reason,
+			&cpu, &peak, &wall, &a.Limit); err != nil {
 			return nil, err
 		}
 		a.AssignedAt, a.Deadline, a.EndedAt = fromMS(assigned), fromMS(deadline), nullMS(ended)
+		a.Usage = usageOf(cpu, peak, wall)
 		out = append(out, a)
 	}
 	return out, rows.Err()

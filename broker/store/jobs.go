@@ -211,6 +211,9 @@ type AssignedJob struct {
 	JobData   []byte
 	Tags      []string
 	TimeoutMS int64
+	// RestrictPaths are the platform's restrict_paths, copied to the job
+	// when it was submitted.
+	RestrictPaths []string
 }
 
 // Assign moves a queued job to assigned under a new lease and returns what
@@ -218,10 +221,10 @@ type AssignedJob struct {
 // not queued.
 func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attempt int, deadline time.Time) (AssignedJob, error) {
 	var a AssignedJob
-	var tags string
+	var tags, paths string
 	err := t.tx.QueryRowContext(t.ctx, `UPDATE jobs SET state = 2, lease_id = ?, attempts = ?, server_id = ?,
-		server_name = ?, updated_at = ? WHERE id = ? AND state = 1 RETURNING name, jobdata, tags, timeout_ms`,
-		leaseID, attempt, serverID, serverName, t.now, jobID).Scan(&a.Name, &a.JobData, &tags, &a.TimeoutMS)
+		server_name = ?, updated_at = ? WHERE id = ? AND state = 1 RETURNING name, jobdata, tags, timeout_ms, restrict_paths`,
+		leaseID, attempt, serverID, serverName, t.now, jobID).Scan(&a.Name, &a.JobData, &tags, &a.TimeoutMS, &paths)
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, fmt.Errorf("%w: job %d is not queued", broker.ErrFailedPrecondition, jobID)
 	}
@@ -230,6 +233,11 @@ func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attemp
 	}
 	if err := json.Unmarshal([]byte(tags), &a.Tags); err != nil {
 		return a, fmt.Errorf("job %d: tags: %w", jobID, err)
+	}
+	if paths != "[]" {
+		if err := json.Unmarshal([]byte(paths), &a.RestrictPaths); err != nil {
+			return a, fmt.Errorf("job %d: restrict_paths: %w", jobID, err)
+		}
 	}
 	return a, t.lease(jobID, leaseID, serverID, serverName, attempt, deadline)
 }
@@ -260,9 +268,36 @@ func (t *JobTx) lease(jobID, leaseID, serverID int64, serverName string, attempt
 
 // EndLease records how a lease ended.
 func (t *JobTx) EndLease(leaseID int64, end broker.LeaseEnd, reason string) error {
-	_, err := t.exec(`UPDATE leases SET ended_at = ?, end_kind = ?, reason = ? WHERE id = ? AND ended_at IS NULL`,
-		t.now, end, reason, leaseID)
+	return t.EndLeaseRun(leaseID, end, reason, nil, "")
+}
+
+// EndLeaseRun records how a lease ended together with what its run used
+// and the limit that ended it, as its server reported them with its result
+// (usage nil: not measured).
+func (t *JobTx) EndLeaseRun(leaseID int64, end broker.LeaseEnd, reason string, usage *broker.Usage, limit broker.Limit) error {
+	cpu, peak, wall := usageColumns(usage)
+	_, err := t.exec(`UPDATE leases SET ended_at = ?, end_kind = ?, reason = ?, cpu_time_us = ?, peak_memory_bytes = ?,
+		wall_time_us = ?, run_limit = ? WHERE id = ? AND ended_at IS NULL`,
+		t.now, end, reason, cpu, peak, wall, string(limit), leaseID)
 	return translate(err)
+}
+
+// usageColumns turns a run's usage into the leases table's columns: NULL
+// for a run that reported none.
+func usageColumns(u *broker.Usage) (cpuUS, peakBytes, wallUS any) {
+	if u == nil {
+		return nil, nil, nil
+	}
+	return u.CPUTime.Microseconds(), max(u.PeakMemory, 0), u.WallTime.Microseconds()
+}
+
+// usageOf reads what usageColumns wrote; nil when the run reported none.
+func usageOf(cpuUS, peakBytes, wallUS sql.NullInt64) *broker.Usage {
+	if !cpuUS.Valid && !peakBytes.Valid && !wallUS.Valid {
+		return nil
+	}
+	return &broker.Usage{CPUTime: time.Duration(cpuUS.Int64) * time.Microsecond, PeakMemory: peakBytes.Int64,
+		WallTime: time.Duration(wallUS.Int64) * time.Microsecond}
 }
 
 // Requeue puts an assigned job back in the queue after its lease ended,

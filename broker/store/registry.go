@@ -324,6 +324,8 @@ type PlatformUpdate struct {
 	ForceTag      *string
 	// Cert replaces the certificate; a pointer to nil removes it.
 	Cert **broker.CertIdentity
+	// LegacyTokens allows or refuses graderqueue's legacy tokens.
+	LegacyTokens *bool
 }
 
 // AddPlatform registers a platform. The caller has validated the protocol,
@@ -350,9 +352,9 @@ func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platfo
 		paths, _ := json.Marshal(nonNil(p.RestrictPaths))
 		c := certColumns(p.Cert)
 		res, err := tx.ExecContext(ctx, `INSERT INTO platforms (name, protocol, public_key_pem, return_url, restrict_paths,
-			force_tag_id, cert_serial, cert_issuer, cert_subject, cert_fingerprint, cert_not_after, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			p.Name, string(p.Protocol), p.PublicKeyPEM, p.ReturnURL, string(paths), forceTag, c[0], c[1], c[2], c[3], c[4], ms(now))
+			force_tag_id, cert_serial, cert_issuer, cert_subject, cert_fingerprint, cert_not_after, created_at, legacy_tokens)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			p.Name, string(p.Protocol), p.PublicKeyPEM, p.ReturnURL, string(paths), forceTag, c[0], c[1], c[2], c[3], c[4], ms(now), p.LegacyTokens)
 		if err != nil {
 			return conflictName(err, "platform", p.Name)
 		}
@@ -416,6 +418,11 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 				return err
 			}
 		}
+		if u.LegacyTokens != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `legacy_tokens = ?`, *u.LegacyTokens); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -425,7 +432,7 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 }
 
 const platformColumns = `p.id, p.name, p.protocol, p.public_key_pem, p.return_url, p.restrict_paths, COALESCE(t.name, ''),
-	p.cert_serial, p.cert_issuer, p.cert_subject, p.cert_fingerprint, p.cert_not_after, p.created_at
+	p.cert_serial, p.cert_issuer, p.cert_subject, p.cert_fingerprint, p.cert_not_after, p.created_at, p.legacy_tokens
 	FROM platforms p LEFT JOIN tags t ON t.id = p.force_tag_id`
 
 func scanPlatform(row rowScanner) (broker.Platform, error) {
@@ -435,7 +442,7 @@ func scanPlatform(row rowScanner) (broker.Platform, error) {
 	var notAfter sql.NullInt64
 	var created int64
 	if err := row.Scan(&p.ID, &p.Name, &p.Protocol, &p.PublicKeyPEM, &p.ReturnURL, &paths, &p.ForceTag,
-		&serial, &issuer, &subject, &fp, &notAfter, &created); err != nil {
+		&serial, &issuer, &subject, &fp, &notAfter, &created, &p.LegacyTokens); err != nil {
 		return p, err
 	}
 	if err := json.Unmarshal([]byte(paths), &p.RestrictPaths); err != nil {

@@ -81,6 +81,10 @@ type Exec struct {
 	KillGrace time.Duration
 	// Logger receives the executor's own logs; nil discards them.
 	Logger *slog.Logger
+	// Taskgrader, if set, makes the run graderqueue's graderserver
+	// running France-ioi's taskgrader: the grader reads the bare jobdata
+	// and its output becomes graderserver's result (see Taskgrader).
+	Taskgrader *Taskgrader
 }
 
 var _ Executor = (*Exec)(nil)
@@ -155,7 +159,13 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		return temporary("graderd has no grader command configured")
 	}
 	limits := e.limits()
-	stdin, err := stdinDocument(job, limits)
+	var stdin []byte
+	var err error
+	if e.Taskgrader != nil {
+		stdin, err = e.Taskgrader.input(job)
+	} else {
+		stdin, err = stdinDocument(job, limits)
+	}
 	if err != nil {
 		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_FATAL, Error: err.Error()}
 	}
@@ -283,6 +293,10 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 
 	res = e.classify(st, stop, hit, seen, stdout, stderr, job, limits)
 	res.Log = stderr.String()
+	if e.Taskgrader != nil {
+		out, _ := stdout.bytes()
+		res = e.Taskgrader.shape(res, out, res.Log)
+	}
 	res.Duration = usage.WallTime
 	res.Usage = usage
 	log.Debug("grader finished", "outcome", res.Outcome, "error", res.Error, "limit", res.Limit.String(), "duration", usage.WallTime, "cpu", usage.CPUTime, "peak_memory", usage.PeakMemory)

@@ -217,6 +217,9 @@ type Status struct {
 	Slots     int
 	Running   int
 	LastSeen  time.Time
+	// Version and Executors are what ServerHello returns.
+	Version   string
+	Executors []broker.Executor
 	// RequeueOnDrop is what ServerRemoved returns.
 	RequeueOnDrop int
 }
@@ -300,6 +303,15 @@ func (f *FakeDispatcher) ServerStatus(name string) (bool, int, int, time.Time) {
 	defer f.mu.Unlock()
 	s := f.status[name]
 	return s.Connected, s.Slots, s.Running, s.LastSeen
+}
+
+// ServerHello reports what SetStatus set; like ServerStatus, it is not
+// recorded.
+func (f *FakeDispatcher) ServerHello(name string) (string, []broker.Executor) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.status[name]
+	return s.Version, s.Executors
 }
 
 // RequeueJob records the call and returns the error SetJobError set.

@@ -187,7 +187,10 @@ type Platform struct {
 	// The protocol it speaks, which decides the form of its result
 	// callbacks: "gradebroker" (a JWE token POSTed to return_url) or a
 	// compatibility protocol the broker delivers.
-	Protocol      string `protobuf:"bytes,8,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Protocol string `protobuf:"bytes,8,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// Whether it may send graderqueue's legacy tokens to api.php (no kid,
+	// iat, exp or jti; a date claim), which are weaker than the others.
+	LegacyTokens  bool `protobuf:"varint,9,opt,name=legacy_tokens,json=legacyTokens,proto3" json:"legacy_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -276,6 +279,13 @@ func (x *Platform) GetProtocol() string {
 		return x.Protocol
 	}
 	return ""
+}
+
+func (x *Platform) GetLegacyTokens() bool {
+	if x != nil {
+		return x.LegacyTokens
+	}
+	return false
 }
 
 // Server is a registered grading server.
@@ -689,7 +699,9 @@ type AddPlatformRequest struct {
 	CertificatePem string `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
 	// The protocol it speaks; empty is "gradebroker", which needs
 	// public_key_pem and return_url. Another protocol may need neither.
-	Protocol      string `protobuf:"bytes,7,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Protocol string `protobuf:"bytes,7,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// Allow graderqueue's legacy tokens (see Platform.legacy_tokens).
+	LegacyTokens  bool `protobuf:"varint,8,opt,name=legacy_tokens,json=legacyTokens,proto3" json:"legacy_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -773,6 +785,13 @@ func (x *AddPlatformRequest) GetProtocol() string {
 	return ""
 }
 
+func (x *AddPlatformRequest) GetLegacyTokens() bool {
+	if x != nil {
+		return x.LegacyTokens
+	}
+	return false
+}
+
 // AddPlatformResponse returns the platform.
 type AddPlatformResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -836,7 +855,9 @@ type UpdatePlatformRequest struct {
 	CertificatePem *string `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3,oneof" json:"certificate_pem,omitempty"`
 	// A new protocol. Its results not yet delivered are sent in the new
 	// protocol's form.
-	Protocol      *string `protobuf:"bytes,7,opt,name=protocol,proto3,oneof" json:"protocol,omitempty"`
+	Protocol *string `protobuf:"bytes,7,opt,name=protocol,proto3,oneof" json:"protocol,omitempty"`
+	// Allow or refuse graderqueue's legacy tokens.
+	LegacyTokens  *bool `protobuf:"varint,8,opt,name=legacy_tokens,json=legacyTokens,proto3,oneof" json:"legacy_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -918,6 +939,13 @@ func (x *UpdatePlatformRequest) GetProtocol() string {
 		return *x.Protocol
 	}
 	return ""
+}
+
+func (x *UpdatePlatformRequest) GetLegacyTokens() bool {
+	if x != nil && x.LegacyTokens != nil {
+		return *x.LegacyTokens
+	}
+	return false
 }
 
 // UpdatePlatformResponse returns the platform.
@@ -5762,7 +5790,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x12fingerprint_sha256\x18\x03 \x01(\tR\x11fingerprintSha256\x12\x18\n" +
 	"\asubject\x18\x04 \x01(\tR\asubject\x12\x12\n" +
 	"\x04role\x18\x05 \x01(\tR\x04role\x127\n" +
-	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xbe\x02\n" +
+	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xe3\x02\n" +
 	"\bPlatform\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tR\fpublicKeyPem\x12\x1d\n" +
@@ -5773,7 +5801,8 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\vcertificate\x18\x06 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x129\n" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1a\n" +
-	"\bprotocol\x18\b \x01(\tR\bprotocol\"\xa8\x04\n" +
+	"\bprotocol\x18\b \x01(\tR\bprotocol\x12#\n" +
+	"\rlegacy_tokens\x18\t \x01(\bR\flegacyTokens\"\xa8\x04\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x12\x12\n" +
@@ -5807,7 +5836,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"$\n" +
 	"\n" +
 	"StringList\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\xf6\x01\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\x9b\x02\n" +
 	"\x12AddPlatformRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tR\fpublicKeyPem\x12\x1d\n" +
@@ -5816,9 +5845,10 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x0erestrict_paths\x18\x04 \x03(\tR\rrestrictPaths\x12\x1b\n" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12'\n" +
 	"\x0fcertificate_pem\x18\x06 \x01(\tR\x0ecertificatePem\x12\x1a\n" +
-	"\bprotocol\x18\a \x01(\tR\bprotocol\"K\n" +
+	"\bprotocol\x18\a \x01(\tR\bprotocol\x12#\n" +
+	"\rlegacy_tokens\x18\b \x01(\bR\flegacyTokens\"K\n" +
 	"\x13AddPlatformResponse\x124\n" +
-	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\xff\x02\n" +
+	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\xbb\x03\n" +
 	"\x15UpdatePlatformRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tH\x00R\fpublicKeyPem\x88\x01\x01\x12\"\n" +
@@ -5827,13 +5857,15 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x0erestrict_paths\x18\x04 \x01(\v2\x1a.gradebroker.v1.StringListR\rrestrictPaths\x12 \n" +
 	"\tforce_tag\x18\x05 \x01(\tH\x02R\bforceTag\x88\x01\x01\x12,\n" +
 	"\x0fcertificate_pem\x18\x06 \x01(\tH\x03R\x0ecertificatePem\x88\x01\x01\x12\x1f\n" +
-	"\bprotocol\x18\a \x01(\tH\x04R\bprotocol\x88\x01\x01B\x11\n" +
+	"\bprotocol\x18\a \x01(\tH\x04R\bprotocol\x88\x01\x01\x12(\n" +
+	"\rlegacy_tokens\x18\b \x01(\bH\x05R\flegacyTokens\x88\x01\x01B\x11\n" +
 	"\x0f_public_key_pemB\r\n" +
 	"\v_return_urlB\f\n" +
 	"\n" +
 	"_force_tagB\x12\n" +
 	"\x10_certificate_pemB\v\n" +
-	"\t_protocol\"N\n" +
+	"\t_protocolB\x10\n" +
+	"\x0e_legacy_tokens\"N\n" +
 	"\x16UpdatePlatformResponse\x124\n" +
 	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\x16\n" +
 	"\x14ListPlatformsRequest\"O\n" +
