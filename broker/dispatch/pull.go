@@ -66,7 +66,7 @@ func (s *Session) toResult(leaseID int64, m Message) {
 }
 
 // assignRefused tells a Pull waiting for job jobID that the database
-// refused its lease.
+// refused its lease: it gets nothing.
 func (s *Session) assignRefused(jobID int64) {
 	if s == nil || s.pulls == nil {
 		return
@@ -109,8 +109,8 @@ func (d *Dispatcher) OpenPull(ctx context.Context, name string) (*Session, Welco
 // Pull hands the session's server one job of pull queue queue under a new
 // lease, the best it may take (by priority, fair turns between platforms,
 // then age), and returns once the lease is committed. It returns nil when
-// no job of the queue waits that the server may take, or all its slots
-// are in use. When ctx ends before the commit, the lease is handed back at
+// no job of the queue waits that the server may take, all its slots are in
+// use, or the job it took was cancelled while its lease was committed. When ctx ends before the commit, the lease is handed back at
 // no attempt's cost and ctx's error returned. It returns ErrUnavailable
 // once the dispatcher is stopping, and ErrAborted for a session that
 // ended.
@@ -153,9 +153,9 @@ func (s *Session) Pull(ctx context.Context, queue string) (*Assign, error) {
 	d.mu.Unlock()
 	select {
 	case a := <-ch:
-		if a == nil {
-			return nil, fmt.Errorf("%w: the database refused lease %d of job %d", broker.ErrUnavailable, l.id, q.id)
-		}
+		// nil: the job was cancelled while its lease was committed (or
+		// the database refused the lease, which the dispatcher logs): no
+		// job for this pull; the client asks again.
 		return a, nil
 	case <-ctx.Done():
 		s.mu.Lock()

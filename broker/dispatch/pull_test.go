@@ -328,3 +328,39 @@ func TestPullSessionKinds(t *testing.T) {
 		t.Errorf("Report on a streaming session = %v", err)
 	}
 }
+
+// A job cancelled while its pulled lease is committed never reaches the
+// client: its Pull gets nothing, at once, and the slot is free.
+func TestPullOfAJobCancelledWhileCommitted(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{})
+	p := e.openPull(e.addPuller("watcher", "q", 1))
+	ids := e.queueJobs("q", 2, 0)
+	release := e.holdWriter()
+	pulled := make(chan *Assign, 1)
+	go func() {
+		// Bounded only so that a Pull left waiting fails the test rather
+		// than hangs it.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		a, err := p.sess.Pull(ctx, "q")
+		if err != nil {
+			t.Errorf("Pull: %v", err)
+		}
+		pulled <- a
+	}()
+	testutil.Eventually(t, "the pull's lease to wait for the writer", func() bool { return e.pendingOps() > 0 })
+	cancelled := make(chan error, 1)
+	go func() { cancelled <- e.d.CancelJob(context.Background(), ids[0], "operator:test") }()
+	testutil.Eventually(t, "the cancellation to queue behind the lease", func() bool { return e.pendingOps() > 1 })
+	release()
+	if err := <-cancelled; err != nil {
+		t.Fatal(err)
+	}
+	if a := <-pulled; a != nil {
+		t.Errorf("the client got %v, a job cancelled while its lease was committed", a)
+	}
+	if b := p.pull("q"); b == nil || b.Lease.JobID != ids[1] {
+		t.Errorf("the next pull got %v, want job %d (the slot is free)", b, ids[1])
+	}
+}

@@ -249,6 +249,9 @@ func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Durati
 		// job was cancelled while the lease was committed) sends nothing.
 		if l.sent.CompareAndSwap(assignPending, assignTaken) {
 			s.toWaiter(m)
+		} else if ch := s.pulls.assigns[l.jobID]; ch != nil {
+			delete(s.pulls.assigns, l.jobID)
+			ch <- nil // withdrawn: the Pull gets nothing, at once
 		}
 		s.mu.Unlock()
 		return
