@@ -95,6 +95,9 @@ func parseForm(contentType string, body io.Reader, lim Limits) (form, error) {
 			p.Close()
 			continue
 		}
+		if len(name) > maxNameLen {
+			return f, fmt.Errorf("a part's name is longer than %d bytes", maxNameLen)
+		}
 		if p.FileName() == "" {
 			v, err := readLimited(p, lim.Field)
 			if err != nil {
@@ -118,6 +121,9 @@ func parseForm(contentType string, body io.Reader, lim Limits) (form, error) {
 		f.files = append(f.files, file{name: name, data: data})
 	}
 }
+
+// maxNameLen bounds the name of a form's part (a file's name).
+const maxNameLen = 255
 
 // readLimited reads r to its end, failing with errTooLarge past max bytes.
 func readLimited(r io.Reader, max int64) ([]byte, error) {

@@ -77,6 +77,10 @@ func TestParseForm(t *testing.T) {
 			t.Errorf("%s: %v, want errTooLarge", tc.name, err)
 		}
 	}
+	ctype, body = multipartForm(nil, [][2]string{{strings.Repeat("n", maxNameLen+1), "x"}})
+	if _, err := parseForm(ctype, bytes.NewReader(body), testLimits); err == nil || errors.Is(err, errTooLarge) {
+		t.Errorf("a file name of %d bytes: %v, want a malformed form", maxNameLen+1, err)
+	}
 	if _, err := parseForm("multipart/form-data", strings.NewReader("x"), testLimits); err == nil {
 		t.Error("multipart without a boundary parsed")
 	}
@@ -175,6 +179,11 @@ func FuzzParseForm(f *testing.F) {
 		}
 		if files > testLimits.Files || len(form.files) > testLimits.Parts {
 			t.Fatalf("%d files of %d bytes passed the limits", len(form.files), files)
+		}
+		for _, fl := range form.files {
+			if len(fl.name) > maxNameLen {
+				t.Fatalf("a file name of %d bytes passed", len(fl.name))
+			}
 		}
 	})
 }
