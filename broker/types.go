@@ -140,6 +140,12 @@ type Server struct {
 	WakeupFails       int
 	LastSeen          time.Time
 	CreatedAt         time.Time
+	// Pull is empty for a server that runs graderd, which connects with
+	// its certificate and has jobs pushed to it. A server that pulls its
+	// jobs through a compatibility adapter (PullXQueue: an XQueue user
+	// pulling one queue) has no certificate (Cert holds a placeholder no
+	// certificate matches) and gets a job only when it asks for one.
+	Pull string
 }
 
 // JobState is where a job is in its life. The numbers are stored in the
@@ -233,6 +239,10 @@ type NewJob struct {
 	// TypeIDs are the server types whose tags cover Tags, computed once at
 	// submission.
 	TypeIDs []int64
+	// Queue is the pull queue the job was submitted to (XQueue's
+	// queue_name), or empty. A client pulling a queue takes that queue's
+	// jobs only; graderd's servers take any job their type covers.
+	Queue string
 }
 
 // Job is a job as stored.
@@ -260,6 +270,7 @@ type Job struct {
 	UpdatedAt      time.Time
 	FinishedAt     time.Time
 	TypeIDs        []int64
+	Queue          string
 	History        []Attempt
 	Events         []Event
 }

@@ -52,6 +52,9 @@ type Dispatcher interface {
 	// CancelJob cancels job id on behalf of actor. It returns ErrNotFound
 	// for an unknown job and ErrFailedPrecondition for a final one.
 	CancelJob(ctx context.Context, id int64, actor string) error
+	// QueueLength tells how many jobs of pull queue queue (an XQueue
+	// queue) wait for a grader.
+	QueueLength(queue string) int
 	// IncidentDispatcher (ops.go) serves the incident commands.
 	IncidentDispatcher
 }
@@ -137,6 +140,9 @@ func (s *Service) AddPlatform(ctx context.Context, req *gradebrokerv1.AddPlatfor
 		RestrictPaths: req.GetRestrictPaths(),
 		ForceTag:      req.GetForceTag(),
 		LegacyTokens:  req.GetLegacyTokens(),
+	}
+	if p.Protocol == "" {
+		p.Protocol = broker.ProtocolGradebroker
 	}
 	if p.Protocol == "" {
 		p.Protocol = broker.ProtocolGradebroker

@@ -347,3 +347,62 @@ func TestPlatformsOperatorsAndJobs(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestXQueueCommands(t *testing.T) {
+	t.Parallel()
+	env := adminapitest.Start(t)
+	env.Service.SetProtocols(broker.ProtocolGradebroker, broker.ProtocolXQueue)
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	authFile := filepath.Join(dir, "auth")
+	if err := os.WriteFile(pwFile, []byte("watcher password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(authFile, []byte("basic secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, run(t, env, "tag", "add", "py"))
+	ok(t, run(t, env, "type", "add", "pytype", "--tags", "py"))
+	ok(t, run(t, env, "platform", "add", "openedx", "--protocol", "xqueue"), "protocol:", "xqueue")
+	ok(t, run(t, env, "xqueue", "queue", "add", "MITx-6.00x", "--tags", "py", "--type", "pytype", "--job-timeout", "2m"),
+		"XQueue queue:", "MITx-6.00x", "2m0s")
+	run(t, env, "xqueue", "queue", "add", "q2", "--tags", "py").want(t, 2, nil, []string{"--type is required"})
+	ok(t, run(t, env, "xqueue", "user", "add", "lms", "--password-file", pwFile, "--platform", "openedx",
+		"--callback-host", "lms.example.org", "--callback-auth-user", "xq", "--callback-auth-password-file", authFile),
+		"XQueue user:", "lms", "openedx", "lms.example.org", "xq (password set)")
+	ok(t, run(t, env, "xqueue", "user", "add", "watcher", "--password-file", pwFile, "--pull", "MITx-6.00x", "--max-jobs", "4"),
+		"pulls:", "MITx-6.00x", "max jobs:", "4")
+	run(t, env, "xqueue", "user", "add", "w2").want(t, 2, nil, []string{"--password-file is required"})
+	r := run(t, env, "xqueue", "user", "list")
+	if !regexpLine(r.stdout, "lms", "openedx", "lms.example.org", "-", "-", "1") || !regexpLine(r.stdout, "watcher", "-", "-", "-", "MITx-6.00x", "4") ||
+		strings.Contains(r.stdout, "watcher password") || strings.Contains(r.stdout, "basic secret") {
+		t.Errorf("xqueue user list:\n%s", r.stdout)
+	}
+	stored, err := env.DB.XQueueUserByName(context.Background(), "watcher")
+	if err != nil || stored.PasswordHash == "" || strings.Contains(stored.PasswordHash, "watcher password") {
+		t.Fatalf("stored watcher: %+v, %v", stored, err)
+	}
+	queue, err := env.DB.XQueueQueueByName(context.Background(), "MITx-6.00x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _, err := env.DB.Puller(context.Background(), stored, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, env, "server", "list")
+	if !regexpLine(r.stdout, srv.Name, "pytype", "no", "no", "0", "0", "4", "never", "xqueue") {
+		t.Errorf("server list:\n%s", r.stdout)
+	}
+	ok(t, run(t, env, "server", "update", srv.Name, "--max-jobs", "5"), "none: it pulls its jobs (xqueue)", "max jobs:", "5")
+	env.Dispatcher.SetQueueLength("MITx-6.00x", 3)
+	r = run(t, env, "xqueue", "queue", "list")
+	if !regexpLine(r.stdout, "MITx-6.00x", "py", "pytype", "2m0s", "3") {
+		t.Errorf("xqueue queue list:\n%s", r.stdout)
+	}
+	ok(t, run(t, env, "xqueue", "queue", "update", "MITx-6.00x", "--job-timeout", "0"), "timeout:", "default")
+	ok(t, run(t, env, "xqueue", "user", "update", "watcher", "--pull", ""), "removed servers "+srv.Name)
+	run(t, env, "xqueue", "user", "update", "watcher").want(t, 2, nil, []string{"nothing to change"})
+	ok(t, run(t, env, "xqueue", "user", "remove", "watcher"), "removed XQueue user watcher")
+	ok(t, run(t, env, "xqueue", "queue", "remove", "MITx-6.00x"), "removed XQueue queue MITx-6.00x")
+}

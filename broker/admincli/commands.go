@@ -353,11 +353,11 @@ operator set to 'sandbox: none', whose graders run with graderd's own powers
 				func(w io.Writer, resp *gradebrokerv1.ListServersResponse) {
 					now := time.Now()
 					tw := newTable(w)
-					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN\tVERSION\tSANDBOX")
+					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN\tVERSION\tSANDBOX\tPULLS")
 					for _, s := range resp.GetServers() {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
 							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now),
-							orDash(s.GetVersion()), sandboxSummary(s.GetExecutors()))
+							orDash(s.GetVersion()), sandboxSummary(s.GetExecutors()), orDash(s.GetPull()))
 					}
 					tw.Flush()
 					warnUnsandboxed(w, resp.GetServers())

@@ -94,13 +94,17 @@ func printPlatform(w io.Writer, p *gradebrokerv1.Platform) {
 }
 
 func printServer(w io.Writer, s *gradebrokerv1.Server) {
+	cert, fp := certSummary(s.GetCertificate()), s.GetCertificate().GetFingerprintSha256()
+	if s.GetPull() != "" {
+		cert, fp = "none: it pulls its jobs ("+s.GetPull()+")", "-"
+	}
 	fields(w,
 		"server", s.GetName(),
 		"type", s.GetType(),
 		"max jobs", fmt.Sprint(s.GetMaxConcurrentJobs()),
 		"wakeup URL", orDash(s.GetWakeupUrl()),
-		"certificate", certSummary(s.GetCertificate()),
-		"fingerprint", s.GetCertificate().GetFingerprintSha256(),
+		"certificate", cert,
+		"fingerprint", fp,
 		"connected", yesNo(s.GetConnected()),
 		"drained", yesNo(s.GetDrained()),
 		"registered", when(s.GetCreatedAt()),

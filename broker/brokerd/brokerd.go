@@ -35,6 +35,7 @@ import (
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/broker/wakeup"
+	"github.com/gradebroker/gradebroker/broker/xqueue"
 	"github.com/gradebroker/gradebroker/certs"
 )
 
@@ -50,6 +51,7 @@ type Broker struct {
 	admin   *adminapi.Service
 	plat    *platform.Service
 	deliv   *delivery.Worker
+	xq      *xqueue.Service
 	wake    *wakeup.Waker
 	keys    *token.KeyRing
 	grpc    *grpc.Server
@@ -121,12 +123,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 	}, log)
 	b.grader = graderapi.New(b.disp, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
-	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
+	dcfg := delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
 		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
 		Protocols: map[broker.Protocol]delivery.Protocol{
 			broker.ProtocolGraderqueue: delivery.NewGraderqueueCallback(b.keys, cfg.Name, 0),
 		},
-		OnDelivered: b.metrics.ObserveDelivery}, log)
+		OnDelivered: b.metrics.ObserveDelivery}
+	b.newXQueue(&dcfg)
+	b.deliv, err = delivery.New(db, b.keys, dcfg, log)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -247,7 +251,8 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 		return err
 	}
 	err = b.startServices(ctx, service{"dispatcher", b.disp.Start, b.disp.Stop},
-		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop})
+		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop},
+		service{"xqueue", b.xq.Start, b.xq.Stop})
 	if err != nil {
 		return err
 	}
@@ -272,6 +277,7 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", gateway)
+	mux.Handle("/xqueue/", b.xq.Handler())
 	// graderqueue's platform API, for platforms written for it.
 	mux.Handle(graderqueue.Path, graderqueue.Handler(b.plat, graderqueue.Config{}, b.log))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })

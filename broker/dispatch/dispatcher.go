@@ -142,6 +142,11 @@ type server struct {
 	// until it reports again (a result or a heartbeat), changes its slots
 	// or reconnects.
 	full bool
+	// pull: it pulls its jobs (broker.Server.Pull; pull.go) rather than
+	// have them pushed. It is never in the free sets, its leases run to
+	// their deadline whether its session is open or not, and a lease taken
+	// back from it frees its slot at once: it cannot be told.
+	pull bool
 }
 
 func (s *server) capacity() int {
@@ -265,11 +270,13 @@ type Dispatcher struct {
 	connectedByType map[int64]int
 	leases          map[int64]*lease // current leases by id
 	leaseByJob      map[int64]*lease
-	cancelled       map[int64]*class // queued jobs cancelled, dropped when reached; their class if known
+	cancelled       map[int64]*class // queued jobs cancelled (or finished by a late result), dropped when reached; their class if known
 	// reopened are jobs reopened while their entry from before their
 	// cancellation was still queued: the entry takes these fields when a
 	// server reaches it, rather than a second entry joining it.
 	reopened  map[int64]qjob
+	late      map[int64]*lease // expired leases of pulling servers whose result may still come (pull.go)
+	lateByJob map[int64]int64  // job id → its lease in late
 	nextLease int64
 	waiters   map[int64][]chan struct{}
 	stats     Stats
@@ -319,6 +326,8 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
 		leases:          make(map[int64]*lease),
 		leaseByJob:      make(map[int64]*lease),
 		cancelled:       make(map[int64]*class),
+		late:            make(map[int64]*lease),
+		lateByJob:       make(map[int64]int64),
 		reopened:        make(map[int64]qjob),
 		waiters:         make(map[int64][]chan struct{}),
 	}
@@ -435,7 +444,7 @@ func (d *Dispatcher) load(ctx context.Context) error {
 	}
 	var expired []*lease
 	err = d.db.LoadOpenJobs(ctx, func(j store.OpenJob) error {
-		cls := d.classFor(j.TypeIDs)
+		cls := d.classFor(j.TypeIDs, j.Queue)
 		q := qjob{id: j.ID, created: j.CreatedAt.UnixMilli(), timeoutMS: j.TimeoutMS,
 			attempts: int32(j.Attempts), maxAttempts: int32(j.MaxAttempts), avoid: j.AvoidServerID}
 		if j.State == broker.JobQueued {
@@ -487,17 +496,17 @@ func (d *Dispatcher) load(ctx context.Context) error {
 func (d *Dispatcher) addServer(s broker.Server, tags []string, now time.Time) *server {
 	srv := &server{id: s.ID, name: s.Name, typeID: s.TypeID, typeName: s.Type, tags: tags,
 		maxJobs: s.MaxConcurrentJobs, fp: s.Cert.Fingerprint, leases: make(map[int64]*lease),
-		lastSeen: s.LastSeen, disconnectedAt: now, wakeupURL: s.WakeupURL}
+		lastSeen: s.LastSeen, disconnectedAt: now, wakeupURL: s.WakeupURL, pull: s.Pull != ""}
 	d.servers[s.ID] = srv
 	d.byName[s.Name] = srv
 	return srv
 }
 
-func (d *Dispatcher) classFor(types []int64) *class {
-	key := classKey(types)
+func (d *Dispatcher) classFor(types []int64, queue string) *class {
+	key := classKey(types, queue)
 	c := d.classes[key]
 	if c == nil {
-		c = newClass(types)
+		c = newClass(types, queue)
 		d.classes[key] = c
 		for _, t := range c.types {
 			d.classesByType[t] = append(d.classesByType[t], c)
@@ -523,12 +532,13 @@ func (d *Dispatcher) dropCancelled(id int64) {
 			c.cancelled--
 		}
 	}
+	d.forgetLate(id)
 }
 
 // updateFree keeps the per-type set of servers with a free slot current.
 func (d *Dispatcher) updateFree(s *server) {
 	set := d.free[s.typeID]
-	if s.freeSlots() > 0 {
+	if s.freeSlots() > 0 && !s.pull {
 		if set == nil {
 			set = make(map[*server]struct{})
 			d.free[s.typeID] = set
@@ -555,9 +565,16 @@ func (d *Dispatcher) otherServerFor(c *class, s *server) bool {
 }
 
 // best finds the job server s should run next, or nil.
-func (d *Dispatcher) best(s *server, nowMS int64) *candidate {
+func (d *Dispatcher) best(s *server, nowMS int64) *candidate { return d.bestOf(s, nowMS, false, "") }
+
+// bestOf is best among every class server s may take jobs of, or, when
+// pulling, those of one pull queue only.
+func (d *Dispatcher) bestOf(s *server, nowMS int64, pulling bool, queue string) *candidate {
 	var win *candidate
 	for _, c := range d.classesByType[s.typeID] {
+		if pulling && c.queue != queue {
+			continue
+		}
 		for c.n > 0 {
 			cand, retry := d.bestIn(c, s, nowMS)
 			if retry {
@@ -607,9 +624,10 @@ func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool)
 	return nil, false
 }
 
-// fill assigns jobs to s while it has free slots and jobs it may take.
+// fill assigns jobs to s while it has free slots and jobs it may take. A
+// pulling server gets its jobs when it asks (Session.Pull) instead.
 func (d *Dispatcher) fill(s *server, now time.Time) {
-	if d.closed {
+	if d.closed || s.pull {
 		return
 	}
 	nowMS := now.UnixMilli()
@@ -650,7 +668,12 @@ func (d *Dispatcher) fillAll(now time.Time) {
 // assign creates a lease of q on s and queues its commit, or writes it into
 // the transaction being applied when d.inline is set; the Assign message
 // goes out after the commit.
-func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int64, now time.Time) {
+func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int64, now time.Time) *lease {
+	if len(d.lateByJob) > 0 {
+		// The job's expired lease is no longer current: a late result of
+		// it is refused from now on.
+		d.forgetLate(q.id)
+	}
 	id := d.nextLease
 	d.nextLease++
 	q.attempts++
@@ -681,6 +704,7 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 			// The job was not queued in the database after all; forget the
 			// lease. This only happens if something bypassed the dispatcher.
 			d.log.Error("assign refused by the database; dropping lease", "job_id", q.id, "lease_id", id, "server", s.name, "err", aerr)
+			l.sess.assignRefused(q.id)
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			d.dropLease(l)
@@ -699,13 +723,14 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 				in.err = in.tx.AssignInserted(q.id, id, s.id, s.name, l.attempt, l.deadline)
 			}
 			in.after = append(in.after, o.after)
-			return
+			return l
 		}
 		// Any other job (a requeued one, say) may have changes queued for
 		// the writer that this transaction has not applied yet: its lease
 		// must be written after them, in queue order.
 	}
 	d.w.enqueue(o)
+	return l
 }
 
 // dropLease forgets a lease everywhere.
@@ -745,7 +770,7 @@ func (d *Dispatcher) revoke(l *lease, reason string) (withdrawn bool) {
 		}
 		return true
 	}
-	if s := l.srv; s != nil && s.sess != nil {
+	if s := l.srv; s != nil && s.sess != nil && !s.pull {
 		l.zombie = true
 		s.leases[l.id] = l
 		s.sess.sendCancel(l, reason)
@@ -918,7 +943,7 @@ func (d *Dispatcher) touchServers() {
 
 func (d *Dispatcher) expire(now time.Time) {
 	for _, s := range d.servers {
-		if s.sess == nil && len(s.leases) > 0 && now.Sub(s.disconnectedAt) >= d.cfg.ReconnectGrace {
+		if s.sess == nil && !s.pull && len(s.leases) > 0 && now.Sub(s.disconnectedAt) >= d.cfg.ReconnectGrace {
 			for _, l := range s.leases {
 				if l.zombie {
 					delete(s.leases, l.id)
@@ -929,7 +954,7 @@ func (d *Dispatcher) expire(now time.Time) {
 		}
 	}
 	for _, l := range d.leases {
-		if l.srv != nil && l.srv.sess == nil {
+		if l.srv != nil && l.srv.sess == nil && !l.srv.pull {
 			continue // waiting for its server to come back
 		}
 		if now.After(l.deadline) {
@@ -941,7 +966,11 @@ func (d *Dispatcher) expire(now time.Time) {
 				d.giveBack(l, broker.EndExpired, reason+"; its Assign had not left the broker, so the attempt does not count", "broker")
 				continue
 			}
+			requeued := l.q.attempts < l.q.maxAttempts
 			d.requeueOrFail(l, broker.EndExpired, reason, "broker")
+			if requeued && l.srv != nil && l.srv.pull {
+				d.rememberLate(l)
+			}
 		}
 	}
 	d.fillAll(now)

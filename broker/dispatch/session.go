@@ -149,10 +149,17 @@ type Session struct {
 	done   chan struct{}
 	err    error
 	closed bool
+	// pulls is set for a pulling server's session (pull.go): its messages
+	// go to the calls waiting for them rather than to the outbox.
+	pulls *pullWaiters
 }
 
 func newSession(d *Dispatcher, srv *server) *Session {
-	return &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	if srv.pull {
+		s.pulls = &pullWaiters{assigns: make(map[int64]chan *Assign), results: make(map[int64][]chan Message)}
+	}
+	return s
 }
 
 // Ready receives a value when messages wait for Messages to take them.
@@ -198,6 +205,11 @@ func (s *Session) Err() error {
 
 func (s *Session) push(m Message) {
 	s.mu.Lock()
+	if s.pulls != nil {
+		s.toWaiter(m)
+		s.mu.Unlock()
+		return
+	}
 	if !s.closed {
 		s.queue = append(s.queue, m)
 	}
@@ -231,6 +243,19 @@ func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Durati
 	m := &Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
 		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline, RestrictPaths: aj.RestrictPaths}
 	s.mu.Lock()
+	if s.pulls != nil {
+		// A pulling client has its Assign once the Pull waiting for it
+		// takes it; a lease withdrawn meanwhile (the Pull gave up, or the
+		// job was cancelled while the lease was committed) sends nothing.
+		if l.sent.CompareAndSwap(assignPending, assignTaken) {
+			s.toWaiter(m)
+		} else if ch := s.pulls.assigns[l.jobID]; ch != nil {
+			delete(s.pulls.assigns, l.jobID)
+			ch <- nil // withdrawn: the Pull gets nothing, at once
+		}
+		s.mu.Unlock()
+		return
+	}
 	// A lease withdrawn meanwhile (cancelled while it was being committed)
 	// sends nothing; on a closed session the Assign stays pending, never
 	// to leave.
@@ -252,6 +277,11 @@ func (s *Session) sendCancel(l *lease, reason string) {
 // message.
 func (s *Session) sendAck(ref LeaseRef) {
 	s.mu.Lock()
+	if s.pulls != nil {
+		s.toWaiter(&Ack{Leases: []LeaseRef{ref}})
+		s.mu.Unlock()
+		return
+	}
 	if !s.closed {
 		s.acks = append(s.acks, ref)
 	}
@@ -268,6 +298,9 @@ func (d *Dispatcher) Open(ctx context.Context, fingerprint string, h Hello) (*Se
 	rec, tags, err := d.registration(ctx, fingerprint)
 	if err != nil {
 		return nil, Welcome{}, err
+	}
+	if rec.Pull != "" {
+		return nil, Welcome{}, fmt.Errorf("%w: server %s pulls its jobs (%s) and connects no graderd", broker.ErrPermissionDenied, rec.Name, rec.Pull)
 	}
 	sess, w, err := d.attach(rec, tags, h)
 	if err != nil {
@@ -358,6 +391,13 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 	for _, r := range h.Held {
 		held[r.LeaseID] = true
 	}
+	if s.pull {
+		// A pulling client lists nothing: it may still work on every
+		// lease it took, which ends at its deadline.
+		for id := range s.leases {
+			held[id] = true
+		}
+	}
 	for _, l := range s.leases {
 		switch {
 		case held[l.id]:
@@ -426,6 +466,11 @@ func (s *Session) Result(r Result) {
 		d.updateFree(srv)
 	}
 	l := d.leases[r.Lease.LeaseID]
+	if l == nil && s.current() {
+		// A pulling client's result may come after its lease expired,
+		// while the key it holds is still the job's latest (pull.go).
+		l = d.lateLease(srv, r)
+	}
 	if l == nil || l.jobID != r.Lease.JobID || l.srv != srv || !s.current() {
 		d.stats.StaleResults++
 		refill := wasFull && !srv.full

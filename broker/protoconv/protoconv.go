@@ -85,15 +85,47 @@ func PlatformToProto(p broker.Platform) *gradebrokerv1.Platform {
 // (connected, slots, running) are the dispatcher's and are left for the
 // caller; last_seen is the stored one.
 func ServerToProto(s broker.Server) *gradebrokerv1.Server {
-	return &gradebrokerv1.Server{
+	out := &gradebrokerv1.Server{
 		Name:              s.Name,
-		Certificate:       CertIdentityToProto(s.Cert),
 		Type:              s.Type,
 		MaxConcurrentJobs: Count(s.MaxConcurrentJobs),
 		WakeupUrl:         s.WakeupURL,
 		CreatedAt:         Timestamp(s.CreatedAt),
 		LastSeen:          Timestamp(s.LastSeen),
 		WakeupFails:       Count(s.WakeupFails),
+		Pull:              s.Pull,
+	}
+	// A pulling client's identity is a placeholder, not a certificate.
+	if s.Pull == "" {
+		out.Certificate = CertIdentityToProto(s.Cert)
+	}
+	return out
+}
+
+// XQueueQueueToProto converts an XQueue queue; waiting is left for the
+// caller.
+func XQueueQueueToProto(q broker.XQueueQueue) *gradebrokerv1.XQueueQueue {
+	out := &gradebrokerv1.XQueueQueue{Name: q.Name, Tags: q.Tags, Type: q.Type, CreatedAt: Timestamp(q.CreatedAt)}
+	if q.Timeout > 0 {
+		out.Timeout = durationpb.New(q.Timeout)
+	}
+	return out
+}
+
+// XQueueUserToProto converts an XQueue user, without its password hash or
+// its callbacks' password.
+func XQueueUserToProto(u broker.XQueueUser) *gradebrokerv1.XQueueUser {
+	return &gradebrokerv1.XQueueUser{
+		Name:                    u.Name,
+		Platform:                u.Platform,
+		CallbackHosts:           u.CallbackHosts,
+		HttpCallbackHosts:       u.HTTPCallbackHosts,
+		CallbackAuthUser:        u.CallbackAuthUser,
+		CallbackAuthPasswordSet: u.CallbackAuthPassword != "",
+		PullQueues:              u.PullQueues,
+		MaxJobs:                 Count(u.MaxJobs),
+		CreatedAt:               Timestamp(u.CreatedAt),
+		UpdatedAt:               Timestamp(u.UpdatedAt),
 	}
 }
 

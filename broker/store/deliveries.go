@@ -355,7 +355,7 @@ func (db *DB) Redeliver(ctx context.Context, sel Redelivery) (int, error) {
 		q := `INSERT INTO deliveries (job_id, platform_id, state, next_attempt_at, created_at)
 			SELECT d.job_id, d.platform_id, 1, ?, ? FROM deliveries d
 			JOIN jobs j ON j.id = d.job_id JOIN platforms p ON p.id = d.platform_id
-			WHERE d.state = 3 AND j.state IN (3, 4, 5) AND p.return_url != ''
+			WHERE d.state = 3 AND j.state IN (3, 4, 5) AND (p.return_url != '' OR p.protocol = 'xqueue')
 			AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.job_id = d.job_id AND n.id > d.id)`
 		args := []any{now, now}
 		if pid != 0 {
@@ -380,11 +380,11 @@ func (db *DB) Redeliver(ctx context.Context, sel Redelivery) (int, error) {
 func redeliverOne(ctx context.Context, tx *sql.Tx, id, now int64) (int, error) {
 	var state, jobState int
 	var jobID, newer int64
-	var returnURL string
-	err := tx.QueryRowContext(ctx, `SELECT d.state, d.job_id, j.state, p.return_url,
+	var returnURL, protocol string
+	err := tx.QueryRowContext(ctx, `SELECT d.state, d.job_id, j.state, p.return_url, p.protocol,
 		COALESCE((SELECT MAX(n.id) FROM deliveries n WHERE n.job_id = d.job_id AND n.id > d.id), 0)
 		FROM deliveries d JOIN jobs j ON j.id = d.job_id JOIN platforms p ON p.id = d.platform_id
-		WHERE d.id = ?`, id).Scan(&state, &jobID, &jobState, &returnURL, &newer)
+		WHERE d.id = ?`, id).Scan(&state, &jobID, &jobState, &returnURL, &protocol, &newer)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("%w: delivery %d", broker.ErrNotFound, id)
 	}
@@ -403,7 +403,8 @@ func redeliverOne(ctx context.Context, tx *sql.Tx, id, now int64) (int, error) {
 		return 0, fmt.Errorf("%w: delivery %d of job %d is superseded by delivery %d", broker.ErrFailedPrecondition, id, jobID, newer)
 	case !broker.JobState(jobState).Final():
 		return 0, fmt.Errorf("%w: job %d of delivery %d is %s again; its next final state will be delivered", broker.ErrFailedPrecondition, jobID, id, broker.JobState(jobState))
-	case returnURL == "":
+	case returnURL == "" && broker.Protocol(protocol) != broker.ProtocolXQueue:
+		// XQueue's submissions each name where their result goes.
 		return 0, fmt.Errorf("%w: the platform of delivery %d has no return_url; set one first", broker.ErrFailedPrecondition, id)
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO deliveries (job_id, platform_id, state, next_attempt_at, created_at)

@@ -72,7 +72,8 @@ type JobFilter struct {
 const jobSelect = `j.id, j.platform_id, p.name, j.name, j.state, j.priority, j.tags, j.timeout_ms,
 	COALESCE(j.idempotency_key, ''), j.restrict_paths, j.attempts, j.max_attempts, j.lease_id,
 	j.server_name, j.error, j.created_at, j.updated_at, j.finished_at,
-	COALESCE((SELECT d.state FROM deliveries d WHERE d.job_id = j.id ORDER BY d.id DESC LIMIT 1), 0)`
+	COALESCE((SELECT d.state FROM deliveries d WHERE d.job_id = j.id ORDER BY d.id DESC LIMIT 1), 0),
+	COALESCE(j.queue, '')`
 
 // jobColumns is jobSelect from a job and its platform.
 const jobColumns = jobSelect + ` FROM jobs j JOIN platforms p ON p.id = j.platform_id`
@@ -84,7 +85,7 @@ func scanJob(row rowScanner) (broker.Job, error) {
 	var leaseID, finished sql.NullInt64
 	if err := row.Scan(&j.ID, &j.PlatformID, &j.Platform, &j.Name, &j.State, &j.Priority, &tags, &timeoutMS,
 		&j.IdempotencyKey, &paths, &j.Attempts, &j.MaxAttempts, &leaseID,
-		&j.Server, &j.Error, &created, &updated, &finished, &j.Delivery); err != nil {
+		&j.Server, &j.Error, &created, &updated, &finished, &j.Delivery, &j.Queue); err != nil {
 		return j, err
 	}
 	if err := json.Unmarshal([]byte(tags), &j.Tags); err != nil {

@@ -153,15 +153,18 @@ type Inserted struct {
 func (t *JobTx) InsertJob(nj broker.NewJob, actor string) (Inserted, error) {
 	tags, _ := json.Marshal(nonNil(nj.Tags))
 	paths, _ := json.Marshal(nonNil(nj.RestrictPaths))
-	var key any
+	var key, queue any
 	if nj.IdempotencyKey != "" {
 		key = nj.IdempotencyKey
 	}
+	if nj.Queue != "" {
+		queue = nj.Queue
+	}
 	res, err := t.exec(`INSERT INTO jobs (platform_id, name, state, priority, tags, timeout_ms, idempotency_key,
-		jobdata, restrict_paths, max_attempts, created_at, updated_at)
-		VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform_id, idempotency_key) DO NOTHING`,
+		jobdata, restrict_paths, max_attempts, queue, created_at, updated_at)
+		VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform_id, idempotency_key) DO NOTHING`,
 		nj.PlatformID, nj.Name, nj.Priority, string(tags), nj.Timeout.Milliseconds(), key,
-		nj.JobData, string(paths), nj.MaxAttempts, t.now, t.now)
+		nj.JobData, string(paths), nj.MaxAttempts, queue, t.now, t.now)
 	if err != nil {
 		return Inserted{}, translate(err)
 	}
@@ -338,11 +341,16 @@ type Final struct {
 	Error      string
 	Actor      string
 	Detail     string
+	// Quiet makes no delivery: the platform is not to hear of this end
+	// (an XQueue submission retired by a newer one, whose result XQueue
+	// never posts).
+	Quiet bool
 }
 
 // Finish makes a job final: its state, its result row when a lease reported
 // one, a "done"/"failed"/"cancelled" event, and a pending delivery to its
-// platform (when the platform has a return URL), all in this transaction. It
+// platform (when its results go anywhere, and f is not Quiet), all in this
+// transaction. It
 // returns the delivery's id, or 0. It returns ErrFailedPrecondition when the
 // job is already final, and ErrNotFound when it does not exist.
 func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
@@ -380,6 +388,9 @@ func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
 	if err := t.Event(jobID, f.State.String(), f.Actor, f.LeaseID, detail); err != nil {
 		return 0, err
 	}
+	if f.Quiet {
+		return 0, nil
+	}
 	platform := f.PlatformID
 	if platform == 0 {
 		if err := t.tx.QueryRowContext(t.ctx, `SELECT platform_id FROM jobs WHERE id = ?`, jobID).Scan(&platform); err != nil {
@@ -402,22 +413,25 @@ func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
 	return id, nil
 }
 
-// wantsCallbacks reports whether a platform has a return URL, from a cache
-// that every platform change in this package invalidates.
+// wantsCallbacks reports whether a platform's results are sent anywhere:
+// it has a return URL, or its protocol is XQueue's, whose submissions each
+// name where their result goes. The answer comes from a cache that every
+// platform change in this package invalidates.
 func (db *DB) wantsCallbacks(ctx context.Context, tx *sql.Conn, platformID int64) (bool, error) {
 	if v, ok := db.callbacks.Load(platformID); ok {
 		return v.(bool), nil
 	}
-	var url string
-	err := tx.QueryRowContext(ctx, `SELECT return_url FROM platforms WHERE id = ?`, platformID).Scan(&url)
+	var url, protocol string
+	err := tx.QueryRowContext(ctx, `SELECT return_url, protocol FROM platforms WHERE id = ?`, platformID).Scan(&url, &protocol)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, translate(err)
 	}
-	db.callbacks.Store(platformID, url != "")
-	return url != "", nil
+	wants := url != "" || broker.Protocol(protocol) == broker.ProtocolXQueue
+	db.callbacks.Store(platformID, wants)
+	return wants, nil
 }
 
 // Reopen puts a failed or cancelled job back in the queue with fresh
@@ -466,10 +480,12 @@ type OpenJob struct {
 	LeaseID       int64
 	AvoidServerID int64
 	TypeIDs       []int64
+	Queue         string // its pull queue, if any
 }
 
 const openJobQuery = `SELECT j.id, j.platform_id, j.priority, j.state, j.created_at, j.timeout_ms, j.attempts,
-	j.max_attempts, COALESCE(j.lease_id, 0), COALESCE(j.avoid_server_id, 0), COALESCE(group_concat(jt.type_id), '')
+	j.max_attempts, COALESCE(j.lease_id, 0), COALESCE(j.avoid_server_id, 0), COALESCE(group_concat(jt.type_id), ''),
+	COALESCE(j.queue, '')
 	FROM jobs j LEFT JOIN job_types jt ON jt.job_id = j.id`
 
 func scanOpenJob(row rowScanner) (OpenJob, error) {
@@ -478,7 +494,7 @@ func scanOpenJob(row rowScanner) (OpenJob, error) {
 	var created int64
 	var types string
 	if err := row.Scan(&j.ID, &j.PlatformID, &j.Priority, &state, &created, &j.TimeoutMS, &j.Attempts,
-		&j.MaxAttempts, &j.LeaseID, &j.AvoidServerID, &types); err != nil {
+		&j.MaxAttempts, &j.LeaseID, &j.AvoidServerID, &types, &j.Queue); err != nil {
 		return j, translate(err)
 	}
 	j.State, j.CreatedAt = broker.JobState(state), fromMS(created)
@@ -574,16 +590,24 @@ func (db *DB) JobState(ctx context.Context, jobID int64) (broker.JobState, int64
 	return broker.JobState(state), platform, err
 }
 
-// JobTypeIDs returns the server types that may take job jobID, sorted;
-// none for a job that does not exist.
-func (db *DB) JobTypeIDs(ctx context.Context, jobID int64) ([]int64, error) {
+// JobClass returns what decides which queue of the dispatcher job jobID is
+// in: the server types that may take it, sorted, and its pull queue. A job
+// that does not exist has none.
+func (db *DB) JobClass(ctx context.Context, jobID int64) ([]int64, string, error) {
 	var ids []int64
+	var queue sql.NullString
 	err := db.read(ctx, func(tx *sql.Tx) error {
 		var err error
-		ids, err = jobTypeIDs(ctx, tx, jobID)
+		if ids, err = jobTypeIDs(ctx, tx, jobID); err != nil {
+			return err
+		}
+		err = tx.QueryRowContext(ctx, `SELECT queue FROM jobs WHERE id = ?`, jobID).Scan(&queue)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
 		return err
 	})
-	return ids, err
+	return ids, queue.String, err
 }
 
 // TouchServers records when servers were last heard from.

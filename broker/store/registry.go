@@ -245,7 +245,7 @@ func (db *DB) UpdateServerType(ctx context.Context, name string, tags []string) 
 			return err
 		}
 		st = broker.ServerType{ID: typeID, Name: name, Tags: tags}
-		return nil
+		return checkQueuesCovered(ctx, tx, st)
 	})
 	return st, err
 }
@@ -296,6 +296,15 @@ func (db *DB) RemoveServerType(ctx context.Context, name string) error {
 			WHERE st.name = ? LIMIT 1`, name).Scan(&server)
 		if err == nil {
 			return fmt.Errorf("%w: server type %q is the type of server %q", broker.ErrInUse, name, server)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		var queue string
+		err = tx.QueryRowContext(ctx, `SELECT q.name FROM xqueue_queues q JOIN server_types st ON st.id = q.type_id
+			WHERE st.name = ? LIMIT 1`, name).Scan(&queue)
+		if err == nil {
+			return fmt.Errorf("%w: server type %q is the type of XQueue queue %q's pulling clients", broker.ErrInUse, name, queue)
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
@@ -473,6 +482,14 @@ func (db *DB) RemovePlatform(ctx context.Context, name string) error {
 		if n > 0 {
 			return fmt.Errorf("%w: platform %q has %d unfinished job(s); cancel them first", broker.ErrInUse, name, n)
 		}
+		var user string
+		err = tx.QueryRowContext(ctx, `SELECT name FROM xqueue_users WHERE platform_id = ? LIMIT 1`, id).Scan(&user)
+		if err == nil {
+			return fmt.Errorf("%w: platform %q is the platform of XQueue user %q; remove the user or give it another platform first", broker.ErrInUse, name, user)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM platforms WHERE id = ?`, id)
 		defer db.callbacks.Delete(id)
 		return err
@@ -550,6 +567,13 @@ func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (br
 			}
 		}
 		if u.Cert != nil {
+			var pull string
+			if err := tx.QueryRowContext(ctx, `SELECT pull FROM servers WHERE id = ?`, id).Scan(&pull); err != nil {
+				return err
+			}
+			if pull != "" {
+				return fmt.Errorf("%w: server %q is a client that pulls its jobs (%s), which has no certificate", broker.ErrInvalid, name, pull)
+			}
 			if err := checkIdentityFree(ctx, tx, *u.Cert, "servers", id); err != nil {
 				return err
 			}
@@ -567,13 +591,13 @@ func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (br
 
 const serverColumns = `s.id, s.name, s.cert_serial, s.cert_issuer, s.cert_subject, s.cert_fingerprint,
 	s.cert_not_after, st.name, s.type_id, s.max_concurrent_jobs, s.wakeup_url, s.wakeup_fails, s.last_seen,
-	s.created_at FROM servers s JOIN server_types st ON st.id = s.type_id`
+	s.created_at, s.pull FROM servers s JOIN server_types st ON st.id = s.type_id`
 
 func scanServer(row rowScanner) (broker.Server, error) {
 	var s broker.Server
 	var notAfter, lastSeen, created int64
 	err := row.Scan(&s.ID, &s.Name, &s.Cert.Serial, &s.Cert.Issuer, &s.Cert.Subject, &s.Cert.Fingerprint,
-		&notAfter, &s.Type, &s.TypeID, &s.MaxConcurrentJobs, &s.WakeupURL, &s.WakeupFails, &lastSeen, &created)
+		&notAfter, &s.Type, &s.TypeID, &s.MaxConcurrentJobs, &s.WakeupURL, &s.WakeupFails, &lastSeen, &created, &s.Pull)
 	s.Cert.Role = "server"
 	s.Cert.NotAfter, s.LastSeen, s.CreatedAt = fromMS(notAfter), fromMS(lastSeen), fromMS(created)
 	return s, err

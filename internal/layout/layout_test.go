@@ -91,7 +91,7 @@ func home(tech string, homes []string, prefixes ...string) rule {
 
 // edgeAdapters are the packages that translate an outside protocol into the
 // broker's services. A console or a compatibility layer joins the list.
-var edgeAdapters = []string{"broker/platform", "broker/adminapi", "broker/graderapi"}
+var edgeAdapters = []string{"broker/platform", "broker/adminapi", "broker/graderapi", "broker/xqueue"}
 
 // serviceAdapters are adapters over one edge adapter's service: another
 // protocol for the same requests. Each depends on its service's package

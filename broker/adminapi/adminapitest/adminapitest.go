@@ -230,6 +230,7 @@ type FakeDispatcher struct {
 	mu     sync.Mutex
 	calls  []Call
 	status map[string]Status
+	queues map[string]int
 	jobErr error
 	ops    opsState // the incident methods' state, in ops.go
 }
@@ -238,7 +239,7 @@ var _ adminapi.Dispatcher = (*FakeDispatcher)(nil)
 
 // NewFakeDispatcher returns a dispatcher that knows no connected server.
 func NewFakeDispatcher() *FakeDispatcher {
-	return &FakeDispatcher{status: map[string]Status{}}
+	return &FakeDispatcher{status: map[string]Status{}, queues: map[string]int{}}
 }
 
 // SetStatus sets what ServerStatus and ServerRemoved report for server name.
@@ -279,6 +280,20 @@ func (f *FakeDispatcher) ServerRemoved(_ context.Context, name string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.status[name].RequeueOnDrop
+}
+
+// SetQueueLength sets what QueueLength reports for pull queue queue.
+func (f *FakeDispatcher) SetQueueLength(queue string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.queues[queue] = n
+}
+
+// QueueLength reports what SetQueueLength set; it is not recorded.
+func (f *FakeDispatcher) QueueLength(queue string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.queues[queue]
 }
 
 // ServerStatus reports what SetStatus set; it is not recorded, since lists
