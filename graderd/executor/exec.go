@@ -171,9 +171,8 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		defer st.sandbox.finish()
 		st.cmd, st.group = st.sandbox.cmd, st.sandbox.group
 	} else {
-		if err := e.startUnconfined(&st, job, argv, limits, bytes.NewReader(stdin), stdout, stderr, log); err != nil {
-			return Temporary(err.Error())
-		}
+		// Cleaned up also when the start fails half way: the cgroup, the
+		// record and the work directory may exist by then.
 		defer func() {
 			if st.group != nil {
 				_ = st.group.Remove()
@@ -181,8 +180,13 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 			if st.recordPath != "" {
 				_ = os.Remove(st.recordPath)
 			}
-			removeWorkDir(st.workDir, log)
+			if st.workDir != "" {
+				removeWorkDir(st.workDir, log)
+			}
 		}()
+		if err := e.startUnconfined(&st, job, argv, limits, bytes.NewReader(stdin), stdout, stderr, log); err != nil {
+			return Temporary(err.Error())
+		}
 	}
 	start := time.Now()
 	pid := st.cmd.Process.Pid
@@ -334,7 +338,21 @@ func (e *Exec) startUnconfined(st *started, job Job, argv []string, limits Limit
 		WaitDelay:   pipeGrace,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
+	record := func(rec runRecord) {
+		if e.RunDir == "" {
+			return
+		}
+		if path, err := e.recordFile(job.LeaseID)(rec); err != nil {
+			log.Warn("cannot record the run; a crash of graderd would leave it running", "err", err)
+		} else {
+			st.recordPath = path
+		}
+	}
 	if st.group != nil {
+		// Recorded before the grader's first instruction: whatever it
+		// starts is in the cgroup, and a graderd killed at any moment
+		// after this leaves a record that reaches all of it.
+		record(runRecord{bootID: bootID(), cgroups: st.group.Dirs()})
 		err = st.group.Start(st.cmd, nil)
 	} else {
 		err = st.cmd.Start()
@@ -342,19 +360,15 @@ func (e *Exec) startUnconfined(st *started, job Job, argv []string, limits Limit
 	if err != nil {
 		return fmt.Errorf("cannot start grader: %v", err)
 	}
-	if e.RunDir != "" {
+	if st.group == nil {
+		// Without a cgroup only the process group can be recorded, once
+		// it exists: a crash between the start and this record leaves the
+		// grader running (see orphans.go).
 		rec := runRecord{bootID: bootID(), pgid: st.cmd.Process.Pid}
-		if st.group != nil {
-			rec.cgroups = st.group.Dirs()
-		}
 		if _, start, err := procStat(rec.pgid); err == nil {
 			rec.start = start
 		}
-		if path, err := e.recordFile(job.LeaseID)(rec); err != nil {
-			log.Warn("cannot record the grader's process group; a crash of graderd would leave it running", "err", err)
-		} else {
-			st.recordPath = path
-		}
+		record(rec)
 	}
 	return nil
 }
