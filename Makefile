@@ -18,9 +18,10 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/broker, bin/graderd, bin/samplegrader and bin/gbpod (needs Go and gcc).
+build: ## Build bin/broker, bin/graderd, bin/gb-scenario-runner, bin/samplegrader and bin/gbpod (needs Go and gcc).
 	$(GO) build -o bin/broker ./broker/cmd/broker
 	$(GO) build -o bin/graderd ./graderd/cmd/graderd
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/gb-scenario-runner ./graderd/cmd/gb-scenario-runner
 	$(GO) build -o bin/samplegrader ./examples/samplegrader
 	CGO_ENABLED=0 $(GO) build -o bin/gbpod ./graderd/cmd/gbpod
 
@@ -31,6 +32,10 @@ run: build ## Run a broker, one graderd and the sample grader on embedded defaul
 .PHONY: demo
 demo: build ## Grade one job end to end through the REST gateway, print the result, stop.
 	bash scripts/demo.sh demo
+
+.PHONY: scenarios-demo
+scenarios-demo: build ## Grade the sample service's correct and buggy variants by HTTP scenarios (needs a Docker engine).
+	bash scripts/scenarios-demo.sh
 
 .PHONY: dev-pki
 dev-pki: ## Make a development CA, certificates and token keys in ./dev.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/gradebroker/gradebroker/certs"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
@@ -21,6 +22,12 @@ import (
 
 // resultJSON is what every fake grader answers.
 var resultJSON = []byte(`{"score":100}`)
+
+// resultUsage is what every fake grader says its run used: graderd sends
+// one with every result, and the broker stores it with the attempt and
+// feeds the run histograms with it. (Read-only: one message for all.)
+var resultUsage = &gbv1.Usage{CpuTime: durationpb.New(3 * time.Millisecond), PeakMemoryBytes: 8 << 20,
+	WallTime: durationpb.New(5 * time.Millisecond)}
 
 // Tally counts what all the fake graders of one run saw. Times are
 // nanoseconds on the run's monotonic clock (since Tally.base).
@@ -207,7 +214,8 @@ func (c *Client) recvLoop() {
 			}
 			if c.answer {
 				c.queue(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Result{Result: &gbv1.Result{
-					JobId: x.Assign.JobId, LeaseId: x.Assign.LeaseId, Outcome: gbv1.Outcome_OUTCOME_OK, Result: resultJSON}}})
+					JobId: x.Assign.JobId, LeaseId: x.Assign.LeaseId, Outcome: gbv1.Outcome_OUTCOME_OK, Result: resultJSON,
+					Usage: resultUsage}}})
 			}
 		case *gbv1.ConnectResponse_Ack:
 			c.tally.ack(len(x.Ack.Leases))

@@ -21,6 +21,7 @@ type Report struct {
 	Scale      []scaleRow
 	RSS        *rssResult
 	Console    *consoleResult
+	XQueue     *xqueueResult
 	Elapsed    time.Duration
 }
 
@@ -368,6 +369,9 @@ func (r *Report) Write(w io.Writer) error {
 		p("")
 	}
 
+	if x := r.XQueue; x != nil {
+		writeXQueue(p, x, o)
+	}
 	if c := r.Console; c != nil {
 		writeConsole(p, c, o)
 	}

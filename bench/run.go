@@ -66,6 +66,10 @@ type Options struct {
 	ConsoleSSE     int
 	ConsoleRepeats int
 
+	// XQueueClients is the XQueue scenario's concurrent LMS and
+	// xqueue-watcher clients (and the native stream's slots beside them).
+	XQueueClients int
+
 	LogLevel   string // the broker's log level in the drains
 	InfoLogRow bool   // add a 4 × 16 run at log level info (to a file)
 
@@ -127,15 +131,17 @@ func (o *Options) Defaults() error {
 	seti(&o.ConsoleRenders, 200)
 	seti(&o.ConsoleSSE, 50)
 	seti(&o.ConsoleRepeats, p.repeats)
+	seti(&o.XQueueClients, 16)
 	if o.LogLevel == "" {
 		o.LogLevel = "warn"
 	}
+	all := []string{"throughput", "latency", "scale", "rss", "console", "xqueue"}
 	if len(o.Scenarios) == 0 {
-		o.Scenarios = []string{"throughput", "latency", "scale", "rss", "console"}
+		o.Scenarios = all
 	}
 	for _, s := range o.Scenarios {
-		if !slices.Contains([]string{"throughput", "latency", "scale", "rss", "console"}, s) {
-			return fmt.Errorf("scenario %q: want throughput, latency, scale, rss or console", s)
+		if !slices.Contains(all, s) {
+			return fmt.Errorf("scenario %q: want throughput, latency, scale, rss, console or xqueue", s)
 		}
 	}
 	return nil
@@ -359,6 +365,11 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 	if o.want("console") {
 		if rep.Console, err = runConsole(ctx, o, p, dir, bench, logFile); err != nil {
 			return fmt.Errorf("console: %w", err)
+		}
+	}
+	if o.want("xqueue") {
+		if rep.XQueue, err = runXQueue(ctx, o, p, dir, bench, logFile); err != nil {
+			return fmt.Errorf("xqueue: %w", err)
 		}
 	}
 	rep.Machine.LoadEnd = loadavg()

@@ -77,17 +77,56 @@ func (t ServerType) Covers(tags []string) bool {
 // nowhere).
 const ConsolePlatform = "@console"
 
+// Protocol is the protocol a platform speaks: how its jobs reach the broker
+// and, above all, how its results are sent back. Each protocol has its
+// edge adapter for requests and its own way of turning a delivery into a
+// request in the one result outbox (broker/delivery); the broker accepts
+// for a platform only the protocols it can deliver.
+type Protocol string
+
+// ProtocolGradebroker is gradebroker's own protocol: tokens to the REST
+// gateway, and a signed and encrypted callback token POSTed to the
+// platform's return_url. It is every platform's protocol unless an operator
+// chose another.
+const ProtocolGradebroker Protocol = "gradebroker"
+
+// ProtocolGraderqueue is France-ioi's graderqueue's protocol: tokens to
+// api.php (broker/graderqueue), and results POSTed to the platform's
+// return_url as graderqueue's sendresults.php posted them, a form field
+// sToken holding {"sTaskName", "sResultData", "date"}.
+const ProtocolGraderqueue Protocol = "graderqueue"
+
 // Platform is a client that submits jobs and receives their results.
 type Platform struct {
 	ID            int64
 	Name          string
+	Protocol      Protocol
 	PublicKeyPEM  string
 	ReturnURL     string
 	RestrictPaths []string
 	ForceTag      string
 	Cert          *CertIdentity
 	CreatedAt     time.Time
+	// LegacyTokens allows the tokens graderqueue's platforms make: no kid,
+	// iat, exp or jti, a date claim (see token.Opener.OpenWith).
+	LegacyTokens bool
 }
+
+// Executor is one of a grading server's executors, as graderd reports it
+// when it connects.
+type Executor struct {
+	// Name is its name in graderd's config ("default" for the default one).
+	Name string
+	// Type is its kind: "exec", "docker", "kubernetes"...
+	Type string
+	// Sandbox is how its runs are isolated ("crun", "docker"...), or
+	// SandboxNone when an operator turned isolation off.
+	Sandbox string
+}
+
+// SandboxNone is Executor.Sandbox of an executor whose graders run with
+// graderd's own powers.
+const SandboxNone = "none"
 
 // Server is one registered grading machine.
 type Server struct {
@@ -101,6 +140,12 @@ type Server struct {
 	WakeupFails       int
 	LastSeen          time.Time
 	CreatedAt         time.Time
+	// Pull is empty for a server that runs graderd, which connects with
+	// its certificate and has jobs pushed to it. A server that pulls its
+	// jobs through a compatibility adapter (PullXQueue: an XQueue user
+	// pulling one queue) has no certificate (Cert holds a placeholder no
+	// certificate matches) and gets a job only when it asks for one.
+	Pull string
 }
 
 // JobState is where a job is in its life. The numbers are stored in the
@@ -194,6 +239,10 @@ type NewJob struct {
 	// TypeIDs are the server types whose tags cover Tags, computed once at
 	// submission.
 	TypeIDs []int64
+	// Queue is the pull queue the job was submitted to (XQueue's
+	// queue_name), or empty. A client pulling a queue takes that queue's
+	// jobs only; graderd's servers take any job their type covers.
+	Queue string
 }
 
 // Job is a job as stored.
@@ -221,6 +270,7 @@ type Job struct {
 	UpdatedAt      time.Time
 	FinishedAt     time.Time
 	TypeIDs        []int64
+	Queue          string
 	History        []Attempt
 	Events         []Event
 }
@@ -235,7 +285,47 @@ type Attempt struct {
 	EndedAt    time.Time
 	End        LeaseEnd // empty while the lease runs
 	Reason     string
+	// Usage is what the attempt's run used, when its server reported it;
+	// nil otherwise (the lease ended without a result, or the executor
+	// measured nothing).
+	Usage *Usage
+	// Limit is the limit that ended the run, if one did.
+	Limit Limit
 }
+
+// Usage is what one grading run used, all its processes together, as its
+// server measured it. A zero field was not measured.
+type Usage struct {
+	// CPUTime is user and system CPU time.
+	CPUTime time.Duration
+	// PeakMemory is the highest memory use seen, in bytes.
+	PeakMemory int64
+	// WallTime is the time from the run's start to its end.
+	WallTime time.Duration
+}
+
+// Limit names the limit that ended a grading run; "" when none did. The
+// names are those of gradebroker.v1.Limit, lower case, as stored and as the
+// result callback spells them.
+type Limit string
+
+// The limits that can end a run.
+const (
+	// LimitWallTime: the job's timeout.
+	LimitWallTime Limit = "wall_time"
+	// LimitCPUTime: the CPU time of all the run's processes together.
+	LimitCPUTime Limit = "cpu_time"
+	// LimitMemory: the memory of all the run's processes together.
+	LimitMemory Limit = "memory"
+	// LimitPids: how many processes and threads the run may have.
+	LimitPids Limit = "pids"
+	// LimitOutput: the size of the result.
+	LimitOutput Limit = "output"
+	// LimitDisk: the size of the run's writable file systems.
+	LimitDisk Limit = "disk"
+	// LimitUnknown: a limit this broker does not know (a newer graderd's).
+	LimitUnknown Limit = "unknown"
+)
 
 // LeaseEnd is how a lease ended, as stored with its attempt and shown to
 // operators and platforms.

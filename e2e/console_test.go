@@ -24,6 +24,7 @@ import (
 
 	gb "github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
+	gd "github.com/gradebroker/gradebroker/graderd"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
@@ -228,6 +229,11 @@ func TestConsoleInBrowser(t *testing.T) {
 		op.open(e.console + "/servers")
 		op.click(`form[action="/servers/grader1/drain"] button`)
 		op.waitText("#server-grader1 .state", "drained")
+		// What graderd said of itself: its version, and how its one
+		// executor isolates runs.
+		if v, ex := op.text("#server-grader1 .version"), op.text("#server-grader1 .executors"); v != gd.Version || ex != "default: exec (crun)" {
+			t.Errorf("grader1 shows graderd %q with executors %q; want %q and default: exec (crun)", v, ex, gd.Version)
+		}
 		op.screenshot("servers", 0)
 		id, state := e.send(t, "demo", map[string]any{"tags": "python3", "jobdata": map[string]any{"x": 1}})
 		if state != "JOB_STATE_QUEUED" {
@@ -291,6 +297,12 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		op.click("#requeue")
 		op.waitText("#state", "done")
+		// Each attempt shows what its sandboxed run used.
+		for _, col := range []string{"cpu", "mem", "wall"} {
+			if v := op.text("#attempts tbody tr:last-child ." + col); v == "" || v == "–" {
+				t.Errorf("the last attempt's %s shows %q; want what the run used", col, v)
+			}
+		}
 		if ev := op.text("#events"); !strings.Contains(ev, "console:admin") {
 			t.Errorf("the event trail does not name who requeued: %s", ev)
 		}

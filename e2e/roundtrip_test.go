@@ -92,6 +92,13 @@ func buildSampleGrader(t *testing.T) string {
 // readOnly are paths shown to its sandboxed runs.
 func startGraderdInProcess(t *testing.T, b *broker, name string, command []string, readOnly ...string) {
 	t.Helper()
+	startGraderdWith(t, b, name, gd.ExecutorSpec{Type: gd.ExecutorExec, Command: command, ReadOnlyPaths: readOnly})
+}
+
+// startGraderdWith runs graderd in-process as server name with exec as its
+// default executor.
+func startGraderdWith(t *testing.T, b *broker, name string, exec gd.ExecutorSpec) {
+	t.Helper()
 	cfg := gd.DefaultConfig()
 	cfg.Broker = b.GRPCAddr()
 	cfg.CAFile = filepath.Join(b.dir, "ca.crt")
@@ -101,7 +108,7 @@ func startGraderdInProcess(t *testing.T, b *broker, name string, command []strin
 	cfg.WorkRoot = t.TempDir()
 	cfg.Slots = 2
 	cfg.ReconnectMax = time.Second
-	cfg.DefaultExecutor = gd.ExecutorSpec{Type: gd.ExecutorExec, Command: command, ReadOnlyPaths: readOnly}
+	cfg.DefaultExecutor = exec
 	d, err := gd.New(cfg, nil)
 	if err != nil {
 		t.Fatalf("graderd.New: %v", err)

@@ -204,13 +204,14 @@ serves; unknown keys are an error):
   reconnect_min: 500ms
   reconnect_max: 30s
   testbehavior: 0
+  docker_host: unix:///var/run/docker.sock  # docker and scenarios executors; default DOCKER_HOST
   sandbox:                            # how exec executors isolate runs
     runtime: crun                     # the OCI runtime: a path or a name in PATH
     state_dir: /run/graderd           # the runtime's state and the runs' bundles
     uid_base: 2000000000              # slot N runs as uid and gid uid_base+N
     read_only_paths: [/srv/tasks]     # shown read-only to every run (-/path: if it exists)
     restrict_roots: [/srv/tasks]      # where a platform's restrict_paths may point
-  limits:                             # for every exec executor
+  limits:                             # for every executor
     memory_limit: 512MiB              # all the run's processes and tmpfs files; 0 = none
     cpu_time: 1m                      # all the run's processes; 0 = none
     pids: 256                         # processes and threads at once
@@ -223,7 +224,7 @@ serves; unknown keys are an error):
   # A job runs with the executor of its first tag listed under executors,
   # else with default_executor; with neither it is handed back (TEMPORARY).
   default_executor:
-    type: exec                        # exec or noop
+    type: exec                        # exec, docker, scenarios, kubernetes or noop
     command: [/usr/local/bin/grade, --strict]
     env: [LANG=C.UTF-8]               # the whole environment, with PATH, HOME, TMPDIR
   executors:
@@ -254,6 +255,29 @@ serves; unknown keys are an error):
       start_timeout: 5m               # pulling images: TEMPORARY past it
     bench:
       type: noop
+    containers:
+      type: docker                    # each job in a hardened container of the engine
+      image: graders/python:3.12
+      command: [/usr/local/bin/grade]
+      mounts: [/srv/tasks:/tasks]     # host paths shown read-only
+      memory_limit: 512MiB
+      cpus: 1
+    dbs:
+      type: scenarios                 # a student's service image, graded by HTTP scenarios
+      images: [registry.example.org/dbs/*]
+      image_source: registry          # engine (default), registry or archive
+      registry: {address: registry.example.org, username: grader, password_file: /etc/graderd/registry.pw}
+      remove_image: true
+      scenario_dir: /srv/scenarios    # sets jobs name (inline sets too, unless inline_scenarios: false)
+      ready: {path: /health, timeout: 1m}
+      memory_limit: 512MiB
+      services:                       # fresh for each job, in the job's network namespace
+        - name: db
+          image: postgres:16
+          port: 5432
+          user: "999:999"
+          env: ["POSTGRES_USER={{.User}}", "POSTGRES_PASSWORD={{.Password}}", "POSTGRES_DB={{.Database}}"]
+          tmpfs: {/var/lib/postgresql/data: "size=256m,uid=999,gid=999,mode=0700", /var/run/postgresql: "size=1m,uid=999,gid=999"}
   kubernetes:                         # the cluster of kubernetes executors
     kubeconfig: ""                    # default: in-cluster (graderd's pod's ServiceAccount)
     context: ""
@@ -263,6 +287,22 @@ serves; unknown keys are an error):
 An exec grader reads the job as one JSON object on standard input, prints
 its result as JSON on standard output and exits 0 (OK), 1 (FATAL), 2 or
 anything else (TEMPORARY: retried elsewhere).
+
+France-ioi's taskgrader, as graderqueue's graderserver ran it: an exec
+executor with a taskgrader key gives the grader the bare jobdata, with
+rootPath, taskPath ("$ROOT_PATH/..." or "zip:ID" rewritten) and
+restrictToPaths as graderserver made them, and turns its output into
+graderserver's result, {"errorcode": 0, "errormsg": "...", "jobdata": ...}:
+
+  executors:
+    taskgrader:
+      type: exec
+      command: [/opt/taskgrader/taskgrader.py]
+      taskgrader:
+        root_path: /srv/tasks         # CFG_GRADERQUEUE_ROOT; shown read-only to the runs
+        zip_root: /srv/zips           # CFG_ZIP_TARGET
+        vars: {TASKS: /srv/tasks}     # CFG_GRADERQUEUE_VARS, for $TASKS in restrictToPaths
+        restrict_paths: [/srv/common] # CFG_SERVER_RESTRICT
 
 Sandbox: graderd runs as root and runs each exec grader in a sandbox made
 with crun: a uid of the slot's own, no capabilities, a seccomp filter, its

@@ -8,6 +8,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"path"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/gradebroker/gradebroker/graderd/executor"
+	"github.com/gradebroker/gradebroker/graderd/executor/docker"
 )
 
 // Defaults of Config, as DefaultConfig sets them.
@@ -43,10 +47,18 @@ const (
 	ExecutorExec = "exec"
 	// ExecutorNoop answers every job with OK {"noop":true} (executor.Noop).
 	ExecutorNoop = "noop"
+	// ExecutorDocker runs each job's grader in a container (docker.Executor).
+	ExecutorDocker = "docker"
+	// ExecutorScenarios grades a student's service image by HTTP scenarios
+	// (docker.Scenarios).
+	ExecutorScenarios = "scenarios"
 	// ExecutorKubernetes runs each job as a pod of a Kubernetes cluster
-	// (package executor/kubernetes).
+	// (kubernetes.Executor).
 	ExecutorKubernetes = "kubernetes"
 )
+
+// executorTypes lists the executor types, for messages.
+var executorTypes = []string{ExecutorExec, ExecutorDocker, ExecutorScenarios, ExecutorKubernetes, ExecutorNoop}
 
 // DefaultKubernetesNamespace is where kubernetes executors run their pods
 // unless kubernetes.namespace says otherwise; deploy/kubernetes makes it.
@@ -82,7 +94,13 @@ type Config struct {
 	// Sandbox is how exec executors isolate their runs (unless an executor
 	// says sandbox: none).
 	Sandbox SandboxSettings `yaml:"sandbox"`
-	// Limits apply to every exec executor that does not set its own.
+	// DockerHost is the Docker engine of the docker and scenarios
+	// executors ("unix:///var/run/docker.sock", "tcp://..."); empty means
+	// DOCKER_HOST, else the local socket.
+	DockerHost string `yaml:"docker_host"`
+	// Limits apply to every executor (exec, docker, scenarios,
+	// kubernetes) that does not set its own; kubernetes executors leave
+	// out pids and cpu_time, which a pod cannot have.
 	Limits Limits `yaml:"limits"`
 	// Kubernetes is the cluster of the kubernetes executors.
 	Kubernetes KubernetesSettings `yaml:"kubernetes"`
@@ -166,18 +184,10 @@ type KubernetesSettings struct {
 	EntrypointImage string `yaml:"entrypoint_image"`
 }
 
-// PodSettings are a kubernetes executor's settings beside its image,
-// command, env and limits (see kubernetes.Config). Image, CPUs and User
-// mean what they mean for the container executors.
+// PodSettings are a kubernetes executor's settings beside its command, env,
+// limits and the image, cpus and user it shares with the container
+// executors (Containers); see kubernetes.Config.
 type PodSettings struct {
-	// Image is the grading image.
-	Image string `yaml:"image"`
-	// CPUs is the pod's CPU request and limit, in CPUs (0.5, 2); 0 means
-	// executor.DefaultContainerCPUs.
-	CPUs float64 `yaml:"cpus"`
-	// User is the containers' numeric uid[:gid]; default 65534:65534.
-	// Never root.
-	User string `yaml:"user"`
 	// EphemeralStorage is the pod's ephemeral-storage request and limit;
 	// default 256MiB.
 	EphemeralStorage ByteSize `yaml:"ephemeral_storage"`
@@ -196,7 +206,7 @@ type PodSettings struct {
 }
 
 func (p PodSettings) set() bool {
-	return p.Image != "" || p.CPUs != 0 || p.User != "" || p.EphemeralStorage != 0 || len(p.NodeSelector) > 0 || p.RuntimeClass != "" ||
+	return p.EphemeralStorage != 0 || len(p.NodeSelector) > 0 || p.RuntimeClass != "" ||
 		p.ImagePullPolicy != "" || len(p.ImagePullSecrets) > 0 || p.ScheduleTimeout != 0 || p.StartTimeout != 0
 }
 
@@ -239,13 +249,17 @@ type Limits struct {
 
 // ExecutorSpec describes one executor in the configuration.
 type ExecutorSpec struct {
-	// Type is ExecutorExec, ExecutorKubernetes or ExecutorNoop.
+	// Type is one of ExecutorExec, ExecutorDocker, ExecutorScenarios,
+	// ExecutorKubernetes and ExecutorNoop.
 	Type string `yaml:"type"`
-	// Command is the grader's argv, for types exec and kubernetes.
+	// Command is the grader's argv, for type exec, and for type kubernetes
+	// in its image; for type docker it replaces the image's entrypoint and
+	// command.
 	Command []string `yaml:"command"`
-	// Env is the grader's environment, as KEY=value, for type exec: in
-	// the sandbox the only variables beside executor.DefaultEnv (which
-	// they may replace), without it added to graderd's own.
+	// Env is the grader's environment, as KEY=value, for types exec and
+	// docker: in the sandbox the only variables beside
+	// executor.DefaultEnv (which they may replace), without it added to
+	// graderd's own, in a container added to the image's.
 	Env []string `yaml:"env"`
 	// Sandbox is "" (the default: graderd's sandbox) or "none", which runs
 	// the graders with graderd's own powers; graderd then warns at every
@@ -259,8 +273,144 @@ type ExecutorSpec struct {
 	ReadOnlyPaths []string `yaml:"read_only_paths"`
 	// Limits override Config.Limits field by field where they are not zero.
 	Limits `yaml:",inline"`
+	// Taskgrader, for type exec, runs France-ioi's taskgrader as
+	// graderqueue's graderserver did (executor.Taskgrader).
+	Taskgrader *TaskgraderSettings `yaml:"taskgrader"`
+
+	// Containers embeds the settings of the docker and scenarios types;
+	// image, cpus and user are also a kubernetes executor's.
+	Containers `yaml:",inline"`
 	// PodSettings are for type kubernetes.
 	PodSettings `yaml:",inline"`
+}
+
+// TaskgraderSettings are graderserver's settings for an exec executor that
+// runs taskgrader; the README's "Moving from graderqueue" puts each beside
+// the graderserver key it replaces.
+type TaskgraderSettings struct {
+	// RootPath is taskgrader's rootPath, what "$ROOT_PATH" in a job's
+	// taskPath stands for (CFG_GRADERQUEUE_ROOT). Required; it is shown
+	// read-only to sandboxed runs.
+	RootPath string `yaml:"root_path"`
+	// ZipRoot is where "zip:ID" tasks lie, as ZIP_ROOT/ID/
+	// (CFG_ZIP_TARGET); shown read-only to sandboxed runs when it exists.
+	ZipRoot string `yaml:"zip_root"`
+	// Vars are substituted for $NAME in restrictToPaths
+	// (CFG_GRADERQUEUE_VARS).
+	Vars map[string]string `yaml:"vars"`
+	// RestrictPaths are appended to every job's restrictToPaths
+	// (CFG_SERVER_RESTRICT).
+	RestrictPaths []string `yaml:"restrict_paths"`
+}
+
+// Containers are the settings of the container executors (types docker
+// and scenarios; see docker.Executor and docker.Scenarios). A kubernetes
+// executor takes Image, CPUs and User from here too, meaning the same for
+// its pods.
+type Containers struct {
+	// Image is a docker or kubernetes executor's grader image.
+	Image string `yaml:"image"`
+	// Images are the patterns (path.Match) of the images a job may name
+	// in its jobdata: another grader image (docker), the student's image
+	// (scenarios, which needs some).
+	Images []string `yaml:"images"`
+	// ImageSource is where images come from: engine (the default),
+	// registry or archive.
+	ImageSource string `yaml:"image_source"`
+	// Registry is where image_source registry pulls from.
+	Registry RegistrySettings `yaml:"registry"`
+	// MaxImageSize bounds a pulled image or a loaded archive; 0 means
+	// docker.DefaultMaxImageSize.
+	MaxImageSize ByteSize `yaml:"max_image_size"`
+	// RemoveImage removes the job's image after its run (archives'
+	// always are).
+	RemoveImage bool `yaml:"remove_image"`
+	// ArchiveURLs are the URL prefixes and ArchiveDirs the directories
+	// image_source archive takes a job's image archive from.
+	ArchiveURLs []string `yaml:"archive_urls"`
+	ArchiveDirs []string `yaml:"archive_dirs"`
+	// User is the grader's or the student's numeric uid:gid; default
+	// 65534:65534. Never root.
+	User string `yaml:"user"`
+	// CPUs is the container's CPU quota (a pod's CPU request and limit),
+	// in CPUs; 0 means executor.DefaultContainerCPUs.
+	CPUs float64 `yaml:"cpus"`
+	// Mounts are host paths shown read-only in a docker executor's
+	// containers, as HOST:CONTAINER.
+	Mounts []string `yaml:"mounts"`
+	// JobFile is a path where a docker executor's containers also find the
+	// job document, read-only.
+	JobFile string `yaml:"job_file"`
+
+	// Port is where the student's service listens (scenarios); 0 means
+	// docker.DefaultServicePort.
+	Port int `yaml:"port"`
+	// Ready is the readiness probe of the student's service.
+	Ready ReadySettings `yaml:"ready"`
+	// ScenarioTimeout bounds a scenario without its own timeout.
+	ScenarioTimeout time.Duration `yaml:"scenario_timeout"`
+	// ScenarioDir holds the scenario sets jobs name (relative to the
+	// working directory graderd starts in).
+	ScenarioDir string `yaml:"scenario_dir"`
+	// InlineScenarios, when false, refuses sets carried in jobdata.
+	InlineScenarios *bool `yaml:"inline_scenarios"`
+	// RunnerImage is the scenario runner's image, which must be on the
+	// engine; empty: graderd makes it from RunnerBinary.
+	RunnerImage string `yaml:"runner_image"`
+	// RunnerBinary is gb-scenario-runner, a static binary; empty means
+	// the one beside graderd's own executable, else in PATH.
+	RunnerBinary string `yaml:"runner_binary"`
+	// Services are the containers each run of a scenarios executor starts
+	// beside the student's.
+	Services []ServiceSettings `yaml:"services"`
+	// ServicesTimeout bounds the wait for the services' ports.
+	ServicesTimeout time.Duration `yaml:"services_timeout"`
+	// StudentEnv is the student's environment, KEY=template; default the
+	// FIIT tester's DATABASE_* variables for the first service.
+	StudentEnv []string `yaml:"student_env"`
+	// MaxBody is how much of each answer is read and compared; 0 means
+	// docker.DefaultMaxBody.
+	MaxBody ByteSize `yaml:"max_body"`
+}
+
+// RegistrySettings name a registry and how to log in.
+type RegistrySettings struct {
+	// Address is the registry's host[:port], as image references name it.
+	Address string `yaml:"address"`
+	// Username and PasswordFile (a file holding the password) log in;
+	// both empty pull anonymously.
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// ReadySettings are the readiness probe of a student's service.
+type ReadySettings struct {
+	// Path is probed with GET; default "/".
+	Path string `yaml:"path"`
+	// Status, when set, is the status that means ready; else any answer.
+	Status int `yaml:"status"`
+	// Timeout bounds the wait, with backoff between probes; default 1m.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// ServiceSettings describe a service container of a scenarios executor
+// (see docker.Service).
+type ServiceSettings struct {
+	Name    string   `yaml:"name"`
+	Image   string   `yaml:"image"`
+	Command []string `yaml:"command"`
+	// Env is KEY=template: {{.User}}, {{.Password}}, {{.Database}},
+	// {{.Host}}, {{index .Ports "NAME"}}.
+	Env  []string `yaml:"env"`
+	Port int      `yaml:"port"`
+	// User is the image's own user it runs as; "" keeps the image's.
+	User string `yaml:"user"`
+	// Tmpfs maps writable directories to tmpfs options.
+	Tmpfs        map[string]string `yaml:"tmpfs"`
+	CapAdd       []string          `yaml:"cap_add"`
+	WritableRoot bool              `yaml:"writable_root"`
+	CPUs         float64           `yaml:"cpus"`
+	Limits       `yaml:",inline"`
 }
 
 // DefaultConfig returns a Config with every default set. Broker and the TLS
@@ -409,7 +559,7 @@ func (c Config) serverName() string {
 
 func (s ExecutorSpec) validate(field string) error {
 	if s.Type != ExecutorKubernetes && s.PodSettings.set() {
-		return fmt.Errorf("%s: image and the pod settings (cpus, user, ephemeral_storage, node_selector, ...) are for type %s", field, ExecutorKubernetes)
+		return fmt.Errorf("%s: the pod settings (ephemeral_storage, node_selector, runtime_class, image_pull_*, schedule_timeout, start_timeout) are for type %s", field, ExecutorKubernetes)
 	}
 	switch s.Type {
 	case ExecutorKubernetes:
@@ -419,13 +569,11 @@ func (s ExecutorSpec) validate(field string) error {
 		if len(s.Command) == 0 || s.Command[0] == "" {
 			return fmt.Errorf("%s.command: missing; a kubernetes executor needs the grader's argv in its image, e.g. [/usr/local/bin/grade]", field)
 		}
-		for _, e := range s.Env {
-			if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
-				return fmt.Errorf("%s.env: %q is not KEY=value", field, e)
-			}
+		if err := checkEnv(field+".env", s.Env); err != nil {
+			return err
 		}
-		if s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 {
-			return fmt.Errorf("%s: sandbox, network and read_only_paths are exec settings; a pod is isolated by its own settings and the namespace's NetworkPolicy", field)
+		if s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 || s.Taskgrader != nil {
+			return fmt.Errorf("%s: sandbox, network, read_only_paths and taskgrader are exec settings; a pod is isolated by its own settings and the namespace's NetworkPolicy", field)
 		}
 		if s.CPUTime != 0 {
 			return fmt.Errorf("%s.cpu_time: a pod has a CPU rate limit (cpus), not a CPU-time budget; leave it out (the job's timeout bounds CPU time to timeout × cpus)", field)
@@ -445,10 +593,8 @@ func (s ExecutorSpec) validate(field string) error {
 		if len(s.Command) == 0 || s.Command[0] == "" {
 			return fmt.Errorf("%s.command: missing; an exec executor needs the grader's argv, e.g. [/usr/local/bin/grade]", field)
 		}
-		for _, e := range s.Env {
-			if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
-				return fmt.Errorf("%s.env: %q is not KEY=value", field, e)
-			}
+		if err := checkEnv(field+".env", s.Env); err != nil {
+			return err
 		}
 		switch s.Sandbox {
 		case "", "crun", SandboxNone:
@@ -466,16 +612,168 @@ func (s ExecutorSpec) validate(field string) error {
 		if err := absPaths(field+".read_only_paths", s.ReadOnlyPaths); err != nil {
 			return err
 		}
+		if tg := s.Taskgrader; tg != nil {
+			if !filepath.IsAbs(tg.RootPath) {
+				return fmt.Errorf("%s.taskgrader.root_path: %q is not an absolute path; it is taskgrader's rootPath (graderserver's CFG_GRADERQUEUE_ROOT)", field, tg.RootPath)
+			}
+			if tg.ZipRoot != "" && !filepath.IsAbs(tg.ZipRoot) {
+				return fmt.Errorf("%s.taskgrader.zip_root: %q is not an absolute path", field, tg.ZipRoot)
+			}
+		}
+	case ExecutorDocker, ExecutorScenarios:
+		if s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 || s.Taskgrader != nil {
+			return fmt.Errorf("%s: sandbox, network, read_only_paths and taskgrader are exec settings; a %s executor's containers are hardened by the engine (mounts shows host paths)", field, s.Type)
+		}
+		if err := s.Containers.validate(field, s.Type); err != nil {
+			return err
+		}
+		if s.Type == ExecutorScenarios && (len(s.Command) > 0 || len(s.Env) > 0) {
+			return fmt.Errorf("%s: a scenarios executor runs the student's image as it is: no command or env (student_env sets its environment)", field)
+		}
+		if err := checkEnv(field+".env", s.Env); err != nil {
+			return err
+		}
 	case ExecutorNoop:
-		if len(s.Command) > 0 || len(s.Env) > 0 || s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 {
-			return fmt.Errorf("%s: a noop executor takes no command, env or sandbox settings", field)
+		if len(s.Command) > 0 || len(s.Env) > 0 || s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 || s.Taskgrader != nil {
+			return fmt.Errorf("%s: a noop executor takes no command, env, sandbox or taskgrader settings", field)
 		}
 	case "":
-		return fmt.Errorf("%s.type: missing; use %q, %q or %q", field, ExecutorExec, ExecutorKubernetes, ExecutorNoop)
+		return fmt.Errorf("%s.type: missing; use one of %q", field, executorTypes)
 	default:
-		return fmt.Errorf("%s.type: unknown executor type %q; use %q, %q or %q", field, s.Type, ExecutorExec, ExecutorKubernetes, ExecutorNoop)
+		return fmt.Errorf("%s.type: unknown executor type %q; use one of %q", field, s.Type, executorTypes)
+	}
+	c := s.Containers
+	if s.Type == ExecutorKubernetes {
+		c.Image, c.CPUs, c.User = "", 0, "" // a pod's too
+	}
+	if s.Type != ExecutorDocker && s.Type != ExecutorScenarios && !reflect.DeepEqual(c, Containers{}) {
+		return fmt.Errorf("%s: image, images, services and the other container settings are for types %s and %s (image, cpus and user also for %s)",
+			field, ExecutorDocker, ExecutorScenarios, ExecutorKubernetes)
 	}
 	return s.Limits.validate(field + ".")
+}
+
+// checkEnv checks KEY=value entries.
+func checkEnv(field string, env []string) error {
+	for _, e := range env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return fmt.Errorf("%s: %q is not KEY=value", field, e)
+		}
+	}
+	return nil
+}
+
+// validate checks the container settings of an executor of type typ.
+func (c Containers) validate(field, typ string) error {
+	f := func(key string) string { return field + "." + key }
+	isDocker := typ == ExecutorDocker
+	switch {
+	case isDocker && c.Image == "":
+		return fmt.Errorf("%s: missing; a docker executor needs its grader's image", f("image"))
+	case !isDocker && c.Image != "":
+		return fmt.Errorf("%s: a scenarios executor runs the image each job names (allowed by images), not one of its own", f("image"))
+	case !isDocker && len(c.Images) == 0:
+		return fmt.Errorf("%s: missing; a scenarios executor runs the students' images its jobs name: list the allowed ones, e.g. [registry.example.org/course/*]", f("images"))
+	case !isDocker && (len(c.Mounts) > 0 || c.JobFile != ""):
+		return fmt.Errorf("%s: mounts and job_file are docker settings; a student's service sees nothing of the grading server", field)
+	case isDocker && (c.Port != 0 || c.Ready != ReadySettings{} || c.ScenarioTimeout != 0 || c.ScenarioDir != "" || c.InlineScenarios != nil ||
+		c.RunnerImage != "" || c.RunnerBinary != "" || len(c.Services) > 0 || c.ServicesTimeout != 0 || len(c.StudentEnv) > 0 || c.MaxBody != 0):
+		return fmt.Errorf("%s: port, ready, services and the other scenario settings are for type %s", field, ExecutorScenarios)
+	}
+	for _, p := range c.Images {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("%s: %q is not a pattern: %v", f("images"), p, err)
+		}
+	}
+	switch c.ImageSource {
+	case "", docker.SourceEngine:
+	case docker.SourceRegistry:
+		if c.Registry.Address == "" {
+			return fmt.Errorf("%s: missing; image_source registry pulls from the registry named here", f("registry.address"))
+		}
+	case docker.SourceArchive:
+		if len(c.ArchiveURLs) == 0 && len(c.ArchiveDirs) == 0 {
+			return fmt.Errorf("%s: image_source archive needs archive_urls or archive_dirs, where jobs' archives may come from", field)
+		}
+	default:
+		return fmt.Errorf("%s: %q is not an image source; use engine, registry or archive", f("image_source"), c.ImageSource)
+	}
+	if c.User != "" {
+		if _, _, err := docker.ParseUser(c.User); err != nil {
+			return fmt.Errorf("%s: %w", f("user"), err)
+		}
+	}
+	if c.CPUs < 0 || c.CPUs > 1024 {
+		return fmt.Errorf("%s: %v is not a number of CPUs", f("cpus"), c.CPUs)
+	}
+	for _, m := range c.Mounts {
+		if _, err := docker.ParseMount(m); err != nil {
+			return fmt.Errorf("%s: %w", f("mounts"), err)
+		}
+	}
+	if c.JobFile != "" && !strings.HasPrefix(c.JobFile, "/") {
+		return fmt.Errorf("%s: %q is not an absolute path", f("job_file"), c.JobFile)
+	}
+	if err := absPaths(f("archive_dirs"), c.ArchiveDirs); err != nil {
+		return err
+	}
+	for _, u := range c.ArchiveURLs {
+		if !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+			return fmt.Errorf("%s: %q is not an http(s) URL prefix", f("archive_urls"), u)
+		}
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return fmt.Errorf("%s: %d is not a port", f("port"), c.Port)
+	}
+	if c.Ready.Path != "" && !strings.HasPrefix(c.Ready.Path, "/") {
+		return fmt.Errorf("%s: %q does not start with /", f("ready.path"), c.Ready.Path)
+	}
+	if c.Ready.Status != 0 && (c.Ready.Status < 100 || c.Ready.Status > 599) {
+		return fmt.Errorf("%s: %d is not an HTTP status", f("ready.status"), c.Ready.Status)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"ready.timeout", c.Ready.Timeout}, {"scenario_timeout", c.ScenarioTimeout}, {"services_timeout", c.ServicesTimeout}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s: must not be negative, got %v", f(d.name), d.v)
+		}
+	}
+	if c.InlineScenarios != nil && !*c.InlineScenarios && c.ScenarioDir == "" {
+		return fmt.Errorf("%s: with inline_scenarios false, jobs can only name sets of scenario_dir: set it", f("scenario_dir"))
+	}
+	creds := docker.Credentials{Ports: map[string]int{}}
+	names := map[string]bool{}
+	for i, sv := range c.Services {
+		sf := fmt.Sprintf("%s[%d]", f("services"), i)
+		switch {
+		case sv.Name == "" || names[sv.Name]:
+			return fmt.Errorf("%s.name: missing or used twice", sf)
+		case sv.Image == "":
+			return fmt.Errorf("%s.image: missing", sf)
+		case sv.Port < 1 || sv.Port > 65535:
+			return fmt.Errorf("%s.port: missing; the port the service listens on, which the runner waits for", sf)
+		case sv.CPUs < 0:
+			return fmt.Errorf("%s.cpus: %v is not a number of CPUs", sf, sv.CPUs)
+		}
+		names[sv.Name] = true
+		creds.Ports[sv.Name] = sv.Port
+		if _, err := docker.RenderEnv(sv.Env, creds); err != nil {
+			return fmt.Errorf("%s.env: %w", sf, err)
+		}
+		for p := range sv.Tmpfs {
+			if !strings.HasPrefix(p, "/") {
+				return fmt.Errorf("%s.tmpfs: %q is not an absolute path", sf, p)
+			}
+		}
+		if err := sv.Limits.validate(sf + "."); err != nil {
+			return err
+		}
+	}
+	if _, err := docker.RenderEnv(c.StudentEnv, creds); err != nil {
+		return fmt.Errorf("%s: %w", f("student_env"), err)
+	}
+	return nil
 }
 
 func (l Limits) validate(prefix string) error {

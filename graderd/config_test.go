@@ -23,6 +23,7 @@ func exampleConfig() Config {
 	cfg.KeyFile = "/etc/graderd/server.key"
 	cfg.Hostname = "grader1"
 	cfg.WorkRoot = "/var/lib/graderd/work"
+	cfg.DockerHost = "unix:///var/run/docker.sock"
 	cfg.Sandbox = SandboxSettings{Runtime: "crun", StateDir: "/run/graderd", UIDBase: 2000000000,
 		ReadOnlyPaths: []string{"/srv/tasks"}, RestrictRoots: []string{"/srv/tasks"}}
 	cfg.Limits = Limits{MemoryLimit: 512 << 20, CPUTime: time.Minute, Pids: 256, OpenFiles: 1024, TmpSize: 64 << 20, WorkSize: 256 << 20,
@@ -34,8 +35,19 @@ func exampleConfig() Config {
 		"web":    {Type: ExecutorExec, Command: []string{"/opt/graders/web-grader"}, Network: NetworkHost},
 		"legacy": {Type: ExecutorExec, Command: []string{"/opt/graders/old-grader"}, Sandbox: SandboxNone},
 		"bench":  {Type: ExecutorNoop},
+		"containers": {Type: ExecutorDocker, Command: []string{"/usr/local/bin/grade"}, Limits: Limits{MemoryLimit: 512 << 20},
+			Containers: Containers{Image: "graders/python:3.12", CPUs: 1, Mounts: []string{"/srv/tasks:/tasks"}}},
+		"dbs": {Type: ExecutorScenarios, Limits: Limits{MemoryLimit: 512 << 20}, Containers: Containers{
+			Images: []string{"registry.example.org/dbs/*"}, ImageSource: "registry",
+			Registry:    RegistrySettings{Address: "registry.example.org", Username: "grader", PasswordFile: "/etc/graderd/registry.pw"},
+			RemoveImage: true, ScenarioDir: "/srv/scenarios", Ready: ReadySettings{Path: "/health", Timeout: time.Minute},
+			Services: []ServiceSettings{{Name: "db", Image: "postgres:16", Port: 5432, User: "999:999",
+				Env:   []string{"POSTGRES_USER={{.User}}", "POSTGRES_PASSWORD={{.Password}}", "POSTGRES_DB={{.Database}}"},
+				Tmpfs: map[string]string{"/var/lib/postgresql/data": "size=256m,uid=999,gid=999,mode=0700", "/var/run/postgresql": "size=1m,uid=999,gid=999"}}},
+		}},
 		"course-6.00x": {Type: ExecutorKubernetes, Command: []string{"/usr/local/bin/grade"},
-			Limits: Limits{MemoryLimit: 1 << 30}, PodSettings: PodSettings{Image: "registry.example.org/graders/python:3.12", CPUs: 1, EphemeralStorage: 256 << 20,
+			Limits: Limits{MemoryLimit: 1 << 30}, Containers: Containers{Image: "registry.example.org/graders/python:3.12", CPUs: 1},
+			PodSettings: PodSettings{EphemeralStorage: 256 << 20,
 				NodeSelector: map[string]string{"pool": "grading"}, ScheduleTimeout: time.Minute, StartTimeout: 5 * time.Minute}},
 	}
 	cfg.Kubernetes = KubernetesSettings{Namespace: "gradebroker-grading", EntrypointImage: "registry.example.org/gradebroker/graderd:1.0"}
@@ -112,7 +124,45 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"spool_dir:", func(c *Config) { c.SpoolDir = "" }},
 		{"limits.memory_limit:", func(c *Config) { c.Limits.MemoryLimit = -1 }},
 		{"limits.kill_grace:", func(c *Config) { c.Limits.KillGrace = -time.Second }},
-		{"default_executor.type:", func(c *Config) { c.DefaultExecutor.Type = "docker" }},
+		{"default_executor.type:", func(c *Config) { c.DefaultExecutor.Type = "podman" }},
+		{"default_executor.image:", func(c *Config) { c.DefaultExecutor = ExecutorSpec{Type: ExecutorDocker} }},
+		{"default_executor.user:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.User = "0:0" }) }},
+		{"default_executor.user:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.User = "nobody" }) }},
+		{"default_executor.mounts:", func(c *Config) {
+			c.DefaultExecutor = dockerSpec(func(s *Containers) { s.Mounts = []string{"srv:/srv"} })
+		}},
+		{"default_executor.image_source:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "ftp" }) }},
+		{"default_executor.registry.address:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "registry" }) }},
+		{"default_executor:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "archive" }) }},
+		{"default_executor:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.Port = 80 }) }},
+		{"default_executor:", func(c *Config) { d := dockerSpec(nil); d.Network = "host"; c.DefaultExecutor = d }},
+		{"default_executor.images:", func(c *Config) { c.DefaultExecutor = ExecutorSpec{Type: ExecutorScenarios} }},
+		{"default_executor.image:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.Image = "x" })
+		}},
+		{"default_executor.services[0].port:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.Services = []ServiceSettings{{Name: "db", Image: "db"}} })
+		}},
+		{"default_executor.services[1].name:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) {
+				s.Services = []ServiceSettings{{Name: "db", Image: "db", Port: 1}, {Name: "db", Image: "db", Port: 2}}
+			})
+		}},
+		{"default_executor.services[0].env:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) {
+				s.Services = []ServiceSettings{{Name: "db", Image: "db", Port: 1, Env: []string{"P={{.Nope}}"}}}
+			})
+		}},
+		{"default_executor.student_env:", func(c *Config) {
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.StudentEnv = []string{"X={{"} })
+		}},
+		{"default_executor.scenario_dir:", func(c *Config) {
+			no := false
+			c.DefaultExecutor = scenariosSpec(func(s *Containers) { s.InlineScenarios = &no })
+		}},
+		{"default_executor:", func(c *Config) {
+			c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec, Command: []string{"g"}, Containers: Containers{Image: "x"}}
+		}},
 		{"default_executor.command:", func(c *Config) { c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec} }},
 		{"default_executor.env:", func(c *Config) {
 			c.DefaultExecutor = ExecutorSpec{Type: ExecutorExec, Command: []string{"g"}, Env: []string{"NOEQUALS"}}
@@ -144,29 +194,50 @@ func TestValidateNamesTheBadField(t *testing.T) {
 			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Command: []string{"g"}}}
 		}},
 		{"executors.k8s.command:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}}}
 		}},
 		{"executors.k8s.pids:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}, Limits: Limits{Pids: 10}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, Limits: Limits{Pids: 10}}}
 		}},
 		{"executors.k8s.cpu_time:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}, Limits: Limits{CPUTime: time.Second}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, Limits: Limits{CPUTime: time.Second}}}
 		}},
 		{"executors.k8s:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}, ReadOnlyPaths: []string{"/opt"}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, ReadOnlyPaths: []string{"/opt"}}}
 		}},
 		{"executors.gpu:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, PodSettings: PodSettings{Image: "i"}}}
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Containers: Containers{Image: "i"}}}
 		}},
 		{"executors.gpu:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, PodSettings: PodSettings{CPUs: 1}}}
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Containers: Containers{CPUs: 1}}}
 		}},
 		{"executors.k8s.user:", func(c *Config) {
 			c.Kubernetes.EntrypointImage = "gbpod"
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Command: []string{"g"}, PodSettings: PodSettings{Image: "i", User: "0:0"}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Command: []string{"g"}, Containers: Containers{Image: "i", User: "0:0"}}}
 		}},
 		{"kubernetes.entrypoint_image:", func(c *Config) {
-			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, PodSettings: PodSettings{Image: "i"}, Command: []string{"g"}}}
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}}}
+		}},
+		{"executors.gpu:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorDocker, Containers: Containers{Image: "i"}, PodSettings: PodSettings{NodeSelector: map[string]string{"pool": "grading"}}}}
+		}},
+		{"executors.k8s:", func(c *Config) {
+			c.Kubernetes.EntrypointImage = "gbpod"
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i", Images: []string{"x/*"}}, Command: []string{"g"}}}
+		}},
+		{"executors.k8s:", func(c *Config) {
+			c.Kubernetes.EntrypointImage = "gbpod"
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, Taskgrader: &TaskgraderSettings{RootPath: "/srv/tasks"}}}
+		}},
+		{"executors.tg.taskgrader.root_path:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"tg": {Type: ExecutorExec, Command: []string{"g"}, Taskgrader: &TaskgraderSettings{}}}
+		}},
+		{"executors.tg.taskgrader.zip_root:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"tg": {Type: ExecutorExec, Command: []string{"g"},
+				Taskgrader: &TaskgraderSettings{RootPath: "/srv/tasks", ZipRoot: "zips"}}}
+		}},
+		{"executors.tg:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"tg": {Type: ExecutorNoop, Taskgrader: &TaskgraderSettings{RootPath: "/srv/tasks"}}}
 		}},
 		{"drain_timeout:", func(c *Config) { c.DrainTimeout = -1 }},
 		{"reconnect_min:", func(c *Config) { c.ReconnectMin = 0 }},
@@ -183,6 +254,22 @@ func TestValidateNamesTheBadField(t *testing.T) {
 	if err := validConfig().Validate(); err != nil {
 		t.Errorf("valid config: %v", err)
 	}
+}
+
+func dockerSpec(mutate func(*Containers)) ExecutorSpec {
+	s := ExecutorSpec{Type: ExecutorDocker, Containers: Containers{Image: "grader:1"}}
+	if mutate != nil {
+		mutate(&s.Containers)
+	}
+	return s
+}
+
+func scenariosSpec(mutate func(*Containers)) ExecutorSpec {
+	s := ExecutorSpec{Type: ExecutorScenarios, Containers: Containers{Images: []string{"students/*"}}}
+	if mutate != nil {
+		mutate(&s.Containers)
+	}
+	return s
 }
 
 func TestLoadConfigFileErrors(t *testing.T) {
@@ -294,6 +381,21 @@ func TestParseByteSize(t *testing.T) {
 	for _, in := range []string{"", "-1", "1.5G", "lots", "1T", "99999999999G"} {
 		if _, err := ParseByteSize(in); err == nil {
 			t.Errorf("ParseByteSize(%q) succeeded", in)
+		}
+	}
+}
+
+// TestExampleConfigsLoad keeps the demos' configurations valid.
+func TestExampleConfigsLoad(t *testing.T) {
+	t.Parallel()
+	for _, f := range []string{"../examples/demo/graderd.yaml", "../examples/scenarios/graderd.yaml"} {
+		cfg := DefaultConfig()
+		if err := LoadConfigFile(f, &cfg); err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s: %v", f, err)
 		}
 	}
 }

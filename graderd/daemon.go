@@ -15,9 +15,11 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +28,9 @@ import (
 	"github.com/gradebroker/gradebroker/certs"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd/executor"
+	"github.com/gradebroker/gradebroker/graderd/executor/docker"
 	"github.com/gradebroker/gradebroker/graderd/executor/kubernetes"
+	"github.com/gradebroker/gradebroker/graderd/executor/scenarios"
 	"github.com/gradebroker/gradebroker/graderd/spool"
 )
 
@@ -71,6 +75,11 @@ type Daemon struct {
 	pick func(tags []string) (executor.Executor, string)
 	// executors describe the executors for Hello.
 	executors []*gradebrokerv1.ExecutorInfo
+	// reapers are the executors whose runs outlive a crashed graderd
+	// (containers): Run has them remove what a previous graderd left.
+	reapers []executor.Reaper
+	// engine is the container executors' Docker engine, once one needs it.
+	engine *docker.Engine
 	// cluster is the kubernetes executors' namespace, nil without them;
 	// Run starts its watch before taking jobs.
 	cluster *kubernetes.Cluster
@@ -225,16 +234,35 @@ func (d *Daemon) buildExecutors() (func([]string) (executor.Executor, string), e
 				KillGrace:     l.KillGrace,
 				Logger:        d.log,
 			}
+			if tg := s.Taskgrader; tg != nil {
+				e.Taskgrader = &executor.Taskgrader{RootPath: tg.RootPath, ZipRoot: tg.ZipRoot,
+					Vars: maps.Clone(tg.Vars), RestrictPaths: slices.Clone(tg.RestrictPaths)}
+				if s.Sandbox != SandboxNone {
+					// The tasks are taskgrader's to read.
+					e.ReadOnlyPaths = append(e.ReadOnlyPaths, tg.RootPath)
+					if tg.ZipRoot != "" {
+						e.ReadOnlyPaths = append(e.ReadOnlyPaths, "-"+tg.ZipRoot)
+					}
+				}
+			}
 			info.Sandbox = SandboxNone
 			if s.Sandbox != SandboxNone {
 				e.Sandbox, info.Sandbox = sb, "crun"
-				if err := sb.CheckPaths(fieldOf(name)+".read_only_paths", s.ReadOnlyPaths); err != nil {
+				if err := sb.CheckPaths(fieldOf(name)+".read_only_paths", e.ReadOnlyPaths); err != nil {
 					return nil, err
 				}
 			} else {
 				d.log.Warn("an executor runs its graders WITHOUT the sandbox (sandbox: none): they, and the students' code they run, can read graderd's keys and configuration, reach the network and outlive their jobs", "executor", name)
 			}
 			byName[name] = e
+		case ExecutorDocker, ExecutorScenarios:
+			e, err := d.containerExecutor(name, s)
+			if err != nil {
+				return nil, err
+			}
+			info.Sandbox = "docker"
+			byName[name] = e
+			d.reapers = append(d.reapers, e)
 		}
 		d.executors = append(d.executors, info)
 	}
@@ -291,6 +319,125 @@ func (d *Daemon) kubernetesExecutor(name string, s ExecutorSpec) (*kubernetes.Ex
 		ImagePullPolicy: s.ImagePullPolicy, ImagePullSecrets: s.ImagePullSecrets, RunAsUser: uid, RunAsGroup: gid,
 		ScheduleTimeout: s.ScheduleTimeout, StartTimeout: s.StartTimeout, KillGrace: l.KillGrace, Logger: d.log,
 	})
+}
+
+// dockerEngine connects to the container executors' engine, once, and
+// checks that it can harden their containers.
+func (d *Daemon) dockerEngine() (*docker.Engine, error) {
+	if d.engine != nil {
+		return d.engine, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	eng, err := docker.NewEngine(ctx, d.cfg.DockerHost)
+	if err != nil {
+		return nil, err
+	}
+	if err := eng.CheckHardening(ctx); err != nil {
+		eng.Close()
+		return nil, err
+	}
+	d.log.Info("container executors use the Docker engine", "engine", eng.String())
+	d.engine = eng
+	return eng, nil
+}
+
+// containerExecutor builds a docker or scenarios executor.
+func (d *Daemon) containerExecutor(name string, s ExecutorSpec) (executor.Reaper, error) {
+	field := fieldOf(name)
+	eng, err := d.dockerEngine()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	images := docker.Images{
+		Allowed: slices.Clone(s.Images), Source: s.ImageSource, MaxSize: int64(s.MaxImageSize), Remove: s.RemoveImage,
+		ArchiveURLs: slices.Clone(s.ArchiveURLs), ArchiveDirs: slices.Clone(s.ArchiveDirs), WorkRoot: d.cfg.WorkRoot,
+		Registry: docker.Registry{Address: s.Registry.Address, Username: s.Registry.Username},
+	}
+	if f := s.Registry.PasswordFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s.registry.password_file: %w", field, err)
+		}
+		images.Registry.Password = strings.TrimSpace(string(b))
+	}
+	l := s.Limits.over(d.cfg.Limits)
+	server := d.tls.Identity().CommonName
+	if s.Type == ExecutorDocker {
+		e := &docker.Executor{
+			Engine: eng, Server: server, Name: name, Image: s.Image, Images: images,
+			Command: slices.Clone(s.Command), Env: slices.Clone(s.Env), User: s.User,
+			Limits: l.executor(), CPUs: s.CPUs, JobFile: s.JobFile, WorkRoot: d.cfg.WorkRoot,
+			KillGrace: l.KillGrace, Logger: d.log,
+		}
+		var sources []string
+		for _, m := range s.Mounts {
+			mt, _ := docker.ParseMount(m) // Validate checked it
+			e.Mounts = append(e.Mounts, mt)
+			sources = append(sources, mt.Source)
+		}
+		if err := executor.CheckExposedPaths(field+".mounts", sources, d.secrets()); err != nil {
+			return nil, err
+		}
+		return e, nil
+	}
+	runner := s.RunnerImage
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if runner != "" {
+		if ok, err := eng.HasImage(ctx, runner); err != nil || !ok {
+			return nil, fmt.Errorf("%s.runner_image: %s is not on the engine (%v); leave runner_image out and graderd makes it from gb-scenario-runner", field, runner, err)
+		}
+	} else {
+		bin, err := runnerBinary(s.RunnerBinary)
+		if err != nil {
+			return nil, fmt.Errorf("%s.runner_binary: %w", field, err)
+		}
+		if runner, err = docker.EnsureRunnerImage(ctx, eng, bin); err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+	}
+	sets := s.ScenarioDir
+	if sets != "" {
+		if sets, err = filepath.Abs(sets); err != nil {
+			return nil, fmt.Errorf("%s.scenario_dir: %w", field, err)
+		}
+	}
+	sc := &docker.Scenarios{
+		Engine: eng, Server: server, Name: name, Images: images, RunnerImage: runner,
+		Port: s.Port, Ready: scenarios.Probe{Path: s.Ready.Path, Status: s.Ready.Status}, ReadyTimeout: s.Ready.Timeout,
+		ScenarioTimeout: s.ScenarioTimeout, SetsDir: sets, NoInlineSets: s.InlineScenarios != nil && !*s.InlineScenarios,
+		ServicesTimeout: s.ServicesTimeout, StudentEnv: slices.Clone(s.StudentEnv), User: s.User,
+		Limits: l.executor(), CPUs: s.CPUs, MaxBody: int64(s.MaxBody), Logger: d.log,
+	}
+	for _, sv := range s.Services {
+		sc.Services = append(sc.Services, docker.Service{
+			Name: sv.Name, Image: sv.Image, Command: slices.Clone(sv.Command), Env: slices.Clone(sv.Env), Port: sv.Port,
+			User: sv.User, Tmpfs: maps.Clone(sv.Tmpfs), CapAdd: slices.Clone(sv.CapAdd), WritableRoot: sv.WritableRoot,
+			Limits: sv.Limits.executor(), CPUs: sv.CPUs,
+		})
+	}
+	return sc, nil
+}
+
+// runnerBinary finds gb-scenario-runner: the configured path, else beside
+// graderd's own executable, else in PATH.
+func runnerBinary(configured string) (string, error) {
+	const name = "gb-scenario-runner"
+	if configured != "" {
+		return configured, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s is neither beside graderd nor in PATH; build it with CGO_ENABLED=0 go build ./graderd/cmd/gb-scenario-runner (make build does), or name it here", name)
+	}
+	return p, nil
 }
 
 // defaultName names the default executor in Hello and in logs. A tag of the
@@ -437,6 +584,13 @@ func (d *Daemon) openSpool() error {
 	// taking new jobs.
 	if _, err := executor.ReapOrphans(d.runDir(), d.log); err != nil {
 		d.log.Warn("cannot check for graders left running by a previous graderd", "err", err)
+	}
+	for _, r := range d.reapers {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if _, err := r.ReapOrphans(ctx); err != nil {
+			d.log.Warn("cannot remove everything a previous graderd left in the container engine", "err", err)
+		}
+		cancel()
 	}
 	pending, err := sp.List()
 	if err != nil {

@@ -21,9 +21,15 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
+	return newServerPKI(t, "grader1")
+}
+
+// newServerPKI is newTestPKI with graderd's certificate for server name.
+func newServerPKI(t *testing.T, name string) *testPKI {
+	t.Helper()
 	ca := certstest.NewCA(t, "gradebroker test")
 	brokerFiles := ca.Broker(t)
-	grader := ca.Client(t, certs.RoleServer, "grader1")
+	grader := ca.Client(t, certs.RoleServer, name)
 	src, err := certs.NewServerSource(brokerFiles.CertFile, brokerFiles.KeyFile, ca.CertFile, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +41,12 @@ func newTestPKI(t *testing.T) *testPKI {
 // copied into dir, as a deployment lays them out under /etc/graderd.
 func newTestPKIIn(t *testing.T, dir string) *testPKI {
 	t.Helper()
-	p := newTestPKI(t)
+	return pkiIn(t, newTestPKI(t), dir)
+}
+
+// pkiIn copies p's graderd files into dir.
+func pkiIn(t *testing.T, p *testPKI, dir string) *testPKI {
+	t.Helper()
 	for _, f := range []*string{&p.CAFile, &p.CertFile, &p.KeyFile} {
 		b, err := os.ReadFile(*f)
 		if err != nil {

@@ -66,6 +66,12 @@ func deploy(t *testing.T, script, topYAML, execYAML string) *deployment {
 // and start come next (tests that need the paths in the script call them).
 func layout(t *testing.T) *deployment {
 	t.Helper()
+	return layoutFor(t, "grader1")
+}
+
+// layoutFor is layout with graderd's certificate for server name.
+func layoutFor(t *testing.T, server string) *deployment {
+	t.Helper()
 	name := uniqueName(t)
 	d := &deployment{
 		etc: "/etc/" + name, brokerEtc: "/etc/" + name + "-broker",
@@ -77,7 +83,7 @@ func layout(t *testing.T) *deployment {
 		}
 		t.Cleanup(func() { os.RemoveAll(dir) })
 	}
-	d.fb = startFakeBroker(t, newTestPKIIn(t, d.etc))
+	d.fb = startFakeBroker(t, pkiIn(t, newServerPKI(t, server), d.etc))
 	d.dbFile = filepath.Join(d.varLib, "gradebroker.db")
 	d.tokenKey = filepath.Join(d.brokerEtc, "broker-token.key")
 	for _, f := range []string{d.dbFile, d.tokenKey} {

@@ -57,6 +57,12 @@ type Callback struct {
 	Attempts uint32
 	// Server is the server of the last attempt.
 	Server string
+	// Usage is what the last attempt's run used, as its grading server
+	// measured it; nil when it reported nothing (or the job never ran).
+	Usage *Usage
+	// Limit names the limit that ended the last attempt's run: "wall_time",
+	// "cpu_time", "memory", "pids", "output" or "disk"; "" when none did.
+	Limit string
 	// DeliveryID identifies the delivery: it is the same on every retry of
 	// one callback, so a platform can drop duplicates by it.
 	DeliveryID int64
@@ -65,6 +71,17 @@ type Callback struct {
 	// Payload is the verified JSON payload as the broker sent it, claims
 	// included.
 	Payload json.RawMessage
+}
+
+// Usage is what one grading run used, all its processes together. The
+// callback carries whole milliseconds.
+type Usage struct {
+	// CPUTime is user and system CPU time.
+	CPUTime time.Duration
+	// PeakMemoryBytes is the highest memory use seen.
+	PeakMemoryBytes int64
+	// WallTime is the time from the run's start to its end.
+	WallTime time.Duration
 }
 
 // flexInt is an integer sent as a JSON number or, as protojson writes
@@ -100,7 +117,13 @@ type callbackPayload struct {
 	Error          string          `json:"error"`
 	Attempts       flexInt         `json:"attempts"`
 	Server         string          `json:"server"`
-	DeliveryID     flexInt         `json:"delivery_id"`
+	Usage          *struct {
+		CPUTimeMS       flexInt `json:"cpu_time_ms"`
+		PeakMemoryBytes flexInt `json:"peak_memory_bytes"`
+		WallTimeMS      flexInt `json:"wall_time_ms"`
+	} `json:"usage"`
+	Limit      string  `json:"limit"`
+	DeliveryID flexInt `json:"delivery_id"`
 }
 
 // CallbackReader opens the callbacks a broker sends to one platform: tokens
@@ -202,6 +225,11 @@ func (r *CallbackReader) open(ctx context.Context, compact string, guard token.R
 		if p.Attempts < 0 || p.Attempts > 1<<32-1 {
 			return Callback{}, claims, fmt.Errorf("platformclient: callback payload: attempts %d is out of range", p.Attempts)
 		}
+		var usage *Usage
+		if u := p.Usage; u != nil {
+			usage = &Usage{CPUTime: time.Duration(u.CPUTimeMS) * time.Millisecond, PeakMemoryBytes: int64(u.PeakMemoryBytes),
+				WallTime: time.Duration(u.WallTimeMS) * time.Millisecond}
+		}
 		return Callback{
 			JobID:          int64(p.JobID),
 			Jobname:        p.Jobname,
@@ -211,6 +239,8 @@ func (r *CallbackReader) open(ctx context.Context, compact string, guard token.R
 			Error:          p.Error,
 			Attempts:       uint32(p.Attempts),
 			Server:         p.Server,
+			Usage:          usage,
+			Limit:          p.Limit,
 			DeliveryID:     int64(p.DeliveryID),
 			IssuedAt:       claims.IssuedAt,
 			Payload:        payload,

@@ -109,6 +109,18 @@ func TestCallbackRead(t *testing.T) {
 		}
 	})
 
+	t.Run("what the last run used and the limit that ended it", func(t *testing.T) {
+		cb, err := r.Read(ctx, sealCallback(t, ks.broker, &ks.platform.PublicKey, "", map[string]any{"status": "failed", "limit": "memory",
+			"usage": map[string]any{"cpu_time_ms": 1235, "peak_memory_bytes": "1073741824", "wall_time_ms": 2001}}))
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		want := &Usage{CPUTime: 1235 * time.Millisecond, PeakMemoryBytes: 1 << 30, WallTime: 2001 * time.Millisecond}
+		if diff := cmp.Diff(want, cb.Usage); diff != "" || cb.Limit != "memory" {
+			t.Fatalf("Usage (-want +got):\n%s\nLimit %q, want memory", diff, cb.Limit)
+		}
+	})
+
 	t.Run("protojson-style numbers and no result", func(t *testing.T) {
 		cb, err := r.Read(ctx, sealCallback(t, ks.broker, &ks.platform.PublicKey, "", map[string]any{
 			"job_id": "9007199254740993", "delivery_id": "11", "attempts": 3, "status": "failed", "result": json.RawMessage("null"), "error": "too many attempts"}))

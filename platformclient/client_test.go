@@ -358,7 +358,8 @@ func TestAgainstBroker(t *testing.T) {
 		if err := json.Unmarshal(stored.JobData, &got); err != nil {
 			t.Fatalf("stored jobdata %s: %v", stored.JobData, err)
 		}
-		params := map[string]any{"memoryLimitKb": 65536.0, "timeLimitMs": 2000.0}
+		params := map[string]any{"memoryLimitKb": 65536.0, "timeLimitMs": 2000.0,
+			"useCache": true, "stdoutTruncateKb": -1.0, "stderrTruncateKb": -1.0, "getFiles": []any{}}
 		want := map[string]any{
 			"taskPath": "$ROOT/tasks/sum",
 			"extraParams": map[string]any{
@@ -368,8 +369,8 @@ func TestAgainstBroker(t *testing.T) {
 				"defaultSolutionCompParams": params,
 				"defaultSolutionExecParams": params,
 			},
-			"solutions":  "@defaultSolutions",
-			"executions": "@defaultExecutions",
+			"solutions":  "@defaultEvaluationSolutions",
+			"executions": "@defaultEvaluationExecutions",
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Fatalf("jobdata (-want +got):\n%s", diff)

@@ -21,9 +21,11 @@ const (
 	clientValue = "client"
 )
 
-// Functions that split the broker's samples further.
+// Functions that split the broker's samples further. openFunc is what
+// token.Opener.Open, OpenWith (the platform service's way in) and
+// OpenCallback all run.
 const (
-	openFunc   = "github.com/gradebroker/gradebroker/broker/token.(*Opener).Open"
+	openFunc   = "github.com/gradebroker/gradebroker/broker/token.(*Opener).open"
 	writerFunc = "github.com/gradebroker/gradebroker/broker/dispatch.(*writer).run"
 )
 

@@ -44,13 +44,15 @@ func (s *series) add(wall, cpu time.Duration) {
 	s.cpu = append(s.cpu, cpu)
 }
 
-func pct(ds []time.Duration, p int) time.Duration {
+// Pct is the p-th percentile of ds.
+func Pct(ds []time.Duration, p int) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[min(len(s)-1, len(s)*p/100)]
 }
 
-func mean(ds []time.Duration) time.Duration {
+// Mean is the mean of ds.
+func Mean(ds []time.Duration) time.Duration {
 	var sum time.Duration
 	for _, d := range ds {
 		sum += d
@@ -79,7 +81,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	none := &executor.Exec{Command: noop, WorkRoot: state}
 	sand := &executor.Exec{Command: noop, Sandbox: sb}
-	r := Result{Runs: o.Runs, Machine: machine(), Load: [2]string{loadavg(), ""}, Crun: crunVersion()}
+	r := Result{Runs: o.Runs, Machine: Machine(), Load: [2]string{LoadAvg(), ""}, Crun: crunVersion()}
 	job := executor.Job{JobID: 1, LeaseID: 1, JobData: []byte(`{}`), Timeout: time.Minute}
 	// Warm up: the first runs load binaries and libraries into the cache.
 	for range 10 {
@@ -106,7 +108,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			fmt.Fprintf(o.Progress, "sandbox: %d/%d runs of each\n", i+1, o.Runs)
 		}
 	}
-	r.Load[1] = loadavg()
+	r.Load[1] = LoadAvg()
 	return r, nil
 }
 
@@ -118,19 +120,21 @@ func (r Result) Write(w io.Writer) error {
 	fmt.Fprintf(&b, "No-op grader (`/bin/echo {}`) run by the exec executor, from Run's call to its return (work directory or sandbox set up and removed, cgroup, stdin document, result read).\n\n")
 	fmt.Fprintf(&b, "| run | p50 | p99 | mean | CPU per run (cgroup: the grader and crun) |\n| --- | ---: | ---: | ---: | ---: |\n")
 	row := func(name string, s series) {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", name, ms(pct(s.wall, 50)), ms(pct(s.wall, 99)), ms(mean(s.wall)), ms(mean(s.cpu)))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", name, MS(Pct(s.wall, 50)), MS(Pct(s.wall, 99)), MS(Mean(s.wall)), MS(Mean(s.cpu)))
 	}
 	row("without the sandbox (sandbox: none)", r.None)
 	row("in the sandbox (crun)", r.Sand)
-	fmt.Fprintf(&b, "| **overhead** | **%s** | %s | %s | |\n", ms(pct(r.Sand.wall, 50)-pct(r.None.wall, 50)), ms(pct(r.Sand.wall, 99)-pct(r.None.wall, 99)), ms(mean(r.Sand.wall)-mean(r.None.wall)))
+	fmt.Fprintf(&b, "| **overhead** | **%s** | %s | %s | |\n", MS(Pct(r.Sand.wall, 50)-Pct(r.None.wall, 50)), MS(Pct(r.Sand.wall, 99)-Pct(r.None.wall, 99)), MS(Mean(r.Sand.wall)-Mean(r.None.wall)))
 	fmt.Fprintf(&b, "\nTarget: p50 overhead at most 25 ms.\n")
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+// MS writes d in milliseconds with one decimal.
+func MS(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
 
-func machine() string {
+// Machine describes the machine: CPU, CPU count, kernel, cgroup version.
+func Machine() string {
 	model := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for line := range strings.Lines(string(b)) {
@@ -156,7 +160,8 @@ func cpus() int {
 	return strings.Count(string(b), "\nprocessor") + 1
 }
 
-func loadavg() string {
+// LoadAvg is the one-minute load average.
+func LoadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return "?"

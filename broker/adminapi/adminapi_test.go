@@ -364,6 +364,56 @@ func TestPlatformValidation(t *testing.T) {
 	}
 }
 
+// A platform's protocol must be one the broker delivers (SetProtocols);
+// gradebroker's own needs a key and a return URL, another protocol neither,
+// and switching a platform to gradebroker's needs them registered or given.
+func TestPlatformProtocol(t *testing.T) {
+	t.Parallel()
+	env, c := setup(t)
+	ctx := context.Background()
+	key := adminapitest.PublicKeyPEM(t)
+
+	_, err := c.AddPlatform(ctx, &gradebrokerv1.AddPlatformRequest{Name: "lms", Protocol: "other"})
+	wantCode(t, "a protocol the broker does not deliver", err, codes.InvalidArgument, `unknown protocol "other"`, "gradebroker")
+
+	env.Service.SetProtocols(broker.ProtocolGradebroker, "other")
+	added, err := c.AddPlatform(ctx, &gradebrokerv1.AddPlatformRequest{Name: "lms", Protocol: "other"})
+	fatalIf(t, err)
+	if added.GetPlatform().GetProtocol() != "other" {
+		t.Errorf("AddPlatform(protocol other) = %v", added.GetPlatform())
+	}
+	_, err = c.AddPlatform(ctx, &gradebrokerv1.AddPlatformRequest{Name: "lms2", Protocol: "other", ReturnUrl: "http://lms.example/cb"})
+	wantCode(t, "another protocol with a bad return URL", err, codes.InvalidArgument, "https://")
+	_, err = c.AddPlatform(ctx, &gradebrokerv1.AddPlatformRequest{Name: "lms2", Protocol: "gradebroker", PublicKeyPem: key})
+	wantCode(t, "gradebroker's protocol without a return URL", err, codes.InvalidArgument, "return_url is required")
+	plain, err := c.AddPlatform(ctx, &gradebrokerv1.AddPlatformRequest{Name: "mooc", PublicKeyPem: key, ReturnUrl: "https://mooc.example/cb"})
+	fatalIf(t, err)
+	if plain.GetPlatform().GetProtocol() != "gradebroker" {
+		t.Errorf("a platform added without a protocol has %q", plain.GetPlatform().GetProtocol())
+	}
+
+	_, err = c.UpdatePlatform(ctx, &gradebrokerv1.UpdatePlatformRequest{Name: "lms", Protocol: proto.String("gradebroker")})
+	wantCode(t, "switch to gradebroker's protocol without a key", err, codes.InvalidArgument, "public key")
+	_, err = c.UpdatePlatform(ctx, &gradebrokerv1.UpdatePlatformRequest{Name: "mooc", Protocol: proto.String("nope")})
+	wantCode(t, "switch to an unknown protocol", err, codes.InvalidArgument, `unknown protocol "nope"`)
+	upd, err := c.UpdatePlatform(ctx, &gradebrokerv1.UpdatePlatformRequest{Name: "lms", Protocol: proto.String("gradebroker"),
+		PublicKeyPem: proto.String(key), ReturnUrl: proto.String("https://lms.example/cb")})
+	fatalIf(t, err)
+	if upd.GetPlatform().GetProtocol() != "gradebroker" {
+		t.Errorf("UpdatePlatform(protocol gradebroker) = %v", upd.GetPlatform())
+	}
+	noErr(t)(c.UpdatePlatform(ctx, &gradebrokerv1.UpdatePlatformRequest{Name: "mooc", Protocol: proto.String("other")}))
+	list, err := c.ListPlatforms(ctx, &gradebrokerv1.ListPlatformsRequest{})
+	fatalIf(t, err)
+	got := map[string]string{}
+	for _, p := range list.GetPlatforms() {
+		got[p.GetName()] = p.GetProtocol()
+	}
+	if diff := cmp.Diff(map[string]string{"lms": "gradebroker", "mooc": "other"}, got); diff != "" {
+		t.Errorf("protocols listed (-want +got):\n%s", diff)
+	}
+}
+
 // adminapiCheckReturnURL registers and removes a platform with return URL u.
 func adminapiCheckReturnURL(ctx context.Context, c gradebrokerv1.AdminServiceClient, key, u string) error {
 	if _, err := c.AddPlatform(ctx, &gradebrokerv1.AddPlatformRequest{Name: "url-check", PublicKeyPem: key, ReturnUrl: u}); err != nil {

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -40,6 +42,9 @@ type Dispatcher interface {
 	// offers, how many jobs it runs and when it was last heard from; a
 	// server the dispatcher does not know is not connected.
 	ServerStatus(name string) (connected bool, slots, running int, lastSeen time.Time)
+	// ServerHello returns the version and executors graderd reported when
+	// server name last connected; both empty before it did.
+	ServerHello(name string) (version string, executors []broker.Executor)
 	// RequeueJob puts job id back in the queue on behalf of actor. It
 	// returns ErrNotFound for an unknown job and ErrFailedPrecondition for
 	// a job that cannot be requeued (done, or already queued).
@@ -47,6 +52,9 @@ type Dispatcher interface {
 	// CancelJob cancels job id on behalf of actor. It returns ErrNotFound
 	// for an unknown job and ErrFailedPrecondition for a final one.
 	CancelJob(ctx context.Context, id int64, actor string) error
+	// QueueLength tells how many jobs of pull queue queue (an XQueue
+	// queue) wait for a grader.
+	QueueLength(queue string) int
 	// IncidentDispatcher (ops.go) serves the incident commands.
 	IncidentDispatcher
 }
@@ -65,6 +73,9 @@ type Service struct {
 
 	console *consoleState // console.go; nil while the console is off
 	jobs    jobsState     // jobs.go
+	// protocols are the platform protocols the broker delivers results
+	// in; a platform may be registered with these only.
+	protocols atomic.Pointer[[]broker.Protocol]
 }
 
 // Redeliverer schedules result callbacks again; the delivery worker
@@ -85,7 +96,17 @@ func New(db *store.DB, ca func() *x509.CertPool, d Dispatcher, log *slog.Logger)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{db: db, ca: ca, d: d, log: log, now: time.Now}
+	s := &Service{db: db, ca: ca, d: d, log: log, now: time.Now}
+	s.SetProtocols(broker.ProtocolGradebroker)
+	return s
+}
+
+// SetProtocols sets the platform protocols the broker can deliver results
+// in (the delivery worker's list), which platforms may be registered with;
+// without a call, gradebroker's own only. Call it before serving.
+func (s *Service) SetProtocols(ps ...broker.Protocol) {
+	ps = slices.Clone(ps)
+	s.protocols.Store(&ps)
 }
 
 // Register registers the service on r.
@@ -113,15 +134,23 @@ func (s *Service) AddPlatform(ctx context.Context, req *gradebrokerv1.AddPlatfor
 	}
 	p := broker.Platform{
 		Name:          req.GetName(),
+		Protocol:      broker.Protocol(req.GetProtocol()),
 		PublicKeyPEM:  req.GetPublicKeyPem(),
 		ReturnURL:     req.GetReturnUrl(),
 		RestrictPaths: req.GetRestrictPaths(),
 		ForceTag:      req.GetForceTag(),
+		LegacyTokens:  req.GetLegacyTokens(),
+	}
+	if p.Protocol == "" {
+		p.Protocol = broker.ProtocolGradebroker
+	}
+	if p.Protocol == "" {
+		p.Protocol = broker.ProtocolGradebroker
 	}
 	err := firstError(
 		func() error { return broker.CheckName("platform", p.Name) },
-		func() error { return checkPublicKey(p.PublicKeyPEM) },
-		func() error { return checkReturnURL(p.ReturnURL) },
+		func() error { return s.checkProtocol(p.Protocol) },
+		func() error { return checkPlatformNeeds(p) },
 		func() error { return checkRestrictPaths(p.RestrictPaths) },
 		func() error { return checkOptionalTag(p.ForceTag) },
 	)
@@ -151,6 +180,32 @@ func (s *Service) UpdatePlatform(ctx context.Context, req *gradebrokerv1.UpdateP
 		return nil, s.fail(ctx, err)
 	}
 	var u store.PlatformUpdate
+	if req.Protocol != nil {
+		proto := broker.Protocol(req.GetProtocol())
+		if proto == "" {
+			proto = broker.ProtocolGradebroker
+		}
+		if err := s.checkProtocol(proto); err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		// What the new protocol needs may be in the request or already
+		// registered: check the platform as it will be.
+		cur, err := s.db.PlatformByName(ctx, req.GetName())
+		if err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		cur.Protocol = proto
+		if req.PublicKeyPem != nil {
+			cur.PublicKeyPEM = req.GetPublicKeyPem()
+		}
+		if req.ReturnUrl != nil {
+			cur.ReturnURL = req.GetReturnUrl()
+		}
+		if err := checkPlatformNeeds(cur); err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		u.Protocol = &proto
+	}
 	if req.PublicKeyPem != nil {
 		if err := checkPublicKey(req.GetPublicKeyPem()); err != nil {
 			return nil, s.fail(ctx, err)
@@ -187,6 +242,7 @@ func (s *Service) UpdatePlatform(ctx context.Context, req *gradebrokerv1.UpdateP
 		}
 		u.Cert = &c
 	}
+	u.LegacyTokens = req.LegacyTokens
 	p, err := s.db.UpdatePlatform(ctx, req.GetName(), u)
 	if err != nil {
 		return nil, s.fail(ctx, err)
@@ -341,6 +397,9 @@ func (s *Service) serverToProto(srv broker.Server) *gradebrokerv1.Server {
 	p.Slots = protoconv.Count(slots)
 	p.Running = protoconv.Count(running)
 	p.Drained = s.d.ServerDrained(srv.Name)
+	var executors []broker.Executor
+	p.Version, executors = s.d.ServerHello(srv.Name)
+	p.Executors = protoconv.ExecutorsToProto(executors)
 	return p
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,6 +55,41 @@ func CheckCertificate(pemData []byte, ca *x509.CertPool, role certs.Role, now ti
 			broker.ErrInvalid, id, got, role, role)
 	}
 	return CertIdentity(id), nil
+}
+
+// checkProtocol refuses a protocol the broker cannot deliver results in: a
+// platform registered with it would never hear of its jobs.
+func (s *Service) checkProtocol(p broker.Protocol) error {
+	known := *s.protocols.Load()
+	if slices.Contains(known, p) {
+		return nil
+	}
+	names := make([]string, len(known))
+	for i, p := range known {
+		names[i] = string(p)
+	}
+	return fmt.Errorf("%w: unknown protocol %q: this broker delivers results in %s", broker.ErrInvalid, p, strings.Join(names, ", "))
+}
+
+// checkPlatformNeeds checks that a platform has what its protocol needs.
+// gradebroker's own protocol needs a key, which checks the platform's
+// tokens and encrypts its callbacks, and a return URL, where they go.
+// graderqueue's needs the key for the same (its callbacks are tokens too),
+// and a return URL only for callbacks: without one, as in graderqueue, the
+// platform reads its results with getjob. Other protocols may do without
+// either (their adapters say what they use); a key or URL given is checked
+// all the same.
+func checkPlatformNeeds(p broker.Platform) error {
+	own := p.Protocol == broker.ProtocolGradebroker
+	if own || p.Protocol == broker.ProtocolGraderqueue || p.PublicKeyPEM != "" {
+		if err := checkPublicKey(p.PublicKeyPEM); err != nil {
+			return err
+		}
+	}
+	if own || p.ReturnURL != "" {
+		return checkReturnURL(p.ReturnURL)
+	}
+	return nil
 }
 
 // checkPublicKey refuses anything but an RSA public key the token package

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi/adminapitest"
 	"github.com/gradebroker/gradebroker/broker/admincli"
 	"github.com/gradebroker/gradebroker/broker/store"
@@ -139,8 +140,17 @@ func TestTagsTypesServers(t *testing.T) {
 	env.Dispatcher.SetStatus("g1", adminapitest.Status{Connected: true, Slots: 3, Running: 1, LastSeen: time.Now().Add(-5 * time.Second)})
 	r = run(t, env, "server", "list")
 	ok(t, r, "NAME", "TYPE", "CONNECTED", "SLOTS", "RUNNING", "LAST SEEN")
-	if !regexpLine(r.stdout, "g1", "py", "yes", "3", "1", "4", "ago") {
+	if !regexpLine(r.stdout, "g1", "py", "yes", "3", "1", "4", "ago", "-", "-") || strings.Contains(r.stdout, "WARNING") {
 		t.Errorf("server list:\n%s", r.stdout)
+	}
+	// An executor without a sandbox stands out: first, in capitals, and
+	// in a warning.
+	env.Dispatcher.SetStatus("g1", adminapitest.Status{Connected: true, Version: "1.4.0", Executors: []broker.Executor{
+		{Name: "default", Type: "exec", Sandbox: "crun"}, {Name: "gpu", Type: "exec", Sandbox: "none"}}})
+	r = run(t, env, "server", "list")
+	ok(t, r, "VERSION", "SANDBOX", "WARNING: server g1 runs the graders of executor(s) gpu WITHOUT a sandbox")
+	if !regexpLine(r.stdout, "g1", "py", "yes", "1.4.0", "NONE", "(gpu),", "crun") {
+		t.Errorf("server list with an executor without a sandbox:\n%s", r.stdout)
 	}
 	ok(t, run(t, env, "server", "update", "g1", "--max-jobs", "8", "--wakeup-url", "https://g1.lan/wake"), "max jobs:", "8", "https://g1.lan/wake")
 	env.Dispatcher.SetStatus("g1", adminapitest.Status{RequeueOnDrop: 1})
@@ -288,10 +298,18 @@ func TestPlatformsOperatorsAndJobs(t *testing.T) {
 	run(t, env, "platform", "add", "bad", "--key", keyFile, "--return-url", "http://mooc.example/cb").
 		want(t, 1, nil, []string{"https://"})
 	ok(t, run(t, env, "platform", "update", "mooc", "--force-tag", "", "--no-restrict-paths"), "force tag:")
+	// A protocol other than gradebroker's needs neither key nor return URL.
+	env.Service.SetProtocols(broker.ProtocolGradebroker, "other")
+	ok(t, run(t, env, "platform", "add", "lms", "--protocol", "other"), "protocol:", "other")
+	run(t, env, "platform", "add", "lms2").want(t, 2, nil, []string{"--key is required"})
+	run(t, env, "platform", "update", "lms", "--protocol", "gradebroker").want(t, 1, nil, []string{"public key"})
 	r := run(t, env, "platform", "list")
-	if !regexpLine(r.stdout, "mooc", "https://mooc.example/cb", "-", "-", "-") {
+	if !regexpLine(r.stdout, "mooc", "gradebroker", "https://mooc.example/cb", "-", "-", "-") ||
+		!regexpLine(r.stdout, "lms", "other", "-", "-", "-", "-") {
 		t.Errorf("platform list:\n%s", r.stdout)
 	}
+	ok(t, run(t, env, "platform", "update", "mooc", "--protocol", "other"), "protocol:", "other")
+	ok(t, run(t, env, "platform", "remove", "lms"))
 
 	bob := env.CA.Client(t, certs.RoleOperator, "bob")
 	ok(t, run(t, env, "operator", "add", "bob", "--cert", bob.CertFile), "operator:", "bob", "CN=bob,OU=operator")
@@ -329,3 +347,62 @@ func TestPlatformsOperatorsAndJobs(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestXQueueCommands(t *testing.T) {
+	t.Parallel()
+	env := adminapitest.Start(t)
+	env.Service.SetProtocols(broker.ProtocolGradebroker, broker.ProtocolXQueue)
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	authFile := filepath.Join(dir, "auth")
+	if err := os.WriteFile(pwFile, []byte("watcher password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(authFile, []byte("basic secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, run(t, env, "tag", "add", "py"))
+	ok(t, run(t, env, "type", "add", "pytype", "--tags", "py"))
+	ok(t, run(t, env, "platform", "add", "openedx", "--protocol", "xqueue"), "protocol:", "xqueue")
+	ok(t, run(t, env, "xqueue", "queue", "add", "MITx-6.00x", "--tags", "py", "--type", "pytype", "--job-timeout", "2m"),
+		"XQueue queue:", "MITx-6.00x", "2m0s")
+	run(t, env, "xqueue", "queue", "add", "q2", "--tags", "py").want(t, 2, nil, []string{"--type is required"})
+	ok(t, run(t, env, "xqueue", "user", "add", "lms", "--password-file", pwFile, "--platform", "openedx",
+		"--callback-host", "lms.example.org", "--callback-auth-user", "xq", "--callback-auth-password-file", authFile),
+		"XQueue user:", "lms", "openedx", "lms.example.org", "xq (password set)")
+	ok(t, run(t, env, "xqueue", "user", "add", "watcher", "--password-file", pwFile, "--pull", "MITx-6.00x", "--max-jobs", "4"),
+		"pulls:", "MITx-6.00x", "max jobs:", "4")
+	run(t, env, "xqueue", "user", "add", "w2").want(t, 2, nil, []string{"--password-file is required"})
+	r := run(t, env, "xqueue", "user", "list")
+	if !regexpLine(r.stdout, "lms", "openedx", "lms.example.org", "-", "-", "1") || !regexpLine(r.stdout, "watcher", "-", "-", "-", "MITx-6.00x", "4") ||
+		strings.Contains(r.stdout, "watcher password") || strings.Contains(r.stdout, "basic secret") {
+		t.Errorf("xqueue user list:\n%s", r.stdout)
+	}
+	stored, err := env.DB.XQueueUserByName(context.Background(), "watcher")
+	if err != nil || stored.PasswordHash == "" || strings.Contains(stored.PasswordHash, "watcher password") {
+		t.Fatalf("stored watcher: %+v, %v", stored, err)
+	}
+	queue, err := env.DB.XQueueQueueByName(context.Background(), "MITx-6.00x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _, err := env.DB.Puller(context.Background(), stored, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, env, "server", "list")
+	if !regexpLine(r.stdout, srv.Name, "pytype", "no", "no", "0", "0", "4", "never", "xqueue") {
+		t.Errorf("server list:\n%s", r.stdout)
+	}
+	ok(t, run(t, env, "server", "update", srv.Name, "--max-jobs", "5"), "none: it pulls its jobs (xqueue)", "max jobs:", "5")
+	env.Dispatcher.SetQueueLength("MITx-6.00x", 3)
+	r = run(t, env, "xqueue", "queue", "list")
+	if !regexpLine(r.stdout, "MITx-6.00x", "py", "pytype", "2m0s", "3") {
+		t.Errorf("xqueue queue list:\n%s", r.stdout)
+	}
+	ok(t, run(t, env, "xqueue", "queue", "update", "MITx-6.00x", "--job-timeout", "0"), "timeout:", "default")
+	ok(t, run(t, env, "xqueue", "user", "update", "watcher", "--pull", ""), "removed servers "+srv.Name)
+	run(t, env, "xqueue", "user", "update", "watcher").want(t, 2, nil, []string{"nothing to change"})
+	ok(t, run(t, env, "xqueue", "user", "remove", "watcher"), "removed XQueue user watcher")
+	ok(t, run(t, env, "xqueue", "queue", "remove", "MITx-6.00x"), "removed XQueue queue MITx-6.00x")
+}

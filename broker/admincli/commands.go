@@ -129,35 +129,54 @@ signed by the CA in --ca. Refuses when an operator already exists, unless
 	// --- platforms ---
 	{
 		name:     "platform add",
-		synopsis: "platform add NAME --key PUB.pem --return-url URL [--restrict-path P]... [--force-tag T] [--cert FILE]",
+		synopsis: "platform add NAME [--protocol P] --key PUB.pem --return-url URL [--restrict-path P]... [--force-tag T] [--cert FILE] [--legacy-tokens]",
 		args:     nameArgs,
 		summary:  "Register a platform",
 		help: `--key is the platform's RSA public key (2048 bits or more) that checks its
 tokens. Results are POSTed to --return-url, which must be https:// (http://
 only to localhost). --cert registers the platform's client certificate
-(OU=platform) if the gateway should require one.`,
+(OU=platform) if the gateway should require one.
+
+--protocol is the protocol the platform speaks, which decides the form of its
+result callbacks: gradebroker (the default: tokens in, a signed and encrypted
+callback to --return-url out) or a compatibility protocol the broker
+delivers. Only gradebroker's own needs --key and --return-url.
+
+--legacy-tokens lets a platform written for graderqueue (--protocol
+graderqueue) send the tokens France-ioi's platforms make to api.php: no kid,
+iat, exp or jti, only a date. They are weaker than the others (the README's
+"Moving from graderqueue" says how); leave it off unless the platform cannot
+make full tokens.`,
 		examples: []string{
 			"broker admin platform add mooc --key mooc.pub.pem --return-url https://mooc.example/grader/callback",
 			"broker admin platform add contest --key c.pem --return-url https://c.example/cb --restrict-path /tasks/contest --force-tag contest",
+			"broker admin platform add fioi --protocol graderqueue --key fioi.pub.pem --return-url https://fioi.example/returnUrl.php --legacy-tokens",
 		},
 		shadows: []string{"cert", "key"},
 		flags: func(fs *flag.FlagSet, r *runner) runFunc {
+			protocol := fs.String("protocol", string(broker.ProtocolGradebroker), "the `PROTOCOL` the platform speaks")
 			key := fs.String("key", "", "the platform's RSA public key `FILE` (PEM)")
 			returnURL := fs.String("return-url", "", "where results are POSTed (`URL`)")
 			var paths stringList
 			fs.Var(&paths, "restrict-path", "restrict the platform's jobs to `PATH` (repeatable)")
 			forceTag := fs.String("force-tag", "", "a registered `TAG` added to every job of the platform")
 			certFile := fs.String("cert", "", "the platform's client certificate `FILE` (optional)")
+			legacy := fs.Bool("legacy-tokens", false, "accept graderqueue's legacy tokens from the platform")
 			return func(ctx context.Context, args []string) error {
-				keyPEM, err := readFlagFile("key", *key)
-				if err != nil {
-					return err
+				// gradebroker's own protocol needs a key; another may take one.
+				own := *protocol == string(broker.ProtocolGradebroker)
+				var keyPEM string
+				var err error
+				if own || *key != "" {
+					if keyPEM, err = readFlagFile("key", *key); err != nil {
+						return err
+					}
 				}
-				if *returnURL == "" {
+				if own && *returnURL == "" {
 					return usagef("--return-url is required")
 				}
-				req := &gradebrokerv1.AddPlatformRequest{Name: args[0], PublicKeyPem: keyPEM, ReturnUrl: *returnURL,
-					RestrictPaths: paths, ForceTag: *forceTag}
+				req := &gradebrokerv1.AddPlatformRequest{Name: args[0], Protocol: *protocol, PublicKeyPem: keyPEM, ReturnUrl: *returnURL,
+					RestrictPaths: paths, ForceTag: *forceTag, LegacyTokens: *legacy}
 				if *certFile != "" {
 					if req.CertificatePem, err = readFlagFile("cert", *certFile); err != nil {
 						return err
@@ -177,13 +196,13 @@ only to localhost). --cert registers the platform's client certificate
 			return call(ctx, r, admin.ListPlatforms, &gradebrokerv1.ListPlatformsRequest{},
 				func(w io.Writer, resp *gradebrokerv1.ListPlatformsResponse) {
 					tw := newTable(w)
-					fmt.Fprintln(tw, "NAME\tRETURN URL\tFORCE TAG\tRESTRICT PATHS\tCERTIFICATE\tREGISTERED")
+					fmt.Fprintln(tw, "NAME\tPROTOCOL\tRETURN URL\tFORCE TAG\tRESTRICT PATHS\tCERTIFICATE\tREGISTERED")
 					for _, p := range resp.GetPlatforms() {
 						cert := "-"
 						if p.GetCertificate() != nil {
 							cert = p.GetCertificate().GetSubject()
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GetName(), p.GetReturnUrl(), orDash(p.GetForceTag()),
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetName(), p.GetProtocol(), orDash(p.GetReturnUrl()), orDash(p.GetForceTag()),
 							list(p.GetRestrictPaths()), cert, when(p.GetCreatedAt()))
 					}
 					tw.Flush()
@@ -192,12 +211,15 @@ only to localhost). --cert registers the platform's client certificate
 	},
 	{
 		name:     "platform update",
-		synopsis: "platform update NAME [--key PUB.pem] [--return-url URL] [--restrict-path P]... [--no-restrict-paths] [--force-tag T] [--cert FILE] [--no-cert]",
+		synopsis: "platform update NAME [--protocol P] [--key PUB.pem] [--return-url URL] [--restrict-path P]... [--no-restrict-paths] [--force-tag T] [--cert FILE] [--no-cert] [--legacy-tokens[=false]]",
 		args:     nameArgs,
-		summary:  "Change a platform's key, return URL, paths, force tag or certificate",
+		summary:  "Change a platform's protocol, key, return URL, paths, force tag or certificate",
 		help: `Only the flags given change. --restrict-path replaces the whole list;
 --no-restrict-paths empties it. --force-tag "" removes the force tag;
---no-cert removes the client certificate.`,
+--no-cert removes the client certificate. A new --protocol applies to the
+results not yet delivered too; switching to gradebroker's own needs a key and
+a return URL, registered or given with it. --legacy-tokens allows
+graderqueue's legacy tokens, --legacy-tokens=false refuses them again.`,
 		examples: []string{
 			"broker admin platform update mooc --return-url https://mooc.example/v2/callback",
 			"broker admin platform update mooc --key mooc-2025.pub.pem",
@@ -205,6 +227,7 @@ only to localhost). --cert registers the platform's client certificate
 		},
 		shadows: []string{"cert", "key"},
 		flags: func(fs *flag.FlagSet, r *runner) runFunc {
+			protocol := fs.String("protocol", "", "a new `PROTOCOL`")
 			key := fs.String("key", "", "a new RSA public key `FILE` (PEM)")
 			returnURL := fs.String("return-url", "", "a new return `URL`")
 			var paths stringList
@@ -213,8 +236,15 @@ only to localhost). --cert registers the platform's client certificate
 			forceTag := fs.String("force-tag", "", "a new force `TAG`; empty removes it")
 			certFile := fs.String("cert", "", "a new client certificate `FILE`")
 			noCert := fs.Bool("no-cert", false, "remove the client certificate")
+			legacy := fs.Bool("legacy-tokens", false, "accept (or with =false refuse) graderqueue's legacy tokens")
 			return func(ctx context.Context, args []string) error {
 				req := &gradebrokerv1.UpdatePlatformRequest{Name: args[0]}
+				if r.isSet("legacy-tokens") {
+					req.LegacyTokens = legacy
+				}
+				if r.isSet("protocol") {
+					req.Protocol = protocol
+				}
 				if r.isSet("key") {
 					k, err := readFlagFile("key", *key)
 					if err != nil {
@@ -247,8 +277,9 @@ only to localhost). --cert registers the platform's client certificate
 				if *noCert {
 					req.CertificatePem = proto.String("")
 				}
-				if req.PublicKeyPem == nil && req.ReturnUrl == nil && req.RestrictPaths == nil && req.ForceTag == nil && req.CertificatePem == nil {
-					return usagef("nothing to change: give at least one of --key, --return-url, --restrict-path, --no-restrict-paths, --force-tag, --cert, --no-cert")
+				if req.Protocol == nil && req.PublicKeyPem == nil && req.ReturnUrl == nil && req.RestrictPaths == nil && req.ForceTag == nil && req.CertificatePem == nil &&
+					req.LegacyTokens == nil {
+					return usagef("nothing to change: give at least one of --protocol, --key, --return-url, --restrict-path, --no-restrict-paths, --force-tag, --cert, --no-cert, --legacy-tokens")
 				}
 				return call(ctx, r, admin.UpdatePlatform, req,
 					func(w io.Writer, resp *gradebrokerv1.UpdatePlatformResponse) { printPlatform(w, resp.GetPlatform()) })
@@ -310,19 +341,26 @@ type: the server takes the jobs whose tags the type covers.`,
 	{
 		name:     "server list",
 		synopsis: "server list",
-		summary:  "List servers with their connection state",
+		summary:  "List servers with their connection state, graderd version and sandbox",
+		help: `SANDBOX says how each server's executors isolate grading runs, as graderd
+reported it when it last connected since the broker started: "crun" for
+graderd's sandbox, "NONE (executor...)" first and in capitals for executors an
+operator set to 'sandbox: none', whose graders run with graderd's own powers
+(a warning under the table names them too), "-" before the server connected.`,
 		examples: []string{"broker admin server list"},
 		flags: noFlags(func(ctx context.Context, r *runner, _ []string) error {
 			return call(ctx, r, admin.ListServers, &gradebrokerv1.ListServersRequest{},
 				func(w io.Writer, resp *gradebrokerv1.ListServersResponse) {
 					now := time.Now()
 					tw := newTable(w)
-					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN")
+					fmt.Fprintln(tw, "NAME\tTYPE\tCONNECTED\tDRAINED\tSLOTS\tRUNNING\tMAX JOBS\tLAST SEEN\tVERSION\tSANDBOX\tPULLS")
 					for _, s := range resp.GetServers() {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
-							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", s.GetName(), s.GetType(), yesNo(s.GetConnected()),
+							yesNo(s.GetDrained()), s.GetSlots(), s.GetRunning(), s.GetMaxConcurrentJobs(), ago(s.GetLastSeen(), now),
+							orDash(s.GetVersion()), sandboxSummary(s.GetExecutors()), orDash(s.GetPull()))
 					}
 					tw.Flush()
+					warnUnsandboxed(w, resp.GetServers())
 				})
 		}),
 	},

@@ -3,14 +3,17 @@ package admincli
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/gradebroker/gradebroker/broker"
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 )
 
@@ -80,7 +83,9 @@ func certSummary(c *gradebrokerv1.CertIdentity) string {
 func printPlatform(w io.Writer, p *gradebrokerv1.Platform) {
 	fields(w,
 		"platform", p.GetName(),
-		"return URL", p.GetReturnUrl(),
+		"protocol", p.GetProtocol(),
+		"legacy tokens", yesNo(p.GetLegacyTokens()),
+		"return URL", orDash(p.GetReturnUrl()),
 		"restrict paths", list(p.GetRestrictPaths()),
 		"force tag", orDash(p.GetForceTag()),
 		"certificate", certSummary(p.GetCertificate()),
@@ -89,17 +94,65 @@ func printPlatform(w io.Writer, p *gradebrokerv1.Platform) {
 }
 
 func printServer(w io.Writer, s *gradebrokerv1.Server) {
+	cert, fp := certSummary(s.GetCertificate()), s.GetCertificate().GetFingerprintSha256()
+	if s.GetPull() != "" {
+		cert, fp = "none: it pulls its jobs ("+s.GetPull()+")", "-"
+	}
 	fields(w,
 		"server", s.GetName(),
 		"type", s.GetType(),
 		"max jobs", fmt.Sprint(s.GetMaxConcurrentJobs()),
 		"wakeup URL", orDash(s.GetWakeupUrl()),
-		"certificate", certSummary(s.GetCertificate()),
-		"fingerprint", s.GetCertificate().GetFingerprintSha256(),
+		"certificate", cert,
+		"fingerprint", fp,
 		"connected", yesNo(s.GetConnected()),
 		"drained", yesNo(s.GetDrained()),
 		"registered", when(s.GetCreatedAt()),
 	)
+}
+
+// sandboxSummary says how a server's executors isolate their runs, for
+// the SANDBOX column: the executors without a sandbox first, as
+// "NONE (name, ...)", so that they stand out, then the sandboxes in use;
+// "-" before the server reported its executors.
+func sandboxSummary(es []*gradebrokerv1.ExecutorInfo) string {
+	none := unsandboxed(es)
+	var parts []string
+	if len(none) > 0 {
+		parts = append(parts, "NONE ("+strings.Join(none, ", ")+")")
+	}
+	for _, e := range es {
+		if sb := e.GetSandbox(); sb != "" && sb != broker.SandboxNone && !slices.Contains(parts, sb) {
+			parts = append(parts, sb)
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// unsandboxed names the executors whose graders run without a sandbox.
+func unsandboxed(es []*gradebrokerv1.ExecutorInfo) []string {
+	var names []string
+	for _, e := range es {
+		if e.GetSandbox() == broker.SandboxNone {
+			names = append(names, e.GetName())
+		}
+	}
+	return names
+}
+
+// warnUnsandboxed prints a warning under a server list for every server
+// with an executor that runs its graders without a sandbox.
+func warnUnsandboxed(w io.Writer, servers []*gradebrokerv1.Server) {
+	for _, s := range servers {
+		if none := unsandboxed(s.GetExecutors()); len(none) > 0 {
+			fmt.Fprintf(w, "\nWARNING: server %s runs the graders of executor(s) %s WITHOUT a sandbox, with graderd's own powers"+
+				" (sandbox: none in its graderd config): students' code there can read its keys and reach the network.\n",
+				s.GetName(), strings.Join(none, ", "))
+		}
+	}
 }
 
 func printOperator(w io.Writer, o *gradebrokerv1.Operator) {
@@ -161,14 +214,15 @@ func printJob(w io.Writer, j *gradebrokerv1.Job) {
 	if len(j.GetHistory()) > 0 {
 		fmt.Fprintln(w, "\nAttempts:")
 		tw := newTable(w)
-		fmt.Fprintln(tw, "  #\tLEASE\tSERVER\tASSIGNED\tENDED\tEND\tREASON")
+		fmt.Fprintln(tw, "  #\tLEASE\tSERVER\tASSIGNED\tENDED\tEND\tCPU\tPEAK MEMORY\tWALL\tLIMIT\tREASON")
 		for _, a := range j.GetHistory() {
 			end := a.GetEnd()
 			if end == "" {
 				end = "running"
 			}
-			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\t%s\n", a.GetNumber(), a.GetLeaseId(), a.GetServer(),
-				when(a.GetAssignedAt()), when(a.GetEndedAt()), end, orDash(a.GetReason()))
+			cpu, mem, wall := usageColumns(a.GetUsage())
+			fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.GetNumber(), a.GetLeaseId(), a.GetServer(),
+				when(a.GetAssignedAt()), when(a.GetEndedAt()), end, cpu, mem, wall, limitName(a.GetLimit()), orDash(a.GetReason()))
 		}
 		tw.Flush()
 	}
@@ -194,6 +248,25 @@ func printJob(w io.Writer, j *gradebrokerv1.Job) {
 		}
 		fmt.Fprintf(w, "\n%s:\n%s\n", part.title, strings.TrimRight(part.body, "\n"))
 	}
+}
+
+// usageColumns formats what a run used: CPU time, peak memory and wall
+// time, "-" each when its server reported none.
+func usageColumns(u *gradebrokerv1.Usage) (cpu, mem, wall string) {
+	if u == nil {
+		return "-", "-", "-"
+	}
+	return u.GetCpuTime().AsDuration().Round(time.Millisecond).String(), humanize.IBytes(u.GetPeakMemoryBytes()),
+		u.GetWallTime().AsDuration().Round(time.Millisecond).String()
+}
+
+// limitName is the limit that ended a run as operators read it: "memory",
+// "wall_time"; "-" for none.
+func limitName(l gradebrokerv1.Limit) string {
+	if l == gradebrokerv1.Limit_LIMIT_UNSPECIFIED {
+		return "-"
+	}
+	return strings.ToLower(strings.TrimPrefix(l.String(), "LIMIT_"))
 }
 
 // ago says how long ago t was, for "last seen" columns.

@@ -24,15 +24,18 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/adminapi"
 	"github.com/gradebroker/gradebroker/broker/delivery"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
 	"github.com/gradebroker/gradebroker/broker/graderapi"
+	"github.com/gradebroker/gradebroker/broker/graderqueue"
 	"github.com/gradebroker/gradebroker/broker/metrics"
 	"github.com/gradebroker/gradebroker/broker/platform"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/broker/wakeup"
+	"github.com/gradebroker/gradebroker/broker/xqueue"
 	"github.com/gradebroker/gradebroker/certs"
 )
 
@@ -48,6 +51,7 @@ type Broker struct {
 	admin   *adminapi.Service
 	plat    *platform.Service
 	deliv   *delivery.Worker
+	xq      *xqueue.Service
 	wake    *wakeup.Waker
 	keys    *token.KeyRing
 	grpc    *grpc.Server
@@ -115,18 +119,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Broker, error) {
 		ReconnectGrace:    cfg.ReconnectGrace,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		OnCommit:          onCommit(b.metrics, cfg.OnCommit),
+		OnRun:             func(r dispatch.Run) { b.metrics.ObserveRun(r.Outcome, r.ServerType, r.Usage, r.Limit) },
 	}, log)
 	b.grader = graderapi.New(b.disp, log)
 	b.admin = adminapi.New(db, func() *x509.CertPool { return b.tls.CAPool() }, b.disp, log)
-	b.deliv, err = delivery.New(db, b.keys, delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
+	dcfg := delivery.Config{Broker: cfg.Name, Window: cfg.DeliveryWindow,
 		Timeout: cfg.DeliveryTimeout, PerPlatform: cfg.DeliveryPerPlatform, CAFile: cfg.DeliveryCAFile,
-		OnDelivered: b.metrics.ObserveDelivery}, log)
+		Protocols: map[broker.Protocol]delivery.Protocol{
+			broker.ProtocolGraderqueue: delivery.NewGraderqueueCallback(b.keys, cfg.Name, 0),
+		},
+		OnDelivered: b.metrics.ObserveDelivery}
+	b.newXQueue(&dcfg)
+	b.deliv, err = delivery.New(db, b.keys, dcfg, log)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	b.disp.SetFinalHook(b.deliv.Notify)
 	b.admin.SetRedeliverer(b.deliv)
+	b.admin.SetProtocols(b.deliv.Protocols()...)
 	wakeKey, err := wakeup.LoadKey(cfg.WakeupKeyFile)
 	if err == nil {
 		b.wake, err = wakeup.New(wakeup.Config{Broker: cfg.Name, Key: wakeKey, OnResult: b.disp.WakeResult,
@@ -240,7 +251,8 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 		return err
 	}
 	err = b.startServices(ctx, service{"dispatcher", b.disp.Start, b.disp.Stop},
-		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop})
+		service{"delivery", b.deliv.Start, b.deliv.Stop}, service{"wakeup", b.wake.Start, b.wake.Stop},
+		service{"xqueue", b.xq.Start, b.xq.Stop})
 	if err != nil {
 		return err
 	}
@@ -265,6 +277,9 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", gateway)
+	mux.Handle("/xqueue/", b.xq.Handler())
+	// graderqueue's platform API, for platforms written for it.
+	mux.Handle(graderqueue.Path, graderqueue.Handler(b.plat, graderqueue.Config{}, b.log))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", b.readyz)
 	b.http = &http.Server{

@@ -90,6 +90,8 @@ type Config struct {
 	Maint MaintConfig `yaml:",inline"`
 	// Console is the web console (console.go).
 	Console ConsoleConfig `yaml:",inline"`
+	// XQueue is the XQueue interface (xqueue.go).
+	XQueue XQueueConfig `yaml:",inline"`
 
 	// OnCommit, if set, is called after each group commit of the
 	// dispatcher, beside the metrics, with its number of changes and how
@@ -126,6 +128,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout:     10 * time.Second,
 		Maint:               DefaultMaintConfig(),
 		Console:             DefaultConsoleConfig(),
+		XQueue:              DefaultXQueueConfig(),
 	}
 }
 
@@ -193,6 +196,9 @@ func (c Config) Validate() error {
 	case "text", "json":
 	default:
 		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
+	}
+	if err := c.XQueue.Validate(); err != nil {
+		return err
 	}
 	if err := c.Console.Validate(); err != nil {
 		return err

@@ -93,6 +93,7 @@ func ParseServeFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
 	registerMaintFlags(fs, &cfg.Maint)
 	registerConsoleFlags(fs, &cfg.Console)
+	registerXQueueFlags(fs, &cfg.XQueue)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

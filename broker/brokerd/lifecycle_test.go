@@ -12,7 +12,7 @@ import (
 // startSteps are the steps of Start, in order.
 // The console is on, so that its steps are among them.
 var startSteps = []string{"metrics listener", "grpc listener", "https listener", "console listener", "dispatcher",
-	"delivery", "wakeup", "grpc server", "https server", "certificate reload", "dispatcher watch", "metrics server",
+	"delivery", "wakeup", "xqueue", "grpc server", "https server", "certificate reload", "dispatcher watch", "metrics server",
 	"console", "console server", "retention", "alerts"}
 
 // withConsole turns the web console on, on a port of its own.
@@ -49,7 +49,8 @@ func TestStartFailingAtEachStep(t *testing.T) {
 					len(left), step, strings.Join(left, "\n\n"))
 			}
 			services := map[string]<-chan struct{}{"dispatcher": e.b.Dispatcher().Done(), "delivery": e.b.Delivery().Done(),
-				"wakeup": e.b.Waker().Done(), "retention": e.b.Maintainer().Done(), "alerts": e.b.Alerter().Done()}
+				"wakeup": e.b.Waker().Done(), "xqueue": e.b.XQueue().Done(), "retention": e.b.Maintainer().Done(),
+				"alerts": e.b.Alerter().Done()}
 			for name, stopped := range services {
 				if !slices.Contains(done, name) {
 					continue

@@ -17,7 +17,9 @@ import (
 // gatewayRoutes are the paths of the HTTPS port that requests are counted
 // under by name; any other path is counted as "other".
 var gatewayRoutes = []string{"/v1/test", "/v1/jobs", "/v1/jobs:batch", "/v1/solutions", "/v1/jobs:get",
-	"/v1/jobs:cancel", "/v1/keys", "/healthz", "/readyz"}
+	"/v1/jobs:cancel", "/v1/keys", "/healthz", "/readyz", "/api.php",
+	"/xqueue/login/", "/xqueue/logout/", "/xqueue/status/", "/xqueue/submit/", "/xqueue/get_queuelen/",
+	"/xqueue/get_submission/", "/xqueue/put_result/"}
 
 // validateMetricsAddr checks metrics_addr: empty (off), or host:port on a
 // loopback address unless remote is allowed. DESIGN: every listener refuses

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/certs"
@@ -238,8 +239,14 @@ func (g *grader) assign() *gbv1.Assign {
 // report sends a result and waits for its Ack, which comes after commit.
 func (g *grader) report(a *gbv1.Assign, outcome gbv1.Outcome, result string) {
 	g.t.Helper()
+	g.reportRun(a, outcome, result, nil, gbv1.Limit_LIMIT_UNSPECIFIED)
+}
+
+// reportRun is report of a run that used u and that limit ended.
+func (g *grader) reportRun(a *gbv1.Assign, outcome gbv1.Outcome, result string, u *gbv1.Usage, limit gbv1.Limit) {
+	g.t.Helper()
 	if err := g.stream.Send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Result{Result: &gbv1.Result{
-		JobId: a.JobId, LeaseId: a.LeaseId, Outcome: outcome, Result: []byte(result)}}}); err != nil {
+		JobId: a.JobId, LeaseId: a.LeaseId, Outcome: outcome, Result: []byte(result), Usage: u, Limit: limit}}}); err != nil {
 		g.t.Fatal(err)
 	}
 	for {
@@ -329,10 +336,23 @@ func TestMetricsFollowJobs(t *testing.T) {
 		`gradebroker_assignment_attempt_bucket{le="1"}`:   2,
 	})
 
-	g.report(a1, gbv1.Outcome_OUTCOME_OK, `{"score":100}`)
+	g.reportRun(a1, gbv1.Outcome_OUTCOME_OK, `{"score":100}`, &gbv1.Usage{CpuTime: durationpb.New(300 * time.Millisecond),
+		PeakMemoryBytes: 40 << 20, WallTime: durationpb.New(500 * time.Millisecond)}, gbv1.Limit_LIMIT_UNSPECIFIED)
 	a3 := g.assign()
-	g.report(a2, gbv1.Outcome_OUTCOME_FATAL, "")
+	g.reportRun(a2, gbv1.Outcome_OUTCOME_FATAL, "", &gbv1.Usage{CpuTime: durationpb.New(2 * time.Second),
+		PeakMemoryBytes: 1 << 30, WallTime: durationpb.New(3 * time.Second)}, gbv1.Limit_LIMIT_MEMORY)
 	m = e.scrape()
+	// What each run used, by outcome and server type.
+	e.expect("two runs measured", m, map[string]float64{
+		`gradebroker_run_cpu_seconds_count{outcome="ok",type="pytype"}`:        1,
+		`gradebroker_run_cpu_seconds_sum{outcome="ok",type="pytype"}`:          0.3,
+		`gradebroker_run_wall_seconds_sum{outcome="ok",type="pytype"}`:         0.5,
+		`gradebroker_run_peak_memory_bytes_sum{outcome="ok",type="pytype"}`:    40 << 20,
+		`gradebroker_run_cpu_seconds_sum{outcome="fatal",type="pytype"}`:       2,
+		`gradebroker_run_wall_seconds_count{outcome="fatal",type="pytype"}`:    1,
+		`gradebroker_run_peak_memory_bytes_sum{outcome="fatal",type="pytype"}`: 1 << 30,
+		`gradebroker_run_limits_total{limit="memory",type="pytype"}`:           1,
+	})
 	e.expect("one done, one failed, one running", m, map[string]float64{
 		`gradebroker_jobs{state="queued",type="pytype"}`:      0,
 		`gradebroker_jobs{state="running",type="pytype"}`:     1,

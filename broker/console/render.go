@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -125,6 +126,18 @@ var funcs = template.FuncMap{
 			return "–"
 		}
 		return roundDur(d.AsDuration())
+	},
+	// ms is a run's time to the millisecond: a grading run often takes
+	// less than a second.
+	"ms": func(d *durationpb.Duration) string {
+		if d == nil {
+			return "–"
+		}
+		return d.AsDuration().Round(time.Millisecond).String()
+	},
+	"bytes": humanize.IBytes,
+	"limit": func(l gradebrokerv1.Limit) string {
+		return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(l.String(), "LIMIT_")), "_", " ")
 	},
 	"state": func(s gradebrokerv1.JobState) string {
 		return strings.ToLower(strings.TrimPrefix(s.String(), "JOB_STATE_"))

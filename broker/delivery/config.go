@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/token"
 	"github.com/gradebroker/gradebroker/certs"
 )
@@ -82,6 +83,10 @@ type Config struct {
 	// are not ours to require 1.3 of) and Timeout. Redirects are never
 	// followed: the token must go to the registered return_url only.
 	HTTPClient *http.Client
+	// Protocols are the platform protocols the worker sends results in
+	// beside gradebroker's own, which is built in: each builds the requests
+	// of the deliveries of platforms of its protocol.
+	Protocols map[broker.Protocol]Protocol
 	// OnDelivered, if set, is called with the time from a delivery's
 	// creation to its acknowledgement each time a platform acknowledges
 	// one, for a latency histogram. It must be quick and safe for

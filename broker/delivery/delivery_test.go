@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,10 +63,13 @@ func TestDeliveredOnce(t *testing.T) {
 	}
 	// Every field of CallbackPayload is present, even when empty.
 	for _, k := range []string{"job_id", "jobname", "idempotency_key", "status", "result", "error", "attempts",
-		"server", "delivery_id", "iat", "exp", "jti", "aud", "iss"} {
+		"server", "limit", "delivery_id", "iat", "exp", "jti", "aud", "iss"} {
 		if _, ok := cb.raw[k]; !ok {
 			t.Errorf("payload has no %q: %v", k, cb.raw)
 		}
+	}
+	if _, ok := cb.raw["usage"]; ok {
+		t.Errorf("payload has a usage though the run reported none: %v", cb.raw)
 	}
 	d := e.delivery(id)
 	if d.Tries != 1 || !d.DeliveredAt.Equal(now) || d.LastError != "" {
@@ -103,6 +109,35 @@ func TestFailedAndCancelledPayloads(t *testing.T) {
 		}
 		if _, ok := cb.raw["result"]; ok {
 			t.Errorf("delivery %d: payload has a result: %v", id, cb.raw)
+		}
+	}
+}
+
+// The callback says what the job's last run used and which limit ended
+// it, in whole milliseconds and bytes.
+func TestPayloadCarriesUsageAndLimit(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rcv := e.newReceiver("mooc", nil)
+	p := e.platform("mooc", rcv.URL, "")
+	w := e.worker(Config{})
+	u := &broker.Usage{CPUTime: 1234567 * time.Microsecond, PeakMemory: 1 << 30, WallTime: 2*time.Second + 600*time.Microsecond}
+	_, id := e.finalRun(p, "ex1", "", store.Final{State: broker.JobFailed, Outcome: broker.OutcomeFatal, Error: "memory limit: 1 GiB"},
+		u, broker.LimitMemory)
+	w.Notify(0, id)
+	testutil.Eventually(t, "the callback", func() bool { return len(rcv.got()) == 1 })
+	cb := rcv.got()[0]
+	if cb.err != nil {
+		t.Fatalf("the callback does not open: %v", cb.err)
+	}
+	want := &PayloadUsage{CPUTimeMS: 1235, PeakMemoryBytes: 1 << 30, WallTimeMS: 2001}
+	if diff := cmp.Diff(want, cb.payload.Usage); diff != "" || cb.payload.Limit != "memory" {
+		t.Errorf("usage (-want +got):\n%s\nlimit %q, want memory", diff, cb.payload.Limit)
+	}
+	raw, _ := cb.raw["usage"].(map[string]any)
+	for _, k := range []string{"cpu_time_ms", "peak_memory_bytes", "wall_time_ms"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("usage has no %q: %v", k, cb.raw["usage"])
 		}
 	}
 }
@@ -582,5 +617,130 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := New(nil, e.ring, Config{Broker: "b"}, nil); err == nil {
 		t.Error("New without a database succeeded")
+	}
+}
+
+// formProtocol is a protocol of the tests' own: a form with the job's id and
+// result POSTed to the URL the platform was registered with, or the error
+// fail returns instead.
+type formProtocol struct {
+	fail func(d *store.Delivery) error
+}
+
+var _ Protocol = (*formProtocol)(nil)
+
+func (f *formProtocol) Request(ctx context.Context, d *store.Delivery, _ time.Time) (*http.Request, error) {
+	if f.fail != nil {
+		if err := f.fail(d); err != nil {
+			return nil, err
+		}
+	}
+	form := url.Values{"job": {strconv.FormatInt(d.JobID, 10)}, "result": {string(d.Result)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.ReturnURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return req, nil
+}
+
+// formReceiver records the forms it gets and answers what respond says for
+// the n-th (from 1).
+type formReceiver struct {
+	*httptest.Server
+	mu    sync.Mutex
+	forms []url.Values
+}
+
+func newFormReceiver(t *testing.T, respond func(n int) int) *formReceiver {
+	t.Helper()
+	r := &formReceiver{}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = req.ParseForm()
+		r.mu.Lock()
+		r.forms = append(r.forms, req.PostForm)
+		n := len(r.forms)
+		r.mu.Unlock()
+		w.WriteHeader(respond(n))
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *formReceiver) got() []url.Values {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.forms)
+}
+
+// Each delivery is sent in its platform's protocol, through the one outbox:
+// a failed try of any protocol is retried with the same backoff, a protocol
+// may declare a delivery unsendable, and a protocol the broker lacks leaves
+// the delivery pending with a message saying so.
+func TestProtocolChosenPerDelivery(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	jwe := e.newReceiver("mooc", nil)
+	forms := newFormReceiver(t, func(n int) int {
+		if n == 1 {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	ctx := context.Background()
+	mooc := e.platform("mooc", jwe.URL, "")
+	lms, err := e.db.AddPlatform(ctx, broker.Platform{Name: "lms", Protocol: "form", ReturnURL: forms.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	odd, err := e.db.AddPlatform(ctx, broker.Platform{Name: "odd", Protocol: "unknown", ReturnURL: forms.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken, err := e.db.AddPlatform(ctx, broker.Platform{Name: "broken", Protocol: "broken-form", ReturnURL: forms.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.worker(Config{MinBackoff: time.Second, MaxBackoff: time.Second, Protocols: map[broker.Protocol]Protocol{
+		"form": &formProtocol{},
+		"broken-form": &formProtocol{fail: func(*store.Delivery) error {
+			return permanent("this delivery cannot be sent in form")
+		}},
+	}})
+	if diff := cmp.Diff([]broker.Protocol{"broken-form", "form", "gradebroker"}, w.Protocols()); diff != "" {
+		t.Errorf("Protocols (-want +got):\n%s", diff)
+	}
+
+	_, jweID := e.finalJob(mooc, "ex1", "", doneOK)
+	formJob, formID := e.finalJob(lms.ID, "ex2", "", doneOK)
+	_, oddID := e.finalJob(odd.ID, "ex3", "", doneOK)
+	_, brokenID := e.finalJob(broken.ID, "ex4", "", doneOK)
+	w.Notify(0, 0)
+	e.advancing("the form delivery, on its second try", time.Second, func() bool {
+		return e.delivery(formID).State == broker.DeliveryDelivered
+	})
+	testutil.Eventually(t, "the JWE delivery", func() bool { return e.delivery(jweID).State == broker.DeliveryDelivered })
+	if d := e.delivery(formID); d.Tries != 2 || !strings.Contains(d.LastError, "HTTP 503") {
+		t.Errorf("form delivery = %d tries, last error %q; want 2 tries after an HTTP 503", d.Tries, d.LastError)
+	}
+	want := url.Values{"job": {strconv.FormatInt(formJob, 10)}, "result": {`{"score":1}`}}
+	if got := forms.got(); len(got) != 2 || !cmp.Equal(want, got[1]) {
+		t.Errorf("the form receiver got %v, want two of %v", got, want)
+	}
+	if calls := jwe.got(); len(calls) != 1 || calls[0].err != nil || calls[0].payload.JobName != "ex1" {
+		t.Errorf("the JWE receiver got %+v, want one good callback of ex1", calls)
+	}
+	testutil.Eventually(t, "the unsendable delivery to die", func() bool { return e.delivery(brokenID).State == broker.DeliveryDead })
+	if d := e.delivery(brokenID); !strings.Contains(d.LastError, "cannot be sent in form") {
+		t.Errorf("unsendable delivery's last error = %q", d.LastError)
+	}
+	testutil.Eventually(t, "a try of the unknown protocol", func() bool { return e.delivery(oddID).Tries >= 1 })
+	if d := e.delivery(oddID); d.State != broker.DeliveryPending || !strings.Contains(d.LastError, `cannot send results in protocol "unknown"`) {
+		t.Errorf("delivery of an unknown protocol = %v %q, want pending and saying so", d.State, d.LastError)
+	}
+	e.idle(w)
+
+	if _, err := New(e.db, e.ring, Config{Broker: brokerName, Protocols: map[broker.Protocol]Protocol{broker.ProtocolGradebroker: &formProtocol{}}}, nil); err == nil {
+		t.Error("New let Config.Protocols replace gradebroker's own protocol")
 	}
 }

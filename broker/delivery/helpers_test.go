@@ -143,6 +143,12 @@ func (e *env) platform(name, returnURL, keyPEM string) int64 {
 // returns the job's and the delivery's ids.
 func (e *env) finalJob(platformID int64, name, key string, f store.Final) (int64, int64) {
 	e.t.Helper()
+	return e.finalRun(platformID, name, key, f, nil, "")
+}
+
+// finalRun is finalJob whose one attempt's run used u and ended on limit.
+func (e *env) finalRun(platformID int64, name, key string, f store.Final, u *broker.Usage, limit broker.Limit) (int64, int64) {
+	e.t.Helper()
 	tx, err := e.db.BeginJobs(context.Background())
 	if err != nil {
 		e.t.Fatal(err)
@@ -156,6 +162,13 @@ func (e *env) finalJob(platformID int64, name, key string, f store.Final) (int64
 	leaseID := in.ID * 10
 	if _, err := tx.Assign(in.ID, leaseID, 1, "g1", 1, tx.Now().Add(time.Minute)); err != nil {
 		e.t.Fatalf("Assign: %v", err)
+	}
+	end := broker.EndFatal
+	if f.State == broker.JobDone {
+		end = broker.EndOK
+	}
+	if err := tx.EndLeaseRun(leaseID, end, f.Error, u, limit); err != nil {
+		e.t.Fatalf("EndLeaseRun: %v", err)
 	}
 	f.LeaseID = leaseID
 	if f.Actor == "" {

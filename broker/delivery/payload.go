@@ -15,7 +15,8 @@ import (
 
 // Payload is the JSON payload of a callback token, as
 // gradebroker.v1.CallbackPayload documents it, plus iss. Every field is
-// always present except result, which is absent when the job has none.
+// always present except result and usage, which are absent when the job
+// has none.
 type Payload struct {
 	// JobID is the job's id.
 	JobID int64 `json:"job_id"`
@@ -33,6 +34,12 @@ type Payload struct {
 	Attempts uint32 `json:"attempts"`
 	// Server is the grading server of the last attempt.
 	Server string `json:"server"`
+	// Usage is what the last attempt's run used, as its server measured
+	// it; absent when it reported nothing (or the job never ran).
+	Usage *PayloadUsage `json:"usage,omitempty"`
+	// Limit names the limit that ended the last attempt's run ("memory",
+	// "cpu_time", "wall_time", "pids", "output", "disk"); "" when none did.
+	Limit string `json:"limit"`
 	// DeliveryID is the same on every try of one delivery, so that a
 	// platform can drop duplicates.
 	DeliveryID int64 `json:"delivery_id"`
@@ -46,6 +53,27 @@ type Payload struct {
 	Audience string `json:"aud"`
 	// Issuer is iss: the broker's name, also the JWS kid.
 	Issuer string `json:"iss"`
+}
+
+// PayloadUsage is what a run used, all its processes together, in a
+// callback: whole milliseconds and bytes, for any platform's JSON reader.
+type PayloadUsage struct {
+	// CPUTimeMS is user and system CPU time, in milliseconds.
+	CPUTimeMS int64 `json:"cpu_time_ms"`
+	// PeakMemoryBytes is the highest memory use seen, in bytes.
+	PeakMemoryBytes int64 `json:"peak_memory_bytes"`
+	// WallTimeMS is the time from the run's start to its end, in
+	// milliseconds.
+	WallTimeMS int64 `json:"wall_time_ms"`
+}
+
+// payloadUsage converts what a run used for the callback; nil stays nil.
+func payloadUsage(u *broker.Usage) *PayloadUsage {
+	if u == nil {
+		return nil
+	}
+	return &PayloadUsage{CPUTimeMS: u.CPUTime.Round(time.Millisecond).Milliseconds(), PeakMemoryBytes: u.PeakMemory,
+		WallTimeMS: u.WallTime.Round(time.Millisecond).Milliseconds()}
 }
 
 // permanentError is a failure that no retry can fix: the delivery is marked
@@ -96,6 +124,8 @@ func buildPayload(d *store.Delivery, brokerName string, now time.Time, lifetime 
 		Error:          d.Error,
 		Attempts:       uint32(max(d.Attempts, 0)),
 		Server:         d.Server,
+		Usage:          payloadUsage(d.Usage),
+		Limit:          string(d.Limit),
 		DeliveryID:     d.ID,
 		IssuedAt:       now.Unix(),
 		Expires:        now.Add(lifetime).Unix(),

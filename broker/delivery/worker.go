@@ -1,5 +1,6 @@
 // Package delivery is the result outbox's worker: it sends each pending
-// delivery to its platform's return_url as a signed and encrypted callback,
+// delivery to its platform, in the form of the platform's protocol (for
+// gradebroker's own, a signed and encrypted callback to its return_url),
 // and records the outcome in the database.
 //
 // The database is the queue. A delivery is created pending in the same
@@ -17,9 +18,7 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +26,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,12 +53,12 @@ const markTimeout = 30 * time.Second
 // Worker sends pending deliveries. Make one with New, then Start it; Stop
 // it before closing the database.
 type Worker struct {
-	db     *store.DB
-	keys   *token.KeyRing
-	cfg    Config
-	log    *slog.Logger
-	client *http.Client
-	hold   int
+	db        *store.DB
+	cfg       Config
+	log       *slog.Logger
+	client    *http.Client
+	hold      int
+	protocols map[broker.Protocol]Protocol
 
 	life startstop.Base
 
@@ -87,8 +87,8 @@ type Worker struct {
 	polls atomic.Uint64
 }
 
-// New makes a Worker that reads deliveries from db and signs callbacks with
-// keys.Current(). It fills in cfg's defaults, and fails when cfg is invalid
+// New makes a Worker that reads deliveries from db and signs gradebroker's
+// callbacks with keys.Current(). It fills in cfg's defaults, and fails when cfg is invalid
 // or CAFile cannot be read. log may be nil.
 func New(db *store.DB, keys *token.KeyRing, cfg Config, log *slog.Logger) (*Worker, error) {
 	if db == nil || keys == nil {
@@ -111,24 +111,44 @@ func New(db *store.DB, keys *token.KeyRing, cfg Config, log *slog.Logger) (*Work
 	// A copy, so that the caller's client keeps its own redirect policy.
 	c := *client
 	c.CheckRedirect = noRedirect
+	protocols := map[broker.Protocol]Protocol{broker.ProtocolGradebroker: &jweCallback{keys: keys, broker: cfg.Broker,
+		lifetime: cfg.TokenLifetime, compress: cfg.Compress}}
+	for name, p := range cfg.Protocols {
+		if name == broker.ProtocolGradebroker || p == nil {
+			return nil, fmt.Errorf("delivery config: Protocols: %q cannot be replaced or left without a Protocol", name)
+		}
+		protocols[name] = p
+	}
 	return &Worker{
-		db:       db,
-		keys:     keys,
-		cfg:      cfg,
-		log:      log.With("component", "delivery"),
-		client:   &c,
-		hold:     holdFactor * cfg.PerPlatform,
-		queued:   make(map[int64][]store.Delivery),
-		held:     make(map[int64]int),
-		running:  make(map[int64]int),
-		inflight: make(map[int64]bool),
-		finished: make(map[int64]bool),
-		wake:     make(chan struct{}, 1),
+		db:        db,
+		cfg:       cfg,
+		log:       log.With("component", "delivery"),
+		client:    &c,
+		hold:      holdFactor * cfg.PerPlatform,
+		protocols: protocols,
+		queued:    make(map[int64][]store.Delivery),
+		held:      make(map[int64]int),
+		running:   make(map[int64]int),
+		inflight:  make(map[int64]bool),
+		finished:  make(map[int64]bool),
+		wake:      make(chan struct{}, 1),
 	}, nil
 }
 
 // Config returns the worker's configuration with defaults filled in.
 func (w *Worker) Config() Config { return w.cfg }
+
+// Protocols lists the platform protocols the worker sends results in, in
+// order: gradebroker's own, and those of Config.Protocols. A platform may
+// be registered with these only (adminapi.Service.SetProtocols).
+func (w *Worker) Protocols() []broker.Protocol {
+	out := make([]broker.Protocol, 0, len(w.protocols))
+	for p := range w.protocols {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Start starts the worker and returns. Every delivery left pending in the
 // database, by this run or an earlier one, is sent when it is due: the first
@@ -471,43 +491,26 @@ func (w *Worker) markFailed(log *slog.Logger, err error) bool {
 	return true
 }
 
-// send makes one callback request for d, issued at now, and returns the
-// response's status.
+// send makes one callback request for d, issued at now, in the form of its
+// platform's protocol, and returns the response's status.
 // Errors wrapping *permanentError cannot be fixed by retrying.
 func (w *Worker) send(d *store.Delivery, now time.Time) (int, error) {
-	if err := checkURL(d.ReturnURL); err != nil {
-		return 0, err
+	p := w.protocols[d.Protocol]
+	if p == nil {
+		// Retried, not dead: an operator can change the platform's
+		// protocol within the window, or run a broker that has it.
+		return 0, fmt.Errorf("this broker cannot send results in protocol %q, the platform's; change the platform's protocol", d.Protocol)
 	}
-	pub, err := token.ParsePublicKeyPEM([]byte(d.PublicKeyPEM))
-	if err != nil {
-		// Retried, not dead: an operator can fix the key within the window.
-		return 0, fmt.Errorf("the platform's registered key is unusable (%w); update the platform's key", err)
-	}
-	payload, err := buildPayload(d, w.cfg.Broker, now, w.cfg.TokenLifetime)
-	if err != nil {
-		return 0, err
-	}
-	compress := w.cfg.Compress && len(payload) > compressAbove
-	tok, err := token.Seal(payload, w.cfg.Broker, w.keys.Current(), pub, "", compress)
-	if err != nil {
-		return 0, fmt.Errorf("sealing the callback: %w", err)
-	}
-	body, err := json.Marshal(struct {
-		Token string `json:"token"`
-	}{tok})
-	if err != nil {
-		return 0, fmt.Errorf("encoding the request: %w", err)
-	}
-
-	w.stats.attempts.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.ReturnURL, bytes.NewReader(body))
+	req, err := p.Request(ctx, d, now)
 	if err != nil {
-		return 0, permanent("return_url cannot make a request")
+		return 0, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "gradebroker-delivery")
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", "gradebroker-delivery")
+	}
+	w.stats.attempts.Add(1)
 	resp, err := w.client.Do(req)
 	if err != nil {
 		return 0, w.describe(err)
@@ -520,7 +523,7 @@ func (w *Worker) send(d *store.Delivery, now time.Time) (int, error) {
 	case resp.StatusCode >= 200 && resp.StatusCode <= 299:
 		return resp.StatusCode, nil
 	case resp.StatusCode >= 300 && resp.StatusCode <= 399:
-		return resp.StatusCode, fmt.Errorf("HTTP %d: a redirect, which is not followed; set the platform's return_url to where it points", resp.StatusCode)
+		return resp.StatusCode, fmt.Errorf("HTTP %d: a redirect, which is not followed; register the address it points to instead", resp.StatusCode)
 	}
 	if s := printable(snippet, 200); s != "" {
 		return resp.StatusCode, fmt.Errorf("HTTP %d: %s", resp.StatusCode, s)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/gradebroker/gradebroker/broker"
@@ -23,6 +24,15 @@ type TokenUse struct {
 // earlier job is returned with Duplicate set. When tok is set, its id is
 // recorded in the same transaction; a replay fails with ErrConflict.
 func (d *Dispatcher) Submit(ctx context.Context, jobs []broker.NewJob, tok *TokenUse, actor string) ([]store.Inserted, error) {
+	return d.SubmitWith(ctx, jobs, tok, actor, nil)
+}
+
+// SubmitWith is Submit with more to store in the same transaction: with,
+// if not nil, runs once the jobs are inserted, with what InsertJob said of
+// each, and an error from it refuses them all. An edge adapter stores
+// there what its protocol keeps beside a job (XQueue's callback and files).
+func (d *Dispatcher) SubmitWith(ctx context.Context, jobs []broker.NewJob, tok *TokenUse, actor string,
+	with func(tx *store.JobTx, ins []store.Inserted) error) ([]store.Inserted, error) {
 	for i := range jobs {
 		if jobs[i].MaxAttempts <= 0 {
 			jobs[i].MaxAttempts = d.cfg.MaxAttempts
@@ -49,6 +59,11 @@ func (d *Dispatcher) Submit(ctx context.Context, jobs []broker.NewJob, tok *Toke
 					return fmt.Errorf("job %d of %d: %w", i+1, len(jobs), err)
 				}
 				out[i] = in
+			}
+			if with != nil {
+				if err := with(tx, out); err != nil {
+					return err
+				}
 			}
 			// Nothing below can refuse the op: queue the jobs now and give
 			// those a server can take at once their leases in this same
@@ -91,7 +106,7 @@ func (d *Dispatcher) queueInline(tx *store.JobTx, jobs []broker.NewJob, out []st
 		}
 		nj := &jobs[i]
 		in.inserted[ins.ID] = nj
-		c := d.classFor(nj.TypeIDs)
+		c := d.classFor(nj.TypeIDs, nj.Queue)
 		c.push(nj.Priority, nj.PlatformID, qjob{id: ins.ID, created: ins.CreatedAt.UnixMilli(),
 			timeoutMS: nj.Timeout.Milliseconds(), maxAttempts: int32(nj.MaxAttempts)})
 		touched[c] = true
@@ -105,10 +120,24 @@ func (d *Dispatcher) queueInline(tx *store.JobTx, jobs []broker.NewJob, out []st
 // CancelJob cancels a job that is not final: a queued one at once, a running
 // one also on its server. It returns ErrFailedPrecondition for a final job.
 func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) error {
+	return d.cancel(ctx, jobID, actor, "cancelled by "+actor, false)
+}
+
+// Retire cancels a job as CancelJob does, for reason, but makes no
+// delivery: its platform is not to hear of it. XQueue retires a submission
+// when a newer one to the same callback URL replaces it, and never posts
+// its result. Errors are CancelJob's.
+func (d *Dispatcher) Retire(ctx context.Context, jobID int64, actor, reason string) error {
+	return d.cancel(ctx, jobID, actor, reason, true)
+}
+
+// cancel is CancelJob and Retire: why is the job's error, quiet leaves its
+// platform untold.
+func (d *Dispatcher) cancel(ctx context.Context, jobID int64, actor, why string, quiet bool) error {
 	// A queued job stays in its class until a server reaches it; the class
 	// counts it as cancelled meanwhile, so that it is not counted as
 	// waiting.
-	types, err := d.db.JobTypeIDs(ctx, jobID)
+	types, queue, err := d.db.JobClass(ctx, jobID)
 	if err != nil {
 		return err
 	}
@@ -118,19 +147,19 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.revoke(l, "cancelled by "+actor)
+		d.revoke(l, why)
 		done := make(chan error, 1)
 		d.stats.Finished++
 		d.mx.finalState(broker.JobCancelled)
 		var deliveryID int64
 		d.w.enqueue(&op{
 			apply: func(tx *store.JobTx) error {
-				if err := tx.EndLease(l.id, broker.EndCancelled, "cancelled by "+actor); err != nil {
+				if err := tx.EndLease(l.id, broker.EndCancelled, why); err != nil {
 					return err
 				}
 				var err error
 				deliveryID, err = tx.Finish(jobID, store.Final{PlatformID: l.platform, State: broker.JobCancelled, LeaseID: l.id,
-					Error: "cancelled by " + actor, Actor: actor})
+					Error: why, Actor: actor, Quiet: quiet})
 				return err
 			},
 			after: func() { d.finalized(jobID, deliveryID) },
@@ -139,7 +168,11 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		d.mu.Unlock()
 		return waitDone(ctx, done)
 	}
-	c := d.classes[classKey(types)]
+	if _, ok := d.cancelled[jobID]; ok {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: job %d is already final", broker.ErrFailedPrecondition, jobID)
+	}
+	c := d.classes[classKey(types, queue)]
 	d.cancelled[jobID] = c
 	if c != nil {
 		c.cancelled++
@@ -149,7 +182,7 @@ func (d *Dispatcher) CancelJob(ctx context.Context, jobID int64, actor string) e
 		fallible: true,
 		apply: func(tx *store.JobTx) error {
 			var err error
-			deliveryID, err = tx.Finish(jobID, store.Final{State: broker.JobCancelled, Error: "cancelled by " + actor, Actor: actor})
+			deliveryID, err = tx.Finish(jobID, store.Final{State: broker.JobCancelled, Error: why, Actor: actor, Quiet: quiet})
 			return err
 		},
 		after: func() {
@@ -189,11 +222,15 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		return errShuttingDown
 	}
 	if l := d.leaseByJob[jobID]; l != nil {
-		d.revoke(l, "requeued by "+actor)
+		withdrawn := d.revoke(l, "requeued by "+actor)
+		if withdrawn {
+			// Its Assign never left: the attempt does not count.
+			l.q.attempts--
+		}
 		if l.q.attempts >= l.q.maxAttempts {
 			l.q.maxAttempts = l.q.attempts + 1
 		}
-		maxAttempts := int(l.q.maxAttempts)
+		attempts, maxAttempts := int(l.q.attempts), int(l.q.maxAttempts)
 		d.requeueLocal(l, 0, now)
 		done := make(chan error, 1)
 		d.w.enqueue(&op{
@@ -203,6 +240,11 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 				}
 				if err := tx.SetMaxAttempts(jobID, maxAttempts); err != nil {
 					return err
+				}
+				if withdrawn {
+					if err := tx.SetAttempts(jobID, attempts); err != nil {
+						return err
+					}
 				}
 				return tx.Requeue(jobID, 0, actor, l.id, "requeued by "+actor)
 			},
@@ -226,10 +268,19 @@ func (d *Dispatcher) RequeueJob(ctx context.Context, jobID int64, actor string) 
 		after: func() {
 			d.mu.Lock()
 			defer d.mu.Unlock()
+			q := qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS, maxAttempts: int32(oj.MaxAttempts)}
+			c, stillQueued := d.cancelled[jobID]
 			d.dropCancelled(jobID)
-			c := d.classFor(oj.TypeIDs)
-			c.push(oj.Priority, platform, qjob{id: oj.ID, created: oj.CreatedAt.UnixMilli(), timeoutMS: oj.TimeoutMS,
-				maxAttempts: int32(oj.MaxAttempts)})
+			if stillQueued && c != nil {
+				// Cancelled while queued, and no server has reached its
+				// entry to drop it yet: that entry comes back, with the
+				// reopened job's fresh attempts.
+				d.reopened[jobID] = q
+			} else {
+				delete(d.reopened, jobID)
+				c = d.classFor(oj.TypeIDs, oj.Queue)
+				c.push(oj.Priority, platform, q)
+			}
 			d.fillClass(c, d.cfg.Now())
 		},
 	})
@@ -354,6 +405,20 @@ func (d *Dispatcher) ServerStatus(name string) (connected bool, slots, running i
 		return false, 0, 0, time.Time{}
 	}
 	return s.sess != nil, s.capacity(), len(s.leases), s.lastSeen
+}
+
+// ServerHello returns what server name's graderd reported of itself when
+// it last connected since the broker started: its version and its
+// executors, with how each isolates its runs. Both are empty for a server
+// that has not connected since.
+func (d *Dispatcher) ServerHello(name string) (version string, executors []broker.Executor) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.byName[name]
+	if s == nil {
+		return "", nil
+	}
+	return s.version, slices.Clone(s.executors)
 }
 
 // UseToken records a token id in its own group-committed transaction, for

@@ -52,6 +52,24 @@ type Config struct {
 	// with its number of changes and how long its transaction took, from
 	// begin to commit. It runs on the writer goroutine: it must be quick.
 	OnCommit func(ops int, took time.Duration)
+	// OnRun, if set, is called for every result of a current lease that
+	// says what its run used or which limit ended it (a result refused as
+	// stale is not: the broker kept another). It runs on the writer
+	// goroutine once the result is committed, just before the server's
+	// Ack is queued: it must be quick.
+	OnRun func(Run)
+}
+
+// Run is one grading run as its server reported it, for metrics.
+type Run struct {
+	// Outcome is how the run ended, one of ResultNames.
+	Outcome string
+	// ServerType is the type of the server that ran it.
+	ServerType string
+	// Usage is what the run used; nil when the server measured nothing.
+	Usage *broker.Usage
+	// Limit is the limit that ended the run, if one did.
+	Limit broker.Limit
 }
 
 func (c *Config) setDefaults() {
@@ -115,11 +133,20 @@ type server struct {
 	wakeupURL      string // empty: it cannot be woken (wakeup.go)
 	// drained: an operator drained it (ops.go); it gets no new jobs.
 	drained bool
+	// version and executors are what graderd reported in its last Hello,
+	// for operators (an executor without a sandbox must show).
+	version   string
+	executors []broker.Executor
 	// full: it handed a job back for want of a free slot, so the
 	// dispatcher's count of its leases is short; it gets no new jobs
 	// until it reports again (a result or a heartbeat), changes its slots
 	// or reconnects.
 	full bool
+	// pull: it pulls its jobs (broker.Server.Pull; pull.go) rather than
+	// have them pushed. It is never in the free sets, its leases run to
+	// their deadline whether its session is open or not, and a lease taken
+	// back from it frees its slot at once: it cannot be told.
+	pull bool
 }
 
 func (s *server) capacity() int {
@@ -160,6 +187,50 @@ type lease struct {
 	// server listed the lease before.
 	assignSeq atomic.Uint64
 	reported  bool
+	// sess is the session the lease's Assign goes to (nil for a lease
+	// loaded at start, whose Assign left before the restart), and sent
+	// how far the Assign got (assignPending...): a lease the broker ends
+	// before its Assign left was never the server's, and must cost its
+	// job nothing.
+	sess *Session
+	sent atomic.Int32
+	// usage and limit are what the lease's run used and the limit that
+	// ended it, as its result reported them: they are written with the
+	// lease's end.
+	usage *broker.Usage
+	limit broker.Limit
+}
+
+// How far a lease's Assign got (lease.sent). An Assign leaves when the
+// transport takes it from the session's outbox; until then the broker can
+// still keep it from leaving.
+const (
+	// assignPending: the lease is being committed; its Assign waits.
+	assignPending int32 = iota
+	// assignQueued: the Assign waits in its session's outbox.
+	assignQueued
+	// assignTaken: the transport took the Assign; the server may have it.
+	assignTaken
+	// assignWithdrawn: the broker ended the lease before its Assign left;
+	// it never will.
+	assignWithdrawn
+)
+
+// withdraw keeps the lease's Assign from leaving if it has not left yet,
+// and reports whether it never left: then the server never had the job.
+// An Assign waiting in the outbox of an open session is left to go: what
+// the caller sends next (a Cancel) follows it.
+func (l *lease) withdraw() bool {
+	if l.sent.CompareAndSwap(assignPending, assignWithdrawn) {
+		return true
+	}
+	s := l.sess
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed && l.sent.CompareAndSwap(assignQueued, assignWithdrawn)
 }
 
 // Stats are counters for monitoring.
@@ -199,15 +270,21 @@ type Dispatcher struct {
 	connectedByType map[int64]int
 	leases          map[int64]*lease // current leases by id
 	leaseByJob      map[int64]*lease
-	cancelled       map[int64]*class // queued jobs cancelled, dropped when reached; their class if known
-	nextLease       int64
-	waiters         map[int64][]chan struct{}
-	stats           Stats
-	onFinal         func(jobID, deliveryID int64)
-	wake            wakeState
-	mx              metricCounts
-	closed          bool
-	lastTouch       time.Time // when servers' last_seen was last written
+	cancelled       map[int64]*class // queued jobs cancelled (or finished by a late result), dropped when reached; their class if known
+	// reopened are jobs reopened while their entry from before their
+	// cancellation was still queued: the entry takes these fields when a
+	// server reaches it, rather than a second entry joining it.
+	reopened  map[int64]qjob
+	late      map[int64]*lease // expired leases of pulling servers whose result may still come (pull.go)
+	lateByJob map[int64]int64  // job id → its lease in late
+	nextLease int64
+	waiters   map[int64][]chan struct{}
+	stats     Stats
+	onFinal   func(jobID, deliveryID int64)
+	wake      wakeState
+	mx        metricCounts
+	closed    bool
+	lastTouch time.Time // when servers' last_seen was last written
 
 	w *writer
 	// inline, while set, makes assign write its lease into this transaction
@@ -249,6 +326,9 @@ func New(db *store.DB, cfg Config, log *slog.Logger) *Dispatcher {
 		leases:          make(map[int64]*lease),
 		leaseByJob:      make(map[int64]*lease),
 		cancelled:       make(map[int64]*class),
+		late:            make(map[int64]*lease),
+		lateByJob:       make(map[int64]int64),
+		reopened:        make(map[int64]qjob),
 		waiters:         make(map[int64][]chan struct{}),
 	}
 	d.stopped = d.life.Done()
@@ -364,7 +444,7 @@ func (d *Dispatcher) load(ctx context.Context) error {
 	}
 	var expired []*lease
 	err = d.db.LoadOpenJobs(ctx, func(j store.OpenJob) error {
-		cls := d.classFor(j.TypeIDs)
+		cls := d.classFor(j.TypeIDs, j.Queue)
 		q := qjob{id: j.ID, created: j.CreatedAt.UnixMilli(), timeoutMS: j.TimeoutMS,
 			attempts: int32(j.Attempts), maxAttempts: int32(j.MaxAttempts), avoid: j.AvoidServerID}
 		if j.State == broker.JobQueued {
@@ -382,6 +462,8 @@ func (d *Dispatcher) load(ctx context.Context) error {
 		}
 		l := &lease{id: ol.ID, jobID: j.ID, attempt: ol.Number, deadline: ol.Deadline,
 			hard: ol.Deadline, cls: cls, prio: j.Priority, platform: j.PlatformID, q: q}
+		// Its Assign may have reached the server before the restart.
+		l.sent.Store(assignTaken)
 		srv := d.servers[ol.ServerID]
 		d.leases[l.id] = l
 		d.leaseByJob[j.ID] = l
@@ -414,17 +496,17 @@ func (d *Dispatcher) load(ctx context.Context) error {
 func (d *Dispatcher) addServer(s broker.Server, tags []string, now time.Time) *server {
 	srv := &server{id: s.ID, name: s.Name, typeID: s.TypeID, typeName: s.Type, tags: tags,
 		maxJobs: s.MaxConcurrentJobs, fp: s.Cert.Fingerprint, leases: make(map[int64]*lease),
-		lastSeen: s.LastSeen, disconnectedAt: now, wakeupURL: s.WakeupURL}
+		lastSeen: s.LastSeen, disconnectedAt: now, wakeupURL: s.WakeupURL, pull: s.Pull != ""}
 	d.servers[s.ID] = srv
 	d.byName[s.Name] = srv
 	return srv
 }
 
-func (d *Dispatcher) classFor(types []int64) *class {
-	key := classKey(types)
+func (d *Dispatcher) classFor(types []int64, queue string) *class {
+	key := classKey(types, queue)
 	c := d.classes[key]
 	if c == nil {
-		c = newClass(types)
+		c = newClass(types, queue)
 		d.classes[key] = c
 		for _, t := range c.types {
 			d.classesByType[t] = append(d.classesByType[t], c)
@@ -450,12 +532,13 @@ func (d *Dispatcher) dropCancelled(id int64) {
 			c.cancelled--
 		}
 	}
+	d.forgetLate(id)
 }
 
 // updateFree keeps the per-type set of servers with a free slot current.
 func (d *Dispatcher) updateFree(s *server) {
 	set := d.free[s.typeID]
-	if s.freeSlots() > 0 {
+	if s.freeSlots() > 0 && !s.pull {
 		if set == nil {
 			set = make(map[*server]struct{})
 			d.free[s.typeID] = set
@@ -482,9 +565,16 @@ func (d *Dispatcher) otherServerFor(c *class, s *server) bool {
 }
 
 // best finds the job server s should run next, or nil.
-func (d *Dispatcher) best(s *server, nowMS int64) *candidate {
+func (d *Dispatcher) best(s *server, nowMS int64) *candidate { return d.bestOf(s, nowMS, false, "") }
+
+// bestOf is best among every class server s may take jobs of, or, when
+// pulling, those of one pull queue only.
+func (d *Dispatcher) bestOf(s *server, nowMS int64, pulling bool, queue string) *candidate {
 	var win *candidate
 	for _, c := range d.classesByType[s.typeID] {
+		if pulling && c.queue != queue {
+			continue
+		}
 		for c.n > 0 {
 			cand, retry := d.bestIn(c, s, nowMS)
 			if retry {
@@ -509,8 +599,15 @@ func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool)
 			j, fromAgain := pq.head()
 			if _, gone := d.cancelled[j.id]; gone {
 				d.dropCancelled(j.id)
+				delete(d.reopened, j.id)
 				c.take(lv, pq, fromAgain)
 				return nil, true
+			}
+			if len(d.reopened) > 0 {
+				if r, ok := d.reopened[j.id]; ok {
+					*j = r // the same job: its place in the queue (by id) stands
+					delete(d.reopened, j.id)
+				}
 			}
 			if j.avoid == s.id && nowMS-j.requeuedAt < d.cfg.AvoidFor.Milliseconds() && d.otherServerFor(c, s) {
 				continue
@@ -527,9 +624,10 @@ func (d *Dispatcher) bestIn(c *class, s *server, nowMS int64) (*candidate, bool)
 	return nil, false
 }
 
-// fill assigns jobs to s while it has free slots and jobs it may take.
+// fill assigns jobs to s while it has free slots and jobs it may take. A
+// pulling server gets its jobs when it asks (Session.Pull) instead.
 func (d *Dispatcher) fill(s *server, now time.Time) {
-	if d.closed {
+	if d.closed || s.pull {
 		return
 	}
 	nowMS := now.UnixMilli()
@@ -570,20 +668,24 @@ func (d *Dispatcher) fillAll(now time.Time) {
 // assign creates a lease of q on s and queues its commit, or writes it into
 // the transaction being applied when d.inline is set; the Assign message
 // goes out after the commit.
-func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int64, now time.Time) {
+func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int64, now time.Time) *lease {
+	if len(d.lateByJob) > 0 {
+		// The job's expired lease is no longer current: a late result of
+		// it is refused from now on.
+		d.forgetLate(q.id)
+	}
 	id := d.nextLease
 	d.nextLease++
 	q.attempts++
 	timeout := time.Duration(q.timeoutMS) * time.Millisecond
 	l := &lease{id: id, jobID: q.id, srv: s, attempt: int(q.attempts),
 		deadline: now.Add(timeout + d.cfg.LeaseGrace), hard: now.Add(2*timeout + d.cfg.LeaseGrace),
-		cls: c, prio: prio, platform: platform, q: q}
+		cls: c, prio: prio, platform: platform, q: q, sess: s.sess}
 	d.leases[id] = l
 	d.leaseByJob[q.id] = l
 	s.leases[id] = l
 	d.stats.Assigned++
 	d.mx.assigned(q.attempts)
-	sess := s.sess
 	var aj store.AssignedJob
 	var aerr error
 	o := &op{
@@ -596,12 +698,13 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 		},
 		after: func() {
 			if aerr == nil {
-				sess.sendAssign(l, aj, timeout)
+				l.sess.sendAssign(l, aj, timeout)
 				return
 			}
 			// The job was not queued in the database after all; forget the
 			// lease. This only happens if something bypassed the dispatcher.
 			d.log.Error("assign refused by the database; dropping lease", "job_id", q.id, "lease_id", id, "server", s.name, "err", aerr)
+			l.sess.assignRefused(q.id)
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			d.dropLease(l)
@@ -615,17 +718,19 @@ func (d *Dispatcher) assign(s *server, q qjob, c *class, prio int, platform int6
 			// leaves right after it.
 			d.stats.AssignedInline++
 			if in.err == nil {
-				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds()}
+				aj = store.AssignedJob{Name: nj.Name, JobData: nj.JobData, Tags: nj.Tags, TimeoutMS: nj.Timeout.Milliseconds(),
+					RestrictPaths: nj.RestrictPaths}
 				in.err = in.tx.AssignInserted(q.id, id, s.id, s.name, l.attempt, l.deadline)
 			}
 			in.after = append(in.after, o.after)
-			return
+			return l
 		}
 		// Any other job (a requeued one, say) may have changes queued for
 		// the writer that this transaction has not applied yet: its lease
 		// must be written after them, in queue order.
 	}
 	d.w.enqueue(o)
+	return l
 }
 
 // dropLease forgets a lease everywhere.
@@ -650,24 +755,40 @@ func (d *Dispatcher) requeueLocal(l *lease, avoid int64, now time.Time) {
 	d.stats.Requeued++
 }
 
-// revoke takes lease l back from its server: forgotten as a lease, it
-// stays counted against the server's slots as a zombie while the server is
-// connected, and the server is told to stop it. The zombie goes when the
-// server reports it or stops listing it.
-func (d *Dispatcher) revoke(l *lease, reason string) {
+// revoke takes lease l back from its server. When its Assign never left
+// (the lease was still being committed), the server never had the job: the
+// Assign never will leave, its slot is free at once, and revoke reports
+// true. Otherwise, forgotten as a lease, it stays counted against the
+// server's slots as a zombie while the server is connected, and the server
+// is told to stop it. The zombie goes when the server reports it or stops
+// listing it.
+func (d *Dispatcher) revoke(l *lease, reason string) (withdrawn bool) {
 	d.dropLease(l)
-	if s := l.srv; s != nil && s.sess != nil {
+	if l.withdraw() {
+		if l.srv != nil {
+			d.fill(l.srv, d.cfg.Now())
+		}
+		return true
+	}
+	if s := l.srv; s != nil && s.sess != nil && !s.pull {
 		l.zombie = true
 		s.leases[l.id] = l
 		s.sess.sendCancel(l, reason)
 	}
+	return false
 }
 
 // endAttempt ends lease l without a final result (expired, disconnected,
 // lost, temporary, timeout): the job is requeued, or fails when it has used
 // its attempts. The lease is forgotten at once; the change is committed by
-// the writer.
+// the writer. An end the broker decided for a lease whose Assign never left
+// (its server went away while it was being committed) costs no attempt:
+// the job never ran.
 func (d *Dispatcher) endAttempt(l *lease, end broker.LeaseEnd, reason, actor string) {
+	if !end.Reported() && l.withdraw() {
+		d.giveBack(l, end, reason+"; its Assign had not left the broker, so the attempt does not count", actor)
+		return
+	}
 	d.dropLease(l)
 	d.requeueOrFail(l, end, reason, actor)
 }
@@ -689,12 +810,12 @@ func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor 
 	if int(l.q.attempts) >= int(l.q.maxAttempts) {
 		errMsg := fmt.Sprintf("gave up after %d attempt(s); last: %s: %s", l.q.attempts, end, reason)
 		d.log.Warn("job failed: out of attempts", "job_id", l.jobID, "lease_id", l.id, "server", srvName, "attempts", l.q.attempts)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
+		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobFailed, Error: errMsg, Actor: actor}, end, reason, nil)
 		return
 	}
 	d.requeueLocal(l, avoid, now)
 	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
-		if err := tx.EndLease(l.id, end, reason); err != nil {
+		if err := tx.EndLeaseRun(l.id, end, reason, l.usage, l.limit); err != nil {
 			return err
 		}
 		return tx.Requeue(l.jobID, avoid, actor, l.id, string(end)+": "+reason)
@@ -702,20 +823,21 @@ func (d *Dispatcher) requeueOrFail(l *lease, end broker.LeaseEnd, reason, actor 
 	d.fillClass(l.cls, now)
 }
 
-// giveBack puts the job of a lease its server never started (it had no
-// free slot) back in the queue without using an attempt: the dispatcher
-// gave the server more than it runs, and that must not cost the job.
-func (d *Dispatcher) giveBack(l *lease, reason, actor string) {
+// giveBack puts the job of a lease its server never ran back in the queue
+// without using an attempt: the server had no free slot for it (the
+// dispatcher gave it more than it runs), or never got its Assign. The
+// broker's own bookkeeping must never cost a job an attempt.
+func (d *Dispatcher) giveBack(l *lease, end broker.LeaseEnd, reason, actor string) {
 	now := d.cfg.Now()
 	d.dropLease(l)
 	l.q.attempts--
 	attempts := int(l.q.attempts)
 	d.requeueLocal(l, 0, now)
 	d.w.enqueue(&op{apply: func(tx *store.JobTx) error {
-		if err := tx.EndLease(l.id, broker.EndNotStarted, reason); err != nil {
+		if err := tx.EndLease(l.id, end, reason); err != nil {
 			return err
 		}
-		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(broker.EndNotStarted)+": "+reason); err != nil {
+		if err := tx.Requeue(l.jobID, 0, actor, l.id, string(end)+": "+reason); err != nil {
 			return err
 		}
 		return tx.SetAttempts(l.jobID, attempts)
@@ -723,18 +845,17 @@ func (d *Dispatcher) giveBack(l *lease, reason, actor string) {
 	d.fillClass(l.cls, now)
 }
 
-// finish queues a job's final state. end and reason close its lease, if
-// leaseID is set; after runs after commit.
-func (d *Dispatcher) finish(jobID, leaseID int64, f store.Final, end broker.LeaseEnd, reason string, after func()) {
+// finish queues the final state of lease l's job. end and reason close the
+// lease, with what its run used; after runs after commit.
+func (d *Dispatcher) finish(l *lease, f store.Final, end broker.LeaseEnd, reason string, after func()) {
 	d.stats.Finished++
 	d.mx.finalState(f.State)
+	jobID, leaseID := l.jobID, l.id
 	var deliveryID int64
 	d.w.enqueue(&op{
 		apply: func(tx *store.JobTx) error {
-			if leaseID != 0 {
-				if err := tx.EndLease(leaseID, end, reason); err != nil {
-					return err
-				}
+			if err := tx.EndLeaseRun(leaseID, end, reason, l.usage, l.limit); err != nil {
+				return err
 			}
 			f.LeaseID = leaseID
 			var err error
@@ -822,7 +943,7 @@ func (d *Dispatcher) touchServers() {
 
 func (d *Dispatcher) expire(now time.Time) {
 	for _, s := range d.servers {
-		if s.sess == nil && len(s.leases) > 0 && now.Sub(s.disconnectedAt) >= d.cfg.ReconnectGrace {
+		if s.sess == nil && !s.pull && len(s.leases) > 0 && now.Sub(s.disconnectedAt) >= d.cfg.ReconnectGrace {
 			for _, l := range s.leases {
 				if l.zombie {
 					delete(s.leases, l.id)
@@ -833,7 +954,7 @@ func (d *Dispatcher) expire(now time.Time) {
 		}
 	}
 	for _, l := range d.leases {
-		if l.srv != nil && l.srv.sess == nil {
+		if l.srv != nil && l.srv.sess == nil && !l.srv.pull {
 			continue // waiting for its server to come back
 		}
 		if now.After(l.deadline) {
@@ -841,8 +962,15 @@ func (d *Dispatcher) expire(now time.Time) {
 			// The server may still be running it: stop it and keep the slot
 			// counted until it lets go.
 			reason := fmt.Sprintf("no result by the lease deadline %s", l.deadline.UTC().Format(time.RFC3339))
-			d.revoke(l, string(broker.EndExpired))
+			if d.revoke(l, string(broker.EndExpired)) {
+				d.giveBack(l, broker.EndExpired, reason+"; its Assign had not left the broker, so the attempt does not count", "broker")
+				continue
+			}
+			requeued := l.q.attempts < l.q.maxAttempts
 			d.requeueOrFail(l, broker.EndExpired, reason, "broker")
+			if requeued && l.srv != nil && l.srv.pull {
+				d.rememberLate(l)
+			}
 		}
 	}
 	d.fillAll(now)

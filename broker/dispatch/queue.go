@@ -112,10 +112,14 @@ type level struct {
 
 // class is the set of jobs that the same server types may take: jobs with
 // equal eligible-type sets share a class. There are few classes (one per
-// distinct tag set in use), so looking at each is cheap.
+// distinct tag set in use), so looking at each is cheap. Jobs of a pull
+// queue (XQueue's queue_name) have classes of their own, so that a client
+// pulling the queue finds them and nothing else; graderd's servers take
+// them like any other job their type covers.
 type class struct {
 	key    string
 	types  []int64
+	queue  string // the pull queue of its jobs; "" for none
 	levels map[int]*level
 	prios  []int // priorities with jobs, highest first
 	n      int   // jobs queued, including ones cancelled but not yet skipped
@@ -127,20 +131,24 @@ type class struct {
 // waiting is how many of the class's jobs wait for a server.
 func (c *class) waiting() int { return max(c.n-c.cancelled, 0) }
 
-func classKey(types []int64) string {
+func classKey(types []int64, queue string) string {
 	ts := slices.Clone(types)
 	slices.Sort(ts)
 	parts := make([]string, len(ts))
 	for i, t := range ts {
 		parts[i] = strconv.FormatInt(t, 10)
 	}
-	return strings.Join(parts, ",")
+	key := strings.Join(parts, ",")
+	if queue != "" {
+		key += "|" + queue
+	}
+	return key
 }
 
-func newClass(types []int64) *class {
+func newClass(types []int64, queue string) *class {
 	ts := slices.Clone(types)
 	slices.Sort(ts)
-	return &class{key: classKey(ts), types: ts, levels: make(map[int]*level)}
+	return &class{key: classKey(ts, queue), types: ts, queue: queue, levels: make(map[int]*level)}
 }
 
 func (c *class) push(prio int, platform int64, j qjob) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,9 +35,13 @@ type Hello struct {
 	// Held lists the leases the server still holds: running, or finished
 	// with a result it has not had acknowledged yet.
 	Held []LeaseRef
-	// Hostname and Version are for the logs.
+	// Hostname is for the logs.
 	Hostname string
-	Version  string
+	// Version is graderd's version, and Executors its executors with how
+	// each isolates its runs: for the logs and for operators
+	// (Dispatcher.ServerHello).
+	Version   string
+	Executors []broker.Executor
 }
 
 // Welcome answers a Hello: who the dispatcher takes the server for.
@@ -57,6 +62,11 @@ type Result struct {
 	// Log is the grader's log; Error why it failed, for outcomes but OK.
 	Log   string
 	Error string
+	// Usage is what the run used, as far as the server measured it; nil
+	// when it measured nothing.
+	Usage *broker.Usage
+	// Limit is the limit that ended the run, if one did.
+	Limit broker.Limit
 }
 
 // Heartbeat is a server's periodic report of the leases it runs.
@@ -83,6 +93,10 @@ type Assign struct {
 	Timeout time.Duration
 	// Deadline is when the lease ends unless a heartbeat extends it.
 	Deadline time.Time
+	// RestrictPaths are the job's platform's restrict_paths: the grader
+	// gets them in its job document (restrictToPaths), and graderd shows
+	// it those inside the paths its own configuration allows.
+	RestrictPaths []string
 }
 
 // Ack says the results of these leases are committed; the server may
@@ -128,14 +142,24 @@ type Session struct {
 	queue   []Message
 	acks    []LeaseRef
 	assigns uint64 // Assigns queued so far
-	ready   chan struct{}
-	done    chan struct{}
-	err     error
-	closed  bool
+	// queued are the leases whose Assign waits in queue: Messages marks
+	// them taken.
+	queued []*lease
+	ready  chan struct{}
+	done   chan struct{}
+	err    error
+	closed bool
+	// pulls is set for a pulling server's session (pull.go): its messages
+	// go to the calls waiting for them rather than to the outbox.
+	pulls *pullWaiters
 }
 
 func newSession(d *Dispatcher, srv *server) *Session {
-	return &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &Session{d: d, srv: srv, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	if srv.pull {
+		s.pulls = &pullWaiters{assigns: make(map[int64]chan *Assign), results: make(map[int64][]chan Message)}
+	}
+	return s
 }
 
 // Ready receives a value when messages wait for Messages to take them.
@@ -143,10 +167,19 @@ func (s *Session) Ready() <-chan struct{} { return s.ready }
 
 // Messages takes the messages waiting for the server, in the order they
 // must be delivered; acknowledgements waiting together come last, as one
-// Ack.
+// Ack. Once the session has ended it returns nothing: what had not left
+// by then never leaves, and the dispatcher counts it so (an Assign that
+// never left costs its job no attempt).
 func (s *Session) Messages() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	for _, l := range s.queued {
+		l.sent.CompareAndSwap(assignQueued, assignTaken)
+	}
+	s.queued = nil
 	out := s.queue
 	s.queue = nil
 	if len(s.acks) > 0 {
@@ -172,6 +205,11 @@ func (s *Session) Err() error {
 
 func (s *Session) push(m Message) {
 	s.mu.Lock()
+	if s.pulls != nil {
+		s.toWaiter(m)
+		s.mu.Unlock()
+		return
+	}
 	if !s.closed {
 		s.queue = append(s.queue, m)
 	}
@@ -203,10 +241,27 @@ func (s *Session) sendAssign(l *lease, aj store.AssignedJob, timeout time.Durati
 		return
 	}
 	m := &Assign{Lease: LeaseRef{l.jobID, l.id}, Attempt: l.attempt, Name: aj.Name, JobData: aj.JobData,
-		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline}
+		Tags: aj.Tags, Timeout: timeout, Deadline: l.deadline, RestrictPaths: aj.RestrictPaths}
 	s.mu.Lock()
-	if !s.closed {
+	if s.pulls != nil {
+		// A pulling client has its Assign once the Pull waiting for it
+		// takes it; a lease withdrawn meanwhile (the Pull gave up, or the
+		// job was cancelled while the lease was committed) sends nothing.
+		if l.sent.CompareAndSwap(assignPending, assignTaken) {
+			s.toWaiter(m)
+		} else if ch := s.pulls.assigns[l.jobID]; ch != nil {
+			delete(s.pulls.assigns, l.jobID)
+			ch <- nil // withdrawn: the Pull gets nothing, at once
+		}
+		s.mu.Unlock()
+		return
+	}
+	// A lease withdrawn meanwhile (cancelled while it was being committed)
+	// sends nothing; on a closed session the Assign stays pending, never
+	// to leave.
+	if !s.closed && l.sent.CompareAndSwap(assignPending, assignQueued) {
 		s.queue = append(s.queue, m)
+		s.queued = append(s.queued, l)
 		s.assigns++
 		l.assignSeq.Store(s.assigns)
 	}
@@ -222,6 +277,11 @@ func (s *Session) sendCancel(l *lease, reason string) {
 // message.
 func (s *Session) sendAck(ref LeaseRef) {
 	s.mu.Lock()
+	if s.pulls != nil {
+		s.toWaiter(&Ack{Leases: []LeaseRef{ref}})
+		s.mu.Unlock()
+		return
+	}
 	if !s.closed {
 		s.acks = append(s.acks, ref)
 	}
@@ -239,12 +299,21 @@ func (d *Dispatcher) Open(ctx context.Context, fingerprint string, h Hello) (*Se
 	if err != nil {
 		return nil, Welcome{}, err
 	}
+	if rec.Pull != "" {
+		return nil, Welcome{}, fmt.Errorf("%w: server %s pulls its jobs (%s) and connects no graderd", broker.ErrPermissionDenied, rec.Name, rec.Pull)
+	}
 	sess, w, err := d.attach(rec, tags, h)
 	if err != nil {
 		return nil, Welcome{}, err
 	}
 	d.log.Info("server connected", "server", rec.Name, "type", rec.Type, "slots", h.Slots, "running", len(h.Held),
 		"hostname", h.Hostname, "version", h.Version)
+	for _, e := range h.Executors {
+		if e.Sandbox == broker.SandboxNone {
+			d.log.Warn("a server's executor runs its graders without a sandbox, with graderd's powers", "server", rec.Name,
+				"executor", e.Name, "type", e.Type)
+		}
+	}
 	return sess, w, nil
 }
 
@@ -313,6 +382,7 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 	sess := newSession(d, s)
 	s.sess = sess
 	s.slots = h.Slots
+	s.version, s.executors = h.Version, slices.Clone(h.Executors)
 	s.full = false
 	s.lastSeen = now
 	d.connectedByType[s.typeID]++
@@ -320,6 +390,13 @@ func (d *Dispatcher) attach(rec broker.Server, tags []string, h Hello) (*Session
 	held := make(map[int64]bool, len(h.Held))
 	for _, r := range h.Held {
 		held[r.LeaseID] = true
+	}
+	if s.pull {
+		// A pulling client lists nothing: it may still work on every
+		// lease it took, which ends at its deadline.
+		for id := range s.leases {
+			held[id] = true
+		}
 	}
 	for _, l := range s.leases {
 		switch {
@@ -389,6 +466,11 @@ func (s *Session) Result(r Result) {
 		d.updateFree(srv)
 	}
 	l := d.leases[r.Lease.LeaseID]
+	if l == nil && s.current() {
+		// A pulling client's result may come after its lease expired,
+		// while the key it holds is still the job's latest (pull.go).
+		l = d.lateLease(srv, r)
+	}
 	if l == nil || l.jobID != r.Lease.JobID || l.srv != srv || !s.current() {
 		d.stats.StaleResults++
 		refill := wasFull && !srv.full
@@ -405,18 +487,29 @@ func (s *Session) Result(r Result) {
 		return
 	}
 	d.dropLease(l)
-	ack := func() { s.sendAck(r.Lease) }
+	l.usage, l.limit = r.Usage, r.Limit
 	valid := len(r.Result) == 0 || json.Valid(r.Result)
+	kind := resultKind(r, valid)
+	d.mx.result(kind)
+	ack := func() { s.sendAck(r.Lease) }
+	if report := d.cfg.OnRun; report != nil && (r.Usage != nil || r.Limit != "") {
+		// Reported once the result is committed, just before its Ack: off
+		// the dispatcher's lock, and before the server hears it was kept.
+		run := Run{Outcome: ResultNames[kind], ServerType: srv.typeName, Usage: r.Usage, Limit: r.Limit}
+		ack = func() {
+			report(run)
+			s.sendAck(r.Lease)
+		}
+	}
 	// The job's attributes go on each call rather than through log.With,
 	// which formats them even when the level is off (this runs per job).
 	log := d.log
-	switch {
-	case r.Outcome == broker.OutcomeOK && len(r.Result) > 0 && valid:
-		d.mx.result(ResultOK)
+	switch kind {
+	case ResultOK:
 		log.Info("job done", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: r.Outcome, Result: r.Result,
+		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobDone, Outcome: r.Outcome, Result: r.Result,
 			Log: r.Log, Actor: "server:" + srv.name}, broker.EndOK, "", ack)
-	case r.Outcome == broker.OutcomeFatal:
+	case ResultFatal:
 		msg := r.Error
 		if msg == "" {
 			msg = "the grader reported a fatal error"
@@ -425,34 +518,29 @@ func (s *Session) Result(r Result) {
 		if !valid || len(res) == 0 {
 			res = nil
 		}
-		d.mx.result(ResultFatal)
 		log.Info("job failed: fatal result", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "error", msg)
-		d.finish(l.jobID, l.id, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: r.Outcome, Result: res, Log: r.Log,
+		d.finish(l, store.Final{PlatformID: l.platform, State: broker.JobFailed, Outcome: r.Outcome, Result: res, Log: r.Log,
 			Error: msg, Actor: "server:" + srv.name}, broker.EndFatal, msg, ack)
-	case r.Outcome == broker.OutcomeTemporary || r.Outcome == broker.OutcomeTimeout:
+	case ResultTemporary, ResultTimeout:
 		reason := r.Error
 		if reason == "" {
 			reason = "no reason given"
 		}
 		end := broker.EndTemporary
-		if r.Outcome == broker.OutcomeTimeout {
+		if kind == ResultTimeout {
 			end = broker.EndTimeout
-			d.mx.result(ResultTimeout)
-		} else {
-			d.mx.result(ResultTemporary)
 		}
 		log.Info("attempt ended; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", end, "reason", reason)
 		d.endAttempt(l, end, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
-	case r.Outcome == broker.OutcomeNotStarted:
+	case ResultNotStarted:
 		reason := r.Error
 		if reason == "" {
 			reason = "the server had no free slot"
 		}
-		d.mx.result(ResultNotStarted)
 		log.Warn("server had no free slot for the job; requeueing it without using an attempt", "server", srv.name,
 			"job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "reason", reason)
-		d.giveBack(l, reason, "server:"+srv.name)
+		d.giveBack(l, broker.EndNotStarted, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	default:
 		// An OK without a JSON result, or an unknown outcome: the server is
@@ -461,12 +549,32 @@ func (s *Session) Result(r Result) {
 		if !valid {
 			reason = "server sent a result that is not JSON"
 		}
-		d.mx.result(ResultInvalid)
 		log.Warn("invalid result; requeueing", "server", srv.name, "job_id", l.jobID, "lease_id", l.id, "attempt", l.attempt, "outcome", int(r.Outcome), "reason", reason)
 		d.endAttempt(l, broker.EndInvalid, reason, "server:"+srv.name)
 		d.w.enqueue(&op{apply: func(*store.JobTx) error { return nil }, after: ack})
 	}
 	d.fill(srv, now)
+}
+
+// resultKind classifies a result of a current lease as ResultNames counts
+// it; valid says its result is empty or JSON.
+func resultKind(r Result, valid bool) int {
+	switch r.Outcome {
+	case broker.OutcomeOK:
+		if len(r.Result) > 0 && valid {
+			return ResultOK
+		}
+	case broker.OutcomeFatal:
+		return ResultFatal
+	case broker.OutcomeTemporary:
+		return ResultTemporary
+	case broker.OutcomeTimeout:
+		return ResultTimeout
+	case broker.OutcomeNotStarted:
+		return ResultNotStarted
+	}
+	// An OK without a JSON result, or an unknown outcome.
+	return ResultInvalid
 }
 
 // Heartbeat extends the leases the server still runs and lets go of the

@@ -20,6 +20,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
+	"github.com/gradebroker/gradebroker/broker/protoconv"
 	"github.com/gradebroker/gradebroker/broker/rpcstatus"
 	"github.com/gradebroker/gradebroker/certs"
 	gbv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
@@ -202,7 +203,8 @@ func receive(stream gbv1.GraderService_ConnectServer, sess *dispatch.Session) er
 }
 
 func helloOf(h *gbv1.Hello) dispatch.Hello {
-	return dispatch.Hello{Slots: int(h.GetSlots()), Held: refsOf(h.GetRunning()), Hostname: h.GetHostname(), Version: h.GetVersion()}
+	return dispatch.Hello{Slots: int(h.GetSlots()), Held: refsOf(h.GetRunning()), Hostname: h.GetHostname(), Version: h.GetVersion(),
+		Executors: protoconv.ExecutorsFromProto(h.GetExecutors())}
 }
 
 func refsOf(rs []*gbv1.LeaseRef) []dispatch.LeaseRef {
@@ -215,7 +217,8 @@ func refsOf(rs []*gbv1.LeaseRef) []dispatch.LeaseRef {
 
 func resultOf(r *gbv1.Result) dispatch.Result {
 	return dispatch.Result{Lease: dispatch.LeaseRef{JobID: r.GetJobId(), LeaseID: r.GetLeaseId()},
-		Outcome: broker.Outcome(r.GetOutcome()), Result: r.GetResult(), Log: r.GetLog(), Error: r.GetError()}
+		Outcome: broker.Outcome(r.GetOutcome()), Result: r.GetResult(), Log: r.GetLog(), Error: r.GetError(),
+		Usage: protoconv.UsageFromProto(r.GetUsage()), Limit: protoconv.LimitFromProto(r.GetLimit())}
 }
 
 func ref(r dispatch.LeaseRef) *gbv1.LeaseRef {
@@ -234,7 +237,7 @@ func response(m dispatch.Message) *gbv1.ConnectResponse {
 	case *dispatch.Assign:
 		return &gbv1.ConnectResponse{Msg: &gbv1.ConnectResponse_Assign{Assign: &gbv1.Assign{
 			JobId: m.Lease.JobID, LeaseId: m.Lease.LeaseID, Attempt: uint32(m.Attempt), Name: m.Name, Jobdata: m.JobData,
-			Tags: m.Tags, Timeout: durationpb.New(m.Timeout), Deadline: timestamppb.New(m.Deadline)}}}
+			Tags: m.Tags, Timeout: durationpb.New(m.Timeout), Deadline: timestamppb.New(m.Deadline), RestrictPaths: m.RestrictPaths}}}
 	case *dispatch.Ack:
 		leases := make([]*gbv1.LeaseRef, len(m.Leases))
 		for i, l := range m.Leases {

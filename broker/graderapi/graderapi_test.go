@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/dispatch"
@@ -355,5 +357,43 @@ func TestHeartbeatCountsAssigns(t *testing.T) {
 	testutil.Eventually(t, "the second job assigned", func() bool { return e.d.Stats().Assigned == 2 })
 	if b := g.recv().GetAssign(); b.GetJobId() != second {
 		t.Fatalf("after a heartbeat counting the Assign got %v, want job %d", b, second)
+	}
+}
+
+// What graderd reports of itself and of each run, and the paths a platform
+// restricts its jobs to, cross the wire both ways.
+func TestExecutorsRestrictPathsAndUsage(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "g1")
+	executors := []*gbv1.ExecutorInfo{{Name: "default", Type: "exec", Sandbox: "crun"}, {Name: "gpu", Type: "exec", Sandbox: "none"}}
+	g := e.open("g1", certs.RoleServer, &gbv1.Hello{Version: "1.2.3", Slots: 1, Hostname: "g1", Executors: executors})
+	g.recv().GetWelcome()
+	version, got := e.d.ServerHello("g1")
+	want := []broker.Executor{{Name: "default", Type: "exec", Sandbox: "crun"}, {Name: "gpu", Type: "exec", Sandbox: "none"}}
+	if version != "1.2.3" || !cmp.Equal(got, want) {
+		t.Errorf("ServerHello = %q, %v; want 1.2.3, %v", version, got, want)
+	}
+
+	paths := []string{"/srv/tasks/t1"}
+	ins, err := e.d.Submit(context.Background(), []broker.NewJob{{PlatformID: e.plat.ID, Name: "j", Tags: []string{"py"},
+		Timeout: 10 * time.Second, JobData: []byte(`{}`), RestrictPaths: paths, TypeIDs: []int64{e.typeID}}}, nil, "platform:plat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := g.recv().GetAssign()
+	if !cmp.Equal(a.GetRestrictPaths(), paths) {
+		t.Errorf("Assign.restrict_paths = %q, want %q", a.GetRestrictPaths(), paths)
+	}
+	g.send(&gbv1.ConnectRequest{Msg: &gbv1.ConnectRequest_Result{Result: &gbv1.Result{JobId: a.GetJobId(), LeaseId: a.GetLeaseId(),
+		Outcome: gbv1.Outcome_OUTCOME_FATAL, Error: "process limit", Limit: gbv1.Limit_LIMIT_PIDS,
+		Usage: &gbv1.Usage{CpuTime: durationpb.New(40 * time.Millisecond), PeakMemoryBytes: 5 << 20, WallTime: durationpb.New(time.Second)}}}})
+	g.recv().GetAck()
+	j, err := e.db.GetJob(context.Background(), ins[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantUsage := &broker.Usage{CPUTime: 40 * time.Millisecond, PeakMemory: 5 << 20, WallTime: time.Second}
+	if len(j.History) != 1 || !cmp.Equal(j.History[0].Usage, wantUsage) || j.History[0].Limit != broker.LimitPids {
+		t.Errorf("attempts %+v; want one with usage %+v and the pids limit", j.History, wantUsage)
 	}
 }

@@ -15,6 +15,8 @@ import (
 
 	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
+
+	"github.com/gradebroker/gradebroker/broker"
 )
 
 // alertRules is a Prometheus rule file, as far as this test reads it.
@@ -51,6 +53,7 @@ func allSeries(t *testing.T) map[string]map[string][]string {
 	// The hook-fed vectors show only once they have a child.
 	m.Wakeups().WakeupSent("g1", true)
 	m.Wakeups().WakeupSent("g1", false)
+	m.ObserveRun("ok", "py", &broker.Usage{}, broker.LimitMemory)
 	m.HTTPHandler(http.NotFoundHandler()).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
 	_, _ = m.UnaryInterceptor()(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"},
 		func(context.Context, any) (any, error) { return nil, nil })

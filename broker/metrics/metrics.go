@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+
+	"github.com/gradebroker/gradebroker/broker"
 )
 
 // namespace prefixes every series of the broker's own.
@@ -65,7 +67,20 @@ type Metrics struct {
 	wakeups         *Wakeups
 	grpcRequests    *prometheus.CounterVec
 	httpRequests    *prometheus.CounterVec
+	runCPU          *prometheus.HistogramVec
+	runMemory       *prometheus.HistogramVec
+	runWall         *prometheus.HistogramVec
+	runLimits       *prometheus.CounterVec
 }
+
+// runLabels are the labels of the grading runs' histograms: how the run
+// ended (dispatch.ResultNames) and the server type of its server. Both
+// take few values.
+var runLabels = []string{"outcome", "type"}
+
+// runSecondsBuckets cover grading runs from a trivial check (10 ms) to the
+// longest timeout (1 h).
+var runSecondsBuckets = []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
 
 // New makes a registry with the Go runtime and process collectors and the
 // broker's hook-fed series. log may be nil.
@@ -115,11 +130,32 @@ func New(log *slog.Logger) *Metrics {
 		Namespace: namespace, Name: "http_requests_total",
 		Help: "HTTP requests on the platforms' gateway port, by route and status code.",
 	}, []string{"path", "code"})
+	m.runCPU = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "run_cpu_seconds",
+		Help:    "CPU time (user and system) of each grading run, all its processes together, as its server measured it, by outcome and server type.",
+		Buckets: runSecondsBuckets,
+	}, runLabels)
+	m.runWall = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "run_wall_seconds",
+		Help:    "Wall-clock time of each grading run, as its server measured it, by outcome and server type.",
+		Buckets: runSecondsBuckets,
+	}, runLabels)
+	m.runMemory = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "run_peak_memory_bytes",
+		Help: "Peak memory of each grading run, all its processes together, as its server measured it, by outcome and server type.",
+		// 1 MiB to 16 GiB, by powers of 2.
+		Buckets: prometheus.ExponentialBuckets(1<<20, 2, 15),
+	}, runLabels)
+	m.runLimits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "run_limits_total",
+		Help: "Grading runs a limit ended, by limit (wall_time, cpu_time, memory, pids, output, disk) and server type.",
+	}, []string{"limit", "type"})
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.commitSeconds, m.commitOps, m.deliveryLatency, m.tokenRefusals,
 		m.wakeups.sent, m.wakeups.failed, m.grpcRequests, m.httpRequests,
+		m.runCPU, m.runWall, m.runMemory, m.runLimits,
 	)
 	return m
 }
@@ -157,6 +193,25 @@ func (m *Metrics) ObserveDelivery(latency time.Duration) {
 		return
 	}
 	m.deliveryLatency.Observe(latency.Seconds())
+}
+
+// ObserveRun records one grading run whose result the broker kept: what
+// it used (nil: its server measured nothing) and the limit that ended it,
+// if one did. outcome is how it ended (ok, fatal, temporary, timeout,
+// invalid), serverType its server's type: it is dispatch.Config.OnRun's
+// work.
+func (m *Metrics) ObserveRun(outcome, serverType string, u *broker.Usage, limit broker.Limit) {
+	if m == nil {
+		return
+	}
+	if u != nil {
+		m.runCPU.WithLabelValues(outcome, serverType).Observe(u.CPUTime.Seconds())
+		m.runWall.WithLabelValues(outcome, serverType).Observe(u.WallTime.Seconds())
+		m.runMemory.WithLabelValues(outcome, serverType).Observe(float64(u.PeakMemory))
+	}
+	if limit != "" {
+		m.runLimits.WithLabelValues(string(limit), serverType).Inc()
+	}
 }
 
 // TokenRefused counts one refused platform token; reason is one of

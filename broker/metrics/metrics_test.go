@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/gradebroker/gradebroker/broker"
 )
 
 // scrape serves m's /metrics and returns every sample, keyed as the text
@@ -212,9 +214,12 @@ func TestHooks(t *testing.T) {
 	m.Wakeups().WakeupSent("g1", true)
 	m.Wakeups().WakeupSent("g1", false)
 	m.Wakeups().WakeupSent("g2", true)
+	m.ObserveRun("ok", "py", &broker.Usage{CPUTime: 40 * time.Millisecond, PeakMemory: 3 << 20, WallTime: 2 * time.Second}, "")
+	m.ObserveRun("fatal", "py", nil, broker.LimitPids) // a limit, nothing measured
 
 	var nilM *Metrics // every recording method is a no-op on nil
 	nilM.ObserveCommit(1, time.Second)
+	nilM.ObserveRun("ok", "py", &broker.Usage{}, broker.LimitMemory)
 	nilM.ObserveDelivery(time.Second)
 	nilM.TokenRefused(ReasonExpired)
 	nilM.Wakeups().WakeupSent("g1", true)
@@ -222,22 +227,30 @@ func TestHooks(t *testing.T) {
 
 	got := scrape(t, m)
 	want := map[string]float64{
-		`gradebroker_write_batch_duration_seconds_count`:        2,
-		`gradebroker_write_batch_ops_sum`:                       13,
-		`gradebroker_write_batch_ops_bucket{le="10"}`:           1,
-		`gradebroker_delivery_latency_seconds_count`:            1,
-		`gradebroker_delivery_latency_seconds_bucket{le="1"}`:   0,
-		`gradebroker_delivery_latency_seconds_bucket{le="2.5"}`: 1,
-		`gradebroker_token_refusals_total{reason="expired"}`:    1,
-		`gradebroker_token_refusals_total{reason="malformed"}`:  1,
-		`gradebroker_wakeups_sent_total{server="g1"}`:           1,
-		`gradebroker_wakeups_failed_total{server="g1"}`:         1,
-		`gradebroker_wakeups_sent_total{server="g2"}`:           1,
+		`gradebroker_write_batch_duration_seconds_count`:                                     2,
+		`gradebroker_write_batch_ops_sum`:                                                    13,
+		`gradebroker_write_batch_ops_bucket{le="10"}`:                                        1,
+		`gradebroker_delivery_latency_seconds_count`:                                         1,
+		`gradebroker_delivery_latency_seconds_bucket{le="1"}`:                                0,
+		`gradebroker_delivery_latency_seconds_bucket{le="2.5"}`:                              1,
+		`gradebroker_token_refusals_total{reason="expired"}`:                                 1,
+		`gradebroker_token_refusals_total{reason="malformed"}`:                               1,
+		`gradebroker_wakeups_sent_total{server="g1"}`:                                        1,
+		`gradebroker_wakeups_failed_total{server="g1"}`:                                      1,
+		`gradebroker_wakeups_sent_total{server="g2"}`:                                        1,
+		`gradebroker_run_cpu_seconds_bucket{outcome="ok",type="py",le="0.025"}`:              0,
+		`gradebroker_run_cpu_seconds_bucket{outcome="ok",type="py",le="0.05"}`:               1,
+		`gradebroker_run_wall_seconds_bucket{outcome="ok",type="py",le="2.5"}`:               1,
+		`gradebroker_run_peak_memory_bytes_bucket{outcome="ok",type="py",le="4.194304e+06"}`: 1,
+		`gradebroker_run_limits_total{limit="pids",type="py"}`:                               1,
 	}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
+	}
+	if _, ok := got[`gradebroker_run_cpu_seconds_count{outcome="fatal",type="py"}`]; ok {
+		t.Error("a run that measured nothing was observed in the histograms")
 	}
 	if _, ok := got[`gradebroker_token_refusals_total{reason="something new"}`]; ok {
 		t.Error("an unknown reason made a series of its own")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 )
@@ -17,6 +18,9 @@ import (
 // JavaScript send numbers as strings and tags as comma-separated strings,
 // and because jobdata must reach the grader byte for byte (protojson's Value
 // would turn large integers into floats).
+
+// integerType is the type flexInt's decoding errors name.
+var integerType = reflect.TypeFor[int64]()
 
 // flexInt is an integer sent as a JSON number or a numeric string.
 type flexInt struct {
@@ -44,7 +48,8 @@ func (f *flexInt) UnmarshalJSON(b []byte) error {
 		// Accept 5.0 from languages without integers, but not 5.5.
 		fv, ferr := strconv.ParseFloat(s, 64)
 		if ferr != nil || fv != float64(int64(fv)) {
-			return fmt.Errorf("%s is not an integer", s)
+			// encoding/json adds the member's name to this kind of error.
+			return &json.UnmarshalTypeError{Value: strconv.Quote(s), Type: integerType}
 		}
 		v = int64(fv)
 	}
@@ -131,6 +136,9 @@ func decodePayload(payload []byte, v any) error {
 	if err := json.Unmarshal(payload, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
+			if te.Type == integerType {
+				return fmt.Errorf("payload member %q: %s is not an integer", te.Field, te.Value)
+			}
 			return fmt.Errorf("payload member %q: expected %s", te.Field, te.Type)
 		}
 		return fmt.Errorf("payload: %w", err)
@@ -169,9 +177,8 @@ func normalizeJobdata(raw json.RawMessage) ([]byte, error) {
 //	{"taskPath": TASKPATH,
 //	 "extraParams": {"solutionFilename": NAME, "solutionContent": SOURCE | "solutionPath": PATH,
 //	                 "solutionLanguage": LANG,
-//	                 "defaultSolutionCompParams": {"memoryLimitKb": M, "timeLimitMs": T},
-//	                 "defaultSolutionExecParams": {"memoryLimitKb": M, "timeLimitMs": T}},
-//	 "solutions": "@defaultSolutions", "executions": "@defaultExecutions"}
+//	                 "defaultSolutionCompParams": PARAMS, "defaultSolutionExecParams": PARAMS},
+//	 "solutions": "@defaultEvaluationSolutions", "executions": "@defaultEvaluationExecutions"}
 func solutionJobdata(p sendSolutionPayload) ([]byte, error) {
 	if p.Taskpath == "" {
 		return nil, errors.New("taskpath is required")
@@ -210,19 +217,37 @@ func solutionJobdata(p sendSolutionPayload) ([]byte, error) {
 	if given != 1 {
 		return nil, fmt.Errorf("exactly one of solcontent, solpath and solfile is required; got %d", given)
 	}
-	params := map[string]int64{}
-	if p.Memlimit.set {
-		params["memoryLimitKb"] = p.Memlimit.v
+	switch {
+	case p.Memlimit.set && p.Timelimit.set:
+		params := taskgraderParams(p.Timelimit.v, p.Memlimit.v)
+		extra["defaultSolutionCompParams"] = params
+		extra["defaultSolutionExecParams"] = params
+	case p.Memlimit.set || p.Timelimit.set:
+		// taskgrader takes the solution's parameters as a whole: half of
+		// them would leave it without the other half.
+		return nil, errors.New("memlimit and timelimit go together: send both, or neither for the task's defaults")
 	}
-	if p.Timelimit.set {
-		params["timeLimitMs"] = p.Timelimit.v
-	}
-	extra["defaultSolutionCompParams"] = params
-	extra["defaultSolutionExecParams"] = params
 	return json.Marshal(map[string]any{
 		"taskPath":    p.Taskpath,
 		"extraParams": extra,
-		"solutions":   "@defaultSolutions",
-		"executions":  "@defaultExecutions",
+		"solutions":   "@defaultEvaluationSolutions",
+		"executions":  "@defaultEvaluationExecutions",
 	})
+}
+
+// taskgraderParams are a solution's compilation and execution parameters
+// for taskgrader, as graderqueue's api.php set them: they replace the
+// task's defaults as a whole, so every key taskgrader reads is there.
+// The variables the solutions and executions refer to
+// (@defaultEvaluationSolutions and @defaultEvaluationExecutions) are the
+// ones taskgrader's genJson writes into a task's defaultParams.json.
+func taskgraderParams(timeLimitMs, memoryLimitKb int64) map[string]any {
+	return map[string]any{
+		"timeLimitMs":      timeLimitMs,
+		"memoryLimitKb":    memoryLimitKb,
+		"useCache":         true,
+		"stdoutTruncateKb": -1,
+		"stderrTruncateKb": -1,
+		"getFiles":         []string{},
+	}
 }

@@ -86,6 +86,7 @@ func FuzzPayload(f *testing.F) {
 		`{"jobs":[{"jobdata":"{}","tags":["a"]}]}`,
 		`{"taskpath":"t","lang":"python3","solfile":{"name":"a.py","content_base64":"cHJpbnQoMSk="},"memlimit":"1024"}`,
 		`{"jobid":"17","wait_seconds":5}`,
+		`{"taskpath":"$ROOT_PATH/t","lang":"py","memlimit":0,"timelimit":"1000","solcontent":"","solpath":"a/b.py","taskrevision":"12"}`,
 		`{"jobdata":"{\"x\":[1,2,3]}"}`,
 		`[]`, `{"priority":1e400}`, `{"tags":null}`,
 	} {
@@ -105,8 +106,77 @@ func FuzzPayload(f *testing.F) {
 			if jd, err := solutionJobdata(sol); err == nil && !json.Valid(jd) {
 				t.Fatalf("solution jobdata %q is not JSON", jd)
 			}
+			if jd, name, err := graderqueueSolutionJobdata(sol, &Upload{Name: "dir/up.c", Content: b}); err == nil && (!json.Valid(jd) || name == "") {
+				t.Fatalf("graderqueue's solution jobdata %q (file %q) is not JSON", jd, name)
+			}
 		}
+		var gq graderqueueFields
+		_ = decodePayload(b, &gq)
 		var ref jobRef
 		_ = decodePayload(b, &ref)
 	})
+}
+
+// TestSolutionJobdataLimits: a solution's limits reach taskgrader as whole
+// parameter sets that replace the task's defaults, so they are given both
+// or not at all.
+func TestSolutionJobdataLimits(t *testing.T) {
+	t.Parallel()
+	src := "print(1)"
+	for _, tc := range []struct {
+		name       string
+		mem, time  flexInt
+		wantParams bool
+		wantErr    string
+	}{
+		{name: "neither: the task's defaults", wantParams: false},
+		{name: "both", mem: flexInt{65536, true}, time: flexInt{1000, true}, wantParams: true},
+		{name: "memory only", mem: flexInt{65536, true}, wantErr: "memlimit and timelimit go together"},
+		{name: "time only", time: flexInt{1000, true}, wantErr: "memlimit and timelimit go together"},
+	} {
+		jd, err := solutionJobdata(sendSolutionPayload{Taskpath: "t", Lang: "python3", Solcontent: &src, Memlimit: tc.mem, Timelimit: tc.time})
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: err = %v, want %q", tc.name, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var doc struct{ Solutions, Executions string }
+		// extraParams mixes strings and objects: read it key by key.
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(jd, &raw); err != nil {
+			t.Fatal(err)
+		}
+		_ = json.Unmarshal(raw["solutions"], &doc.Solutions)
+		_ = json.Unmarshal(raw["executions"], &doc.Executions)
+		var extra map[string]json.RawMessage
+		if err := json.Unmarshal(raw["extraParams"], &extra); err != nil {
+			t.Fatal(err)
+		}
+		if doc.Solutions != "@defaultEvaluationSolutions" || doc.Executions != "@defaultEvaluationExecutions" {
+			t.Errorf("%s: solutions %q, executions %q; want the variables genJson writes", tc.name, doc.Solutions, doc.Executions)
+		}
+		for _, k := range []string{"defaultSolutionCompParams", "defaultSolutionExecParams"} {
+			p, ok := extra[k]
+			if ok != tc.wantParams {
+				t.Errorf("%s: %s present = %v, want %v", tc.name, k, ok, tc.wantParams)
+				continue
+			}
+			if !ok {
+				continue
+			}
+			var params map[string]any
+			if err := json.Unmarshal(p, &params); err != nil {
+				t.Fatal(err)
+			}
+			for _, key := range []string{"timeLimitMs", "memoryLimitKb", "useCache", "stdoutTruncateKb", "stderrTruncateKb", "getFiles"} {
+				if _, ok := params[key]; !ok {
+					t.Errorf("%s: %s lacks %s, which taskgrader reads", tc.name, k, key)
+				}
+			}
+		}
+	}
 }

@@ -173,6 +173,7 @@ type request struct {
 	platform broker.Platform
 	claims   token.Claims
 	payload  []byte
+	call     Call
 }
 
 func (r request) tokenUse(skew time.Duration) *dispatch.TokenUse {
@@ -181,12 +182,16 @@ func (r request) tokenUse(skew time.Duration) *dispatch.TokenUse {
 
 func (r request) actor() string { return "platform:" + r.platform.Name }
 
-// open checks a token for the request kind want and finds its platform.
-func (s *Service) open(ctx context.Context, compact, want string) (request, error) {
-	if compact == "" {
+// open checks c's token and finds its platform.
+func (s *Service) open(ctx context.Context, c Call) (request, error) {
+	if c.Token == "" {
 		return request{}, refusal(codes.InvalidArgument, ReasonMalformedBody, "the request body must be "+bodyShape+": it has no token").Err()
 	}
-	claims, payload, err := s.opener.Open(ctx, compact, want)
+	opts := token.OpenOptions{Requests: c.Requests, Signer: c.Platform}
+	if c.Dialect == DialectGraderqueue {
+		opts.Legacy = s.legacyTokens
+	}
+	claims, payload, err := s.opener.OpenWith(ctx, c.Token, opts)
 	if err != nil {
 		return request{}, s.tokenError(ctx, err)
 	}
@@ -203,19 +208,34 @@ func (s *Service) open(ctx context.Context, compact, want string) (request, erro
 			return request{}, status.Errorf(codes.PermissionDenied, "client certificate %s is not the one registered for platform %s", id.Subject, p.Name)
 		}
 	}
-	return request{platform: p, claims: claims, payload: payload}, nil
+	return request{platform: p, claims: claims, payload: payload, call: c}, nil
 }
 
-// openAs is open followed by decoding the payload's own fields into v.
+// legacyTokens reports whether platform name may send legacy tokens.
+func (s *Service) legacyTokens(ctx context.Context, name string) (bool, error) {
+	p, err := s.platformByName(ctx, name)
+	if errors.Is(err, broker.ErrNotFound) {
+		return false, fmt.Errorf("%w: no platform is registered as %q", token.ErrUnknownSigner, name)
+	}
+	return p.LegacyTokens, err
+}
+
+// decode decodes the payload's own fields into v.
+func (r request) decode(v any) error {
+	if err := decodePayload(r.payload, v); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return nil
+}
+
+// openAs is open for one request, followed by decoding the payload's own
+// fields into v.
 func (s *Service) openAs(ctx context.Context, compact, want string, v any) (request, error) {
-	r, err := s.open(ctx, compact, want)
+	r, err := s.open(ctx, Call{Token: compact, Requests: []string{want}})
 	if err != nil {
 		return request{}, err
 	}
-	if err := decodePayload(r.payload, v); err != nil {
-		return request{}, status.Error(codes.InvalidArgument, err.Error())
-	}
-	return r, nil
+	return r, r.decode(v)
 }
 
 // tokenError maps a token refusal to a status a platform developer can act on.
@@ -243,10 +263,14 @@ func (s *Service) tokenError(ctx context.Context, err error) error {
 
 // Test implements PlatformService.Test.
 func (s *Service) Test(ctx context.Context, req *gbv1.TestRequest) (*gbv1.TestResponse, error) {
-	r, err := s.open(ctx, req.GetToken(), "test")
+	r, err := s.open(ctx, Call{Token: req.GetToken(), Requests: []string{"test"}})
 	if err != nil {
 		return nil, err
 	}
+	return s.test(ctx, r)
+}
+
+func (s *Service) test(ctx context.Context, r request) (*gbv1.TestResponse, error) {
 	if err := s.d.UseToken(ctx, *r.tokenUse(s.cfg.Limits.Skew)); err != nil {
 		return nil, s.tokenError(ctx, err)
 	}
@@ -255,11 +279,32 @@ func (s *Service) Test(ctx context.Context, req *gbv1.TestRequest) (*gbv1.TestRe
 
 // SendJob implements PlatformService.SendJob.
 func (s *Service) SendJob(ctx context.Context, req *gbv1.SendJobRequest) (*gbv1.SendJobResponse, error) {
-	var spec jobSpec
-	r, err := s.openAs(ctx, req.GetToken(), "sendjob", &spec)
+	r, err := s.open(ctx, Call{Token: req.GetToken(), Requests: []string{"sendjob"}})
 	if err != nil {
 		return nil, err
 	}
+	return s.sendJob(ctx, r)
+}
+
+func (s *Service) sendJob(ctx context.Context, r request) (*gbv1.SendJobResponse, error) {
+	var spec jobSpec
+	if err := r.decode(&spec); err != nil {
+		return nil, err
+	}
+	var gq graderqueueFields
+	if r.call.Dialect == DialectGraderqueue {
+		if err := r.decode(&gq); err != nil {
+			return nil, err
+		}
+		if spec.Jobname == "" {
+			spec.Jobname = "api-sendjob" // api.php's name
+		}
+	}
+	return s.submitOne(ctx, r, spec, gq)
+}
+
+// submitOne queues the job of one sendjob or sendsolution.
+func (s *Service) submitOne(ctx context.Context, r request, spec jobSpec, gq graderqueueFields) (*gbv1.SendJobResponse, error) {
 	reg, err := s.registry(ctx)
 	if err != nil {
 		return nil, rpcstatus.Error(ctx, s.log, err)
@@ -267,6 +312,9 @@ func (s *Service) SendJob(ctx context.Context, req *gbv1.SendJobRequest) (*gbv1.
 	nj, err := s.buildJob(r.platform, spec, reg)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if r.call.Dialect == DialectGraderqueue && spec.IdempotencyKey == "" && spec.Jobusertaskid != "" {
+		nj.IdempotencyKey = userTaskKey(spec.Jobusertaskid, nj, gq)
 	}
 	out, err := s.submit(ctx, r, []broker.NewJob{nj})
 	if err != nil {
@@ -308,29 +356,46 @@ func (s *Service) SendJobs(ctx context.Context, req *gbv1.SendJobsRequest) (*gbv
 
 // SendSolution implements PlatformService.SendSolution.
 func (s *Service) SendSolution(ctx context.Context, req *gbv1.SendSolutionRequest) (*gbv1.SendSolutionResponse, error) {
+	r, err := s.open(ctx, Call{Token: req.GetToken(), Requests: []string{"sendsolution"}})
+	if err != nil {
+		return nil, err
+	}
+	return s.sendSolution(ctx, r)
+}
+
+func (s *Service) sendSolution(ctx context.Context, r request) (*gbv1.SendSolutionResponse, error) {
 	var p sendSolutionPayload
-	r, err := s.openAs(ctx, req.GetToken(), "sendsolution", &p)
-	if err != nil {
+	if err := r.decode(&p); err != nil {
 		return nil, err
 	}
-	jd, err := solutionJobdata(p)
+	var gq graderqueueFields
+	var jd []byte
+	var err error
+	switch {
+	case r.call.Solfile != nil && !r.claims.Legacy:
+		return nil, status.Error(codes.InvalidArgument, "a solfile sent beside the token is outside its signature, and is accepted only in a legacy token "+
+			"from a platform registered for them; put the solution in the token instead: solcontent, or solfile as {\"name\", \"content_base64\"}")
+	case r.call.Dialect == DialectGraderqueue:
+		if err := r.decode(&gq); err != nil {
+			return nil, err
+		}
+		var name string
+		jd, name, err = graderqueueSolutionJobdata(p, r.call.Solfile)
+		if p.Jobname == "" {
+			p.Jobname = "api-" + name // api.php's name
+		}
+	default:
+		jd, err = solutionJobdata(p)
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	reg, err := s.registry(ctx)
-	if err != nil {
-		return nil, rpcstatus.Error(ctx, s.log, err)
-	}
-	nj, err := s.buildJob(r.platform, jobSpec{Jobdata: jd, Jobname: p.Jobname, Priority: p.Priority, Tags: p.Tags,
-		IdempotencyKey: p.IdempotencyKey, Jobusertaskid: p.Jobusertaskid, TimeoutSec: p.TimeoutSec}, reg)
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	out, err := s.submit(ctx, r, []broker.NewJob{nj})
+	out, err := s.submitOne(ctx, r, jobSpec{Jobdata: jd, Jobname: p.Jobname, Priority: p.Priority, Tags: p.Tags,
+		IdempotencyKey: p.IdempotencyKey, Jobusertaskid: p.Jobusertaskid, TimeoutSec: p.TimeoutSec}, gq)
 	if err != nil {
 		return nil, err
 	}
-	return &gbv1.SendSolutionResponse{JobId: out[0].JobId, Duplicate: out[0].Duplicate, State: out[0].State}, nil
+	return &gbv1.SendSolutionResponse{JobId: out.JobId, Duplicate: out.Duplicate, State: out.State}, nil
 }
 
 func (s *Service) submit(ctx context.Context, r request, jobs []broker.NewJob) ([]*gbv1.SendJobResponse, error) {
@@ -462,20 +527,36 @@ func (s *Service) ownJob(ctx context.Context, r request, ref jobRef) (int64, err
 
 // GetJob implements PlatformService.GetJob.
 func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.GetJobResponse, error) {
-	var ref jobRef
-	r, err := s.openAs(ctx, req.GetToken(), "getjob", &ref)
+	r, err := s.open(ctx, Call{Token: req.GetToken(), Requests: []string{"getjob"}})
 	if err != nil {
 		return nil, err
+	}
+	job, err := s.getJob(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	pj := protoconv.JobToProto(job)
+	// The platform sent the data and does not need it back; events are the
+	// broker's own trail.
+	pj.Jobdata, pj.Events = "", nil
+	return &gbv1.GetJobResponse{Job: pj}, nil
+}
+
+// getJob reads the job r asks for, once it is final if r asks to wait.
+func (s *Service) getJob(ctx context.Context, r request) (broker.Job, error) {
+	var ref jobRef
+	if err := r.decode(&ref); err != nil {
+		return broker.Job{}, err
 	}
 	id, err := s.ownJob(ctx, r, ref)
 	if err != nil {
-		return nil, err
+		return broker.Job{}, err
 	}
 	if ref.WaitSeconds.v < 0 || time.Duration(ref.WaitSeconds.v)*time.Second > s.cfg.MaxWait {
-		return nil, status.Errorf(codes.InvalidArgument, "wait_seconds must be between 0 and %d", int64(s.cfg.MaxWait/time.Second))
+		return broker.Job{}, status.Errorf(codes.InvalidArgument, "wait_seconds must be between 0 and %d", int64(s.cfg.MaxWait/time.Second))
 	}
 	if err := s.d.UseToken(ctx, *r.tokenUse(s.cfg.Limits.Skew)); err != nil {
-		return nil, s.tokenError(ctx, err)
+		return broker.Job{}, s.tokenError(ctx, err)
 	}
 	if ref.WaitSeconds.v > 0 {
 		wctx, cancel := context.WithTimeout(ctx, time.Duration(ref.WaitSeconds.v)*time.Second)
@@ -484,18 +565,14 @@ func (s *Service) GetJob(ctx context.Context, req *gbv1.GetJobRequest) (*gbv1.Ge
 		s.countWait(id, -1)
 		cancel()
 		if err != nil && ctx.Err() != nil {
-			return nil, rpcstatus.Error(ctx, s.log, ctx.Err())
+			return broker.Job{}, rpcstatus.Error(ctx, s.log, ctx.Err())
 		}
 	}
 	job, err := s.db.GetJob(ctx, id)
 	if err != nil {
-		return nil, rpcstatus.Error(ctx, s.log, err)
+		return broker.Job{}, rpcstatus.Error(ctx, s.log, err)
 	}
-	pj := protoconv.JobToProto(job)
-	// The platform sent the data and does not need it back; events are the
-	// broker's own trail.
-	pj.Jobdata, pj.Events = "", nil
-	return &gbv1.GetJobResponse{Job: pj}, nil
+	return job, nil
 }
 
 // Waiting returns how many getjob calls wait for job jobID to become
@@ -587,11 +664,19 @@ func (s *Service) Handler(ctx context.Context) (http.Handler, error) {
 			return
 		}
 		r.Body = &gatewayBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit)}
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			if id, err := certs.PeerIdentity(*r.TLS); err == nil {
-				r = r.WithContext(context.WithValue(r.Context(), peerKey{}, id))
-			}
-		}
-		mux.ServeHTTP(w, r)
+		mux.ServeHTTP(w, WithPeer(r))
 	}), nil
+}
+
+// WithPeer returns r with the platform's verified client certificate, if
+// it presented one, in its context, where Open looks for it when the
+// broker requires platforms' certificates. Every edge adapter that takes
+// platform requests over HTTPS passes its requests through it.
+func WithPeer(r *http.Request) *http.Request {
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		if id, err := certs.PeerIdentity(*r.TLS); err == nil {
+			return r.WithContext(context.WithValue(r.Context(), peerKey{}, id))
+		}
+	}
+	return r
 }

@@ -5,6 +5,7 @@
 package protoconv
 
 import (
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -66,6 +67,8 @@ func CertIdentityToProto(c broker.CertIdentity) *gradebrokerv1.CertIdentity {
 func PlatformToProto(p broker.Platform) *gradebrokerv1.Platform {
 	out := &gradebrokerv1.Platform{
 		Name:          p.Name,
+		Protocol:      string(p.Protocol),
+		LegacyTokens:  p.LegacyTokens,
 		PublicKeyPem:  p.PublicKeyPEM,
 		ReturnUrl:     p.ReturnURL,
 		RestrictPaths: p.RestrictPaths,
@@ -82,15 +85,47 @@ func PlatformToProto(p broker.Platform) *gradebrokerv1.Platform {
 // (connected, slots, running) are the dispatcher's and are left for the
 // caller; last_seen is the stored one.
 func ServerToProto(s broker.Server) *gradebrokerv1.Server {
-	return &gradebrokerv1.Server{
+	out := &gradebrokerv1.Server{
 		Name:              s.Name,
-		Certificate:       CertIdentityToProto(s.Cert),
 		Type:              s.Type,
 		MaxConcurrentJobs: Count(s.MaxConcurrentJobs),
 		WakeupUrl:         s.WakeupURL,
 		CreatedAt:         Timestamp(s.CreatedAt),
 		LastSeen:          Timestamp(s.LastSeen),
 		WakeupFails:       Count(s.WakeupFails),
+		Pull:              s.Pull,
+	}
+	// A pulling client's identity is a placeholder, not a certificate.
+	if s.Pull == "" {
+		out.Certificate = CertIdentityToProto(s.Cert)
+	}
+	return out
+}
+
+// XQueueQueueToProto converts an XQueue queue; waiting is left for the
+// caller.
+func XQueueQueueToProto(q broker.XQueueQueue) *gradebrokerv1.XQueueQueue {
+	out := &gradebrokerv1.XQueueQueue{Name: q.Name, Tags: q.Tags, Type: q.Type, CreatedAt: Timestamp(q.CreatedAt)}
+	if q.Timeout > 0 {
+		out.Timeout = durationpb.New(q.Timeout)
+	}
+	return out
+}
+
+// XQueueUserToProto converts an XQueue user, without its password hash or
+// its callbacks' password.
+func XQueueUserToProto(u broker.XQueueUser) *gradebrokerv1.XQueueUser {
+	return &gradebrokerv1.XQueueUser{
+		Name:                    u.Name,
+		Platform:                u.Platform,
+		CallbackHosts:           u.CallbackHosts,
+		HttpCallbackHosts:       u.HTTPCallbackHosts,
+		CallbackAuthUser:        u.CallbackAuthUser,
+		CallbackAuthPasswordSet: u.CallbackAuthPassword != "",
+		PullQueues:              u.PullQueues,
+		MaxJobs:                 Count(u.MaxJobs),
+		CreatedAt:               Timestamp(u.CreatedAt),
+		UpdatedAt:               Timestamp(u.UpdatedAt),
 	}
 }
 
@@ -123,7 +158,83 @@ func AttemptToProto(a broker.Attempt) *gradebrokerv1.Attempt {
 		EndedAt:    Timestamp(a.EndedAt),
 		End:        string(a.End),
 		Reason:     a.Reason,
+		Usage:      UsageToProto(a.Usage),
+		Limit:      LimitToProto(a.Limit),
 	}
+}
+
+// UsageToProto converts what a run used; nil stays unset.
+func UsageToProto(u *broker.Usage) *gradebrokerv1.Usage {
+	if u == nil {
+		return nil
+	}
+	return &gradebrokerv1.Usage{
+		CpuTime:         durationpb.New(u.CPUTime),
+		PeakMemoryBytes: uint64(max(u.PeakMemory, 0)),
+		WallTime:        durationpb.New(u.WallTime),
+	}
+}
+
+// UsageFromProto converts what graderd says a run used; unset stays nil.
+// A negative duration (never measured so) counts as 0, and a peak beyond
+// what an int64 holds as the largest one.
+func UsageFromProto(u *gradebrokerv1.Usage) *broker.Usage {
+	if u == nil {
+		return nil
+	}
+	return &broker.Usage{
+		CPUTime:    max(u.GetCpuTime().AsDuration(), 0),
+		PeakMemory: int64(min(u.GetPeakMemoryBytes(), math.MaxInt64)),
+		WallTime:   max(u.GetWallTime().AsDuration(), 0),
+	}
+}
+
+// limits pairs the domain's limits with the protocol's.
+var limits = map[broker.Limit]gradebrokerv1.Limit{
+	broker.LimitWallTime: gradebrokerv1.Limit_LIMIT_WALL_TIME,
+	broker.LimitCPUTime:  gradebrokerv1.Limit_LIMIT_CPU_TIME,
+	broker.LimitMemory:   gradebrokerv1.Limit_LIMIT_MEMORY,
+	broker.LimitPids:     gradebrokerv1.Limit_LIMIT_PIDS,
+	broker.LimitOutput:   gradebrokerv1.Limit_LIMIT_OUTPUT,
+	broker.LimitDisk:     gradebrokerv1.Limit_LIMIT_DISK,
+}
+
+// LimitToProto converts the limit that ended a run; "" (none) is
+// LIMIT_UNSPECIFIED.
+func LimitToProto(l broker.Limit) gradebrokerv1.Limit { return limits[l] }
+
+// LimitFromProto converts the limit graderd says ended a run.
+// LIMIT_UNSPECIFIED is "" (none); a number this broker does not know (a
+// newer graderd's) is LimitUnknown, so that the run still shows it ended
+// on a limit.
+func LimitFromProto(l gradebrokerv1.Limit) broker.Limit {
+	if l == gradebrokerv1.Limit_LIMIT_UNSPECIFIED {
+		return ""
+	}
+	for d, p := range limits {
+		if p == l {
+			return d
+		}
+	}
+	return broker.LimitUnknown
+}
+
+// ExecutorsToProto converts a server's executors.
+func ExecutorsToProto(es []broker.Executor) []*gradebrokerv1.ExecutorInfo {
+	var out []*gradebrokerv1.ExecutorInfo
+	for _, e := range es {
+		out = append(out, &gradebrokerv1.ExecutorInfo{Name: e.Name, Type: e.Type, Sandbox: e.Sandbox})
+	}
+	return out
+}
+
+// ExecutorsFromProto converts the executors graderd reports in its Hello.
+func ExecutorsFromProto(es []*gradebrokerv1.ExecutorInfo) []broker.Executor {
+	var out []broker.Executor
+	for _, e := range es {
+		out = append(out, broker.Executor{Name: e.GetName(), Type: e.GetType(), Sandbox: e.GetSandbox()})
+	}
+	return out
 }
 
 // EventToProto converts one entry of a job's audit trail.

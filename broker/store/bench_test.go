@@ -13,12 +13,19 @@ import (
 // BenchmarkLifecycle runs the writer's statements for whole job lifecycles
 // the way the dispatcher's group commit does when servers have free slots:
 // each transaction stores and leases a batch of jobs and finishes the
-// previous batch. It reports the
-// process CPU time per job (user + system), which moves less than ns/op
-// when other work shares the machine.
+// previous batch, its leases ended with what their runs used (as graderd
+// reports it with every result) or, for comparison, without. It reports
+// the process CPU time per job (user + system), which moves less than
+// ns/op when other work shares the machine.
 //
 //	go test -run '^$' -bench Lifecycle -benchtime 100000x ./broker/store/
 func BenchmarkLifecycle(b *testing.B) {
+	usage := &broker.Usage{CPUTime: 3 * time.Millisecond, PeakMemory: 8 << 20, WallTime: 5 * time.Millisecond}
+	b.Run("usage", func(b *testing.B) { benchLifecycle(b, usage) })
+	b.Run("no-usage", func(b *testing.B) { benchLifecycle(b, nil) })
+}
+
+func benchLifecycle(b *testing.B, usage *broker.Usage) {
 	ctx := context.Background()
 	db, err := Open(ctx, filepath.Join(b.TempDir(), "gb.db"), Options{})
 	if err != nil {
@@ -66,7 +73,7 @@ func BenchmarkLifecycle(b *testing.B) {
 			cur = append(cur, leased{in.ID, lease})
 		}
 		for _, l := range prev {
-			if err := tx.EndLease(l.lease, "ok", ""); err != nil {
+			if err := tx.EndLeaseRun(l.lease, "ok", "", usage, ""); err != nil {
 				b.Fatal(err)
 			}
 			if _, err := tx.Finish(l.job, Final{PlatformID: p.ID, State: broker.JobDone, Outcome: broker.OutcomeOK,

@@ -47,10 +47,18 @@ type Delivery struct {
 	Error    string
 	Attempts int
 	Server   string
+	// Usage is what the job's last attempt used, as its server reported it
+	// with its result; nil when it reported none (or the job never ran).
+	Usage *broker.Usage
+	// Limit is the limit that ended the last attempt's run, if one did.
+	Limit broker.Limit
 
 	PlatformID int64
 	Platform   string
-	ReturnURL  string
+	// Protocol is the platform's protocol, which decides the form of the
+	// callback (broker/delivery).
+	Protocol  broker.Protocol
+	ReturnURL string
 	// PublicKeyPEM is the platform's key, to encrypt the callback to.
 	// ListDeliveries leaves it empty.
 	PublicKeyPEM string
@@ -67,13 +75,15 @@ type Delivery struct {
 const deliveryColumns = `d.id, d.state, d.tries, d.next_attempt_at, d.last_error, d.created_at, d.delivered_at,
 	d.job_id, j.name, COALESCE(j.idempotency_key, ''), j.state, %s,
 	COALESCE(NULLIF(j.error, ''), r.error, ''), j.attempts, j.server_name,
-	d.platform_id, p.name, p.return_url,
+	l.cpu_time_us, l.peak_memory_bytes, l.wall_time_us, COALESCE(l.run_limit, ''),
+	d.platform_id, p.name, p.protocol, p.return_url,
 	EXISTS (SELECT 1 FROM deliveries n WHERE n.job_id = d.job_id AND n.id > d.id)`
 
-// deliveryJoins follow "FROM deliveries d" to reach the job, its result and
-// the platform.
+// deliveryJoins follow "FROM deliveries d" to reach the job, its result,
+// its last attempt (leases_job finds it) and the platform.
 const deliveryJoins = ` JOIN jobs j ON j.id = d.job_id JOIN platforms p ON p.id = d.platform_id
-	LEFT JOIN results r ON r.job_id = d.job_id`
+	LEFT JOIN results r ON r.job_id = d.job_id
+	LEFT JOIN leases l ON l.id = (SELECT MAX(id) FROM leases WHERE job_id = d.job_id)`
 
 var (
 	fullDeliveryQuery = `SELECT ` + fmt.Sprintf(deliveryColumns, `r.result, p.public_key_pem`) + ` FROM deliveries d` + deliveryJoins
@@ -83,14 +93,15 @@ var (
 func scanDelivery(row rowScanner) (Delivery, error) {
 	var d Delivery
 	var next, created int64
-	var delivered sql.NullInt64
+	var delivered, cpu, peak, wall sql.NullInt64
 	if err := row.Scan(&d.ID, &d.State, &d.Tries, &next, &d.LastError, &created, &delivered,
 		&d.JobID, &d.JobName, &d.IdempotencyKey, &d.JobState, &d.Result, &d.PublicKeyPEM,
-		&d.Error, &d.Attempts, &d.Server,
-		&d.PlatformID, &d.Platform, &d.ReturnURL, &d.Superseded); err != nil {
+		&d.Error, &d.Attempts, &d.Server, &cpu, &peak, &wall, &d.Limit,
+		&d.PlatformID, &d.Platform, &d.Protocol, &d.ReturnURL, &d.Superseded); err != nil {
 		return d, err
 	}
 	d.NextAttemptAt, d.CreatedAt, d.DeliveredAt = fromMS(next), fromMS(created), nullMS(delivered)
+	d.Usage = usageOf(cpu, peak, wall)
 	return d, nil
 }
 
@@ -344,7 +355,7 @@ func (db *DB) Redeliver(ctx context.Context, sel Redelivery) (int, error) {
 		q := `INSERT INTO deliveries (job_id, platform_id, state, next_attempt_at, created_at)
 			SELECT d.job_id, d.platform_id, 1, ?, ? FROM deliveries d
 			JOIN jobs j ON j.id = d.job_id JOIN platforms p ON p.id = d.platform_id
-			WHERE d.state = 3 AND j.state IN (3, 4, 5) AND p.return_url != ''
+			WHERE d.state = 3 AND j.state IN (3, 4, 5) AND (p.return_url != '' OR p.protocol = 'xqueue')
 			AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.job_id = d.job_id AND n.id > d.id)`
 		args := []any{now, now}
 		if pid != 0 {
@@ -369,11 +380,11 @@ func (db *DB) Redeliver(ctx context.Context, sel Redelivery) (int, error) {
 func redeliverOne(ctx context.Context, tx *sql.Tx, id, now int64) (int, error) {
 	var state, jobState int
 	var jobID, newer int64
-	var returnURL string
-	err := tx.QueryRowContext(ctx, `SELECT d.state, d.job_id, j.state, p.return_url,
+	var returnURL, protocol string
+	err := tx.QueryRowContext(ctx, `SELECT d.state, d.job_id, j.state, p.return_url, p.protocol,
 		COALESCE((SELECT MAX(n.id) FROM deliveries n WHERE n.job_id = d.job_id AND n.id > d.id), 0)
 		FROM deliveries d JOIN jobs j ON j.id = d.job_id JOIN platforms p ON p.id = d.platform_id
-		WHERE d.id = ?`, id).Scan(&state, &jobID, &jobState, &returnURL, &newer)
+		WHERE d.id = ?`, id).Scan(&state, &jobID, &jobState, &returnURL, &protocol, &newer)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("%w: delivery %d", broker.ErrNotFound, id)
 	}
@@ -392,7 +403,8 @@ func redeliverOne(ctx context.Context, tx *sql.Tx, id, now int64) (int, error) {
 		return 0, fmt.Errorf("%w: delivery %d of job %d is superseded by delivery %d", broker.ErrFailedPrecondition, id, jobID, newer)
 	case !broker.JobState(jobState).Final():
 		return 0, fmt.Errorf("%w: job %d of delivery %d is %s again; its next final state will be delivered", broker.ErrFailedPrecondition, jobID, id, broker.JobState(jobState))
-	case returnURL == "":
+	case returnURL == "" && broker.Protocol(protocol) != broker.ProtocolXQueue:
+		// XQueue's submissions each name where their result goes.
 		return 0, fmt.Errorf("%w: the platform of delivery %d has no return_url; set one first", broker.ErrFailedPrecondition, id)
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO deliveries (job_id, platform_id, state, next_attempt_at, created_at)

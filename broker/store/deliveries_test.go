@@ -79,7 +79,7 @@ func TestDeliveryMadeByFinishAndRead(t *testing.T) {
 	want := Delivery{
 		ID: id, State: broker.DeliveryPending, NextAttemptAt: dlBase, CreatedAt: dlBase,
 		JobID: jobID, JobName: "ex1", IdempotencyKey: "k1", JobState: broker.JobDone,
-		Result: []byte(`{"score":1}`), PlatformID: p, Platform: "mooc",
+		Result: []byte(`{"score":1}`), PlatformID: p, Platform: "mooc", Protocol: broker.ProtocolGradebroker,
 		ReturnURL: "https://mooc.example/cb", PublicKeyPEM: "key of mooc",
 	}
 	got, err := db.Delivery(ctx, id)
@@ -114,6 +114,54 @@ func TestDeliveryMadeByFinishAndRead(t *testing.T) {
 	q := dlPlatform(t, db, "quiet", "")
 	if _, id := dlFinal(t, db, q, "ex3", "", Final{State: broker.JobFailed, Error: "x"}); id != 0 {
 		t.Errorf("Finish made delivery %d for a platform without a return_url", id)
+	}
+}
+
+// A platform's protocol is stored with it, gradebroker's own unless given,
+// changed by UpdatePlatform, and read with each of its deliveries, which the
+// delivery worker sends in that protocol's form.
+func TestPlatformProtocol(t *testing.T) {
+	t.Parallel()
+	db, _ := dlSetup(t)
+	ctx := context.Background()
+	p, err := db.AddPlatform(ctx, broker.Platform{Name: "plain", PublicKeyPEM: "k", ReturnURL: "https://plain.example/cb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Protocol != broker.ProtocolGradebroker {
+		t.Errorf("AddPlatform without a protocol stored %q, want %q", p.Protocol, broker.ProtocolGradebroker)
+	}
+	other, err := db.AddPlatform(ctx, broker.Platform{Name: "other", Protocol: "other-proto", ReturnURL: "https://other.example/cb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.Protocol != "other-proto" {
+		t.Errorf("AddPlatform stored protocol %q, want other-proto", other.Protocol)
+	}
+	_, id := dlFinal(t, db, other.ID, "j", "", Final{State: broker.JobDone, Outcome: broker.OutcomeOK, Result: []byte(`1`)})
+	d, err := db.Delivery(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Protocol != "other-proto" {
+		t.Errorf("Delivery.Protocol = %q, want other-proto", d.Protocol)
+	}
+
+	proto := broker.ProtocolGradebroker
+	if _, err := db.UpdatePlatform(ctx, "other", PlatformUpdate{Protocol: &proto}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := db.ListPlatforms(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list {
+		if p.Name == "other" && p.Protocol != broker.ProtocolGradebroker {
+			t.Errorf("after UpdatePlatform, ListPlatforms says %q", p.Protocol)
+		}
+	}
+	if d, err = db.Delivery(ctx, id); err != nil || d.Protocol != broker.ProtocolGradebroker {
+		t.Errorf("Delivery after the update: protocol %q, %v", d.Protocol, err)
 	}
 }
 
@@ -409,5 +457,73 @@ func TestRedeliverSkipsReopenedJobs(t *testing.T) {
 	if _, err := db.Redeliver(ctx, Redelivery{IDs: []int64{id}}); !errors.Is(err, broker.ErrFailedPrecondition) ||
 		!strings.Contains(err.Error(), "queued") {
 		t.Errorf("Redeliver by id = %v, want ErrFailedPrecondition saying the job is queued", err)
+	}
+}
+
+// What a run used and the limit that ended it are kept with its lease:
+// every attempt shows its own, and the callback the last attempt's.
+func TestRunUsageKeptWithItsLease(t *testing.T) {
+	t.Parallel()
+	db, _ := dlSetup(t)
+	ctx := context.Background()
+	p := dlPlatform(t, db, "mooc", "https://mooc.example/cb")
+	first := &broker.Usage{CPUTime: 1500 * time.Microsecond, PeakMemory: 12 << 20, WallTime: 2 * time.Second}
+	last := &broker.Usage{CPUTime: 3 * time.Second, PeakMemory: 1 << 30, WallTime: 4*time.Second + 7*time.Microsecond}
+	tx, err := db.BeginJobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	in, err := tx.InsertJob(broker.NewJob{PlatformID: p, Name: "j", Timeout: time.Minute, JobData: []byte(`{}`), MaxAttempts: 3}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []func() error{
+		func() error { return tx.AssignInserted(in.ID, 1, 0, "g1", 1, dlBase.Add(time.Minute)) },
+		func() error { return tx.EndLeaseRun(1, broker.EndTemporary, "flaky", first, "") },
+		func() error { return tx.Requeue(in.ID, 0, "test", 1, "again") },
+		func() error { _, err := tx.Assign(in.ID, 2, 0, "g1", 2, dlBase.Add(time.Minute)); return err },
+		func() error { return tx.EndLeaseRun(2, broker.EndFatal, "memory limit", last, broker.LimitMemory) },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	did, err := tx.Finish(in.ID, Final{PlatformID: p, State: broker.JobFailed, LeaseID: 2, Outcome: broker.OutcomeFatal, Error: "memory limit", Actor: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	j, err := db.GetJob(ctx, in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type run struct {
+		Usage *broker.Usage
+		Limit broker.Limit
+	}
+	var got []run
+	for _, a := range j.History {
+		got = append(got, run{a.Usage, a.Limit})
+	}
+	if diff := cmp.Diff([]run{{first, ""}, {last, broker.LimitMemory}}, got); diff != "" {
+		t.Errorf("attempts' usage (-want +got):\n%s", diff)
+	}
+	d, err := db.Delivery(ctx, did)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(run{last, broker.LimitMemory}, run{d.Usage, d.Limit}); diff != "" {
+		t.Errorf("the delivery's usage (-want +got):\n%s", diff)
+	}
+
+	// A job that never ran, or whose run reported nothing, has none.
+	_, cid := dlFinal(t, db, p, "never", "", Final{State: broker.JobCancelled, Error: "cancelled"})
+	if d, err := db.Delivery(ctx, cid); err != nil || d.Usage != nil || d.Limit != "" {
+		t.Errorf("delivery of a job that never ran: usage %v, limit %q, err %v", d.Usage, d.Limit, err)
 	}
 }

@@ -72,7 +72,8 @@ type JobFilter struct {
 const jobSelect = `j.id, j.platform_id, p.name, j.name, j.state, j.priority, j.tags, j.timeout_ms,
 	COALESCE(j.idempotency_key, ''), j.restrict_paths, j.attempts, j.max_attempts, j.lease_id,
 	j.server_name, j.error, j.created_at, j.updated_at, j.finished_at,
-	COALESCE((SELECT d.state FROM deliveries d WHERE d.job_id = j.id ORDER BY d.id DESC LIMIT 1), 0)`
+	COALESCE((SELECT d.state FROM deliveries d WHERE d.job_id = j.id ORDER BY d.id DESC LIMIT 1), 0),
+	COALESCE(j.queue, '')`
 
 // jobColumns is jobSelect from a job and its platform.
 const jobColumns = jobSelect + ` FROM jobs j JOIN platforms p ON p.id = j.platform_id`
@@ -84,7 +85,7 @@ func scanJob(row rowScanner) (broker.Job, error) {
 	var leaseID, finished sql.NullInt64
 	if err := row.Scan(&j.ID, &j.PlatformID, &j.Platform, &j.Name, &j.State, &j.Priority, &tags, &timeoutMS,
 		&j.IdempotencyKey, &paths, &j.Attempts, &j.MaxAttempts, &leaseID,
-		&j.Server, &j.Error, &created, &updated, &finished, &j.Delivery); err != nil {
+		&j.Server, &j.Error, &created, &updated, &finished, &j.Delivery, &j.Queue); err != nil {
 		return j, err
 	}
 	if err := json.Unmarshal([]byte(tags), &j.Tags); err != nil {
@@ -442,7 +443,8 @@ func jobResult(ctx context.Context, tx *sql.Tx, j *broker.Job) error {
 
 func jobHistory(ctx context.Context, tx *sql.Tx, id int64) ([]broker.Attempt, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT id, number, server_name, assigned_at, deadline, ended_at,
-		end_kind, reason FROM leases WHERE job_id = ? ORDER BY number, id`, id)
+		end_kind, reason, cpu_time_us, peak_memory_bytes, wall_time_us, run_limit
+		FROM leases WHERE job_id = ? ORDER BY number, id`, id)
 	if err != nil {
 		return nil, err
 	}
@@ -451,11 +453,13 @@ func jobHistory(ctx context.Context, tx *sql.Tx, id int64) ([]broker.Attempt, er
 	for rows.Next() {
 		var a broker.Attempt
 		var assigned, deadline int64
-		var ended sql.NullInt64
-		if err := rows.Scan(&a.LeaseID, &a.Number, &a.Server, &assigned, &deadline, &ended, &a.End, &a.Reason); err != nil {
+		var ended, cpu, peak, wall sql.NullInt64
+		if err := rows.Scan(&a.LeaseID, &a.Number, &a.Server, &assigned, &deadline, &ended, &a.End, &a.Reason,
+			&cpu, &peak, &wall, &a.Limit); err != nil {
 			return nil, err
 		}
 		a.AssignedAt, a.Deadline, a.EndedAt = fromMS(assigned), fromMS(deadline), nullMS(ended)
+		a.Usage = usageOf(cpu, peak, wall)
 		out = append(out, a)
 	}
 	return out, rows.Err()

@@ -153,15 +153,18 @@ type Inserted struct {
 func (t *JobTx) InsertJob(nj broker.NewJob, actor string) (Inserted, error) {
 	tags, _ := json.Marshal(nonNil(nj.Tags))
 	paths, _ := json.Marshal(nonNil(nj.RestrictPaths))
-	var key any
+	var key, queue any
 	if nj.IdempotencyKey != "" {
 		key = nj.IdempotencyKey
 	}
+	if nj.Queue != "" {
+		queue = nj.Queue
+	}
 	res, err := t.exec(`INSERT INTO jobs (platform_id, name, state, priority, tags, timeout_ms, idempotency_key,
-		jobdata, restrict_paths, max_attempts, created_at, updated_at)
-		VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform_id, idempotency_key) DO NOTHING`,
+		jobdata, restrict_paths, max_attempts, queue, created_at, updated_at)
+		VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform_id, idempotency_key) DO NOTHING`,
 		nj.PlatformID, nj.Name, nj.Priority, string(tags), nj.Timeout.Milliseconds(), key,
-		nj.JobData, string(paths), nj.MaxAttempts, t.now, t.now)
+		nj.JobData, string(paths), nj.MaxAttempts, queue, t.now, t.now)
 	if err != nil {
 		return Inserted{}, translate(err)
 	}
@@ -208,6 +211,9 @@ type AssignedJob struct {
 	JobData   []byte
 	Tags      []string
 	TimeoutMS int64
+	// RestrictPaths are the platform's restrict_paths, copied to the job
+	// when it was submitted.
+	RestrictPaths []string
 }
 
 // Assign moves a queued job to assigned under a new lease and returns what
@@ -215,10 +221,10 @@ type AssignedJob struct {
 // not queued.
 func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attempt int, deadline time.Time) (AssignedJob, error) {
 	var a AssignedJob
-	var tags string
+	var tags, paths string
 	err := t.tx.QueryRowContext(t.ctx, `UPDATE jobs SET state = 2, lease_id = ?, attempts = ?, server_id = ?,
-		server_name = ?, updated_at = ? WHERE id = ? AND state = 1 RETURNING name, jobdata, tags, timeout_ms`,
-		leaseID, attempt, serverID, serverName, t.now, jobID).Scan(&a.Name, &a.JobData, &tags, &a.TimeoutMS)
+		server_name = ?, updated_at = ? WHERE id = ? AND state = 1 RETURNING name, jobdata, tags, timeout_ms, restrict_paths`,
+		leaseID, attempt, serverID, serverName, t.now, jobID).Scan(&a.Name, &a.JobData, &tags, &a.TimeoutMS, &paths)
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, fmt.Errorf("%w: job %d is not queued", broker.ErrFailedPrecondition, jobID)
 	}
@@ -227,6 +233,11 @@ func (t *JobTx) Assign(jobID, leaseID, serverID int64, serverName string, attemp
 	}
 	if err := json.Unmarshal([]byte(tags), &a.Tags); err != nil {
 		return a, fmt.Errorf("job %d: tags: %w", jobID, err)
+	}
+	if paths != "[]" {
+		if err := json.Unmarshal([]byte(paths), &a.RestrictPaths); err != nil {
+			return a, fmt.Errorf("job %d: restrict_paths: %w", jobID, err)
+		}
 	}
 	return a, t.lease(jobID, leaseID, serverID, serverName, attempt, deadline)
 }
@@ -257,9 +268,36 @@ func (t *JobTx) lease(jobID, leaseID, serverID int64, serverName string, attempt
 
 // EndLease records how a lease ended.
 func (t *JobTx) EndLease(leaseID int64, end broker.LeaseEnd, reason string) error {
-	_, err := t.exec(`UPDATE leases SET ended_at = ?, end_kind = ?, reason = ? WHERE id = ? AND ended_at IS NULL`,
-		t.now, end, reason, leaseID)
+	return t.EndLeaseRun(leaseID, end, reason, nil, "")
+}
+
+// EndLeaseRun records how a lease ended together with what its run used
+// and the limit that ended it, as its server reported them with its result
+// (usage nil: not measured).
+func (t *JobTx) EndLeaseRun(leaseID int64, end broker.LeaseEnd, reason string, usage *broker.Usage, limit broker.Limit) error {
+	cpu, peak, wall := usageColumns(usage)
+	_, err := t.exec(`UPDATE leases SET ended_at = ?, end_kind = ?, reason = ?, cpu_time_us = ?, peak_memory_bytes = ?,
+		wall_time_us = ?, run_limit = ? WHERE id = ? AND ended_at IS NULL`,
+		t.now, end, reason, cpu, peak, wall, string(limit), leaseID)
 	return translate(err)
+}
+
+// usageColumns turns a run's usage into the leases table's columns: NULL
+// for a run that reported none.
+func usageColumns(u *broker.Usage) (cpuUS, peakBytes, wallUS any) {
+	if u == nil {
+		return nil, nil, nil
+	}
+	return u.CPUTime.Microseconds(), max(u.PeakMemory, 0), u.WallTime.Microseconds()
+}
+
+// usageOf reads what usageColumns wrote; nil when the run reported none.
+func usageOf(cpuUS, peakBytes, wallUS sql.NullInt64) *broker.Usage {
+	if !cpuUS.Valid && !peakBytes.Valid && !wallUS.Valid {
+		return nil
+	}
+	return &broker.Usage{CPUTime: time.Duration(cpuUS.Int64) * time.Microsecond, PeakMemory: peakBytes.Int64,
+		WallTime: time.Duration(wallUS.Int64) * time.Microsecond}
 }
 
 // Requeue puts an assigned job back in the queue after its lease ended,
@@ -303,11 +341,16 @@ type Final struct {
 	Error      string
 	Actor      string
 	Detail     string
+	// Quiet makes no delivery: the platform is not to hear of this end
+	// (an XQueue submission retired by a newer one, whose result XQueue
+	// never posts).
+	Quiet bool
 }
 
 // Finish makes a job final: its state, its result row when a lease reported
 // one, a "done"/"failed"/"cancelled" event, and a pending delivery to its
-// platform (when the platform has a return URL), all in this transaction. It
+// platform (when its results go anywhere, and f is not Quiet), all in this
+// transaction. It
 // returns the delivery's id, or 0. It returns ErrFailedPrecondition when the
 // job is already final, and ErrNotFound when it does not exist.
 func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
@@ -345,6 +388,9 @@ func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
 	if err := t.Event(jobID, f.State.String(), f.Actor, f.LeaseID, detail); err != nil {
 		return 0, err
 	}
+	if f.Quiet {
+		return 0, nil
+	}
 	platform := f.PlatformID
 	if platform == 0 {
 		if err := t.tx.QueryRowContext(t.ctx, `SELECT platform_id FROM jobs WHERE id = ?`, jobID).Scan(&platform); err != nil {
@@ -367,22 +413,25 @@ func (t *JobTx) Finish(jobID int64, f Final) (int64, error) {
 	return id, nil
 }
 
-// wantsCallbacks reports whether a platform has a return URL, from a cache
-// that every platform change in this package invalidates.
+// wantsCallbacks reports whether a platform's results are sent anywhere:
+// it has a return URL, or its protocol is XQueue's, whose submissions each
+// name where their result goes. The answer comes from a cache that every
+// platform change in this package invalidates.
 func (db *DB) wantsCallbacks(ctx context.Context, tx *sql.Conn, platformID int64) (bool, error) {
 	if v, ok := db.callbacks.Load(platformID); ok {
 		return v.(bool), nil
 	}
-	var url string
-	err := tx.QueryRowContext(ctx, `SELECT return_url FROM platforms WHERE id = ?`, platformID).Scan(&url)
+	var url, protocol string
+	err := tx.QueryRowContext(ctx, `SELECT return_url, protocol FROM platforms WHERE id = ?`, platformID).Scan(&url, &protocol)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, translate(err)
 	}
-	db.callbacks.Store(platformID, url != "")
-	return url != "", nil
+	wants := url != "" || broker.Protocol(protocol) == broker.ProtocolXQueue
+	db.callbacks.Store(platformID, wants)
+	return wants, nil
 }
 
 // Reopen puts a failed or cancelled job back in the queue with fresh
@@ -431,10 +480,12 @@ type OpenJob struct {
 	LeaseID       int64
 	AvoidServerID int64
 	TypeIDs       []int64
+	Queue         string // its pull queue, if any
 }
 
 const openJobQuery = `SELECT j.id, j.platform_id, j.priority, j.state, j.created_at, j.timeout_ms, j.attempts,
-	j.max_attempts, COALESCE(j.lease_id, 0), COALESCE(j.avoid_server_id, 0), COALESCE(group_concat(jt.type_id), '')
+	j.max_attempts, COALESCE(j.lease_id, 0), COALESCE(j.avoid_server_id, 0), COALESCE(group_concat(jt.type_id), ''),
+	COALESCE(j.queue, '')
 	FROM jobs j LEFT JOIN job_types jt ON jt.job_id = j.id`
 
 func scanOpenJob(row rowScanner) (OpenJob, error) {
@@ -443,7 +494,7 @@ func scanOpenJob(row rowScanner) (OpenJob, error) {
 	var created int64
 	var types string
 	if err := row.Scan(&j.ID, &j.PlatformID, &j.Priority, &state, &created, &j.TimeoutMS, &j.Attempts,
-		&j.MaxAttempts, &j.LeaseID, &j.AvoidServerID, &types); err != nil {
+		&j.MaxAttempts, &j.LeaseID, &j.AvoidServerID, &types, &j.Queue); err != nil {
 		return j, translate(err)
 	}
 	j.State, j.CreatedAt = broker.JobState(state), fromMS(created)
@@ -539,16 +590,24 @@ func (db *DB) JobState(ctx context.Context, jobID int64) (broker.JobState, int64
 	return broker.JobState(state), platform, err
 }
 
-// JobTypeIDs returns the server types that may take job jobID, sorted;
-// none for a job that does not exist.
-func (db *DB) JobTypeIDs(ctx context.Context, jobID int64) ([]int64, error) {
+// JobClass returns what decides which queue of the dispatcher job jobID is
+// in: the server types that may take it, sorted, and its pull queue. A job
+// that does not exist has none.
+func (db *DB) JobClass(ctx context.Context, jobID int64) ([]int64, string, error) {
 	var ids []int64
+	var queue sql.NullString
 	err := db.read(ctx, func(tx *sql.Tx) error {
 		var err error
-		ids, err = jobTypeIDs(ctx, tx, jobID)
+		if ids, err = jobTypeIDs(ctx, tx, jobID); err != nil {
+			return err
+		}
+		err = tx.QueryRowContext(ctx, `SELECT queue FROM jobs WHERE id = ?`, jobID).Scan(&queue)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
 		return err
 	})
-	return ids, err
+	return ids, queue.String, err
 }
 
 // TouchServers records when servers were last heard from.

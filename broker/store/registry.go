@@ -245,7 +245,7 @@ func (db *DB) UpdateServerType(ctx context.Context, name string, tags []string) 
 			return err
 		}
 		st = broker.ServerType{ID: typeID, Name: name, Tags: tags}
-		return nil
+		return checkQueuesCovered(ctx, tx, st)
 	})
 	return st, err
 }
@@ -300,6 +300,15 @@ func (db *DB) RemoveServerType(ctx context.Context, name string) error {
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
+		var queue string
+		err = tx.QueryRowContext(ctx, `SELECT q.name FROM xqueue_queues q JOIN server_types st ON st.id = q.type_id
+			WHERE st.name = ? LIMIT 1`, name).Scan(&queue)
+		if err == nil {
+			return fmt.Errorf("%w: server type %q is the type of XQueue queue %q's pulling clients", broker.ErrInUse, name, queue)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
 		return deleteByName(ctx, tx, "server_types", "server type", name)
 	})
 }
@@ -308,19 +317,26 @@ func (db *DB) RemoveServerType(ctx context.Context, name string) error {
 
 // PlatformUpdate lists the fields UpdatePlatform changes; nil leaves one alone.
 type PlatformUpdate struct {
+	Protocol      *broker.Protocol
 	PublicKeyPEM  *string
 	ReturnURL     *string
 	RestrictPaths *[]string
 	ForceTag      *string
 	// Cert replaces the certificate; a pointer to nil removes it.
 	Cert **broker.CertIdentity
+	// LegacyTokens allows or refuses graderqueue's legacy tokens.
+	LegacyTokens *bool
 }
 
-// AddPlatform registers a platform. The caller has validated the key and URL.
+// AddPlatform registers a platform. The caller has validated the protocol,
+// key and URL; an empty protocol is gradebroker's own.
 func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platform, error) {
 	defer db.registryChanged()
 	if err := broker.CheckName("platform", p.Name); err != nil {
 		return broker.Platform{}, err
+	}
+	if p.Protocol == "" {
+		p.Protocol = broker.ProtocolGradebroker
 	}
 	now := db.now()
 	err := db.write(ctx, func(tx *sql.Tx) error {
@@ -335,10 +351,10 @@ func (db *DB) AddPlatform(ctx context.Context, p broker.Platform) (broker.Platfo
 		}
 		paths, _ := json.Marshal(nonNil(p.RestrictPaths))
 		c := certColumns(p.Cert)
-		res, err := tx.ExecContext(ctx, `INSERT INTO platforms (name, public_key_pem, return_url, restrict_paths,
-			force_tag_id, cert_serial, cert_issuer, cert_subject, cert_fingerprint, cert_not_after, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			p.Name, p.PublicKeyPEM, p.ReturnURL, string(paths), forceTag, c[0], c[1], c[2], c[3], c[4], ms(now))
+		res, err := tx.ExecContext(ctx, `INSERT INTO platforms (name, protocol, public_key_pem, return_url, restrict_paths,
+			force_tag_id, cert_serial, cert_issuer, cert_subject, cert_fingerprint, cert_not_after, created_at, legacy_tokens)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			p.Name, string(p.Protocol), p.PublicKeyPEM, p.ReturnURL, string(paths), forceTag, c[0], c[1], c[2], c[3], c[4], ms(now), p.LegacyTokens)
 		if err != nil {
 			return conflictName(err, "platform", p.Name)
 		}
@@ -359,6 +375,12 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 		id, err := idByName(ctx, tx, "platforms", "platform", name)
 		if err != nil {
 			return err
+		}
+		if u.Protocol != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `protocol = ?`, string(*u.Protocol)); err != nil {
+				return err
+			}
+			defer db.callbacks.Delete(id)
 		}
 		if u.PublicKeyPEM != nil {
 			if err := setColumns(ctx, tx, "platforms", id, `public_key_pem = ?`, *u.PublicKeyPEM); err != nil {
@@ -396,6 +418,11 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 				return err
 			}
 		}
+		if u.LegacyTokens != nil {
+			if err := setColumns(ctx, tx, "platforms", id, `legacy_tokens = ?`, *u.LegacyTokens); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -404,8 +431,8 @@ func (db *DB) UpdatePlatform(ctx context.Context, name string, u PlatformUpdate)
 	return db.PlatformByName(ctx, name)
 }
 
-const platformColumns = `p.id, p.name, p.public_key_pem, p.return_url, p.restrict_paths, COALESCE(t.name, ''),
-	p.cert_serial, p.cert_issuer, p.cert_subject, p.cert_fingerprint, p.cert_not_after, p.created_at
+const platformColumns = `p.id, p.name, p.protocol, p.public_key_pem, p.return_url, p.restrict_paths, COALESCE(t.name, ''),
+	p.cert_serial, p.cert_issuer, p.cert_subject, p.cert_fingerprint, p.cert_not_after, p.created_at, p.legacy_tokens
 	FROM platforms p LEFT JOIN tags t ON t.id = p.force_tag_id`
 
 func scanPlatform(row rowScanner) (broker.Platform, error) {
@@ -414,8 +441,8 @@ func scanPlatform(row rowScanner) (broker.Platform, error) {
 	var serial, issuer, subject, fp sql.NullString
 	var notAfter sql.NullInt64
 	var created int64
-	if err := row.Scan(&p.ID, &p.Name, &p.PublicKeyPEM, &p.ReturnURL, &paths, &p.ForceTag,
-		&serial, &issuer, &subject, &fp, &notAfter, &created); err != nil {
+	if err := row.Scan(&p.ID, &p.Name, &p.Protocol, &p.PublicKeyPEM, &p.ReturnURL, &paths, &p.ForceTag,
+		&serial, &issuer, &subject, &fp, &notAfter, &created, &p.LegacyTokens); err != nil {
 		return p, err
 	}
 	if err := json.Unmarshal([]byte(paths), &p.RestrictPaths); err != nil {
@@ -454,6 +481,14 @@ func (db *DB) RemovePlatform(ctx context.Context, name string) error {
 		}
 		if n > 0 {
 			return fmt.Errorf("%w: platform %q has %d unfinished job(s); cancel them first", broker.ErrInUse, name, n)
+		}
+		var user string
+		err = tx.QueryRowContext(ctx, `SELECT name FROM xqueue_users WHERE platform_id = ? LIMIT 1`, id).Scan(&user)
+		if err == nil {
+			return fmt.Errorf("%w: platform %q is the platform of XQueue user %q; remove the user or give it another platform first", broker.ErrInUse, name, user)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM platforms WHERE id = ?`, id)
 		defer db.callbacks.Delete(id)
@@ -532,6 +567,13 @@ func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (br
 			}
 		}
 		if u.Cert != nil {
+			var pull string
+			if err := tx.QueryRowContext(ctx, `SELECT pull FROM servers WHERE id = ?`, id).Scan(&pull); err != nil {
+				return err
+			}
+			if pull != "" {
+				return fmt.Errorf("%w: server %q is a client that pulls its jobs (%s), which has no certificate", broker.ErrInvalid, name, pull)
+			}
 			if err := checkIdentityFree(ctx, tx, *u.Cert, "servers", id); err != nil {
 				return err
 			}
@@ -549,13 +591,13 @@ func (db *DB) UpdateServer(ctx context.Context, name string, u ServerUpdate) (br
 
 const serverColumns = `s.id, s.name, s.cert_serial, s.cert_issuer, s.cert_subject, s.cert_fingerprint,
 	s.cert_not_after, st.name, s.type_id, s.max_concurrent_jobs, s.wakeup_url, s.wakeup_fails, s.last_seen,
-	s.created_at FROM servers s JOIN server_types st ON st.id = s.type_id`
+	s.created_at, s.pull FROM servers s JOIN server_types st ON st.id = s.type_id`
 
 func scanServer(row rowScanner) (broker.Server, error) {
 	var s broker.Server
 	var notAfter, lastSeen, created int64
 	err := row.Scan(&s.ID, &s.Name, &s.Cert.Serial, &s.Cert.Issuer, &s.Cert.Subject, &s.Cert.Fingerprint,
-		&notAfter, &s.Type, &s.TypeID, &s.MaxConcurrentJobs, &s.WakeupURL, &s.WakeupFails, &lastSeen, &created)
+		&notAfter, &s.Type, &s.TypeID, &s.MaxConcurrentJobs, &s.WakeupURL, &s.WakeupFails, &lastSeen, &created, &s.Pull)
 	s.Cert.Role = "server"
 	s.Cert.NotAfter, s.LastSeen, s.CreatedAt = fromMS(notAfter), fromMS(lastSeen), fromMS(created)
 	return s, err

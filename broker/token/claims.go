@@ -28,6 +28,9 @@ type Claims struct {
 	// Audience is the aud claim, whether sent as a string or an array; nil
 	// when absent.
 	Audience []string
+	// Legacy is set for a legacy token (see Opener.OpenWith): JTI is then
+	// the digest of its JWE, and Expires the end of its date's window.
+	Legacy bool
 }
 
 // maxJTIBytes bounds the jti, which the replay guard stores.
@@ -49,6 +52,8 @@ type rawClaims struct {
 	hasAud     bool
 	notBefore  time.Time
 	hasNBF     bool
+	date       string // graderqueue's date claim, DD-MM-YYYY
+	hasDate    bool
 }
 
 // checkDepth refuses JSON nested deeper than max, by a scan that costs one
@@ -158,6 +163,11 @@ func (rc *rawClaims) set(name string, value json.RawMessage) error {
 	case "aud":
 		rc.hasAud = true
 		rc.Audience, err = audience(value)
+	case "date":
+		rc.hasDate = true
+		if err := json.Unmarshal(value, &rc.date); err != nil {
+			return fmt.Errorf("%w: claim date is not a string", ErrMalformed)
+		}
 	}
 	return err
 }

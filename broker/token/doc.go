@@ -9,6 +9,13 @@
 // refused with ErrAlgorithm, in the JWE header before any RSA work and in
 // the JWS header before the signer is looked up.
 //
+// graderqueue's platforms send legacy tokens: no kid in the JWS, and a date
+// claim (DD-MM-YYYY) instead of iat, exp and jti. Opener.OpenWith reads
+// them from the platforms allowed to send them, with the signer named
+// beside the token, freshness from the date (a day either side) and the
+// digest of the whole JWE as the replay guard's jti; the algorithms,
+// decryption and signature are checked as for any token.
+//
 // The web console's login links carry a third kind of token, the broker's
 // to itself: a compact JWS with alg HS256 under a key only the broker holds,
 // typ "gb-console-login+jwt" (SignConsoleLogin, VerifyConsoleLogin). It is

@@ -136,6 +136,21 @@ func parseJWE(compact string) (*jwe, error) {
 	return t, nil
 }
 
+// digest is the base64url SHA-256 of the JWE in canonical compact form:
+// the protected header as sent (it is the AAD, so no other spelling of it
+// decrypts), the other parts re-encoded from their bytes, so that setting a
+// part's spare base64 bits makes no new digest for the same token.
+func (t *jwe) digest() string {
+	ct, tag := t.sealed[:len(t.sealed)-tagBytes], t.sealed[len(t.sealed)-tagBytes:]
+	h := sha256.New()
+	h.Write([]byte(t.protected))
+	for _, p := range [][]byte{t.encryptedKey, t.iv, ct, tag} {
+		h.Write([]byte{'.'})
+		h.Write([]byte(base64.RawURLEncoding.EncodeToString(p)))
+	}
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}
+
 // decrypt opens the JWE with the first of keys that works and returns the
 // plaintext, inflated if the header asks for DEF. maxPlain bounds the
 // result: inflation stops one byte past it, so a DEF bomb costs at most

@@ -80,6 +80,10 @@ type Exec struct {
 	KillGrace time.Duration
 	// Logger receives the executor's own logs; nil discards them.
 	Logger *slog.Logger
+	// Taskgrader, if set, makes the run graderqueue's graderserver
+	// running France-ioi's taskgrader: the grader reads the bare jobdata
+	// and its output becomes graderserver's result (see Taskgrader).
+	Taskgrader *Taskgrader
 }
 
 var _ Executor = (*Exec)(nil)
@@ -124,7 +128,13 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		return Temporary("graderd has no grader command configured")
 	}
 	limits := e.limits()
-	stdin, err := JobDocument(job, limits)
+	var stdin []byte
+	var err error
+	if e.Taskgrader != nil {
+		stdin, err = e.Taskgrader.input(job)
+	} else {
+		stdin, err = JobDocument(job, limits)
+	}
 	if err != nil {
 		return Result{Outcome: gradebrokerv1.Outcome_OUTCOME_FATAL, Error: err.Error()}
 	}
@@ -161,9 +171,8 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 		defer st.sandbox.finish()
 		st.cmd, st.group = st.sandbox.cmd, st.sandbox.group
 	} else {
-		if err := e.startUnconfined(&st, job, argv, limits, bytes.NewReader(stdin), stdout, stderr, log); err != nil {
-			return Temporary(err.Error())
-		}
+		// Cleaned up also when the start fails half way: the cgroup, the
+		// record and the work directory may exist by then.
 		defer func() {
 			if st.group != nil {
 				_ = st.group.Remove()
@@ -171,8 +180,13 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 			if st.recordPath != "" {
 				_ = os.Remove(st.recordPath)
 			}
-			removeWorkDir(st.workDir, log)
+			if st.workDir != "" {
+				removeWorkDir(st.workDir, log)
+			}
 		}()
+		if err := e.startUnconfined(&st, job, argv, limits, bytes.NewReader(stdin), stdout, stderr, log); err != nil {
+			return Temporary(err.Error())
+		}
 	}
 	start := time.Now()
 	pid := st.cmd.Process.Pid
@@ -230,6 +244,10 @@ func (e *Exec) Run(ctx context.Context, job Job) (res Result) {
 
 	res = e.classify(st, stop, hit, seen, stdout, stderr, job, limits)
 	res.Log = stderr.String()
+	if e.Taskgrader != nil {
+		out, _ := stdout.Bytes()
+		res = e.Taskgrader.shape(res, out, res.Log)
+	}
 	res.Duration = usage.WallTime
 	res.Usage = usage
 	log.Debug("grader finished", "outcome", res.Outcome, "error", res.Error, "limit", res.Limit.String(), "duration", usage.WallTime, "cpu", usage.CPUTime, "peak_memory", usage.PeakMemory)
@@ -320,7 +338,21 @@ func (e *Exec) startUnconfined(st *started, job Job, argv []string, limits Limit
 		WaitDelay:   pipeGrace,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
+	record := func(rec runRecord) {
+		if e.RunDir == "" {
+			return
+		}
+		if path, err := e.recordFile(job.LeaseID)(rec); err != nil {
+			log.Warn("cannot record the run; a crash of graderd would leave it running", "err", err)
+		} else {
+			st.recordPath = path
+		}
+	}
 	if st.group != nil {
+		// Recorded before the grader's first instruction: whatever it
+		// starts is in the cgroup, and a graderd killed at any moment
+		// after this leaves a record that reaches all of it.
+		record(runRecord{bootID: bootID(), cgroups: st.group.Dirs()})
 		err = st.group.Start(st.cmd, nil)
 	} else {
 		err = st.cmd.Start()
@@ -328,19 +360,15 @@ func (e *Exec) startUnconfined(st *started, job Job, argv []string, limits Limit
 	if err != nil {
 		return fmt.Errorf("cannot start grader: %v", err)
 	}
-	if e.RunDir != "" {
+	if st.group == nil {
+		// Without a cgroup only the process group can be recorded, once
+		// it exists: a crash between the start and this record leaves the
+		// grader running (see orphans.go).
 		rec := runRecord{bootID: bootID(), pgid: st.cmd.Process.Pid}
-		if st.group != nil {
-			rec.cgroups = st.group.Dirs()
-		}
 		if _, start, err := procStat(rec.pgid); err == nil {
 			rec.start = start
 		}
-		if path, err := e.recordFile(job.LeaseID)(rec); err != nil {
-			log.Warn("cannot record the grader's process group; a crash of graderd would leave it running", "err", err)
-		} else {
-			st.recordPath = path
-		}
+		record(rec)
 	}
 	return nil
 }

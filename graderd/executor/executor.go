@@ -3,6 +3,10 @@
 // An Executor turns one Job into one Result. Noop answers at once and exists
 // for benchmarks; Exec runs an external grader program per job, following the
 // convention of France-ioi's taskgrader so that existing graders port easily.
+// The container executors (package docker) follow the same convention in a
+// container, through what this package shares: JobDocument, ExitResult and
+// LimitResult, ResultBuffer and LogBuffer, Limits and its defaults, Watch
+// and Meter, Supervise, RunLabels and Reaper.
 //
 // # The exec convention
 //

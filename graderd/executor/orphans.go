@@ -23,8 +23,11 @@ import (
 // and a restarted graderd would take new jobs on top of them. So every run
 // records, in Exec.RunDir, before its first process starts, what it is made
 // of: its cgroups (every process of the run is in them, whatever it forks
-// or detaches), crun's state, and without a cgroup the grader's process
-// group. A starting graderd kills what a crashed one left (ReapOrphans).
+// or detaches) and crun's state. Only a run without a cgroup (graderd not
+// root, no usable hierarchy) records its grader's process group instead,
+// which exists only once the grader has started: a graderd killed between
+// the two leaves that grader running. A starting graderd kills what a
+// crashed one left (ReapOrphans).
 //
 // A record holds the boot id, since cgroups and pids do not survive a
 // reboot; for a process group, the group leader's pid and its start time

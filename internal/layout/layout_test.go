@@ -91,9 +91,29 @@ func home(tech string, homes []string, prefixes ...string) rule {
 
 // edgeAdapters are the packages that translate an outside protocol into the
 // broker's services. A console or a compatibility layer joins the list.
-var edgeAdapters = []string{"broker/platform", "broker/adminapi", "broker/graderapi"}
+var edgeAdapters = []string{"broker/platform", "broker/adminapi", "broker/graderapi", "broker/xqueue"}
+
+// serviceAdapters are adapters over one edge adapter's service: another
+// protocol for the same requests. Each depends on its service's package
+// and on no other edge adapter.
+var serviceAdapters = map[string]string{
+	"broker/console":     "broker/adminapi",
+	"broker/graderqueue": "broker/platform",
+}
+
+// serviceAdapterRule is the rule of serviceAdapters' adapter p.
+func serviceAdapterRule(p string) rule {
+	return rule{
+		says:       p + " translates into " + serviceAdapters[p] + "'s service and depends on no other edge adapter",
+		applies:    func(q string) bool { return q == p },
+		forbidden:  func(imp string) bool { return imp != serviceAdapters[p] && slices.Contains(edgeAdapters, imp) },
+		transitive: true,
+	}
+}
 
 var rules = []rule{
+	serviceAdapterRule("broker/console"),
+	serviceAdapterRule("broker/graderqueue"),
 	{
 		says:       "graderd and its packages depend on nothing under broker/: what graderd shares with the broker lives in gen, certs, wakeupmsg or internal",
 		applies:    func(p string) bool { return under(p, "graderd") },
@@ -110,6 +130,7 @@ var rules = []rule{
 		applies:   func(p string) bool { return !under(p, "bench") },
 		forbidden: func(imp string) bool { return imp == "graderd/executor/kubernetes/kubetest" },
 	},
+	home("the Docker Engine API client", []string{"graderd/executor/docker"}, "github.com/moby/moby"),
 	{
 		says:       "an edge adapter (" + strings.Join(edgeAdapters, ", ") + ") depends on no other: what two of them share belongs lower down (broker, broker/protoconv, broker/rpcstatus)",
 		applies:    func(p string) bool { return slices.Contains(edgeAdapters, p) },

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gradebroker/gradebroker/bench"
 	"github.com/gradebroker/gradebroker/bench/apibench"
+	"github.com/gradebroker/gradebroker/bench/dockerbench"
 	"github.com/gradebroker/gradebroker/bench/kubebench"
 	"github.com/gradebroker/gradebroker/bench/sandboxbench"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
@@ -70,11 +71,15 @@ each so that jobs find a free slot), scale (drain rate with 1,000 / 100,000
 / 1,000,000 jobs queued, each depth held by a feeder while it drains), memory (1,000,000 queued, 1,000 streams, broker in a child
 process), the web console (render time of its job pages over 1,000,000 jobs,
 and the dispatch rate with 50 browsers on the live overview against none),
-the platform API (REST sendjob with real tokens beside the crypto-only rate,
-batch submission, result callbacks), the sandbox's cost per grading run
-(a no-op grader with and without it; needs root and crun), and the
-kubernetes executor's pod lifecycle and API calls per job against a real
-kube-apiserver (make kube-apiserver) with a fake node agent.
+the XQueue interface (an LMS's submit/ and xqueue-watcher's pull → put_result
+beside the native stream with as many slots), the platform API (REST sendjob
+with real tokens beside the crypto-only rate, batch submission, result
+callbacks), the sandbox's cost per grading run (a no-op grader with and
+without it; needs root and crun), the container executors' (a no-op grader
+through the docker executor beside docker run --rm of the same image, and a
+scenarios job's overhead; needs a Docker engine), and the kubernetes
+executor's pod lifecycle and API calls per job against a real kube-apiserver
+(make kube-apiserver) with a fake node agent.
 
 Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
 (GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
@@ -89,8 +94,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
 	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
-	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,api,sandbox,kubernetes (default all)")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,xqueue,api,sandbox,docker,kubernetes (default all)")
 	sandboxRuns := fs.Int("sandbox-runs", 300, "sandbox: no-op runs of each kind")
+	dockerRuns := fs.Int("docker-runs", 100, "docker: no-op runs of each kind (executor, docker run --rm)")
+	scenarioRuns := fs.Int("scenario-runs", 20, "docker: scenarios jobs of one request")
 	kubeRuns := fs.Int("kube-runs", 200, "kubernetes: jobs through the executor, and bare pods")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
@@ -104,6 +111,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Warmup, "warmup", 0, "warm-up before each measurement window (default by preset)")
 	fs.DurationVar(&o.Window, "window", 0, "measurement window of each drain (default by preset)")
 	fs.IntVar(&o.Slots, "slots", 16, "slots per server")
+	fs.IntVar(&o.XQueueClients, "xqueue-clients", 16, "xqueue: concurrent LMS and xqueue-watcher clients (and the native stream's slots)")
 	fs.IntVar(&o.ThroughputJobs, "throughput-jobs", 0, "jobs queued for each throughput run (default 20,000/s × (warm-up + window))")
 	fs.Float64Var(&o.LatRate, "lat-rate", 0, "latency: offered jobs/s (default half the measured 4 × 16 peak)")
 	fs.IntVar(&o.LatBatch, "lat-batch", 4, "latency: jobs per Submit call")
@@ -146,7 +154,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *rssEnv != "" {
 		o.RSSEnv = strings.Split(*rssEnv, ",")
 	}
-	wantAPI, wantSandbox, wantKube := *only == "", *only == "", *only == ""
+	wantAPI, wantSandbox, wantDocker, wantKube := *only == "", *only == "", *only == "", *only == ""
 	if *only != "" {
 		for _, sc := range strings.Split(*only, ",") {
 			if sc == "api" {
@@ -159,6 +167,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			if sc == "sandbox" {
 				wantSandbox = true
+				continue
+			}
+			if sc == "docker" {
+				wantDocker = true
 				continue
 			}
 			o.Scenarios = append(o.Scenarios, sc)
@@ -201,6 +213,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		var res sandboxbench.Result
 		if res, err = sandboxbench.Run(ctx, so); err == nil {
+			err = res.Write(stdout)
+		}
+	}
+	if err == nil && wantDocker {
+		do := dockerbench.Options{Runs: *dockerRuns, ScenarioRuns: *scenarioRuns}
+		if *quick {
+			do.Runs, do.ScenarioRuns = 10, 3
+		}
+		if !*quiet {
+			do.Progress = stderr
+		}
+		var res dockerbench.Result
+		if res, err = dockerbench.Run(ctx, do); err == nil {
 			err = res.Write(stdout)
 		}
 	}

@@ -217,6 +217,9 @@ type Status struct {
 	Slots     int
 	Running   int
 	LastSeen  time.Time
+	// Version and Executors are what ServerHello returns.
+	Version   string
+	Executors []broker.Executor
 	// RequeueOnDrop is what ServerRemoved returns.
 	RequeueOnDrop int
 }
@@ -227,6 +230,7 @@ type FakeDispatcher struct {
 	mu     sync.Mutex
 	calls  []Call
 	status map[string]Status
+	queues map[string]int
 	jobErr error
 	ops    opsState // the incident methods' state, in ops.go
 }
@@ -235,7 +239,7 @@ var _ adminapi.Dispatcher = (*FakeDispatcher)(nil)
 
 // NewFakeDispatcher returns a dispatcher that knows no connected server.
 func NewFakeDispatcher() *FakeDispatcher {
-	return &FakeDispatcher{status: map[string]Status{}}
+	return &FakeDispatcher{status: map[string]Status{}, queues: map[string]int{}}
 }
 
 // SetStatus sets what ServerStatus and ServerRemoved report for server name.
@@ -278,6 +282,20 @@ func (f *FakeDispatcher) ServerRemoved(_ context.Context, name string) int {
 	return f.status[name].RequeueOnDrop
 }
 
+// SetQueueLength sets what QueueLength reports for pull queue queue.
+func (f *FakeDispatcher) SetQueueLength(queue string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.queues[queue] = n
+}
+
+// QueueLength reports what SetQueueLength set; it is not recorded.
+func (f *FakeDispatcher) QueueLength(queue string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.queues[queue]
+}
+
 // ServerStatus reports what SetStatus set; it is not recorded, since lists
 // call it for every server.
 func (f *FakeDispatcher) ServerStatus(name string) (bool, int, int, time.Time) {
@@ -285,6 +303,15 @@ func (f *FakeDispatcher) ServerStatus(name string) (bool, int, int, time.Time) {
 	defer f.mu.Unlock()
 	s := f.status[name]
 	return s.Connected, s.Slots, s.Running, s.LastSeen
+}
+
+// ServerHello reports what SetStatus set; like ServerStatus, it is not
+// recorded.
+func (f *FakeDispatcher) ServerHello(name string) (string, []broker.Executor) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.status[name]
+	return s.Version, s.Executors
 }
 
 // RequeueJob records the call and returns the error SetJobError set.

@@ -183,7 +183,14 @@ type Platform struct {
 	// Its client certificate, if one is registered.
 	Certificate *CertIdentity `protobuf:"bytes,6,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	// When it was registered.
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// The protocol it speaks, which decides the form of its result
+	// callbacks: "gradebroker" (a JWE token POSTed to return_url) or a
+	// compatibility protocol the broker delivers.
+	Protocol string `protobuf:"bytes,8,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// Whether it may send graderqueue's legacy tokens to api.php (no kid,
+	// iat, exp or jti; a date claim), which are weaker than the others.
+	LegacyTokens  bool `protobuf:"varint,9,opt,name=legacy_tokens,json=legacyTokens,proto3" json:"legacy_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -267,6 +274,20 @@ func (x *Platform) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Platform) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Platform) GetLegacyTokens() bool {
+	if x != nil {
+		return x.LegacyTokens
+	}
+	return false
+}
+
 // Server is a registered grading server.
 type Server struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -297,7 +318,11 @@ type Server struct {
 	// Its executors and their sandboxes, as it reported them when it connected.
 	Executors []*ExecutorInfo `protobuf:"bytes,13,rep,name=executors,proto3" json:"executors,omitempty"`
 	// How many times in a row waking it failed (0 after a success).
-	WakeupFails   uint32 `protobuf:"varint,14,opt,name=wakeup_fails,json=wakeupFails,proto3" json:"wakeup_fails,omitempty"`
+	WakeupFails uint32 `protobuf:"varint,14,opt,name=wakeup_fails,json=wakeupFails,proto3" json:"wakeup_fails,omitempty"`
+	// How it gets its jobs: empty for graderd, which connects with its
+	// certificate and has them pushed; "xqueue" for an XQueue user pulling
+	// one queue, which has no certificate and takes a job when it asks.
+	Pull          string `protobuf:"bytes,15,opt,name=pull,proto3" json:"pull,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -428,6 +453,13 @@ func (x *Server) GetWakeupFails() uint32 {
 		return x.WakeupFails
 	}
 	return 0
+}
+
+func (x *Server) GetPull() string {
+	if x != nil {
+		return x.Pull
+	}
+	return ""
 }
 
 // Tag is a registered tag.
@@ -665,8 +697,13 @@ type AddPlatformRequest struct {
 	ForceTag string `protobuf:"bytes,5,opt,name=force_tag,json=forceTag,proto3" json:"force_tag,omitempty"`
 	// Its client certificate, PEM, if the gateway should require one.
 	CertificatePem string `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The protocol it speaks; empty is "gradebroker", which needs
+	// public_key_pem and return_url. Another protocol may need neither.
+	Protocol string `protobuf:"bytes,7,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// Allow graderqueue's legacy tokens (see Platform.legacy_tokens).
+	LegacyTokens  bool `protobuf:"varint,8,opt,name=legacy_tokens,json=legacyTokens,proto3" json:"legacy_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddPlatformRequest) Reset() {
@@ -741,6 +778,20 @@ func (x *AddPlatformRequest) GetCertificatePem() string {
 	return ""
 }
 
+func (x *AddPlatformRequest) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *AddPlatformRequest) GetLegacyTokens() bool {
+	if x != nil {
+		return x.LegacyTokens
+	}
+	return false
+}
+
 // AddPlatformResponse returns the platform.
 type AddPlatformResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -802,8 +853,13 @@ type UpdatePlatformRequest struct {
 	ForceTag *string `protobuf:"bytes,5,opt,name=force_tag,json=forceTag,proto3,oneof" json:"force_tag,omitempty"`
 	// A new client certificate, PEM; empty removes it.
 	CertificatePem *string `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3,oneof" json:"certificate_pem,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A new protocol. Its results not yet delivered are sent in the new
+	// protocol's form.
+	Protocol *string `protobuf:"bytes,7,opt,name=protocol,proto3,oneof" json:"protocol,omitempty"`
+	// Allow or refuse graderqueue's legacy tokens.
+	LegacyTokens  *bool `protobuf:"varint,8,opt,name=legacy_tokens,json=legacyTokens,proto3,oneof" json:"legacy_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdatePlatformRequest) Reset() {
@@ -876,6 +932,20 @@ func (x *UpdatePlatformRequest) GetCertificatePem() string {
 		return *x.CertificatePem
 	}
 	return ""
+}
+
+func (x *UpdatePlatformRequest) GetProtocol() string {
+	if x != nil && x.Protocol != nil {
+		return *x.Protocol
+	}
+	return ""
+}
+
+func (x *UpdatePlatformRequest) GetLegacyTokens() bool {
+	if x != nil && x.LegacyTokens != nil {
+		return *x.LegacyTokens
+	}
+	return false
 }
 
 // UpdatePlatformResponse returns the platform.
@@ -4565,6 +4635,1150 @@ func (x *RevokeConsoleSessionResponse) GetSession() *ConsoleSession {
 	return nil
 }
 
+// XQueueQueue is an XQueue queue name as an operator mapped it.
+type XQueueQueue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue_name the LMS and xqueue-watcher use.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The tags of its jobs.
+	Tags []string `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	// The server type of its pulling clients; it covers the tags.
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// Its jobs' timeout; unset means the broker's default.
+	Timeout *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// When it was registered.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// How many of its jobs wait for a grader now.
+	Waiting       uint32 `protobuf:"varint,6,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *XQueueQueue) Reset() {
+	*x = XQueueQueue{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *XQueueQueue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*XQueueQueue) ProtoMessage() {}
+
+func (x *XQueueQueue) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use XQueueQueue.ProtoReflect.Descriptor instead.
+func (*XQueueQueue) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *XQueueQueue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *XQueueQueue) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *XQueueQueue) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *XQueueQueue) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *XQueueQueue) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *XQueueQueue) GetWaiting() uint32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+// XQueueUser is a client of the XQueue interface. Its password is never
+// shown.
+type XQueueUser struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name it logs in with.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The platform its submissions belong to; empty: it may not submit.
+	Platform string `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	// The hosts its submissions' lms_callback_url may name over https://.
+	CallbackHosts []string `protobuf:"bytes,3,rep,name=callback_hosts,json=callbackHosts,proto3" json:"callback_hosts,omitempty"`
+	// The hosts they may name over http:// (and https://).
+	HttpCallbackHosts []string `protobuf:"bytes,4,rep,name=http_callback_hosts,json=httpCallbackHosts,proto3" json:"http_callback_hosts,omitempty"`
+	// The HTTP basic user of its results' callbacks, if set.
+	CallbackAuthUser string `protobuf:"bytes,5,opt,name=callback_auth_user,json=callbackAuthUser,proto3" json:"callback_auth_user,omitempty"`
+	// Whether a basic password is set for its callbacks.
+	CallbackAuthPasswordSet bool `protobuf:"varint,6,opt,name=callback_auth_password_set,json=callbackAuthPasswordSet,proto3" json:"callback_auth_password_set,omitempty"`
+	// The queues it may pull from; "*" is every queue.
+	PullQueues []string `protobuf:"bytes,7,rep,name=pull_queues,json=pullQueues,proto3" json:"pull_queues,omitempty"`
+	// max_concurrent_jobs of each server made for a queue it pulls.
+	MaxJobs uint32 `protobuf:"varint,8,opt,name=max_jobs,json=maxJobs,proto3" json:"max_jobs,omitempty"`
+	// When it was registered and last changed.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *XQueueUser) Reset() {
+	*x = XQueueUser{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *XQueueUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*XQueueUser) ProtoMessage() {}
+
+func (x *XQueueUser) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use XQueueUser.ProtoReflect.Descriptor instead.
+func (*XQueueUser) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *XQueueUser) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *XQueueUser) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *XQueueUser) GetCallbackHosts() []string {
+	if x != nil {
+		return x.CallbackHosts
+	}
+	return nil
+}
+
+func (x *XQueueUser) GetHttpCallbackHosts() []string {
+	if x != nil {
+		return x.HttpCallbackHosts
+	}
+	return nil
+}
+
+func (x *XQueueUser) GetCallbackAuthUser() string {
+	if x != nil {
+		return x.CallbackAuthUser
+	}
+	return ""
+}
+
+func (x *XQueueUser) GetCallbackAuthPasswordSet() bool {
+	if x != nil {
+		return x.CallbackAuthPasswordSet
+	}
+	return false
+}
+
+func (x *XQueueUser) GetPullQueues() []string {
+	if x != nil {
+		return x.PullQueues
+	}
+	return nil
+}
+
+func (x *XQueueUser) GetMaxJobs() uint32 {
+	if x != nil {
+		return x.MaxJobs
+	}
+	return 0
+}
+
+func (x *XQueueUser) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *XQueueUser) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+// AddXQueueQueueRequest registers an XQueue queue.
+type AddXQueueQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its name: letters, digits, '.', '_' and '-'.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Registered tags its jobs get.
+	Tags []string `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	// A registered server type covering the tags, for its pulling clients.
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// Its jobs' timeout; unset means the broker's default.
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddXQueueQueueRequest) Reset() {
+	*x = AddXQueueQueueRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddXQueueQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddXQueueQueueRequest) ProtoMessage() {}
+
+func (x *AddXQueueQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddXQueueQueueRequest.ProtoReflect.Descriptor instead.
+func (*AddXQueueQueueRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *AddXQueueQueueRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddXQueueQueueRequest) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *AddXQueueQueueRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *AddXQueueQueueRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// AddXQueueQueueResponse returns the queue.
+type AddXQueueQueueResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue as stored.
+	Queue         *XQueueQueue `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddXQueueQueueResponse) Reset() {
+	*x = AddXQueueQueueResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddXQueueQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddXQueueQueueResponse) ProtoMessage() {}
+
+func (x *AddXQueueQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddXQueueQueueResponse.ProtoReflect.Descriptor instead.
+func (*AddXQueueQueueResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *AddXQueueQueueResponse) GetQueue() *XQueueQueue {
+	if x != nil {
+		return x.Queue
+	}
+	return nil
+}
+
+// UpdateXQueueQueueRequest changes the fields that are set.
+type UpdateXQueueQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which queue.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// New tags for its new jobs.
+	Tags *StringList `protobuf:"bytes,2,opt,name=tags,proto3" json:"tags,omitempty"`
+	// A new server type for its pulling clients.
+	Type *string `protobuf:"bytes,3,opt,name=type,proto3,oneof" json:"type,omitempty"`
+	// A new timeout; zero means the broker's default.
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateXQueueQueueRequest) Reset() {
+	*x = UpdateXQueueQueueRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateXQueueQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateXQueueQueueRequest) ProtoMessage() {}
+
+func (x *UpdateXQueueQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateXQueueQueueRequest.ProtoReflect.Descriptor instead.
+func (*UpdateXQueueQueueRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *UpdateXQueueQueueRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateXQueueQueueRequest) GetTags() *StringList {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *UpdateXQueueQueueRequest) GetType() string {
+	if x != nil && x.Type != nil {
+		return *x.Type
+	}
+	return ""
+}
+
+func (x *UpdateXQueueQueueRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// UpdateXQueueQueueResponse returns the queue.
+type UpdateXQueueQueueResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue as stored.
+	Queue         *XQueueQueue `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateXQueueQueueResponse) Reset() {
+	*x = UpdateXQueueQueueResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateXQueueQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateXQueueQueueResponse) ProtoMessage() {}
+
+func (x *UpdateXQueueQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateXQueueQueueResponse.ProtoReflect.Descriptor instead.
+func (*UpdateXQueueQueueResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *UpdateXQueueQueueResponse) GetQueue() *XQueueQueue {
+	if x != nil {
+		return x.Queue
+	}
+	return nil
+}
+
+// ListXQueueQueuesRequest lists XQueue queues.
+type ListXQueueQueuesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListXQueueQueuesRequest) Reset() {
+	*x = ListXQueueQueuesRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListXQueueQueuesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListXQueueQueuesRequest) ProtoMessage() {}
+
+func (x *ListXQueueQueuesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListXQueueQueuesRequest.ProtoReflect.Descriptor instead.
+func (*ListXQueueQueuesRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{83}
+}
+
+// ListXQueueQueuesResponse lists XQueue queues.
+type ListXQueueQueuesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every queue, by name.
+	Queues        []*XQueueQueue `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListXQueueQueuesResponse) Reset() {
+	*x = ListXQueueQueuesResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListXQueueQueuesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListXQueueQueuesResponse) ProtoMessage() {}
+
+func (x *ListXQueueQueuesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListXQueueQueuesResponse.ProtoReflect.Descriptor instead.
+func (*ListXQueueQueuesResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *ListXQueueQueuesResponse) GetQueues() []*XQueueQueue {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+// RemoveXQueueQueueRequest removes an XQueue queue.
+type RemoveXQueueQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which queue.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveXQueueQueueRequest) Reset() {
+	*x = RemoveXQueueQueueRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveXQueueQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveXQueueQueueRequest) ProtoMessage() {}
+
+func (x *RemoveXQueueQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveXQueueQueueRequest.ProtoReflect.Descriptor instead.
+func (*RemoveXQueueQueueRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *RemoveXQueueQueueRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RemoveXQueueQueueResponse says what went with the queue.
+type RemoveXQueueQueueResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The servers of its pulling clients, removed with it.
+	RemovedServers []string `protobuf:"bytes,1,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RemoveXQueueQueueResponse) Reset() {
+	*x = RemoveXQueueQueueResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveXQueueQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveXQueueQueueResponse) ProtoMessage() {}
+
+func (x *RemoveXQueueQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveXQueueQueueResponse.ProtoReflect.Descriptor instead.
+func (*RemoveXQueueQueueResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *RemoveXQueueQueueResponse) GetRemovedServers() []string {
+	if x != nil {
+		return x.RemovedServers
+	}
+	return nil
+}
+
+// AddXQueueUserRequest registers an XQueue user.
+type AddXQueueUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name it logs in with: letters, digits, '.', '_' and '-'.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its password, 8 to 72 bytes; the broker keeps only a bcrypt hash.
+	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// A platform of protocol xqueue for its submissions; empty: it may not
+	// submit.
+	Platform string `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`
+	// Hosts its submissions' lms_callback_url may name over https://.
+	CallbackHosts []string `protobuf:"bytes,4,rep,name=callback_hosts,json=callbackHosts,proto3" json:"callback_hosts,omitempty"`
+	// Hosts they may name over http:// (and https://).
+	HttpCallbackHosts []string `protobuf:"bytes,5,rep,name=http_callback_hosts,json=httpCallbackHosts,proto3" json:"http_callback_hosts,omitempty"`
+	// HTTP basic credentials of its results' callbacks, if the LMS wants
+	// them (XQueue's REQUESTS_BASIC_AUTH).
+	CallbackAuthUser     string `protobuf:"bytes,6,opt,name=callback_auth_user,json=callbackAuthUser,proto3" json:"callback_auth_user,omitempty"`
+	CallbackAuthPassword string `protobuf:"bytes,7,opt,name=callback_auth_password,json=callbackAuthPassword,proto3" json:"callback_auth_password,omitempty"`
+	// Registered queues it may pull from; "*" is every queue.
+	PullQueues []string `protobuf:"bytes,8,rep,name=pull_queues,json=pullQueues,proto3" json:"pull_queues,omitempty"`
+	// max_concurrent_jobs of each server made for a queue it pulls; 0 is 1.
+	MaxJobs       uint32 `protobuf:"varint,9,opt,name=max_jobs,json=maxJobs,proto3" json:"max_jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddXQueueUserRequest) Reset() {
+	*x = AddXQueueUserRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddXQueueUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddXQueueUserRequest) ProtoMessage() {}
+
+func (x *AddXQueueUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddXQueueUserRequest.ProtoReflect.Descriptor instead.
+func (*AddXQueueUserRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *AddXQueueUserRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddXQueueUserRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *AddXQueueUserRequest) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *AddXQueueUserRequest) GetCallbackHosts() []string {
+	if x != nil {
+		return x.CallbackHosts
+	}
+	return nil
+}
+
+func (x *AddXQueueUserRequest) GetHttpCallbackHosts() []string {
+	if x != nil {
+		return x.HttpCallbackHosts
+	}
+	return nil
+}
+
+func (x *AddXQueueUserRequest) GetCallbackAuthUser() string {
+	if x != nil {
+		return x.CallbackAuthUser
+	}
+	return ""
+}
+
+func (x *AddXQueueUserRequest) GetCallbackAuthPassword() string {
+	if x != nil {
+		return x.CallbackAuthPassword
+	}
+	return ""
+}
+
+func (x *AddXQueueUserRequest) GetPullQueues() []string {
+	if x != nil {
+		return x.PullQueues
+	}
+	return nil
+}
+
+func (x *AddXQueueUserRequest) GetMaxJobs() uint32 {
+	if x != nil {
+		return x.MaxJobs
+	}
+	return 0
+}
+
+// AddXQueueUserResponse returns the user.
+type AddXQueueUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user as stored.
+	User          *XQueueUser `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddXQueueUserResponse) Reset() {
+	*x = AddXQueueUserResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddXQueueUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddXQueueUserResponse) ProtoMessage() {}
+
+func (x *AddXQueueUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddXQueueUserResponse.ProtoReflect.Descriptor instead.
+func (*AddXQueueUserResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *AddXQueueUserResponse) GetUser() *XQueueUser {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+// UpdateXQueueUserRequest changes the fields that are set.
+type UpdateXQueueUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which user.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A new password; it ends the user's sessions.
+	Password *string `protobuf:"bytes,2,opt,name=password,proto3,oneof" json:"password,omitempty"`
+	// A new platform; empty takes it away.
+	Platform *string `protobuf:"bytes,3,opt,name=platform,proto3,oneof" json:"platform,omitempty"`
+	// New callback hosts (replacing the list).
+	CallbackHosts *StringList `protobuf:"bytes,4,opt,name=callback_hosts,json=callbackHosts,proto3" json:"callback_hosts,omitempty"`
+	// New http:// callback hosts (replacing the list).
+	HttpCallbackHosts *StringList `protobuf:"bytes,5,opt,name=http_callback_hosts,json=httpCallbackHosts,proto3" json:"http_callback_hosts,omitempty"`
+	// New basic credentials of its callbacks; empty removes them.
+	CallbackAuthUser     *string `protobuf:"bytes,6,opt,name=callback_auth_user,json=callbackAuthUser,proto3,oneof" json:"callback_auth_user,omitempty"`
+	CallbackAuthPassword *string `protobuf:"bytes,7,opt,name=callback_auth_password,json=callbackAuthPassword,proto3,oneof" json:"callback_auth_password,omitempty"`
+	// New pull queues (replacing the list); the servers of queues it may
+	// no longer pull are removed and their jobs requeued.
+	PullQueues *StringList `protobuf:"bytes,8,opt,name=pull_queues,json=pullQueues,proto3" json:"pull_queues,omitempty"`
+	// A new max jobs for servers made from now on.
+	MaxJobs       *uint32 `protobuf:"varint,9,opt,name=max_jobs,json=maxJobs,proto3,oneof" json:"max_jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateXQueueUserRequest) Reset() {
+	*x = UpdateXQueueUserRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateXQueueUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateXQueueUserRequest) ProtoMessage() {}
+
+func (x *UpdateXQueueUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateXQueueUserRequest.ProtoReflect.Descriptor instead.
+func (*UpdateXQueueUserRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *UpdateXQueueUserRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateXQueueUserRequest) GetPassword() string {
+	if x != nil && x.Password != nil {
+		return *x.Password
+	}
+	return ""
+}
+
+func (x *UpdateXQueueUserRequest) GetPlatform() string {
+	if x != nil && x.Platform != nil {
+		return *x.Platform
+	}
+	return ""
+}
+
+func (x *UpdateXQueueUserRequest) GetCallbackHosts() *StringList {
+	if x != nil {
+		return x.CallbackHosts
+	}
+	return nil
+}
+
+func (x *UpdateXQueueUserRequest) GetHttpCallbackHosts() *StringList {
+	if x != nil {
+		return x.HttpCallbackHosts
+	}
+	return nil
+}
+
+func (x *UpdateXQueueUserRequest) GetCallbackAuthUser() string {
+	if x != nil && x.CallbackAuthUser != nil {
+		return *x.CallbackAuthUser
+	}
+	return ""
+}
+
+func (x *UpdateXQueueUserRequest) GetCallbackAuthPassword() string {
+	if x != nil && x.CallbackAuthPassword != nil {
+		return *x.CallbackAuthPassword
+	}
+	return ""
+}
+
+func (x *UpdateXQueueUserRequest) GetPullQueues() *StringList {
+	if x != nil {
+		return x.PullQueues
+	}
+	return nil
+}
+
+func (x *UpdateXQueueUserRequest) GetMaxJobs() uint32 {
+	if x != nil && x.MaxJobs != nil {
+		return *x.MaxJobs
+	}
+	return 0
+}
+
+// UpdateXQueueUserResponse returns the user.
+type UpdateXQueueUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user as stored.
+	User *XQueueUser `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// The servers removed with the queues it may no longer pull.
+	RemovedServers []string `protobuf:"bytes,2,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UpdateXQueueUserResponse) Reset() {
+	*x = UpdateXQueueUserResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateXQueueUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateXQueueUserResponse) ProtoMessage() {}
+
+func (x *UpdateXQueueUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateXQueueUserResponse.ProtoReflect.Descriptor instead.
+func (*UpdateXQueueUserResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *UpdateXQueueUserResponse) GetUser() *XQueueUser {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+func (x *UpdateXQueueUserResponse) GetRemovedServers() []string {
+	if x != nil {
+		return x.RemovedServers
+	}
+	return nil
+}
+
+// ListXQueueUsersRequest lists XQueue users.
+type ListXQueueUsersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListXQueueUsersRequest) Reset() {
+	*x = ListXQueueUsersRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListXQueueUsersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListXQueueUsersRequest) ProtoMessage() {}
+
+func (x *ListXQueueUsersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListXQueueUsersRequest.ProtoReflect.Descriptor instead.
+func (*ListXQueueUsersRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{91}
+}
+
+// ListXQueueUsersResponse lists XQueue users.
+type ListXQueueUsersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every user, by name.
+	Users         []*XQueueUser `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListXQueueUsersResponse) Reset() {
+	*x = ListXQueueUsersResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListXQueueUsersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListXQueueUsersResponse) ProtoMessage() {}
+
+func (x *ListXQueueUsersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListXQueueUsersResponse.ProtoReflect.Descriptor instead.
+func (*ListXQueueUsersResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *ListXQueueUsersResponse) GetUsers() []*XQueueUser {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+// RemoveXQueueUserRequest removes an XQueue user.
+type RemoveXQueueUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which user.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveXQueueUserRequest) Reset() {
+	*x = RemoveXQueueUserRequest{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveXQueueUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveXQueueUserRequest) ProtoMessage() {}
+
+func (x *RemoveXQueueUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveXQueueUserRequest.ProtoReflect.Descriptor instead.
+func (*RemoveXQueueUserRequest) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *RemoveXQueueUserRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RemoveXQueueUserResponse says what went with the user.
+type RemoveXQueueUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The servers of its pulling clients, removed with it.
+	RemovedServers []string `protobuf:"bytes,1,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RemoveXQueueUserResponse) Reset() {
+	*x = RemoveXQueueUserResponse{}
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveXQueueUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveXQueueUserResponse) ProtoMessage() {}
+
+func (x *RemoveXQueueUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_admin_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveXQueueUserResponse.ProtoReflect.Descriptor instead.
+func (*RemoveXQueueUserResponse) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_admin_proto_rawDescGZIP(), []int{94}
+}
+
+func (x *RemoveXQueueUserResponse) GetRemovedServers() []string {
+	if x != nil {
+		return x.RemovedServers
+	}
+	return nil
+}
+
 var File_gradebroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_gradebroker_v1_admin_proto_rawDesc = "" +
@@ -4576,7 +5790,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x12fingerprint_sha256\x18\x03 \x01(\tR\x11fingerprintSha256\x12\x18\n" +
 	"\asubject\x18\x04 \x01(\tR\asubject\x12\x12\n" +
 	"\x04role\x18\x05 \x01(\tR\x04role\x127\n" +
-	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xa2\x02\n" +
+	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xe3\x02\n" +
 	"\bPlatform\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tR\fpublicKeyPem\x12\x1d\n" +
@@ -4586,7 +5800,9 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12>\n" +
 	"\vcertificate\x18\x06 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x94\x04\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1a\n" +
+	"\bprotocol\x18\b \x01(\tR\bprotocol\x12#\n" +
+	"\rlegacy_tokens\x18\t \x01(\bR\flegacyTokens\"\xa8\x04\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.gradebroker.v1.CertIdentityR\vcertificate\x12\x12\n" +
@@ -4604,7 +5820,8 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\adrained\x18\v \x01(\bR\adrained\x12\x18\n" +
 	"\aversion\x18\f \x01(\tR\aversion\x12:\n" +
 	"\texecutors\x18\r \x03(\v2\x1c.gradebroker.v1.ExecutorInfoR\texecutors\x12!\n" +
-	"\fwakeup_fails\x18\x0e \x01(\rR\vwakeupFails\";\n" +
+	"\fwakeup_fails\x18\x0e \x01(\rR\vwakeupFails\x12\x12\n" +
+	"\x04pull\x18\x0f \x01(\tR\x04pull\";\n" +
 	"\x03Tag\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"4\n" +
@@ -4619,7 +5836,7 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"$\n" +
 	"\n" +
 	"StringList\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\xda\x01\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\x9b\x02\n" +
 	"\x12AddPlatformRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tR\fpublicKeyPem\x12\x1d\n" +
@@ -4627,9 +5844,11 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"return_url\x18\x03 \x01(\tR\treturnUrl\x12%\n" +
 	"\x0erestrict_paths\x18\x04 \x03(\tR\rrestrictPaths\x12\x1b\n" +
 	"\tforce_tag\x18\x05 \x01(\tR\bforceTag\x12'\n" +
-	"\x0fcertificate_pem\x18\x06 \x01(\tR\x0ecertificatePem\"K\n" +
+	"\x0fcertificate_pem\x18\x06 \x01(\tR\x0ecertificatePem\x12\x1a\n" +
+	"\bprotocol\x18\a \x01(\tR\bprotocol\x12#\n" +
+	"\rlegacy_tokens\x18\b \x01(\bR\flegacyTokens\"K\n" +
 	"\x13AddPlatformResponse\x124\n" +
-	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\xd1\x02\n" +
+	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\xbb\x03\n" +
 	"\x15UpdatePlatformRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x0epublic_key_pem\x18\x02 \x01(\tH\x00R\fpublicKeyPem\x88\x01\x01\x12\"\n" +
@@ -4637,12 +5856,16 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"return_url\x18\x03 \x01(\tH\x01R\treturnUrl\x88\x01\x01\x12A\n" +
 	"\x0erestrict_paths\x18\x04 \x01(\v2\x1a.gradebroker.v1.StringListR\rrestrictPaths\x12 \n" +
 	"\tforce_tag\x18\x05 \x01(\tH\x02R\bforceTag\x88\x01\x01\x12,\n" +
-	"\x0fcertificate_pem\x18\x06 \x01(\tH\x03R\x0ecertificatePem\x88\x01\x01B\x11\n" +
+	"\x0fcertificate_pem\x18\x06 \x01(\tH\x03R\x0ecertificatePem\x88\x01\x01\x12\x1f\n" +
+	"\bprotocol\x18\a \x01(\tH\x04R\bprotocol\x88\x01\x01\x12(\n" +
+	"\rlegacy_tokens\x18\b \x01(\bH\x05R\flegacyTokens\x88\x01\x01B\x11\n" +
 	"\x0f_public_key_pemB\r\n" +
 	"\v_return_urlB\f\n" +
 	"\n" +
 	"_force_tagB\x12\n" +
-	"\x10_certificate_pem\"N\n" +
+	"\x10_certificate_pemB\v\n" +
+	"\t_protocolB\x10\n" +
+	"\x0e_legacy_tokens\"N\n" +
 	"\x16UpdatePlatformResponse\x124\n" +
 	"\bplatform\x18\x01 \x01(\v2\x18.gradebroker.v1.PlatformR\bplatform\"\x16\n" +
 	"\x14ListPlatformsRequest\"O\n" +
@@ -4863,12 +6086,97 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\x1bRevokeConsoleSessionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"X\n" +
 	"\x1cRevokeConsoleSessionResponse\x128\n" +
-	"\asession\x18\x01 \x01(\v2\x1e.gradebroker.v1.ConsoleSessionR\asession*Z\n" +
+	"\asession\x18\x01 \x01(\v2\x1e.gradebroker.v1.ConsoleSessionR\asession\"\xd3\x01\n" +
+	"\vXQueueQueue\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04tags\x18\x02 \x03(\tR\x04tags\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
+	"\awaiting\x18\x06 \x01(\rR\awaiting\"\xb0\x03\n" +
+	"\n" +
+	"XQueueUser\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bplatform\x18\x02 \x01(\tR\bplatform\x12%\n" +
+	"\x0ecallback_hosts\x18\x03 \x03(\tR\rcallbackHosts\x12.\n" +
+	"\x13http_callback_hosts\x18\x04 \x03(\tR\x11httpCallbackHosts\x12,\n" +
+	"\x12callback_auth_user\x18\x05 \x01(\tR\x10callbackAuthUser\x12;\n" +
+	"\x1acallback_auth_password_set\x18\x06 \x01(\bR\x17callbackAuthPasswordSet\x12\x1f\n" +
+	"\vpull_queues\x18\a \x03(\tR\n" +
+	"pullQueues\x12\x19\n" +
+	"\bmax_jobs\x18\b \x01(\rR\amaxJobs\x129\n" +
+	"\n" +
+	"created_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\x88\x01\n" +
+	"\x15AddXQueueQueueRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04tags\x18\x02 \x03(\tR\x04tags\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"K\n" +
+	"\x16AddXQueueQueueResponse\x121\n" +
+	"\x05queue\x18\x01 \x01(\v2\x1b.gradebroker.v1.XQueueQueueR\x05queue\"\xb5\x01\n" +
+	"\x18UpdateXQueueQueueRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
+	"\x04tags\x18\x02 \x01(\v2\x1a.gradebroker.v1.StringListR\x04tags\x12\x17\n" +
+	"\x04type\x18\x03 \x01(\tH\x00R\x04type\x88\x01\x01\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeoutB\a\n" +
+	"\x05_type\"N\n" +
+	"\x19UpdateXQueueQueueResponse\x121\n" +
+	"\x05queue\x18\x01 \x01(\v2\x1b.gradebroker.v1.XQueueQueueR\x05queue\"\x19\n" +
+	"\x17ListXQueueQueuesRequest\"O\n" +
+	"\x18ListXQueueQueuesResponse\x123\n" +
+	"\x06queues\x18\x01 \x03(\v2\x1b.gradebroker.v1.XQueueQueueR\x06queues\".\n" +
+	"\x18RemoveXQueueQueueRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
+	"\x19RemoveXQueueQueueResponse\x12'\n" +
+	"\x0fremoved_servers\x18\x01 \x03(\tR\x0eremovedServers\"\xd9\x02\n" +
+	"\x14AddXQueueUserRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1a\n" +
+	"\bplatform\x18\x03 \x01(\tR\bplatform\x12%\n" +
+	"\x0ecallback_hosts\x18\x04 \x03(\tR\rcallbackHosts\x12.\n" +
+	"\x13http_callback_hosts\x18\x05 \x03(\tR\x11httpCallbackHosts\x12,\n" +
+	"\x12callback_auth_user\x18\x06 \x01(\tR\x10callbackAuthUser\x124\n" +
+	"\x16callback_auth_password\x18\a \x01(\tR\x14callbackAuthPassword\x12\x1f\n" +
+	"\vpull_queues\x18\b \x03(\tR\n" +
+	"pullQueues\x12\x19\n" +
+	"\bmax_jobs\x18\t \x01(\rR\amaxJobs\"G\n" +
+	"\x15AddXQueueUserResponse\x12.\n" +
+	"\x04user\x18\x01 \x01(\v2\x1a.gradebroker.v1.XQueueUserR\x04user\"\xa2\x04\n" +
+	"\x17UpdateXQueueUserRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\bpassword\x18\x02 \x01(\tH\x00R\bpassword\x88\x01\x01\x12\x1f\n" +
+	"\bplatform\x18\x03 \x01(\tH\x01R\bplatform\x88\x01\x01\x12A\n" +
+	"\x0ecallback_hosts\x18\x04 \x01(\v2\x1a.gradebroker.v1.StringListR\rcallbackHosts\x12J\n" +
+	"\x13http_callback_hosts\x18\x05 \x01(\v2\x1a.gradebroker.v1.StringListR\x11httpCallbackHosts\x121\n" +
+	"\x12callback_auth_user\x18\x06 \x01(\tH\x02R\x10callbackAuthUser\x88\x01\x01\x129\n" +
+	"\x16callback_auth_password\x18\a \x01(\tH\x03R\x14callbackAuthPassword\x88\x01\x01\x12;\n" +
+	"\vpull_queues\x18\b \x01(\v2\x1a.gradebroker.v1.StringListR\n" +
+	"pullQueues\x12\x1e\n" +
+	"\bmax_jobs\x18\t \x01(\rH\x04R\amaxJobs\x88\x01\x01B\v\n" +
+	"\t_passwordB\v\n" +
+	"\t_platformB\x15\n" +
+	"\x13_callback_auth_userB\x19\n" +
+	"\x17_callback_auth_passwordB\v\n" +
+	"\t_max_jobs\"s\n" +
+	"\x18UpdateXQueueUserResponse\x12.\n" +
+	"\x04user\x18\x01 \x01(\v2\x1a.gradebroker.v1.XQueueUserR\x04user\x12'\n" +
+	"\x0fremoved_servers\x18\x02 \x03(\tR\x0eremovedServers\"\x18\n" +
+	"\x16ListXQueueUsersRequest\"K\n" +
+	"\x17ListXQueueUsersResponse\x120\n" +
+	"\x05users\x18\x01 \x03(\v2\x1a.gradebroker.v1.XQueueUserR\x05users\"-\n" +
+	"\x17RemoveXQueueUserRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
+	"\x18RemoveXQueueUserResponse\x12'\n" +
+	"\x0fremoved_servers\x18\x01 \x03(\tR\x0eremovedServers*Z\n" +
 	"\n" +
 	"BulkAction\x12\x1b\n" +
 	"\x17BULK_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13BULK_ACTION_REQUEUE\x10\x01\x12\x16\n" +
-	"\x12BULK_ACTION_CANCEL\x10\x022\xa3\x18\n" +
+	"\x12BULK_ACTION_CANCEL\x10\x022\xcf\x1e\n" +
 	"\fAdminService\x12V\n" +
 	"\vAddPlatform\x12\".gradebroker.v1.AddPlatformRequest\x1a#.gradebroker.v1.AddPlatformResponse\x12_\n" +
 	"\x0eUpdatePlatform\x12%.gradebroker.v1.UpdatePlatformRequest\x1a&.gradebroker.v1.UpdatePlatformResponse\x12\\\n" +
@@ -4903,7 +6211,15 @@ const file_gradebroker_v1_admin_proto_rawDesc = "" +
 	"\rSubmitTestJob\x12$.gradebroker.v1.SubmitTestJobRequest\x1a%.gradebroker.v1.SubmitTestJobResponse\x12Y\n" +
 	"\fConsoleLogin\x12#.gradebroker.v1.ConsoleLoginRequest\x1a$.gradebroker.v1.ConsoleLoginResponse\x12n\n" +
 	"\x13ListConsoleSessions\x12*.gradebroker.v1.ListConsoleSessionsRequest\x1a+.gradebroker.v1.ListConsoleSessionsResponse\x12q\n" +
-	"\x14RevokeConsoleSession\x12+.gradebroker.v1.RevokeConsoleSessionRequest\x1a,.gradebroker.v1.RevokeConsoleSessionResponseBEZCgithub.com/gradebroker/gradebroker/gen/gradebroker/v1;gradebrokerv1b\x06proto3"
+	"\x14RevokeConsoleSession\x12+.gradebroker.v1.RevokeConsoleSessionRequest\x1a,.gradebroker.v1.RevokeConsoleSessionResponse\x12_\n" +
+	"\x0eAddXQueueQueue\x12%.gradebroker.v1.AddXQueueQueueRequest\x1a&.gradebroker.v1.AddXQueueQueueResponse\x12h\n" +
+	"\x11UpdateXQueueQueue\x12(.gradebroker.v1.UpdateXQueueQueueRequest\x1a).gradebroker.v1.UpdateXQueueQueueResponse\x12e\n" +
+	"\x10ListXQueueQueues\x12'.gradebroker.v1.ListXQueueQueuesRequest\x1a(.gradebroker.v1.ListXQueueQueuesResponse\x12h\n" +
+	"\x11RemoveXQueueQueue\x12(.gradebroker.v1.RemoveXQueueQueueRequest\x1a).gradebroker.v1.RemoveXQueueQueueResponse\x12\\\n" +
+	"\rAddXQueueUser\x12$.gradebroker.v1.AddXQueueUserRequest\x1a%.gradebroker.v1.AddXQueueUserResponse\x12e\n" +
+	"\x10UpdateXQueueUser\x12'.gradebroker.v1.UpdateXQueueUserRequest\x1a(.gradebroker.v1.UpdateXQueueUserResponse\x12b\n" +
+	"\x0fListXQueueUsers\x12&.gradebroker.v1.ListXQueueUsersRequest\x1a'.gradebroker.v1.ListXQueueUsersResponse\x12e\n" +
+	"\x10RemoveXQueueUser\x12'.gradebroker.v1.RemoveXQueueUserRequest\x1a(.gradebroker.v1.RemoveXQueueUserResponseBEZCgithub.com/gradebroker/gradebroker/gen/gradebroker/v1;gradebrokerv1b\x06proto3"
 
 var (
 	file_gradebroker_v1_admin_proto_rawDescOnce sync.Once
@@ -4918,7 +6234,7 @@ func file_gradebroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_gradebroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_gradebroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 95)
 var file_gradebroker_v1_admin_proto_goTypes = []any{
 	(BulkAction)(0),                       // 0: gradebroker.v1.BulkAction
 	(*CertIdentity)(nil),                  // 1: gradebroker.v1.CertIdentity
@@ -4998,139 +6314,189 @@ var file_gradebroker_v1_admin_proto_goTypes = []any{
 	(*ListConsoleSessionsResponse)(nil),   // 75: gradebroker.v1.ListConsoleSessionsResponse
 	(*RevokeConsoleSessionRequest)(nil),   // 76: gradebroker.v1.RevokeConsoleSessionRequest
 	(*RevokeConsoleSessionResponse)(nil),  // 77: gradebroker.v1.RevokeConsoleSessionResponse
-	(*timestamppb.Timestamp)(nil),         // 78: google.protobuf.Timestamp
-	(*ExecutorInfo)(nil),                  // 79: gradebroker.v1.ExecutorInfo
-	(*durationpb.Duration)(nil),           // 80: google.protobuf.Duration
-	(JobState)(0),                         // 81: gradebroker.v1.JobState
-	(*Job)(nil),                           // 82: gradebroker.v1.Job
-	(DeliveryState)(0),                    // 83: gradebroker.v1.DeliveryState
+	(*XQueueQueue)(nil),                   // 78: gradebroker.v1.XQueueQueue
+	(*XQueueUser)(nil),                    // 79: gradebroker.v1.XQueueUser
+	(*AddXQueueQueueRequest)(nil),         // 80: gradebroker.v1.AddXQueueQueueRequest
+	(*AddXQueueQueueResponse)(nil),        // 81: gradebroker.v1.AddXQueueQueueResponse
+	(*UpdateXQueueQueueRequest)(nil),      // 82: gradebroker.v1.UpdateXQueueQueueRequest
+	(*UpdateXQueueQueueResponse)(nil),     // 83: gradebroker.v1.UpdateXQueueQueueResponse
+	(*ListXQueueQueuesRequest)(nil),       // 84: gradebroker.v1.ListXQueueQueuesRequest
+	(*ListXQueueQueuesResponse)(nil),      // 85: gradebroker.v1.ListXQueueQueuesResponse
+	(*RemoveXQueueQueueRequest)(nil),      // 86: gradebroker.v1.RemoveXQueueQueueRequest
+	(*RemoveXQueueQueueResponse)(nil),     // 87: gradebroker.v1.RemoveXQueueQueueResponse
+	(*AddXQueueUserRequest)(nil),          // 88: gradebroker.v1.AddXQueueUserRequest
+	(*AddXQueueUserResponse)(nil),         // 89: gradebroker.v1.AddXQueueUserResponse
+	(*UpdateXQueueUserRequest)(nil),       // 90: gradebroker.v1.UpdateXQueueUserRequest
+	(*UpdateXQueueUserResponse)(nil),      // 91: gradebroker.v1.UpdateXQueueUserResponse
+	(*ListXQueueUsersRequest)(nil),        // 92: gradebroker.v1.ListXQueueUsersRequest
+	(*ListXQueueUsersResponse)(nil),       // 93: gradebroker.v1.ListXQueueUsersResponse
+	(*RemoveXQueueUserRequest)(nil),       // 94: gradebroker.v1.RemoveXQueueUserRequest
+	(*RemoveXQueueUserResponse)(nil),      // 95: gradebroker.v1.RemoveXQueueUserResponse
+	(*timestamppb.Timestamp)(nil),         // 96: google.protobuf.Timestamp
+	(*ExecutorInfo)(nil),                  // 97: gradebroker.v1.ExecutorInfo
+	(*durationpb.Duration)(nil),           // 98: google.protobuf.Duration
+	(JobState)(0),                         // 99: gradebroker.v1.JobState
+	(*Job)(nil),                           // 100: gradebroker.v1.Job
+	(DeliveryState)(0),                    // 101: gradebroker.v1.DeliveryState
 }
 var file_gradebroker_v1_admin_proto_depIdxs = []int32{
-	78, // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
-	1,  // 1: gradebroker.v1.Platform.certificate:type_name -> gradebroker.v1.CertIdentity
-	78, // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 3: gradebroker.v1.Server.certificate:type_name -> gradebroker.v1.CertIdentity
-	78, // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
-	78, // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
-	79, // 6: gradebroker.v1.Server.executors:type_name -> gradebroker.v1.ExecutorInfo
-	1,  // 7: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
-	78, // 8: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 9: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
-	7,  // 10: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
-	2,  // 11: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
-	2,  // 12: gradebroker.v1.ListPlatformsResponse.platforms:type_name -> gradebroker.v1.Platform
-	3,  // 13: gradebroker.v1.AddServerResponse.server:type_name -> gradebroker.v1.Server
-	3,  // 14: gradebroker.v1.UpdateServerResponse.server:type_name -> gradebroker.v1.Server
-	3,  // 15: gradebroker.v1.ListServersResponse.servers:type_name -> gradebroker.v1.Server
-	3,  // 16: gradebroker.v1.DrainServerResponse.server:type_name -> gradebroker.v1.Server
-	80, // 17: gradebroker.v1.TypeQueueStats.oldest_waiting:type_name -> google.protobuf.Duration
-	29, // 18: gradebroker.v1.GetQueueStatsResponse.types:type_name -> gradebroker.v1.TypeQueueStats
-	4,  // 19: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
-	4,  // 20: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
-	5,  // 21: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	5,  // 22: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
-	5,  // 23: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
-	6,  // 24: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
-	6,  // 25: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
-	81, // 26: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
-	78, // 27: gradebroker.v1.ListJobsRequest.created_after:type_name -> google.protobuf.Timestamp
-	78, // 28: gradebroker.v1.ListJobsRequest.created_before:type_name -> google.protobuf.Timestamp
-	82, // 29: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
-	82, // 30: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
-	82, // 31: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
-	82, // 32: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
-	83, // 33: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
-	78, // 34: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	78, // 35: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
-	78, // 36: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
-	83, // 37: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
-	59, // 38: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
-	81, // 39: gradebroker.v1.JobFilter.state:type_name -> gradebroker.v1.JobState
-	78, // 40: gradebroker.v1.JobFilter.created_after:type_name -> google.protobuf.Timestamp
-	78, // 41: gradebroker.v1.JobFilter.created_before:type_name -> google.protobuf.Timestamp
-	64, // 42: gradebroker.v1.CountJobsRequest.filter:type_name -> gradebroker.v1.JobFilter
-	64, // 43: gradebroker.v1.BulkJobActionRequest.filter:type_name -> gradebroker.v1.JobFilter
-	0,  // 44: gradebroker.v1.BulkJobActionRequest.action:type_name -> gradebroker.v1.BulkAction
-	78, // 45: gradebroker.v1.ConsoleSession.created_at:type_name -> google.protobuf.Timestamp
-	78, // 46: gradebroker.v1.ConsoleSession.expires_at:type_name -> google.protobuf.Timestamp
-	78, // 47: gradebroker.v1.ConsoleSession.last_seen:type_name -> google.protobuf.Timestamp
-	78, // 48: gradebroker.v1.ConsoleSession.revoked_at:type_name -> google.protobuf.Timestamp
-	80, // 49: gradebroker.v1.ConsoleLoginRequest.session_ttl:type_name -> google.protobuf.Duration
-	78, // 50: gradebroker.v1.ConsoleLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
-	71, // 51: gradebroker.v1.ConsoleLoginResponse.session:type_name -> gradebroker.v1.ConsoleSession
-	71, // 52: gradebroker.v1.ListConsoleSessionsResponse.sessions:type_name -> gradebroker.v1.ConsoleSession
-	71, // 53: gradebroker.v1.RevokeConsoleSessionResponse.session:type_name -> gradebroker.v1.ConsoleSession
-	8,  // 54: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
-	10, // 55: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
-	12, // 56: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
-	14, // 57: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
-	16, // 58: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
-	18, // 59: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
-	20, // 60: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
-	22, // 61: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
-	24, // 62: gradebroker.v1.AdminService.RequeueServerJobs:input_type -> gradebroker.v1.RequeueServerJobsRequest
-	26, // 63: gradebroker.v1.AdminService.DrainServer:input_type -> gradebroker.v1.DrainServerRequest
-	28, // 64: gradebroker.v1.AdminService.GetQueueStats:input_type -> gradebroker.v1.GetQueueStatsRequest
-	31, // 65: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
-	33, // 66: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
-	35, // 67: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
-	37, // 68: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
-	39, // 69: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
-	41, // 70: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
-	43, // 71: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
-	45, // 72: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
-	47, // 73: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
-	49, // 74: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
-	51, // 75: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
-	53, // 76: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
-	55, // 77: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
-	57, // 78: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
-	60, // 79: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
-	62, // 80: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
-	65, // 81: gradebroker.v1.AdminService.CountJobs:input_type -> gradebroker.v1.CountJobsRequest
-	67, // 82: gradebroker.v1.AdminService.BulkJobAction:input_type -> gradebroker.v1.BulkJobActionRequest
-	69, // 83: gradebroker.v1.AdminService.SubmitTestJob:input_type -> gradebroker.v1.SubmitTestJobRequest
-	72, // 84: gradebroker.v1.AdminService.ConsoleLogin:input_type -> gradebroker.v1.ConsoleLoginRequest
-	74, // 85: gradebroker.v1.AdminService.ListConsoleSessions:input_type -> gradebroker.v1.ListConsoleSessionsRequest
-	76, // 86: gradebroker.v1.AdminService.RevokeConsoleSession:input_type -> gradebroker.v1.RevokeConsoleSessionRequest
-	9,  // 87: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
-	11, // 88: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
-	13, // 89: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
-	15, // 90: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
-	17, // 91: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
-	19, // 92: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
-	21, // 93: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
-	23, // 94: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
-	25, // 95: gradebroker.v1.AdminService.RequeueServerJobs:output_type -> gradebroker.v1.RequeueServerJobsResponse
-	27, // 96: gradebroker.v1.AdminService.DrainServer:output_type -> gradebroker.v1.DrainServerResponse
-	30, // 97: gradebroker.v1.AdminService.GetQueueStats:output_type -> gradebroker.v1.GetQueueStatsResponse
-	32, // 98: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
-	34, // 99: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
-	36, // 100: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
-	38, // 101: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
-	40, // 102: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
-	42, // 103: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
-	44, // 104: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
-	46, // 105: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
-	48, // 106: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
-	50, // 107: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
-	52, // 108: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
-	54, // 109: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
-	56, // 110: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
-	58, // 111: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
-	61, // 112: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
-	63, // 113: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
-	66, // 114: gradebroker.v1.AdminService.CountJobs:output_type -> gradebroker.v1.CountJobsResponse
-	68, // 115: gradebroker.v1.AdminService.BulkJobAction:output_type -> gradebroker.v1.BulkJobActionResponse
-	70, // 116: gradebroker.v1.AdminService.SubmitTestJob:output_type -> gradebroker.v1.SubmitTestJobResponse
-	73, // 117: gradebroker.v1.AdminService.ConsoleLogin:output_type -> gradebroker.v1.ConsoleLoginResponse
-	75, // 118: gradebroker.v1.AdminService.ListConsoleSessions:output_type -> gradebroker.v1.ListConsoleSessionsResponse
-	77, // 119: gradebroker.v1.AdminService.RevokeConsoleSession:output_type -> gradebroker.v1.RevokeConsoleSessionResponse
-	87, // [87:120] is the sub-list for method output_type
-	54, // [54:87] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	96,  // 0: gradebroker.v1.CertIdentity.not_after:type_name -> google.protobuf.Timestamp
+	1,   // 1: gradebroker.v1.Platform.certificate:type_name -> gradebroker.v1.CertIdentity
+	96,  // 2: gradebroker.v1.Platform.created_at:type_name -> google.protobuf.Timestamp
+	1,   // 3: gradebroker.v1.Server.certificate:type_name -> gradebroker.v1.CertIdentity
+	96,  // 4: gradebroker.v1.Server.created_at:type_name -> google.protobuf.Timestamp
+	96,  // 5: gradebroker.v1.Server.last_seen:type_name -> google.protobuf.Timestamp
+	97,  // 6: gradebroker.v1.Server.executors:type_name -> gradebroker.v1.ExecutorInfo
+	1,   // 7: gradebroker.v1.Operator.certificate:type_name -> gradebroker.v1.CertIdentity
+	96,  // 8: gradebroker.v1.Operator.created_at:type_name -> google.protobuf.Timestamp
+	2,   // 9: gradebroker.v1.AddPlatformResponse.platform:type_name -> gradebroker.v1.Platform
+	7,   // 10: gradebroker.v1.UpdatePlatformRequest.restrict_paths:type_name -> gradebroker.v1.StringList
+	2,   // 11: gradebroker.v1.UpdatePlatformResponse.platform:type_name -> gradebroker.v1.Platform
+	2,   // 12: gradebroker.v1.ListPlatformsResponse.platforms:type_name -> gradebroker.v1.Platform
+	3,   // 13: gradebroker.v1.AddServerResponse.server:type_name -> gradebroker.v1.Server
+	3,   // 14: gradebroker.v1.UpdateServerResponse.server:type_name -> gradebroker.v1.Server
+	3,   // 15: gradebroker.v1.ListServersResponse.servers:type_name -> gradebroker.v1.Server
+	3,   // 16: gradebroker.v1.DrainServerResponse.server:type_name -> gradebroker.v1.Server
+	98,  // 17: gradebroker.v1.TypeQueueStats.oldest_waiting:type_name -> google.protobuf.Duration
+	29,  // 18: gradebroker.v1.GetQueueStatsResponse.types:type_name -> gradebroker.v1.TypeQueueStats
+	4,   // 19: gradebroker.v1.AddTagResponse.tag:type_name -> gradebroker.v1.Tag
+	4,   // 20: gradebroker.v1.ListTagsResponse.tags:type_name -> gradebroker.v1.Tag
+	5,   // 21: gradebroker.v1.AddServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	5,   // 22: gradebroker.v1.UpdateServerTypeResponse.server_type:type_name -> gradebroker.v1.ServerType
+	5,   // 23: gradebroker.v1.ListServerTypesResponse.server_types:type_name -> gradebroker.v1.ServerType
+	6,   // 24: gradebroker.v1.AddOperatorResponse.operator:type_name -> gradebroker.v1.Operator
+	6,   // 25: gradebroker.v1.ListOperatorsResponse.operators:type_name -> gradebroker.v1.Operator
+	99,  // 26: gradebroker.v1.ListJobsRequest.state:type_name -> gradebroker.v1.JobState
+	96,  // 27: gradebroker.v1.ListJobsRequest.created_after:type_name -> google.protobuf.Timestamp
+	96,  // 28: gradebroker.v1.ListJobsRequest.created_before:type_name -> google.protobuf.Timestamp
+	100, // 29: gradebroker.v1.ListJobsResponse.jobs:type_name -> gradebroker.v1.Job
+	100, // 30: gradebroker.v1.AdminServiceGetJobResponse.job:type_name -> gradebroker.v1.Job
+	100, // 31: gradebroker.v1.RequeueJobResponse.job:type_name -> gradebroker.v1.Job
+	100, // 32: gradebroker.v1.AdminServiceCancelJobResponse.job:type_name -> gradebroker.v1.Job
+	101, // 33: gradebroker.v1.Delivery.state:type_name -> gradebroker.v1.DeliveryState
+	96,  // 34: gradebroker.v1.Delivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	96,  // 35: gradebroker.v1.Delivery.created_at:type_name -> google.protobuf.Timestamp
+	96,  // 36: gradebroker.v1.Delivery.delivered_at:type_name -> google.protobuf.Timestamp
+	101, // 37: gradebroker.v1.ListDeliveriesRequest.state:type_name -> gradebroker.v1.DeliveryState
+	59,  // 38: gradebroker.v1.ListDeliveriesResponse.deliveries:type_name -> gradebroker.v1.Delivery
+	99,  // 39: gradebroker.v1.JobFilter.state:type_name -> gradebroker.v1.JobState
+	96,  // 40: gradebroker.v1.JobFilter.created_after:type_name -> google.protobuf.Timestamp
+	96,  // 41: gradebroker.v1.JobFilter.created_before:type_name -> google.protobuf.Timestamp
+	64,  // 42: gradebroker.v1.CountJobsRequest.filter:type_name -> gradebroker.v1.JobFilter
+	64,  // 43: gradebroker.v1.BulkJobActionRequest.filter:type_name -> gradebroker.v1.JobFilter
+	0,   // 44: gradebroker.v1.BulkJobActionRequest.action:type_name -> gradebroker.v1.BulkAction
+	96,  // 45: gradebroker.v1.ConsoleSession.created_at:type_name -> google.protobuf.Timestamp
+	96,  // 46: gradebroker.v1.ConsoleSession.expires_at:type_name -> google.protobuf.Timestamp
+	96,  // 47: gradebroker.v1.ConsoleSession.last_seen:type_name -> google.protobuf.Timestamp
+	96,  // 48: gradebroker.v1.ConsoleSession.revoked_at:type_name -> google.protobuf.Timestamp
+	98,  // 49: gradebroker.v1.ConsoleLoginRequest.session_ttl:type_name -> google.protobuf.Duration
+	96,  // 50: gradebroker.v1.ConsoleLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
+	71,  // 51: gradebroker.v1.ConsoleLoginResponse.session:type_name -> gradebroker.v1.ConsoleSession
+	71,  // 52: gradebroker.v1.ListConsoleSessionsResponse.sessions:type_name -> gradebroker.v1.ConsoleSession
+	71,  // 53: gradebroker.v1.RevokeConsoleSessionResponse.session:type_name -> gradebroker.v1.ConsoleSession
+	98,  // 54: gradebroker.v1.XQueueQueue.timeout:type_name -> google.protobuf.Duration
+	96,  // 55: gradebroker.v1.XQueueQueue.created_at:type_name -> google.protobuf.Timestamp
+	96,  // 56: gradebroker.v1.XQueueUser.created_at:type_name -> google.protobuf.Timestamp
+	96,  // 57: gradebroker.v1.XQueueUser.updated_at:type_name -> google.protobuf.Timestamp
+	98,  // 58: gradebroker.v1.AddXQueueQueueRequest.timeout:type_name -> google.protobuf.Duration
+	78,  // 59: gradebroker.v1.AddXQueueQueueResponse.queue:type_name -> gradebroker.v1.XQueueQueue
+	7,   // 60: gradebroker.v1.UpdateXQueueQueueRequest.tags:type_name -> gradebroker.v1.StringList
+	98,  // 61: gradebroker.v1.UpdateXQueueQueueRequest.timeout:type_name -> google.protobuf.Duration
+	78,  // 62: gradebroker.v1.UpdateXQueueQueueResponse.queue:type_name -> gradebroker.v1.XQueueQueue
+	78,  // 63: gradebroker.v1.ListXQueueQueuesResponse.queues:type_name -> gradebroker.v1.XQueueQueue
+	79,  // 64: gradebroker.v1.AddXQueueUserResponse.user:type_name -> gradebroker.v1.XQueueUser
+	7,   // 65: gradebroker.v1.UpdateXQueueUserRequest.callback_hosts:type_name -> gradebroker.v1.StringList
+	7,   // 66: gradebroker.v1.UpdateXQueueUserRequest.http_callback_hosts:type_name -> gradebroker.v1.StringList
+	7,   // 67: gradebroker.v1.UpdateXQueueUserRequest.pull_queues:type_name -> gradebroker.v1.StringList
+	79,  // 68: gradebroker.v1.UpdateXQueueUserResponse.user:type_name -> gradebroker.v1.XQueueUser
+	79,  // 69: gradebroker.v1.ListXQueueUsersResponse.users:type_name -> gradebroker.v1.XQueueUser
+	8,   // 70: gradebroker.v1.AdminService.AddPlatform:input_type -> gradebroker.v1.AddPlatformRequest
+	10,  // 71: gradebroker.v1.AdminService.UpdatePlatform:input_type -> gradebroker.v1.UpdatePlatformRequest
+	12,  // 72: gradebroker.v1.AdminService.ListPlatforms:input_type -> gradebroker.v1.ListPlatformsRequest
+	14,  // 73: gradebroker.v1.AdminService.RemovePlatform:input_type -> gradebroker.v1.RemovePlatformRequest
+	16,  // 74: gradebroker.v1.AdminService.AddServer:input_type -> gradebroker.v1.AddServerRequest
+	18,  // 75: gradebroker.v1.AdminService.UpdateServer:input_type -> gradebroker.v1.UpdateServerRequest
+	20,  // 76: gradebroker.v1.AdminService.ListServers:input_type -> gradebroker.v1.ListServersRequest
+	22,  // 77: gradebroker.v1.AdminService.RemoveServer:input_type -> gradebroker.v1.RemoveServerRequest
+	24,  // 78: gradebroker.v1.AdminService.RequeueServerJobs:input_type -> gradebroker.v1.RequeueServerJobsRequest
+	26,  // 79: gradebroker.v1.AdminService.DrainServer:input_type -> gradebroker.v1.DrainServerRequest
+	28,  // 80: gradebroker.v1.AdminService.GetQueueStats:input_type -> gradebroker.v1.GetQueueStatsRequest
+	31,  // 81: gradebroker.v1.AdminService.AddTag:input_type -> gradebroker.v1.AddTagRequest
+	33,  // 82: gradebroker.v1.AdminService.ListTags:input_type -> gradebroker.v1.ListTagsRequest
+	35,  // 83: gradebroker.v1.AdminService.RemoveTag:input_type -> gradebroker.v1.RemoveTagRequest
+	37,  // 84: gradebroker.v1.AdminService.AddServerType:input_type -> gradebroker.v1.AddServerTypeRequest
+	39,  // 85: gradebroker.v1.AdminService.UpdateServerType:input_type -> gradebroker.v1.UpdateServerTypeRequest
+	41,  // 86: gradebroker.v1.AdminService.ListServerTypes:input_type -> gradebroker.v1.ListServerTypesRequest
+	43,  // 87: gradebroker.v1.AdminService.RemoveServerType:input_type -> gradebroker.v1.RemoveServerTypeRequest
+	45,  // 88: gradebroker.v1.AdminService.AddOperator:input_type -> gradebroker.v1.AddOperatorRequest
+	47,  // 89: gradebroker.v1.AdminService.ListOperators:input_type -> gradebroker.v1.ListOperatorsRequest
+	49,  // 90: gradebroker.v1.AdminService.RemoveOperator:input_type -> gradebroker.v1.RemoveOperatorRequest
+	51,  // 91: gradebroker.v1.AdminService.ListJobs:input_type -> gradebroker.v1.ListJobsRequest
+	53,  // 92: gradebroker.v1.AdminService.GetJob:input_type -> gradebroker.v1.AdminServiceGetJobRequest
+	55,  // 93: gradebroker.v1.AdminService.RequeueJob:input_type -> gradebroker.v1.RequeueJobRequest
+	57,  // 94: gradebroker.v1.AdminService.CancelJob:input_type -> gradebroker.v1.AdminServiceCancelJobRequest
+	60,  // 95: gradebroker.v1.AdminService.ListDeliveries:input_type -> gradebroker.v1.ListDeliveriesRequest
+	62,  // 96: gradebroker.v1.AdminService.RedeliverDeliveries:input_type -> gradebroker.v1.RedeliverDeliveriesRequest
+	65,  // 97: gradebroker.v1.AdminService.CountJobs:input_type -> gradebroker.v1.CountJobsRequest
+	67,  // 98: gradebroker.v1.AdminService.BulkJobAction:input_type -> gradebroker.v1.BulkJobActionRequest
+	69,  // 99: gradebroker.v1.AdminService.SubmitTestJob:input_type -> gradebroker.v1.SubmitTestJobRequest
+	72,  // 100: gradebroker.v1.AdminService.ConsoleLogin:input_type -> gradebroker.v1.ConsoleLoginRequest
+	74,  // 101: gradebroker.v1.AdminService.ListConsoleSessions:input_type -> gradebroker.v1.ListConsoleSessionsRequest
+	76,  // 102: gradebroker.v1.AdminService.RevokeConsoleSession:input_type -> gradebroker.v1.RevokeConsoleSessionRequest
+	80,  // 103: gradebroker.v1.AdminService.AddXQueueQueue:input_type -> gradebroker.v1.AddXQueueQueueRequest
+	82,  // 104: gradebroker.v1.AdminService.UpdateXQueueQueue:input_type -> gradebroker.v1.UpdateXQueueQueueRequest
+	84,  // 105: gradebroker.v1.AdminService.ListXQueueQueues:input_type -> gradebroker.v1.ListXQueueQueuesRequest
+	86,  // 106: gradebroker.v1.AdminService.RemoveXQueueQueue:input_type -> gradebroker.v1.RemoveXQueueQueueRequest
+	88,  // 107: gradebroker.v1.AdminService.AddXQueueUser:input_type -> gradebroker.v1.AddXQueueUserRequest
+	90,  // 108: gradebroker.v1.AdminService.UpdateXQueueUser:input_type -> gradebroker.v1.UpdateXQueueUserRequest
+	92,  // 109: gradebroker.v1.AdminService.ListXQueueUsers:input_type -> gradebroker.v1.ListXQueueUsersRequest
+	94,  // 110: gradebroker.v1.AdminService.RemoveXQueueUser:input_type -> gradebroker.v1.RemoveXQueueUserRequest
+	9,   // 111: gradebroker.v1.AdminService.AddPlatform:output_type -> gradebroker.v1.AddPlatformResponse
+	11,  // 112: gradebroker.v1.AdminService.UpdatePlatform:output_type -> gradebroker.v1.UpdatePlatformResponse
+	13,  // 113: gradebroker.v1.AdminService.ListPlatforms:output_type -> gradebroker.v1.ListPlatformsResponse
+	15,  // 114: gradebroker.v1.AdminService.RemovePlatform:output_type -> gradebroker.v1.RemovePlatformResponse
+	17,  // 115: gradebroker.v1.AdminService.AddServer:output_type -> gradebroker.v1.AddServerResponse
+	19,  // 116: gradebroker.v1.AdminService.UpdateServer:output_type -> gradebroker.v1.UpdateServerResponse
+	21,  // 117: gradebroker.v1.AdminService.ListServers:output_type -> gradebroker.v1.ListServersResponse
+	23,  // 118: gradebroker.v1.AdminService.RemoveServer:output_type -> gradebroker.v1.RemoveServerResponse
+	25,  // 119: gradebroker.v1.AdminService.RequeueServerJobs:output_type -> gradebroker.v1.RequeueServerJobsResponse
+	27,  // 120: gradebroker.v1.AdminService.DrainServer:output_type -> gradebroker.v1.DrainServerResponse
+	30,  // 121: gradebroker.v1.AdminService.GetQueueStats:output_type -> gradebroker.v1.GetQueueStatsResponse
+	32,  // 122: gradebroker.v1.AdminService.AddTag:output_type -> gradebroker.v1.AddTagResponse
+	34,  // 123: gradebroker.v1.AdminService.ListTags:output_type -> gradebroker.v1.ListTagsResponse
+	36,  // 124: gradebroker.v1.AdminService.RemoveTag:output_type -> gradebroker.v1.RemoveTagResponse
+	38,  // 125: gradebroker.v1.AdminService.AddServerType:output_type -> gradebroker.v1.AddServerTypeResponse
+	40,  // 126: gradebroker.v1.AdminService.UpdateServerType:output_type -> gradebroker.v1.UpdateServerTypeResponse
+	42,  // 127: gradebroker.v1.AdminService.ListServerTypes:output_type -> gradebroker.v1.ListServerTypesResponse
+	44,  // 128: gradebroker.v1.AdminService.RemoveServerType:output_type -> gradebroker.v1.RemoveServerTypeResponse
+	46,  // 129: gradebroker.v1.AdminService.AddOperator:output_type -> gradebroker.v1.AddOperatorResponse
+	48,  // 130: gradebroker.v1.AdminService.ListOperators:output_type -> gradebroker.v1.ListOperatorsResponse
+	50,  // 131: gradebroker.v1.AdminService.RemoveOperator:output_type -> gradebroker.v1.RemoveOperatorResponse
+	52,  // 132: gradebroker.v1.AdminService.ListJobs:output_type -> gradebroker.v1.ListJobsResponse
+	54,  // 133: gradebroker.v1.AdminService.GetJob:output_type -> gradebroker.v1.AdminServiceGetJobResponse
+	56,  // 134: gradebroker.v1.AdminService.RequeueJob:output_type -> gradebroker.v1.RequeueJobResponse
+	58,  // 135: gradebroker.v1.AdminService.CancelJob:output_type -> gradebroker.v1.AdminServiceCancelJobResponse
+	61,  // 136: gradebroker.v1.AdminService.ListDeliveries:output_type -> gradebroker.v1.ListDeliveriesResponse
+	63,  // 137: gradebroker.v1.AdminService.RedeliverDeliveries:output_type -> gradebroker.v1.RedeliverDeliveriesResponse
+	66,  // 138: gradebroker.v1.AdminService.CountJobs:output_type -> gradebroker.v1.CountJobsResponse
+	68,  // 139: gradebroker.v1.AdminService.BulkJobAction:output_type -> gradebroker.v1.BulkJobActionResponse
+	70,  // 140: gradebroker.v1.AdminService.SubmitTestJob:output_type -> gradebroker.v1.SubmitTestJobResponse
+	73,  // 141: gradebroker.v1.AdminService.ConsoleLogin:output_type -> gradebroker.v1.ConsoleLoginResponse
+	75,  // 142: gradebroker.v1.AdminService.ListConsoleSessions:output_type -> gradebroker.v1.ListConsoleSessionsResponse
+	77,  // 143: gradebroker.v1.AdminService.RevokeConsoleSession:output_type -> gradebroker.v1.RevokeConsoleSessionResponse
+	81,  // 144: gradebroker.v1.AdminService.AddXQueueQueue:output_type -> gradebroker.v1.AddXQueueQueueResponse
+	83,  // 145: gradebroker.v1.AdminService.UpdateXQueueQueue:output_type -> gradebroker.v1.UpdateXQueueQueueResponse
+	85,  // 146: gradebroker.v1.AdminService.ListXQueueQueues:output_type -> gradebroker.v1.ListXQueueQueuesResponse
+	87,  // 147: gradebroker.v1.AdminService.RemoveXQueueQueue:output_type -> gradebroker.v1.RemoveXQueueQueueResponse
+	89,  // 148: gradebroker.v1.AdminService.AddXQueueUser:output_type -> gradebroker.v1.AddXQueueUserResponse
+	91,  // 149: gradebroker.v1.AdminService.UpdateXQueueUser:output_type -> gradebroker.v1.UpdateXQueueUserResponse
+	93,  // 150: gradebroker.v1.AdminService.ListXQueueUsers:output_type -> gradebroker.v1.ListXQueueUsersResponse
+	95,  // 151: gradebroker.v1.AdminService.RemoveXQueueUser:output_type -> gradebroker.v1.RemoveXQueueUserResponse
+	111, // [111:152] is the sub-list for method output_type
+	70,  // [70:111] is the sub-list for method input_type
+	70,  // [70:70] is the sub-list for extension type_name
+	70,  // [70:70] is the sub-list for extension extendee
+	0,   // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_admin_proto_init() }
@@ -5142,13 +6508,15 @@ func file_gradebroker_v1_admin_proto_init() {
 	file_gradebroker_v1_job_proto_init()
 	file_gradebroker_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
 	file_gradebroker_v1_admin_proto_msgTypes[17].OneofWrappers = []any{}
+	file_gradebroker_v1_admin_proto_msgTypes[81].OneofWrappers = []any{}
+	file_gradebroker_v1_admin_proto_msgTypes[89].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gradebroker_v1_admin_proto_rawDesc), len(file_gradebroker_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   77,
+			NumMessages:   95,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -52,6 +52,14 @@ const (
 	AdminService_ConsoleLogin_FullMethodName         = "/gradebroker.v1.AdminService/ConsoleLogin"
 	AdminService_ListConsoleSessions_FullMethodName  = "/gradebroker.v1.AdminService/ListConsoleSessions"
 	AdminService_RevokeConsoleSession_FullMethodName = "/gradebroker.v1.AdminService/RevokeConsoleSession"
+	AdminService_AddXQueueQueue_FullMethodName       = "/gradebroker.v1.AdminService/AddXQueueQueue"
+	AdminService_UpdateXQueueQueue_FullMethodName    = "/gradebroker.v1.AdminService/UpdateXQueueQueue"
+	AdminService_ListXQueueQueues_FullMethodName     = "/gradebroker.v1.AdminService/ListXQueueQueues"
+	AdminService_RemoveXQueueQueue_FullMethodName    = "/gradebroker.v1.AdminService/RemoveXQueueQueue"
+	AdminService_AddXQueueUser_FullMethodName        = "/gradebroker.v1.AdminService/AddXQueueUser"
+	AdminService_UpdateXQueueUser_FullMethodName     = "/gradebroker.v1.AdminService/UpdateXQueueUser"
+	AdminService_ListXQueueUsers_FullMethodName      = "/gradebroker.v1.AdminService/ListXQueueUsers"
+	AdminService_RemoveXQueueUser_FullMethodName     = "/gradebroker.v1.AdminService/RemoveXQueueUser"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -144,6 +152,28 @@ type AdminServiceClient interface {
 	ListConsoleSessions(ctx context.Context, in *ListConsoleSessionsRequest, opts ...grpc.CallOption) (*ListConsoleSessionsResponse, error)
 	// RevokeConsoleSession ends a console session at once.
 	RevokeConsoleSession(ctx context.Context, in *RevokeConsoleSessionRequest, opts ...grpc.CallOption) (*RevokeConsoleSessionResponse, error)
+	// AddXQueueQueue maps an XQueue queue name to the tags of its jobs, the
+	// server type of its pulling clients and a timeout.
+	AddXQueueQueue(ctx context.Context, in *AddXQueueQueueRequest, opts ...grpc.CallOption) (*AddXQueueQueueResponse, error)
+	// UpdateXQueueQueue changes the fields that are set; a new type is also
+	// its pulling clients'.
+	UpdateXQueueQueue(ctx context.Context, in *UpdateXQueueQueueRequest, opts ...grpc.CallOption) (*UpdateXQueueQueueResponse, error)
+	// ListXQueueQueues lists the XQueue queues.
+	ListXQueueQueues(ctx context.Context, in *ListXQueueQueuesRequest, opts ...grpc.CallOption) (*ListXQueueQueuesResponse, error)
+	// RemoveXQueueQueue removes a queue without unfinished jobs, and the
+	// servers of its pulling clients.
+	RemoveXQueueQueue(ctx context.Context, in *RemoveXQueueQueueRequest, opts ...grpc.CallOption) (*RemoveXQueueQueueResponse, error)
+	// AddXQueueUser registers a client of the XQueue interface: an LMS that
+	// submits, an xqueue-watcher that pulls, or both.
+	AddXQueueUser(ctx context.Context, in *AddXQueueUserRequest, opts ...grpc.CallOption) (*AddXQueueUserResponse, error)
+	// UpdateXQueueUser changes the fields that are set; a new password ends
+	// the user's sessions.
+	UpdateXQueueUser(ctx context.Context, in *UpdateXQueueUserRequest, opts ...grpc.CallOption) (*UpdateXQueueUserResponse, error)
+	// ListXQueueUsers lists the XQueue users (never their passwords).
+	ListXQueueUsers(ctx context.Context, in *ListXQueueUsersRequest, opts ...grpc.CallOption) (*ListXQueueUsersResponse, error)
+	// RemoveXQueueUser removes a user and the servers of its pulling
+	// clients; their jobs are requeued.
+	RemoveXQueueUser(ctx context.Context, in *RemoveXQueueUserRequest, opts ...grpc.CallOption) (*RemoveXQueueUserResponse, error)
 }
 
 type adminServiceClient struct {
@@ -484,6 +514,86 @@ func (c *adminServiceClient) RevokeConsoleSession(ctx context.Context, in *Revok
 	return out, nil
 }
 
+func (c *adminServiceClient) AddXQueueQueue(ctx context.Context, in *AddXQueueQueueRequest, opts ...grpc.CallOption) (*AddXQueueQueueResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddXQueueQueueResponse)
+	err := c.cc.Invoke(ctx, AdminService_AddXQueueQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UpdateXQueueQueue(ctx context.Context, in *UpdateXQueueQueueRequest, opts ...grpc.CallOption) (*UpdateXQueueQueueResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateXQueueQueueResponse)
+	err := c.cc.Invoke(ctx, AdminService_UpdateXQueueQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListXQueueQueues(ctx context.Context, in *ListXQueueQueuesRequest, opts ...grpc.CallOption) (*ListXQueueQueuesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListXQueueQueuesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListXQueueQueues_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveXQueueQueue(ctx context.Context, in *RemoveXQueueQueueRequest, opts ...grpc.CallOption) (*RemoveXQueueQueueResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveXQueueQueueResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveXQueueQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) AddXQueueUser(ctx context.Context, in *AddXQueueUserRequest, opts ...grpc.CallOption) (*AddXQueueUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddXQueueUserResponse)
+	err := c.cc.Invoke(ctx, AdminService_AddXQueueUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UpdateXQueueUser(ctx context.Context, in *UpdateXQueueUserRequest, opts ...grpc.CallOption) (*UpdateXQueueUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateXQueueUserResponse)
+	err := c.cc.Invoke(ctx, AdminService_UpdateXQueueUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListXQueueUsers(ctx context.Context, in *ListXQueueUsersRequest, opts ...grpc.CallOption) (*ListXQueueUsersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListXQueueUsersResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListXQueueUsers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveXQueueUser(ctx context.Context, in *RemoveXQueueUserRequest, opts ...grpc.CallOption) (*RemoveXQueueUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveXQueueUserResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveXQueueUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -574,6 +684,28 @@ type AdminServiceServer interface {
 	ListConsoleSessions(context.Context, *ListConsoleSessionsRequest) (*ListConsoleSessionsResponse, error)
 	// RevokeConsoleSession ends a console session at once.
 	RevokeConsoleSession(context.Context, *RevokeConsoleSessionRequest) (*RevokeConsoleSessionResponse, error)
+	// AddXQueueQueue maps an XQueue queue name to the tags of its jobs, the
+	// server type of its pulling clients and a timeout.
+	AddXQueueQueue(context.Context, *AddXQueueQueueRequest) (*AddXQueueQueueResponse, error)
+	// UpdateXQueueQueue changes the fields that are set; a new type is also
+	// its pulling clients'.
+	UpdateXQueueQueue(context.Context, *UpdateXQueueQueueRequest) (*UpdateXQueueQueueResponse, error)
+	// ListXQueueQueues lists the XQueue queues.
+	ListXQueueQueues(context.Context, *ListXQueueQueuesRequest) (*ListXQueueQueuesResponse, error)
+	// RemoveXQueueQueue removes a queue without unfinished jobs, and the
+	// servers of its pulling clients.
+	RemoveXQueueQueue(context.Context, *RemoveXQueueQueueRequest) (*RemoveXQueueQueueResponse, error)
+	// AddXQueueUser registers a client of the XQueue interface: an LMS that
+	// submits, an xqueue-watcher that pulls, or both.
+	AddXQueueUser(context.Context, *AddXQueueUserRequest) (*AddXQueueUserResponse, error)
+	// UpdateXQueueUser changes the fields that are set; a new password ends
+	// the user's sessions.
+	UpdateXQueueUser(context.Context, *UpdateXQueueUserRequest) (*UpdateXQueueUserResponse, error)
+	// ListXQueueUsers lists the XQueue users (never their passwords).
+	ListXQueueUsers(context.Context, *ListXQueueUsersRequest) (*ListXQueueUsersResponse, error)
+	// RemoveXQueueUser removes a user and the servers of its pulling
+	// clients; their jobs are requeued.
+	RemoveXQueueUser(context.Context, *RemoveXQueueUserRequest) (*RemoveXQueueUserResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -682,6 +814,30 @@ func (UnimplementedAdminServiceServer) ListConsoleSessions(context.Context, *Lis
 }
 func (UnimplementedAdminServiceServer) RevokeConsoleSession(context.Context, *RevokeConsoleSessionRequest) (*RevokeConsoleSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeConsoleSession not implemented")
+}
+func (UnimplementedAdminServiceServer) AddXQueueQueue(context.Context, *AddXQueueQueueRequest) (*AddXQueueQueueResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddXQueueQueue not implemented")
+}
+func (UnimplementedAdminServiceServer) UpdateXQueueQueue(context.Context, *UpdateXQueueQueueRequest) (*UpdateXQueueQueueResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateXQueueQueue not implemented")
+}
+func (UnimplementedAdminServiceServer) ListXQueueQueues(context.Context, *ListXQueueQueuesRequest) (*ListXQueueQueuesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListXQueueQueues not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveXQueueQueue(context.Context, *RemoveXQueueQueueRequest) (*RemoveXQueueQueueResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveXQueueQueue not implemented")
+}
+func (UnimplementedAdminServiceServer) AddXQueueUser(context.Context, *AddXQueueUserRequest) (*AddXQueueUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddXQueueUser not implemented")
+}
+func (UnimplementedAdminServiceServer) UpdateXQueueUser(context.Context, *UpdateXQueueUserRequest) (*UpdateXQueueUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateXQueueUser not implemented")
+}
+func (UnimplementedAdminServiceServer) ListXQueueUsers(context.Context, *ListXQueueUsersRequest) (*ListXQueueUsersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListXQueueUsers not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveXQueueUser(context.Context, *RemoveXQueueUserRequest) (*RemoveXQueueUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveXQueueUser not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -1298,6 +1454,150 @@ func _AdminService_RevokeConsoleSession_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_AddXQueueQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddXQueueQueueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AddXQueueQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AddXQueueQueue_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AddXQueueQueue(ctx, req.(*AddXQueueQueueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UpdateXQueueQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateXQueueQueueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UpdateXQueueQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UpdateXQueueQueue_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UpdateXQueueQueue(ctx, req.(*UpdateXQueueQueueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListXQueueQueues_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListXQueueQueuesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListXQueueQueues(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListXQueueQueues_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListXQueueQueues(ctx, req.(*ListXQueueQueuesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveXQueueQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveXQueueQueueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveXQueueQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveXQueueQueue_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveXQueueQueue(ctx, req.(*RemoveXQueueQueueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_AddXQueueUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddXQueueUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AddXQueueUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AddXQueueUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AddXQueueUser(ctx, req.(*AddXQueueUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UpdateXQueueUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateXQueueUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UpdateXQueueUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UpdateXQueueUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UpdateXQueueUser(ctx, req.(*UpdateXQueueUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListXQueueUsers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListXQueueUsersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListXQueueUsers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListXQueueUsers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListXQueueUsers(ctx, req.(*ListXQueueUsersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveXQueueUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveXQueueUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveXQueueUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveXQueueUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveXQueueUser(ctx, req.(*RemoveXQueueUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1436,6 +1736,38 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeConsoleSession",
 			Handler:    _AdminService_RevokeConsoleSession_Handler,
+		},
+		{
+			MethodName: "AddXQueueQueue",
+			Handler:    _AdminService_AddXQueueQueue_Handler,
+		},
+		{
+			MethodName: "UpdateXQueueQueue",
+			Handler:    _AdminService_UpdateXQueueQueue_Handler,
+		},
+		{
+			MethodName: "ListXQueueQueues",
+			Handler:    _AdminService_ListXQueueQueues_Handler,
+		},
+		{
+			MethodName: "RemoveXQueueQueue",
+			Handler:    _AdminService_RemoveXQueueQueue_Handler,
+		},
+		{
+			MethodName: "AddXQueueUser",
+			Handler:    _AdminService_AddXQueueUser_Handler,
+		},
+		{
+			MethodName: "UpdateXQueueUser",
+			Handler:    _AdminService_UpdateXQueueUser_Handler,
+		},
+		{
+			MethodName: "ListXQueueUsers",
+			Handler:    _AdminService_ListXQueueUsers_Handler,
+		},
+		{
+			MethodName: "RemoveXQueueUser",
+			Handler:    _AdminService_RemoveXQueueUser_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

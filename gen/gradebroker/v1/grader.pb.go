@@ -473,7 +473,8 @@ func (x *LeaseRef) GetLeaseId() int64 {
 // Hello is the first message of a stream.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// graderd's version, for logs.
+	// graderd's version, for logs and operators (broker admin server list,
+	// the console).
 	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// How many jobs graderd is ready to run at once. The broker never runs more
 	// than min(slots, max_concurrent_jobs) on the server.

@@ -1545,7 +1545,13 @@ type CallbackPayload struct {
 	// A unique id.
 	Jti string `protobuf:"bytes,12,opt,name=jti,proto3" json:"jti,omitempty"`
 	// The platform's name.
-	Aud           string `protobuf:"bytes,13,opt,name=aud,proto3" json:"aud,omitempty"`
+	Aud string `protobuf:"bytes,13,opt,name=aud,proto3" json:"aud,omitempty"`
+	// What the last attempt's run used, as its grading server measured it;
+	// absent when it reported nothing (or the job never ran).
+	Usage *CallbackUsage `protobuf:"bytes,14,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The limit that ended the last attempt's run: "wall_time", "cpu_time",
+	// "memory", "pids", "output" or "disk"; "" when none did.
+	Limit         string `protobuf:"bytes,15,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1671,6 +1677,85 @@ func (x *CallbackPayload) GetAud() string {
 	return ""
 }
 
+func (x *CallbackPayload) GetUsage() *CallbackUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *CallbackPayload) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+// CallbackUsage is what one grading run used, all its processes together,
+// in a callback: whole milliseconds and bytes.
+type CallbackUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// User and system CPU time, in milliseconds.
+	CpuTimeMs int64 `protobuf:"varint,1,opt,name=cpu_time_ms,json=cpuTimeMs,proto3" json:"cpu_time_ms,omitempty"`
+	// The highest memory use seen, in bytes.
+	PeakMemoryBytes int64 `protobuf:"varint,2,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
+	// Wall-clock time from the run's start to its end, in milliseconds.
+	WallTimeMs    int64 `protobuf:"varint,3,opt,name=wall_time_ms,json=wallTimeMs,proto3" json:"wall_time_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallbackUsage) Reset() {
+	*x = CallbackUsage{}
+	mi := &file_gradebroker_v1_platform_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallbackUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallbackUsage) ProtoMessage() {}
+
+func (x *CallbackUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_gradebroker_v1_platform_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallbackUsage.ProtoReflect.Descriptor instead.
+func (*CallbackUsage) Descriptor() ([]byte, []int) {
+	return file_gradebroker_v1_platform_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CallbackUsage) GetCpuTimeMs() int64 {
+	if x != nil {
+		return x.CpuTimeMs
+	}
+	return 0
+}
+
+func (x *CallbackUsage) GetPeakMemoryBytes() int64 {
+	if x != nil {
+		return x.PeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *CallbackUsage) GetWallTimeMs() int64 {
+	if x != nil {
+		return x.WallTimeMs
+	}
+	return 0
+}
+
 var File_gradebroker_v1_platform_proto protoreflect.FileDescriptor
 
 const file_gradebroker_v1_platform_proto_rawDesc = "" +
@@ -1786,7 +1871,7 @@ const file_gradebroker_v1_platform_proto_rawDesc = "" +
 	"\x03exp\x18\x03 \x01(\x03R\x03exp\x12\x10\n" +
 	"\x03jti\x18\x04 \x01(\tR\x03jti\x12\x10\n" +
 	"\x03aud\x18\x05 \x01(\tR\x03aud\x12\x14\n" +
-	"\x05jobid\x18\x06 \x01(\x03R\x05jobid\"\xe6\x02\n" +
+	"\x05jobid\x18\x06 \x01(\x03R\x05jobid\"\xb1\x03\n" +
 	"\x0fCallbackPayload\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\x03R\x05jobId\x12\x18\n" +
 	"\ajobname\x18\x02 \x01(\tR\ajobname\x12'\n" +
@@ -1802,7 +1887,14 @@ const file_gradebroker_v1_platform_proto_rawDesc = "" +
 	" \x01(\x03R\x03iat\x12\x10\n" +
 	"\x03exp\x18\v \x01(\x03R\x03exp\x12\x10\n" +
 	"\x03jti\x18\f \x01(\tR\x03jti\x12\x10\n" +
-	"\x03aud\x18\r \x01(\tR\x03aud2\xe5\x03\n" +
+	"\x03aud\x18\r \x01(\tR\x03aud\x123\n" +
+	"\x05usage\x18\x0e \x01(\v2\x1d.gradebroker.v1.CallbackUsageR\x05usage\x12\x14\n" +
+	"\x05limit\x18\x0f \x01(\tR\x05limit\"}\n" +
+	"\rCallbackUsage\x12\x1e\n" +
+	"\vcpu_time_ms\x18\x01 \x01(\x03R\tcpuTimeMs\x12*\n" +
+	"\x11peak_memory_bytes\x18\x02 \x01(\x03R\x0fpeakMemoryBytes\x12 \n" +
+	"\fwall_time_ms\x18\x03 \x01(\x03R\n" +
+	"wallTimeMs2\xe5\x03\n" +
 	"\x0fPlatformService\x12A\n" +
 	"\x04Test\x12\x1b.gradebroker.v1.TestRequest\x1a\x1c.gradebroker.v1.TestResponse\x12J\n" +
 	"\aSendJob\x12\x1e.gradebroker.v1.SendJobRequest\x1a\x1f.gradebroker.v1.SendJobResponse\x12M\n" +
@@ -1823,7 +1915,7 @@ func file_gradebroker_v1_platform_proto_rawDescGZIP() []byte {
 	return file_gradebroker_v1_platform_proto_rawDescData
 }
 
-var file_gradebroker_v1_platform_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_gradebroker_v1_platform_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_gradebroker_v1_platform_proto_goTypes = []any{
 	(*TestRequest)(nil),           // 0: gradebroker.v1.TestRequest
 	(*TestResponse)(nil),          // 1: gradebroker.v1.TestResponse
@@ -1846,43 +1938,45 @@ var file_gradebroker_v1_platform_proto_goTypes = []any{
 	(*GetJobPayload)(nil),         // 18: gradebroker.v1.GetJobPayload
 	(*CancelJobPayload)(nil),      // 19: gradebroker.v1.CancelJobPayload
 	(*CallbackPayload)(nil),       // 20: gradebroker.v1.CallbackPayload
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(JobState)(0),                 // 22: gradebroker.v1.JobState
-	(*Job)(nil),                   // 23: gradebroker.v1.Job
-	(*structpb.Value)(nil),        // 24: google.protobuf.Value
+	(*CallbackUsage)(nil),         // 21: gradebroker.v1.CallbackUsage
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(JobState)(0),                 // 23: gradebroker.v1.JobState
+	(*Job)(nil),                   // 24: gradebroker.v1.Job
+	(*structpb.Value)(nil),        // 25: google.protobuf.Value
 }
 var file_gradebroker_v1_platform_proto_depIdxs = []int32{
-	21, // 0: gradebroker.v1.TestResponse.server_time:type_name -> google.protobuf.Timestamp
-	22, // 1: gradebroker.v1.SendJobResponse.state:type_name -> gradebroker.v1.JobState
+	22, // 0: gradebroker.v1.TestResponse.server_time:type_name -> google.protobuf.Timestamp
+	23, // 1: gradebroker.v1.SendJobResponse.state:type_name -> gradebroker.v1.JobState
 	3,  // 2: gradebroker.v1.SendJobsResponse.jobs:type_name -> gradebroker.v1.SendJobResponse
-	22, // 3: gradebroker.v1.SendSolutionResponse.state:type_name -> gradebroker.v1.JobState
-	23, // 4: gradebroker.v1.GetJobResponse.job:type_name -> gradebroker.v1.Job
-	22, // 5: gradebroker.v1.CancelJobResponse.state:type_name -> gradebroker.v1.JobState
-	24, // 6: gradebroker.v1.JobSpec.jobdata:type_name -> google.protobuf.Value
-	24, // 7: gradebroker.v1.JobSpec.tags:type_name -> google.protobuf.Value
-	24, // 8: gradebroker.v1.SendJobPayload.jobdata:type_name -> google.protobuf.Value
-	24, // 9: gradebroker.v1.SendJobPayload.tags:type_name -> google.protobuf.Value
+	23, // 3: gradebroker.v1.SendSolutionResponse.state:type_name -> gradebroker.v1.JobState
+	24, // 4: gradebroker.v1.GetJobResponse.job:type_name -> gradebroker.v1.Job
+	23, // 5: gradebroker.v1.CancelJobResponse.state:type_name -> gradebroker.v1.JobState
+	25, // 6: gradebroker.v1.JobSpec.jobdata:type_name -> google.protobuf.Value
+	25, // 7: gradebroker.v1.JobSpec.tags:type_name -> google.protobuf.Value
+	25, // 8: gradebroker.v1.SendJobPayload.jobdata:type_name -> google.protobuf.Value
+	25, // 9: gradebroker.v1.SendJobPayload.tags:type_name -> google.protobuf.Value
 	13, // 10: gradebroker.v1.SendJobsPayload.jobs:type_name -> gradebroker.v1.JobSpec
-	24, // 11: gradebroker.v1.SendSolutionPayload.tags:type_name -> google.protobuf.Value
+	25, // 11: gradebroker.v1.SendSolutionPayload.tags:type_name -> google.protobuf.Value
 	16, // 12: gradebroker.v1.SendSolutionPayload.solfile:type_name -> gradebroker.v1.SolutionFile
-	24, // 13: gradebroker.v1.CallbackPayload.result:type_name -> google.protobuf.Value
-	0,  // 14: gradebroker.v1.PlatformService.Test:input_type -> gradebroker.v1.TestRequest
-	2,  // 15: gradebroker.v1.PlatformService.SendJob:input_type -> gradebroker.v1.SendJobRequest
-	4,  // 16: gradebroker.v1.PlatformService.SendJobs:input_type -> gradebroker.v1.SendJobsRequest
-	6,  // 17: gradebroker.v1.PlatformService.SendSolution:input_type -> gradebroker.v1.SendSolutionRequest
-	8,  // 18: gradebroker.v1.PlatformService.GetJob:input_type -> gradebroker.v1.GetJobRequest
-	10, // 19: gradebroker.v1.PlatformService.CancelJob:input_type -> gradebroker.v1.CancelJobRequest
-	1,  // 20: gradebroker.v1.PlatformService.Test:output_type -> gradebroker.v1.TestResponse
-	3,  // 21: gradebroker.v1.PlatformService.SendJob:output_type -> gradebroker.v1.SendJobResponse
-	5,  // 22: gradebroker.v1.PlatformService.SendJobs:output_type -> gradebroker.v1.SendJobsResponse
-	7,  // 23: gradebroker.v1.PlatformService.SendSolution:output_type -> gradebroker.v1.SendSolutionResponse
-	9,  // 24: gradebroker.v1.PlatformService.GetJob:output_type -> gradebroker.v1.GetJobResponse
-	11, // 25: gradebroker.v1.PlatformService.CancelJob:output_type -> gradebroker.v1.CancelJobResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	25, // 13: gradebroker.v1.CallbackPayload.result:type_name -> google.protobuf.Value
+	21, // 14: gradebroker.v1.CallbackPayload.usage:type_name -> gradebroker.v1.CallbackUsage
+	0,  // 15: gradebroker.v1.PlatformService.Test:input_type -> gradebroker.v1.TestRequest
+	2,  // 16: gradebroker.v1.PlatformService.SendJob:input_type -> gradebroker.v1.SendJobRequest
+	4,  // 17: gradebroker.v1.PlatformService.SendJobs:input_type -> gradebroker.v1.SendJobsRequest
+	6,  // 18: gradebroker.v1.PlatformService.SendSolution:input_type -> gradebroker.v1.SendSolutionRequest
+	8,  // 19: gradebroker.v1.PlatformService.GetJob:input_type -> gradebroker.v1.GetJobRequest
+	10, // 20: gradebroker.v1.PlatformService.CancelJob:input_type -> gradebroker.v1.CancelJobRequest
+	1,  // 21: gradebroker.v1.PlatformService.Test:output_type -> gradebroker.v1.TestResponse
+	3,  // 22: gradebroker.v1.PlatformService.SendJob:output_type -> gradebroker.v1.SendJobResponse
+	5,  // 23: gradebroker.v1.PlatformService.SendJobs:output_type -> gradebroker.v1.SendJobsResponse
+	7,  // 24: gradebroker.v1.PlatformService.SendSolution:output_type -> gradebroker.v1.SendSolutionResponse
+	9,  // 25: gradebroker.v1.PlatformService.GetJob:output_type -> gradebroker.v1.GetJobResponse
+	11, // 26: gradebroker.v1.PlatformService.CancelJob:output_type -> gradebroker.v1.CancelJobResponse
+	21, // [21:27] is the sub-list for method output_type
+	15, // [15:21] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_gradebroker_v1_platform_proto_init() }
@@ -1897,7 +1991,7 @@ func file_gradebroker_v1_platform_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gradebroker_v1_platform_proto_rawDesc), len(file_gradebroker_v1_platform_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,1 @@
+"""opentelemetry.sdk: see opentelemetry/__init__.py."""
