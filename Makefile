@@ -18,11 +18,12 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/broker, bin/graderd, bin/gb-scenario-runner and bin/samplegrader (needs Go and gcc).
+build: ## Build bin/broker, bin/graderd, bin/gb-scenario-runner, bin/samplegrader and bin/gbpod (needs Go and gcc).
 	$(GO) build -o bin/broker ./broker/cmd/broker
 	$(GO) build -o bin/graderd ./graderd/cmd/graderd
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/gb-scenario-runner ./graderd/cmd/gb-scenario-runner
 	$(GO) build -o bin/samplegrader ./examples/samplegrader
+	CGO_ENABLED=0 $(GO) build -o bin/gbpod ./graderd/cmd/gbpod
 
 .PHONY: run
 run: build ## Run a broker, one graderd and the sample grader on embedded defaults (Ctrl-C stops).
@@ -48,6 +49,19 @@ test: ## Vet, then run every test with the race detector.
 .PHONY: test-short
 test-short: ## Run the tests without the slow suites.
 	$(GO) test -short -count=1 ./...
+
+IMAGE ?= gradebroker/graderd:dev
+
+.PHONY: image
+image: ## Build graderd's container image (graderd and gbpod, static) for deploy/kubernetes as $(IMAGE).
+	mkdir -p bin/static
+	CGO_ENABLED=0 $(GO) build -o bin/static/graderd ./graderd/cmd/graderd
+	CGO_ENABLED=0 $(GO) build -o bin/static/gbpod ./graderd/cmd/gbpod
+	docker build -f deploy/kubernetes/Dockerfile -t $(IMAGE) bin/static
+
+.PHONY: kube-apiserver
+kube-apiserver: ## Build kube-apiserver for the Kubernetes tests, cached outside the checkout (cold: ~10 min).
+	bash scripts/kube-apiserver.sh
 
 .PHONY: bench
 bench: build ## Run the benchmarks and print their tables.

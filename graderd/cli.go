@@ -155,6 +155,8 @@ func newFlagSet(cl *CommandLine) (*flag.FlagSet, *bool) {
 	fs.DurationVar(&c.IdleExit, "idle-exit", c.IdleExit, "after this long idle, disconnect: exit 0, or with --wakeup-listen wait for a wakeup; 0 = never")
 	fs.StringVar(&c.WakeupListen, "wakeup-listen", c.WakeupListen, "UDP `host:port` where the broker's wakeups are taken (needs the wakeup secret)")
 	fs.StringVar(&c.WakeupSecretFile, "wakeup-secret-file", c.WakeupSecretFile, "`file` holding this server's wakeup secret in hex (broker wakeup-secret prints it)")
+	fs.StringVar(&c.Kubernetes.Kubeconfig, "kubeconfig", c.Kubernetes.Kubeconfig, "kubeconfig `file` of the kubernetes executors' cluster (default: graderd runs in the cluster, with its pod's ServiceAccount)")
+	fs.StringVar(&c.Kubernetes.Context, "kube-context", c.Kubernetes.Context, "the kubeconfig's `context` (default: its current one)")
 	fs.IntVar(&c.TestBehavior, "testbehavior", c.TestBehavior, "simulate a faulty server `N` (see below); 0 = normal")
 	noop := fs.Bool("noop", false, "grade every job with the noop executor (answers OK {\"noop\":true}; for benchmarks)")
 	fs.BoolVar(&cl.Test, "t", cl.Test, "test the connection: connect, print who the broker says this server is, and exit (0 = ok, 1 = failed)")
@@ -222,7 +224,7 @@ serves; unknown keys are an error):
   # A job runs with the executor of its first tag listed under executors,
   # else with default_executor; with neither it is handed back (TEMPORARY).
   default_executor:
-    type: exec                        # exec, docker, scenarios or noop
+    type: exec                        # exec, docker, scenarios, kubernetes or noop
     command: [/usr/local/bin/grade, --strict]
     env: [LANG=C.UTF-8]               # the whole environment, with PATH, HOME, TMPDIR
   executors:
@@ -240,6 +242,17 @@ serves; unknown keys are an error):
       type: exec
       command: [/opt/graders/old-grader]
       sandbox: none                   # UNCONFINED: graderd warns at every start
+    course-6.00x:
+      type: kubernetes                # a pod per job (see below)
+      image: registry.example.org/graders/python:3.12
+      command: [/usr/local/bin/grade]
+      memory_limit: 1GiB              # the pod's memory request and limit (default 1GiB)
+      cpus: 1                         # its CPU request and limit
+      ephemeral_storage: 256MiB
+      node_selector: {pool: grading}
+      runtime_class: ""               # e.g. gvisor
+      schedule_timeout: 1m            # no node took the pod: TEMPORARY
+      start_timeout: 5m               # pulling images: TEMPORARY past it
     bench:
       type: noop
     containers:
@@ -265,6 +278,11 @@ serves; unknown keys are an error):
           user: "999:999"
           env: ["POSTGRES_USER={{.User}}", "POSTGRES_PASSWORD={{.Password}}", "POSTGRES_DB={{.Database}}"]
           tmpfs: {/var/lib/postgresql/data: "size=256m,uid=999,gid=999,mode=0700", /var/run/postgresql: "size=1m,uid=999,gid=999"}
+  kubernetes:                         # the cluster of kubernetes executors
+    kubeconfig: ""                    # default: in-cluster (graderd's pod's ServiceAccount)
+    context: ""
+    namespace: gradebroker-grading
+    entrypoint_image: registry.example.org/gradebroker/graderd:1.0   # holds /usr/local/bin/gbpod
 
 An exec grader reads the job as one JSON object on standard input, prints
 its result as JSON on standard output and exits 0 (OK), 1 (FATAL), 2 or
@@ -297,6 +315,12 @@ interpreter outside /usr (pyenv under /root/.pyenv, /opt/...) needs its
 directory in read_only_paths and its bin directory in PATH. graderd refuses
 to start when the sandbox cannot be set up; sandbox: none on an executor
 runs its graders unconfined, with a warning at every start.
+
+Kubernetes: a kubernetes executor runs each job as a hardened pod (non-root,
+read-only root, no capabilities, RuntimeDefault seccomp, requests and
+limits, no ServiceAccount token) in kubernetes.namespace, with gbpod as its
+entrypoint; graderd deletes its pods when their runs end and, at start, any
+a previous graderd of the same certificate left.
 
 --testbehavior N simulates a faulty server, to test the broker:
   0  normal

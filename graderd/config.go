@@ -52,10 +52,17 @@ const (
 	// ExecutorScenarios grades a student's service image by HTTP scenarios
 	// (docker.Scenarios).
 	ExecutorScenarios = "scenarios"
+	// ExecutorKubernetes runs each job as a pod of a Kubernetes cluster
+	// (kubernetes.Executor).
+	ExecutorKubernetes = "kubernetes"
 )
 
 // executorTypes lists the executor types, for messages.
-var executorTypes = []string{ExecutorExec, ExecutorDocker, ExecutorScenarios, ExecutorNoop}
+var executorTypes = []string{ExecutorExec, ExecutorDocker, ExecutorScenarios, ExecutorKubernetes, ExecutorNoop}
+
+// DefaultKubernetesNamespace is where kubernetes executors run their pods
+// unless kubernetes.namespace says otherwise; deploy/kubernetes makes it.
+const DefaultKubernetesNamespace = "gradebroker-grading"
 
 // Config is everything graderd needs to run. DefaultConfig gives the
 // defaults; LoadConfigFile, environment variables and flags fill in the rest
@@ -91,9 +98,12 @@ type Config struct {
 	// executors ("unix:///var/run/docker.sock", "tcp://..."); empty means
 	// DOCKER_HOST, else the local socket.
 	DockerHost string `yaml:"docker_host"`
-	// Limits apply to every executor (exec, docker, scenarios) that does
-	// not set its own.
+	// Limits apply to every executor (exec, docker, scenarios,
+	// kubernetes) that does not set its own; kubernetes executors leave
+	// out pids and cpu_time, which a pod cannot have.
 	Limits Limits `yaml:"limits"`
+	// Kubernetes is the cluster of the kubernetes executors.
+	Kubernetes KubernetesSettings `yaml:"kubernetes"`
 	// DefaultExecutor runs jobs none of whose tags has an executor in
 	// Executors. Its zero value (no type) means there is no default: such
 	// jobs are handed back to the broker as TEMPORARY.
@@ -157,6 +167,49 @@ type SandboxSettings struct {
 	RestrictRoots []string `yaml:"restrict_roots"`
 }
 
+// KubernetesSettings configure graderd's cluster, for kubernetes
+// executors. All of them share it.
+type KubernetesSettings struct {
+	// Kubeconfig is a kubeconfig file; empty means graderd runs in the
+	// cluster and uses its pod's ServiceAccount (client-go's in-cluster
+	// configuration).
+	Kubeconfig string `yaml:"kubeconfig"`
+	// Context is the kubeconfig's context; empty means its current one.
+	Context string `yaml:"context"`
+	// Namespace is where the grading pods run; default
+	// DefaultKubernetesNamespace.
+	Namespace string `yaml:"namespace"`
+	// EntrypointImage is the image whose /usr/local/bin/gbpod becomes each
+	// pod's entrypoint: graderd's own image.
+	EntrypointImage string `yaml:"entrypoint_image"`
+}
+
+// PodSettings are a kubernetes executor's settings beside its command, env,
+// limits and the image, cpus and user it shares with the container
+// executors (Containers); see kubernetes.Config.
+type PodSettings struct {
+	// EphemeralStorage is the pod's ephemeral-storage request and limit;
+	// default 256MiB.
+	EphemeralStorage ByteSize `yaml:"ephemeral_storage"`
+	// NodeSelector picks the nodes that may run the pods.
+	NodeSelector map[string]string `yaml:"node_selector"`
+	// RuntimeClass is the pods' RuntimeClass (gvisor, kata), if any.
+	RuntimeClass string `yaml:"runtime_class"`
+	// ImagePullPolicy is Always, IfNotPresent or Never.
+	ImagePullPolicy string `yaml:"image_pull_policy"`
+	// ImagePullSecrets name Secrets of the namespace for a private registry.
+	ImagePullSecrets []string `yaml:"image_pull_secrets"`
+	// ScheduleTimeout bounds the wait for a node (default 1m);
+	// StartTimeout the time from a node to a running grader (default 5m).
+	ScheduleTimeout time.Duration `yaml:"schedule_timeout"`
+	StartTimeout    time.Duration `yaml:"start_timeout"`
+}
+
+func (p PodSettings) set() bool {
+	return p.EphemeralStorage != 0 || len(p.NodeSelector) > 0 || p.RuntimeClass != "" ||
+		p.ImagePullPolicy != "" || len(p.ImagePullSecrets) > 0 || p.ScheduleTimeout != 0 || p.StartTimeout != 0
+}
+
 // Values of ExecutorSpec.Sandbox and ExecutorSpec.Network.
 const (
 	// SandboxNone runs an exec executor's graders unconfined.
@@ -196,11 +249,12 @@ type Limits struct {
 
 // ExecutorSpec describes one executor in the configuration.
 type ExecutorSpec struct {
-	// Type is one of ExecutorExec, ExecutorDocker, ExecutorScenarios and
-	// ExecutorNoop.
+	// Type is one of ExecutorExec, ExecutorDocker, ExecutorScenarios,
+	// ExecutorKubernetes and ExecutorNoop.
 	Type string `yaml:"type"`
-	// Command is the grader's argv, for type exec; for type docker it
-	// replaces the image's entrypoint and command.
+	// Command is the grader's argv, for type exec, and for type kubernetes
+	// in its image; for type docker it replaces the image's entrypoint and
+	// command.
 	Command []string `yaml:"command"`
 	// Env is the grader's environment, as KEY=value, for types exec and
 	// docker: in the sandbox the only variables beside
@@ -223,8 +277,11 @@ type ExecutorSpec struct {
 	// graderqueue's graderserver did (executor.Taskgrader).
 	Taskgrader *TaskgraderSettings `yaml:"taskgrader"`
 
-	// Containers embeds the settings of the docker and scenarios types.
+	// Containers embeds the settings of the docker and scenarios types;
+	// image, cpus and user are also a kubernetes executor's.
 	Containers `yaml:",inline"`
+	// PodSettings are for type kubernetes.
+	PodSettings `yaml:",inline"`
 }
 
 // TaskgraderSettings are graderserver's settings for an exec executor that
@@ -247,9 +304,11 @@ type TaskgraderSettings struct {
 }
 
 // Containers are the settings of the container executors (types docker
-// and scenarios; see docker.Executor and docker.Scenarios).
+// and scenarios; see docker.Executor and docker.Scenarios). A kubernetes
+// executor takes Image, CPUs and User from here too, meaning the same for
+// its pods.
 type Containers struct {
-	// Image is a docker executor's grader image.
+	// Image is a docker or kubernetes executor's grader image.
 	Image string `yaml:"image"`
 	// Images are the patterns (path.Match) of the images a job may name
 	// in its jobdata: another grader image (docker), the student's image
@@ -273,7 +332,8 @@ type Containers struct {
 	// User is the grader's or the student's numeric uid:gid; default
 	// 65534:65534. Never root.
 	User string `yaml:"user"`
-	// CPUs is the container's CPU quota, in CPUs; 0 means 1.
+	// CPUs is the container's CPU quota (a pod's CPU request and limit),
+	// in CPUs; 0 means executor.DefaultContainerCPUs.
 	CPUs float64 `yaml:"cpus"`
 	// Mounts are host paths shown read-only in a docker executor's
 	// containers, as HOST:CONTAINER.
@@ -446,6 +506,9 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if c.usesKubernetes() && c.Kubernetes.EntrypointImage == "" {
+		return errors.New("kubernetes.entrypoint_image: missing; kubernetes executors need the image that holds gbpod (graderd's own image)")
+	}
 	if c.DrainTimeout < 0 {
 		return fmt.Errorf("drain_timeout: must not be negative, got %v", c.DrainTimeout)
 	}
@@ -462,6 +525,19 @@ func (c Config) Validate() error {
 		return fmt.Errorf("testbehavior: must be between 0 and %d, got %d", maxTestBehavior, c.TestBehavior)
 	}
 	return nil
+}
+
+// usesKubernetes reports whether an executor is of type kubernetes.
+func (c Config) usesKubernetes() bool {
+	if c.DefaultExecutor.Type == ExecutorKubernetes {
+		return true
+	}
+	for _, s := range c.Executors {
+		if s.Type == ExecutorKubernetes {
+			return true
+		}
+	}
+	return false
 }
 
 // hasExecutor reports whether any job could find an executor.
@@ -482,7 +558,37 @@ func (c Config) serverName() string {
 }
 
 func (s ExecutorSpec) validate(field string) error {
+	if s.Type != ExecutorKubernetes && s.PodSettings.set() {
+		return fmt.Errorf("%s: the pod settings (ephemeral_storage, node_selector, runtime_class, image_pull_*, schedule_timeout, start_timeout) are for type %s", field, ExecutorKubernetes)
+	}
 	switch s.Type {
+	case ExecutorKubernetes:
+		if s.Image == "" {
+			return fmt.Errorf("%s.image: missing; a kubernetes executor needs the grading image", field)
+		}
+		if len(s.Command) == 0 || s.Command[0] == "" {
+			return fmt.Errorf("%s.command: missing; a kubernetes executor needs the grader's argv in its image, e.g. [/usr/local/bin/grade]", field)
+		}
+		if err := checkEnv(field+".env", s.Env); err != nil {
+			return err
+		}
+		if s.Sandbox != "" || s.Network != "" || len(s.ReadOnlyPaths) > 0 || s.Taskgrader != nil {
+			return fmt.Errorf("%s: sandbox, network, read_only_paths and taskgrader are exec settings; a pod is isolated by its own settings and the namespace's NetworkPolicy", field)
+		}
+		if s.CPUTime != 0 {
+			return fmt.Errorf("%s.cpu_time: a pod has a CPU rate limit (cpus), not a CPU-time budget; leave it out (the job's timeout bounds CPU time to timeout × cpus)", field)
+		}
+		if s.Pids != 0 {
+			return fmt.Errorf("%s.pids: a pod has no process limit of its own; the kubelet's podPidsLimit sets one for every pod of a node", field)
+		}
+		if s.ScheduleTimeout < 0 || s.StartTimeout < 0 || s.CPUs < 0 {
+			return fmt.Errorf("%s: schedule_timeout, start_timeout and cpus must not be negative", field)
+		}
+		if s.User != "" {
+			if _, _, err := ParseUser(s.User); err != nil {
+				return fmt.Errorf("%s.user: %w", field, err)
+			}
+		}
 	case ExecutorExec:
 		if len(s.Command) == 0 || s.Command[0] == "" {
 			return fmt.Errorf("%s.command: missing; an exec executor needs the grader's argv, e.g. [/usr/local/bin/grade]", field)
@@ -536,8 +642,13 @@ func (s ExecutorSpec) validate(field string) error {
 	default:
 		return fmt.Errorf("%s.type: unknown executor type %q; use one of %q", field, s.Type, executorTypes)
 	}
-	if s.Type != ExecutorDocker && s.Type != ExecutorScenarios && !reflect.DeepEqual(s.Containers, Containers{}) {
-		return fmt.Errorf("%s: image, images, services and the other container settings are for types %s and %s", field, ExecutorDocker, ExecutorScenarios)
+	c := s.Containers
+	if s.Type == ExecutorKubernetes {
+		c.Image, c.CPUs, c.User = "", 0, "" // a pod's too
+	}
+	if s.Type != ExecutorDocker && s.Type != ExecutorScenarios && !reflect.DeepEqual(c, Containers{}) {
+		return fmt.Errorf("%s: image, images, services and the other container settings are for types %s and %s (image, cpus and user also for %s)",
+			field, ExecutorDocker, ExecutorScenarios, ExecutorKubernetes)
 	}
 	return s.Limits.validate(field + ".")
 }
@@ -717,6 +828,26 @@ func (l Limits) executor() executor.Limits {
 		CPUTime: l.CPUTime, Memory: int64(l.MemoryLimit), Pids: l.Pids, OpenFiles: l.OpenFiles,
 		TmpSize: int64(l.TmpSize), WorkSize: int64(l.WorkSize), MaxStdout: int64(l.MaxStdout), MaxStderr: int64(l.MaxStderr),
 	}
+}
+
+// ParseUser reads a numeric "uid[:gid]" (gid defaults to uid). Root (uid
+// or gid 0) is refused: graders never run as root.
+func ParseUser(s string) (uid, gid int64, err error) {
+	u, g, hasGID := strings.Cut(s, ":")
+	uid, err = strconv.ParseInt(u, 10, 32)
+	if err == nil {
+		gid = uid
+		if hasGID {
+			gid, err = strconv.ParseInt(g, 10, 32)
+		}
+	}
+	if err != nil || uid < 0 || gid < 0 {
+		return 0, 0, fmt.Errorf("%q is not a numeric uid[:gid] such as 65534:65534", s)
+	}
+	if uid == 0 || gid == 0 {
+		return 0, 0, fmt.Errorf("%q is root; graders never run as root", s)
+	}
+	return uid, gid, nil
 }
 
 // ByteSize is a size in bytes. In the configuration file and in flags it is

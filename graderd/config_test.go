@@ -45,7 +45,12 @@ func exampleConfig() Config {
 				Env:   []string{"POSTGRES_USER={{.User}}", "POSTGRES_PASSWORD={{.Password}}", "POSTGRES_DB={{.Database}}"},
 				Tmpfs: map[string]string{"/var/lib/postgresql/data": "size=256m,uid=999,gid=999,mode=0700", "/var/run/postgresql": "size=1m,uid=999,gid=999"}}},
 		}},
+		"course-6.00x": {Type: ExecutorKubernetes, Command: []string{"/usr/local/bin/grade"},
+			Limits: Limits{MemoryLimit: 1 << 30}, Containers: Containers{Image: "registry.example.org/graders/python:3.12", CPUs: 1},
+			PodSettings: PodSettings{EphemeralStorage: 256 << 20,
+				NodeSelector: map[string]string{"pool": "grading"}, ScheduleTimeout: time.Minute, StartTimeout: 5 * time.Minute}},
 	}
+	cfg.Kubernetes = KubernetesSettings{Namespace: "gradebroker-grading", EntrypointImage: "registry.example.org/gradebroker/graderd:1.0"}
 	return cfg
 }
 
@@ -183,6 +188,46 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		}},
 		{"executors.gpu:", func(c *Config) {
 			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Sandbox: SandboxNone, Network: NetworkHost}}
+		}},
+		{"executors.k8s.image:", func(c *Config) {
+			c.Kubernetes.EntrypointImage = "gbpod"
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Command: []string{"g"}}}
+		}},
+		{"executors.k8s.command:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}}}
+		}},
+		{"executors.k8s.pids:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, Limits: Limits{Pids: 10}}}
+		}},
+		{"executors.k8s.cpu_time:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, Limits: Limits{CPUTime: time.Second}}}
+		}},
+		{"executors.k8s:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, ReadOnlyPaths: []string{"/opt"}}}
+		}},
+		{"executors.gpu:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Containers: Containers{Image: "i"}}}
+		}},
+		{"executors.gpu:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorExec, Command: []string{"g"}, Containers: Containers{CPUs: 1}}}
+		}},
+		{"executors.k8s.user:", func(c *Config) {
+			c.Kubernetes.EntrypointImage = "gbpod"
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Command: []string{"g"}, Containers: Containers{Image: "i", User: "0:0"}}}
+		}},
+		{"kubernetes.entrypoint_image:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}}}
+		}},
+		{"executors.gpu:", func(c *Config) {
+			c.Executors = map[string]ExecutorSpec{"gpu": {Type: ExecutorDocker, Containers: Containers{Image: "i"}, PodSettings: PodSettings{NodeSelector: map[string]string{"pool": "grading"}}}}
+		}},
+		{"executors.k8s:", func(c *Config) {
+			c.Kubernetes.EntrypointImage = "gbpod"
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i", Images: []string{"x/*"}}, Command: []string{"g"}}}
+		}},
+		{"executors.k8s:", func(c *Config) {
+			c.Kubernetes.EntrypointImage = "gbpod"
+			c.Executors = map[string]ExecutorSpec{"k8s": {Type: ExecutorKubernetes, Containers: Containers{Image: "i"}, Command: []string{"g"}, Taskgrader: &TaskgraderSettings{RootPath: "/srv/tasks"}}}
 		}},
 		{"executors.tg.taskgrader.root_path:", func(c *Config) {
 			c.Executors = map[string]ExecutorSpec{"tg": {Type: ExecutorExec, Command: []string{"g"}, Taskgrader: &TaskgraderSettings{}}}

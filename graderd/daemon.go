@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,7 @@ import (
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
 	"github.com/gradebroker/gradebroker/graderd/executor"
 	"github.com/gradebroker/gradebroker/graderd/executor/docker"
+	"github.com/gradebroker/gradebroker/graderd/executor/kubernetes"
 	"github.com/gradebroker/gradebroker/graderd/executor/scenarios"
 	"github.com/gradebroker/gradebroker/graderd/spool"
 )
@@ -78,6 +80,9 @@ type Daemon struct {
 	reapers []executor.Reaper
 	// engine is the container executors' Docker engine, once one needs it.
 	engine *docker.Engine
+	// cluster is the kubernetes executors' namespace, nil without them;
+	// Run starts its watch before taking jobs.
+	cluster *kubernetes.Cluster
 
 	// Knobs; New sets the constants above and tests shorten them.
 	welcomeTimeout time.Duration
@@ -209,6 +214,13 @@ func (d *Daemon) buildExecutors() (func([]string) (executor.Executor, string), e
 		switch s.Type {
 		case ExecutorNoop:
 			byName[name] = executor.Noop{}
+		case ExecutorKubernetes:
+			e, err := d.kubernetesExecutor(name, s)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", fieldOf(name), err)
+			}
+			info.Sandbox = "pod"
+			byName[name] = e
 		case ExecutorExec:
 			l := s.Limits.over(d.cfg.Limits)
 			e := &executor.Exec{
@@ -267,6 +279,46 @@ func (d *Daemon) buildExecutors() (func([]string) (executor.Executor, string), e
 		}
 		return nil, fmt.Sprintf("graderd on %s has no executor for tags %v and no default executor", d.hostname, tags)
 	}, nil
+}
+
+// kubernetesExecutor builds a kubernetes executor, and the cluster
+// connection for all of them on the first.
+func (d *Daemon) kubernetesExecutor(name string, s ExecutorSpec) (*kubernetes.Executor, error) {
+	if d.cluster == nil {
+		k := d.cfg.Kubernetes
+		// The certificate's name is the server's: two graderds sharing a
+		// namespace must have their own, as they must for the broker.
+		var err error
+		d.cluster, err = kubernetes.NewCluster(kubernetes.ClusterConfig{
+			Kubeconfig: k.Kubeconfig, Context: k.Context, Namespace: cmp.Or(k.Namespace, DefaultKubernetesNamespace),
+			Server: d.tls.Identity().CommonName, Logger: d.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Limits inherited from the top-level limits that a pod cannot have
+	// are left out; set on the executor itself they are refused (Validate).
+	l := s.Limits.over(d.cfg.Limits)
+	if l.Pids != 0 || l.CPUTime != 0 {
+		d.log.Warn("limits.pids and limits.cpu_time do not apply to kubernetes executors: a pod has neither (see the README)", "executor", name)
+		l.Pids, l.CPUTime = 0, 0
+	}
+	var uid, gid int64
+	if s.User != "" {
+		uid, gid, _ = ParseUser(s.User) // checked by Validate
+	}
+	cpu := ""
+	if s.CPUs > 0 {
+		cpu = strconv.FormatInt(int64(s.CPUs*1000), 10) + "m"
+	}
+	return kubernetes.New(kubernetes.Config{
+		Cluster: d.cluster, Name: name, Image: s.Image, Command: slices.Clone(s.Command), Env: slices.Clone(s.Env),
+		EntrypointImage: d.cfg.Kubernetes.EntrypointImage, Limits: l.executor(),
+		CPU: cpu, EphemeralStorage: int64(s.EphemeralStorage), NodeSelector: s.NodeSelector, RuntimeClass: s.RuntimeClass,
+		ImagePullPolicy: s.ImagePullPolicy, ImagePullSecrets: s.ImagePullSecrets, RunAsUser: uid, RunAsGroup: gid,
+		ScheduleTimeout: s.ScheduleTimeout, StartTimeout: s.StartTimeout, KillGrace: l.KillGrace, Logger: d.log,
+	})
 }
 
 // dockerEngine connects to the container executors' engine, once, and
@@ -449,6 +501,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	if err := d.openSpool(); err != nil {
 		return err
+	}
+	if d.cluster != nil {
+		// Its first listing deletes the pods a previous graderd of this
+		// server left; runs wait for it.
+		d.cluster.Start(runCtx)
+		defer d.cluster.Stop()
 	}
 	if err := d.listenWakeups(runCtx); err != nil {
 		return err

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/graderd/executor/kubernetes/kubetest"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
@@ -33,6 +34,7 @@ var binary struct {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	kubetest.StopShared()
 	if binary.dir != "" {
 		os.RemoveAll(binary.dir)
 	}

@@ -123,6 +123,13 @@ var rules = []rule{
 	home("crypto/tls (TLS configurations are made in certs, TLS 1.3)", []string{"certs"}, "crypto/tls"),
 	home("database/sql and the SQLite driver", []string{"broker/store"}, "database/sql", "github.com/mattn/go-sqlite3"),
 	home("go-jose", []string{"broker/token", "broker/token/tokentest"}, "github.com/go-jose/go-jose"),
+	home("client-go and the Kubernetes API modules", []string{"graderd/executor/kubernetes", "graderd/executor/kubernetes/kubetest", "bench/kubebench"}, "k8s.io", "sigs.k8s.io"),
+	home("controller-runtime (envtest)", []string{"graderd/executor/kubernetes/kubetest"}, "sigs.k8s.io/controller-runtime"),
+	{
+		says:      "envtest's API server is for tests: kubetest is imported by test files and the benchmark only",
+		applies:   func(p string) bool { return !under(p, "bench") },
+		forbidden: func(imp string) bool { return imp == "graderd/executor/kubernetes/kubetest" },
+	},
 	home("the Docker Engine API client", []string{"graderd/executor/docker"}, "github.com/moby/moby"),
 	{
 		says:       "an edge adapter (" + strings.Join(edgeAdapters, ", ") + ") depends on no other: what two of them share belongs lower down (broker, broker/protoconv, broker/rpcstatus)",

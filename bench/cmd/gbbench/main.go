@@ -20,6 +20,7 @@ import (
 	"github.com/gradebroker/gradebroker/bench"
 	"github.com/gradebroker/gradebroker/bench/apibench"
 	"github.com/gradebroker/gradebroker/bench/dockerbench"
+	"github.com/gradebroker/gradebroker/bench/kubebench"
 	"github.com/gradebroker/gradebroker/bench/sandboxbench"
 	"github.com/gradebroker/gradebroker/broker/brokerd"
 )
@@ -74,9 +75,11 @@ the XQueue interface (an LMS's submit/ and xqueue-watcher's pull → put_result
 beside the native stream with as many slots), the platform API (REST sendjob
 with real tokens beside the crypto-only rate, batch submission, result
 callbacks), the sandbox's cost per grading run (a no-op grader with and
-without it; needs root and crun), and the container executors' (a no-op
-grader through the docker executor beside docker run --rm of the same image,
-and a scenarios job's overhead; needs a Docker engine).
+without it; needs root and crun), the container executors' (a no-op grader
+through the docker executor beside docker run --rm of the same image, and a
+scenarios job's overhead; needs a Docker engine), and the kubernetes
+executor's pod lifecycle and API calls per job against a real kube-apiserver
+(make kube-apiserver) with a fake node agent.
 
 Like ` + "`broker serve`" + `, it runs with one Go processor more than the cores
 (GOMAXPROCS cores + 1) unless the GOMAXPROCS environment variable is set.
@@ -91,10 +94,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	quick := fs.Bool("quick", false, "smoke run of about a minute: shorter windows, smaller queues (100,000 at most)")
 	full := fs.Bool("full", false, "longer windows (30 s) and more repeats")
-	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,xqueue,api,sandbox,docker (default all)")
+	only := fs.String("only", "", "comma-separated scenarios: throughput,latency,scale,rss,console,xqueue,api,sandbox,docker,kubernetes (default all)")
 	sandboxRuns := fs.Int("sandbox-runs", 300, "sandbox: no-op runs of each kind")
 	dockerRuns := fs.Int("docker-runs", 100, "docker: no-op runs of each kind (executor, docker run --rm)")
 	scenarioRuns := fs.Int("scenario-runs", 20, "docker: scenarios jobs of one request")
+	kubeRuns := fs.Int("kube-runs", 200, "kubernetes: jobs through the executor, and bare pods")
 	apiBits := fs.String("api-bits", "2048,4096", "api: RSA key sizes to measure")
 	apiClients := fs.Int("api-clients", 64, "api: concurrent HTTP clients")
 	apiProfile := fs.String("api-cpuprofile", "", "api: write a CPU profile of one extra sendjob window to `file` (key size appended when several)")
@@ -150,11 +154,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *rssEnv != "" {
 		o.RSSEnv = strings.Split(*rssEnv, ",")
 	}
-	wantAPI, wantSandbox, wantDocker := *only == "", *only == "", *only == ""
+	wantAPI, wantSandbox, wantDocker, wantKube := *only == "", *only == "", *only == "", *only == ""
 	if *only != "" {
 		for _, sc := range strings.Split(*only, ",") {
 			if sc == "api" {
 				wantAPI = true
+				continue
+			}
+			if sc == "kubernetes" {
+				wantKube = true
 				continue
 			}
 			if sc == "sandbox" {
@@ -218,6 +226,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		var res dockerbench.Result
 		if res, err = dockerbench.Run(ctx, do); err == nil {
+			err = res.Write(stdout)
+		}
+	}
+	if err == nil && wantKube {
+		ko := kubebench.Options{Runs: *kubeRuns}
+		if *quick {
+			ko.Runs = 30
+		}
+		if !*quiet {
+			ko.Progress = stderr
+		}
+		var res kubebench.Result
+		if res, err = kubebench.Run(ctx, ko); err == nil {
 			err = res.Write(stdout)
 		}
 	}
