@@ -42,7 +42,11 @@ dev-pki: ## Make a development CA, certificates and token keys in ./dev.
 	bash scripts/gb-dev-pki.sh dev
 
 .PHONY: test
-test: ## Vet, then run every test with the race detector.
+test: ## Set up what the tests need (scripts/test-env.sh), vet, then run every test with the race detector.
+	bash scripts/test-env.sh $(MAKE) --no-print-directory test-run
+
+.PHONY: test-run
+test-run: ## Vet, then run every test with the race detector, on a machine already set up.
 	$(GO) vet ./...
 	$(GO) test -race -shuffle=on -count=1 -timeout 20m ./...
 
