@@ -45,6 +45,7 @@ type DB struct {
 	registryVersion atomic.Int64
 
 	cp        *sql.DB // the checkpointer's connection
+	cpRuns    atomic.Int64
 	stopCP    chan struct{}
 	cpDone    chan struct{}
 	closeOnce sync.Once
@@ -114,7 +115,15 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	// WAL into the database file and fsyncs it, which took milliseconds
 	// inside whichever commit crossed SQLite's automatic threshold, stalling
 	// every job behind it. On its own connection it runs beside the writer.
-	cp, err := sql.Open("sqlite3", wdsn)
+	// That connection must not write: opened with the writer's journal
+	// mode and auto-vacuum pragmas, it wrote page 1 (mattn's driver sets
+	// them on every new connection), and as it opened at its first tick,
+	// that write could land right after a truncating checkpoint.
+	cq := url.Values{}
+	for _, k := range []string{"_foreign_keys", "_busy_timeout", "_synchronous", "_mutex"} {
+		cq.Set(k, q.Get(k))
+	}
+	cp, err := sql.Open("sqlite3", "file:"+path+"?"+cq.Encode())
 	if err != nil {
 		w.Close()
 		r.Close()
@@ -136,6 +145,10 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	// The writer only checkpoints as a safety net, if the WAL grows past
 	// ~80 MB (the checkpointer fell behind); SQLite's default is 1000 pages.
 	if _, err := w.ExecContext(ctx, `PRAGMA wal_autocheckpoint = 20000`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := cp.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
@@ -164,6 +177,7 @@ func (db *DB) checkpointer() {
 		// Errors are not fatal here: the writer's own threshold still
 		// bounds the WAL, and the next tick tries again.
 		_ = db.cp.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &frames, &done)
+		db.cpRuns.Add(1)
 	}
 }
 

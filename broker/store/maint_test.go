@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gradebroker/gradebroker/broker"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 const day = 24 * time.Hour
@@ -455,5 +456,29 @@ func TestServerDrainedFlag(t *testing.T) {
 	set(ids[1], false)
 	if got, err := db.DrainedServers(ctx); err != nil || len(got) != 0 {
 		t.Errorf("after undrain: DrainedServers = %v, %v", got, err)
+	}
+}
+
+// The background checkpointer never writes: a WAL that a TRUNCATE
+// checkpoint emptied stays empty while it runs. (Its connection used to set
+// the writer's journal-mode and auto-vacuum pragmas when it opened, at its
+// first tick, which wrote page 1 into the WAL; retention's test then saw a
+// -wal file of 32 bytes now and then.)
+func TestCheckpointerLeavesAnEmptyWALEmpty(t *testing.T) {
+	t.Parallel()
+	db, _ := dlSetup(t)
+	ctx := context.Background()
+	dlPlatform(t, db, "mooc", "")
+	if cp, err := db.CheckpointWAL(ctx, true); err != nil || cp.Busy {
+		t.Fatalf("CheckpointWAL(TRUNCATE) = %+v, %v", cp, err)
+	}
+	wal := db.Path() + "-wal"
+	if n := fileSize(t, wal); n != 0 {
+		t.Fatalf("-wal file is %d bytes after a TRUNCATE checkpoint, want 0", n)
+	}
+	runs := db.cpRuns.Load()
+	testutil.Eventually(t, "two more background checkpoints", func() bool { return db.cpRuns.Load() >= runs+2 })
+	if n := fileSize(t, wal); n != 0 {
+		t.Errorf("-wal file is %d bytes after the checkpointer ran on an empty WAL, want 0", n)
 	}
 }
