@@ -44,7 +44,12 @@ type DB struct {
 	// registryVersion counts changes to tags, types and platforms.
 	registryVersion atomic.Int64
 
-	cp        *sql.DB // the checkpointer's connection
+	cp *sql.DB // the checkpointer's connection
+	// cpMu keeps the background checkpointer and CheckpointWAL apart:
+	// SQLite refuses a checkpoint while another one runs (busy, at once,
+	// whatever the busy timeout), so retention's truncation failed whenever
+	// it met a background tick.
+	cpMu      sync.Mutex
 	cpRuns    atomic.Int64
 	stopCP    chan struct{}
 	cpDone    chan struct{}
@@ -58,6 +63,9 @@ type Options struct {
 	Now func() time.Time
 	// Readers is the size of the read pool; default 4.
 	Readers int
+
+	// checkpointEvery replaces checkpointInterval, for this package's tests.
+	checkpointEvery time.Duration
 }
 
 // Open opens (creating if needed) the database at path and applies every
@@ -153,7 +161,11 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	db.cpStarted = true
-	go db.checkpointer()
+	every := opts.checkpointEvery
+	if every <= 0 {
+		every = checkpointInterval
+	}
+	go db.checkpointer(every)
 	return db, nil
 }
 
@@ -163,9 +175,9 @@ const checkpointInterval = 250 * time.Millisecond
 
 // checkpointer runs PASSIVE checkpoints, which never wait for the writer or
 // readers, until Close.
-func (db *DB) checkpointer() {
+func (db *DB) checkpointer(every time.Duration) {
 	defer close(db.cpDone)
-	t := time.NewTicker(checkpointInterval)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -176,7 +188,9 @@ func (db *DB) checkpointer() {
 		var busy, frames, done int
 		// Errors are not fatal here: the writer's own threshold still
 		// bounds the WAL, and the next tick tries again.
+		db.cpMu.Lock()
 		_ = db.cp.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &frames, &done)
+		db.cpMu.Unlock()
 		db.cpRuns.Add(1)
 	}
 }

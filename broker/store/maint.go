@@ -169,6 +169,8 @@ func (db *DB) CheckpointWAL(ctx context.Context, truncate bool) (Checkpoint, err
 		mode = "TRUNCATE"
 	}
 	var cp Checkpoint
+	db.cpMu.Lock()
+	defer db.cpMu.Unlock()
 	conn, err := db.w.Conn(ctx)
 	if err != nil {
 		return cp, translate(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -480,5 +481,29 @@ func TestCheckpointerLeavesAnEmptyWALEmpty(t *testing.T) {
 	testutil.Eventually(t, "two more background checkpoints", func() bool { return db.cpRuns.Load() >= runs+2 })
 	if n := fileSize(t, wal); n != 0 {
 		t.Errorf("-wal file is %d bytes after the checkpointer ran on an empty WAL, want 0", n)
+	}
+}
+
+// A truncating checkpoint is never refused because the background
+// checkpointer is running one: SQLite answers busy at once to a second
+// checkpoint, so the two take turns.
+func TestCheckpointWALTakesTurnsWithTheCheckpointer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "gb.db"), Options{checkpointEvery: 100 * time.Microsecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	start := db.cpRuns.Load()
+	for i := 0; i < 100 || db.cpRuns.Load() < start+100; i++ {
+		dlPlatform(t, db, fmt.Sprint("p", i), "")
+		cp, err := db.CheckpointWAL(ctx, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp.Busy {
+			t.Fatalf("TRUNCATE checkpoint %d busy (%+v) with the checkpointer running", i, cp)
+		}
 	}
 }
