@@ -30,3 +30,28 @@ func TestServersPageShowsAMissingSandbox(t *testing.T) {
 		}
 	}
 }
+
+// A platform that may send graderqueue's weaker legacy tokens stands out on
+// the registry page.
+func TestRegistryPageShowsLegacyTokens(t *testing.T) {
+	t.Parallel()
+	pages, err := parseTemplates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := registryData{Platforms: []*gradebrokerv1.Platform{
+		{Name: "fioi", Protocol: "graderqueue", LegacyTokens: true},
+		{Name: "mooc", Protocol: "native"},
+	}}
+	var buf bytes.Buffer
+	if err := pages["registry"].ExecuteTemplate(&buf, "content", page{User: &user{Name: "op"}, Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if want := `<th scope="row">fioi</th><td>graderqueue, <strong class="nosandbox"`; !strings.Contains(out, want) {
+		t.Errorf("the registry page does not flag fioi's legacy tokens (want %s):\n%s", want, out)
+	}
+	if strings.Count(out, "legacy tokens accepted") != 1 {
+		t.Errorf("the registry page flags legacy tokens %d times, want once (fioi only):\n%s", strings.Count(out, "legacy tokens accepted"), out)
+	}
+}
