@@ -375,6 +375,46 @@ func TestConsoleInBrowser(t *testing.T) {
 		op.waitText("#delivery", "delivered")
 	})
 
+	t.Run("redeliver all dead deliveries", func(t *testing.T) {
+		op := op0.in(t)
+		e.rcv.mu.Lock()
+		e.rcv.fail = 1_000_000
+		e.rcv.mu.Unlock()
+		var ids []int64
+		for range 2 {
+			id, _ := e.send(t, "demo", map[string]any{"tags": "python3", "jobdata": map[string]any{"result": map[string]any{"ok": true}}})
+			e.waitJob(t, id, gb.JobDone)
+			ids = append(ids, id)
+		}
+		testutil.Eventually(t, "both deliveries to die", func() bool {
+			for _, id := range ids {
+				ds, err := e.b.DB().ListDeliveries(context.Background(), store.DeliveryFilter{JobID: id})
+				if err != nil || len(ds) == 0 || ds[0].State != gb.DeliveryDead {
+					return false
+				}
+			}
+			return true
+		})
+		e.rcv.mu.Lock()
+		e.rcv.fail = 0
+		e.rcv.mu.Unlock()
+		op.open(e.console + "/deliveries?state=dead")
+		op.click("#redeliver-all")
+		if f := op.text(".flash"); !strings.Contains(f, "2 delivery") {
+			t.Errorf("after redeliver all the page says %q; want 2 deliveries", f)
+		}
+		for _, id := range ids {
+			testutil.Eventually(t, fmt.Sprintf("job %d's callback", id), func() bool {
+				for _, cb := range e.rcv.callbacks() {
+					if cb["job_id"] == strconv.FormatInt(id, 10) || cb["job_id"] == float64(id) {
+						return true
+					}
+				}
+				return false
+			})
+		}
+	})
+
 	t.Run("send a test job and watch it run", func(t *testing.T) {
 		op := op0.in(t)
 		op.open(e.console + "/test")
