@@ -240,6 +240,37 @@ func TestEscapeNoWritesOutsideWorkAndTmp(t *testing.T) {
 	}
 }
 
+func TestEscapeNoWritesBelowReadOnlyPaths(t *testing.T) {
+	t.Parallel()
+	// A file system mounted below a read-only path (a tmpfs here, an NFS
+	// share on a real server) must be read-only in the run too: writable,
+	// it would be shared by every run and outlive each.
+	d := layout(t)
+	shared := filepath.Join(d.varLib, "shared")
+	sub := filepath.Join(shared, "sub")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=1m,mode=1777"); err != nil {
+		t.Fatalf("mounting a tmpfs below the read-only path: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(sub, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmounting %s: %v", sub, err)
+		}
+	})
+	script := `cat >/dev/null; printf '{"written":['; sep=; for p in ` + shared + `/escape-$$ ` + sub + `/escape-$$; do ` +
+		`if (echo x > "$p") 2>/dev/null; then printf '%s"%s"' "$sep" "$p"; sep=,; fi; done; echo ']}'`
+	d.configure(t, script, "", "  read_only_paths: ["+shared+"]\n")
+	d.start(t)
+	bs := d.fb.nextStream(t)
+	var got struct{ Written []string }
+	resultOf(t, d.job(t, bs, &gradebrokerv1.Assign{JobId: 1, LeaseId: 1}), &got)
+	if len(got.Written) > 0 {
+		t.Errorf("the run wrote %v, below its read-only path %s", got.Written, shared)
+	}
+}
+
 func TestEscapeCleanEnvironment(t *testing.T) {
 	t.Parallel()
 	d := deploy(t, `cat >/dev/null; env | sort | python3 -c 'import json,sys; print(json.dumps({"env": sys.stdin.read().split()}))'`, "", "  env: [LANG=C, EXTRA=1]\n")

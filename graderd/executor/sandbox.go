@@ -452,11 +452,24 @@ func etcFiles(uid uint32) map[string]string {
 func (s *Sandbox) mounts(spec runSpec) ([]specs.Mount, error) {
 	var out []specs.Mount
 	seen := make(map[string]bool)
+	mountTable, mountErr := os.ReadFile("/proc/self/mountinfo")
 	add := func(path string) {
-		if !seen[path] {
-			seen[path] = true
-			out = append(out, specs.Mount{Destination: path, Type: "bind", Source: path, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+		if seen[path] {
+			return
 		}
+		seen[path] = true
+		opts := []string{"rbind", "ro", "nosuid", "nodev"}
+		// ro, nosuid and nodev reach only the top mount of an rbind: a
+		// file system mounted below an exposed directory (a tmpfs, an NFS
+		// share) would stay writable, shared by every run and kept after
+		// it. The recursive forms reach it too, but need mount_setattr
+		// (Linux 5.12), and crun refuses them on a file: they are asked
+		// for only where such a mount exists (or the table is unreadable),
+		// so that an older kernel cannot affect the other runs.
+		if mountErr != nil || looseSubmount(mountTable, path) {
+			opts = append(opts, "rro", "rnosuid", "rnodev")
+		}
+		out = append(out, specs.Mount{Destination: path, Type: "bind", Source: path, Options: opts})
 	}
 	for _, d := range systemDirs {
 		if fi, err := os.Lstat(d); err == nil && fi.IsDir() {
@@ -486,6 +499,26 @@ func (s *Sandbox) mounts(spec runSpec) ([]specs.Mount, error) {
 		add(p)
 	}
 	return out, nil
+}
+
+// looseSubmount reports whether mountinfo (the kernel's
+// /proc/self/mountinfo) lists a mount strictly below dir (clean, absolute)
+// that lacks one of ro, nosuid and nodev.
+func looseSubmount(mountinfo []byte, dir string) bool {
+	// The kernel escapes these characters of mount points in octal.
+	prefix := strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(strings.TrimSuffix(dir, "/")) + "/"
+	for line := range strings.Lines(string(mountinfo)) {
+		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[4], prefix) {
+			continue
+		}
+		opts := strings.Split(f[5], ",")
+		if !slices.Contains(opts, "ro") || !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+			return true
+		}
+	}
+	return false
 }
 
 func underAny(path string, dirs []string) bool {

@@ -63,3 +63,23 @@ print(json.dumps(r))
 		t.Errorf("usage %+v, want every field measured", res.Usage)
 	}
 }
+
+// TestLooseSubmount reads mount tables as the kernel writes them: only a
+// mount strictly below the directory that lacks ro, nosuid or nodev counts.
+func TestLooseSubmount(t *testing.T) {
+	t.Parallel()
+	table := []byte(`22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 22 254:0 /usr /usr ro,nosuid,nodev,relatime - ext4 /dev/vda rw
+31 22 0:40 / /srv/tasks/scratch rw,relatime - tmpfs tmpfs rw
+32 22 0:41 / /srv/tasks2/x ro,nosuid,nodev - tmpfs tmpfs rw
+33 22 0:42 / /opt/my\040dir/nfs ro,nosuid - nfs server:/x rw
+`)
+	for dir, want := range map[string]bool{
+		"/usr": false, "/srv/tasks": true, "/srv/tasks/": true, "/srv/tasks/scratch": false,
+		"/srv": true, "/srv/task": false, "/srv/tasks2": false, "/opt/my dir": true, "/opt/my": false,
+	} {
+		if got := looseSubmount(table, dir); got != want {
+			t.Errorf("looseSubmount(%q) = %v, want %v", dir, got, want)
+		}
+	}
+}

@@ -166,7 +166,7 @@ func (e *Executor) Run(ctx context.Context, job executor.Job) (res executor.Resu
 	}
 	stdout := executor.NewResultBuffer(limits.MaxStdout)
 	stderr := executor.NewLogBuffer(limits.MaxStderr)
-	b, err := e.Engine.create(ctx, RoleGrader, cfg, p.hostConfig(), stdout, stderr)
+	b, err := e.Engine.create(ctx, RoleGrader, cfg, p.hostConfig(), limits.TmpSize, stdout, stderr)
 	if b != nil {
 		defer func() {
 			cctx, cancel := cleanupContext(ctx)

@@ -255,6 +255,31 @@ func TestEscapeNoCapabilityAndReadOnlyRoot(t *testing.T) {
 	}
 }
 
+func TestEscapeImageVolumesAreBounded(t *testing.T) {
+	t.Parallel()
+	// An image that declares a VOLUME would get an anonymous volume on the
+	// engine's disk there: writable despite the read-only root, and bound
+	// by no tmpfs size. A job's own image (or a student's service image)
+	// is the student's to write.
+	eng := dockertest.Engine(t)
+	img := dockertest.GoImage(t, eng, "probe", probePkg, "", "VOLUME /var/tmp")
+	e := probeExecutor(t, func(e *docker.Executor) {
+		e.Image = img
+		e.Limits.TmpSize = 8 << 20
+	})
+	jd, _ := json.Marshal(map[string]any{"probe": "look", "paths": []string{"/var/tmp"}})
+	var got struct {
+		FS map[string]struct {
+			Type string
+			Size int64
+		}
+	}
+	decode(t, run(t, e, string(jd), time.Minute), &got)
+	if fs, ok := got.FS["/var/tmp"]; !ok || fs.Type != "1021994" || fs.Size > 8<<20 {
+		t.Errorf("the image's volume /var/tmp is on %+v (ok %v); want a tmpfs (1021994) of at most the 8 MiB of tmp_size", fs, ok)
+	}
+}
+
 func TestEscapePidsLimitAsAWhole(t *testing.T) {
 	t.Parallel()
 	e := probeExecutor(t, func(e *docker.Executor) { e.Limits.Pids = 64 })

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,7 +120,12 @@ type box struct {
 
 // create creates a container and attaches to its standard streams (stdin
 // when cfg.OpenStdin) before anything runs, so that no output is lost.
-func (e *Engine) create(ctx context.Context, role string, cfg *container.Config, hc *container.HostConfig, stdout, stderr io.Writer) (*box, error) {
+// Each VOLUME of the image that hc does not mount gets a tmpfs of
+// volumeSize bytes (see coverImageVolumes).
+func (e *Engine) create(ctx context.Context, role string, cfg *container.Config, hc *container.HostConfig, volumeSize int64, stdout, stderr io.Writer) (*box, error) {
+	if err := e.coverImageVolumes(ctx, cfg.Image, hc, volumeSize); err != nil {
+		return nil, err
+	}
 	cfg.AttachStdout, cfg.AttachStderr = true, true
 	cfg.AttachStdin, cfg.StdinOnce = cfg.OpenStdin, cfg.OpenStdin
 	created, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc})
@@ -138,6 +144,42 @@ func (e *Engine) create(ctx context.Context, role string, cfg *container.Config,
 		_, _ = stdcopy.StdCopy(stdout, stderr, att.Reader)
 	}()
 	return b, nil
+}
+
+// coverImageVolumes mounts a tmpfs of size bytes (mode 1777, as /tmp) at
+// each VOLUME that the image declares and hc does not mount already. The
+// engine would otherwise give each an anonymous volume on its own disk,
+// writable whatever the read-only root file system and bound by no size:
+// an image a job or a student brings could fill the engine's disk. What
+// the image holds at those paths is not shown (the engine copies it into a
+// volume, never into a tmpfs). A missing image returns the engine's error,
+// as creating the container would.
+func (e *Engine) coverImageVolumes(ctx context.Context, image string, hc *container.HostConfig, size int64) error {
+	in, err := e.cli.ImageInspect(ctx, image)
+	if err != nil {
+		return err
+	}
+	if in.Config == nil {
+		return nil
+	}
+	covered := make(map[string]bool)
+	for target := range hc.Tmpfs {
+		covered[path.Clean(target)] = true
+	}
+	for _, m := range hc.Mounts {
+		covered[path.Clean(m.Target)] = true
+	}
+	for vol := range in.Config.Volumes {
+		vol = path.Clean(vol)
+		if covered[vol] {
+			continue
+		}
+		if hc.Tmpfs == nil {
+			hc.Tmpfs = make(map[string]string)
+		}
+		hc.Tmpfs[vol] = tmpfsOptions(size, "1777")
+	}
+	return nil
 }
 
 // start starts the container, having asked first to be told of its exit,

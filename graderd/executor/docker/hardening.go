@@ -14,8 +14,9 @@ import (
 // The hardened profile of a grader's or a student's container, the same
 // knobs as the exec executor's sandbox in the engine's terms: no network
 // (NetworkMode none, or the run's own namespace with only a loopback),
-// a read-only root file system, size-limited tmpfs file systems for /tmp
-// and the working directory, no capabilities, no_new_privs, the engine's
+// a read-only root file system, size-limited tmpfs file systems for /tmp,
+// the working directory and each VOLUME of the image (Engine.create), no
+// capabilities, no_new_privs, the engine's
 // default seccomp profile (graderd refuses an engine without seccomp), a
 // non-root user, and cgroup limits for all the container's processes
 // together: pids, memory with swap equal to memory (no swap), a CPU quota,

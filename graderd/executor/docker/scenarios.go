@@ -541,7 +541,7 @@ func (r *scenarioRun) startRunner() error {
 	r.runnerLog = executor.NewLogBuffer(16 << 10)
 	go r.readEvents(pr)
 	cfg := &container.Config{Image: s.RunnerImage, User: DefaultUser, Labels: r.roleLabels(RoleRunner), OpenStdin: true}
-	b, err := s.Engine.create(r.ctx, RoleRunner, cfg, p.hostConfig(), pw, r.runnerLog)
+	b, err := s.Engine.create(r.ctx, RoleRunner, cfg, p.hostConfig(), runnerLimits.TmpSize, pw, r.runnerLog)
 	if b != nil {
 		r.boxes = append(r.boxes, b)
 		go func() {
@@ -636,7 +636,7 @@ func (r *scenarioRun) startService(svc Service, creds Credentials, lb *executor.
 	if len(svc.Command) > 0 {
 		cfg.Entrypoint = svc.Command
 	}
-	b, err := r.s.Engine.create(r.ctx, RoleService, cfg, hc, lb, lb)
+	b, err := r.s.Engine.create(r.ctx, RoleService, cfg, hc, DefaultServiceTmpfs, lb, lb)
 	if b != nil {
 		r.boxes = append(r.boxes, b)
 	}
@@ -664,7 +664,7 @@ func (r *scenarioRun) createStudent(image string, creds Credentials, limits exec
 	user := cmp.Or(s.User, DefaultUser)
 	p := profile{limits: limits, cpus: s.CPUs, user: user, network: r.inRunner()}
 	cfg := &container.Config{Image: image, User: user, Env: env, Labels: r.roleLabels(RoleStudent)}
-	b, err := s.Engine.create(r.ctx, RoleStudent, cfg, p.hostConfig(), log, log)
+	b, err := s.Engine.create(r.ctx, RoleStudent, cfg, p.hostConfig(), limits.TmpSize, log, log)
 	if b != nil {
 		r.boxes = append(r.boxes, b)
 	}

@@ -5,7 +5,8 @@
 //
 //	echo     print {"doc": <the document as read>, "file": <JobFile's content>}
 //	look     report who and where it is: uid, capabilities, no_new_privs,
-//	         seccomp, which of jobdata.paths exist, which of jobdata.write it
+//	         seccomp, which of jobdata.paths exist (and the type and size
+//	         of the file system each is on), which of jobdata.write it
 //	         could write, its environment, network interfaces, and the
 //	         result of dialling each of jobdata.dial (TCP host:port)
 //	fork     start children until a fork fails, then exit 2
@@ -180,12 +181,18 @@ func report(j jobdata) map[string]any {
 		}
 	}
 	visible := []string{}
+	fs := map[string]any{}
 	for _, p := range j.Paths {
 		if _, err := os.Stat(p); err == nil {
 			visible = append(visible, p)
 		}
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(p, &st); err == nil {
+			fs[p] = map[string]any{"type": strconv.FormatInt(int64(st.Type), 16), "size": int64(st.Blocks) * st.Bsize}
+		}
 	}
 	r["visible"] = visible
+	r["fs"] = fs
 	written := []string{}
 	for _, p := range j.Write {
 		if err := os.WriteFile(p, []byte("x"), 0o600); err == nil {
