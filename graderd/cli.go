@@ -145,7 +145,7 @@ func newFlagSet(cl *CommandLine) (*flag.FlagSet, *bool) {
 	fs.IntVar(&c.Slots, "slots", c.Slots, "how many jobs to run at once")
 	fs.StringVar(&c.SpoolDir, "spool-dir", c.SpoolDir, "`directory` that keeps results until the broker acknowledges them")
 	fs.StringVar(&c.WorkRoot, "work-root", c.WorkRoot, "`directory` under which each job gets its working directory (default: the system's temporary directory)")
-	fs.Var(&c.Limits.MemoryLimit, "memory-limit", "memory limit of each grader run, as a `size` such as 512MiB; 0 = none")
+	fs.Var(&c.Limits.MemoryLimit, "memory-limit", "memory limit of each grader run, as a `size` such as 512MiB; 0 = 1GiB in the sandbox and containers, none for an unconfined run")
 	fs.Var(&c.Limits.MaxStdout, "max-stdout", "largest result a grader may print, as a `size`; 0 = 4MiB")
 	fs.Var(&c.Limits.MaxStderr, "max-stderr", "largest grader log kept, as a `size`; 0 = 1MiB")
 	fs.DurationVar(&c.Limits.KillGrace, "kill-grace", c.Limits.KillGrace, "time between SIGTERM and SIGKILL when a grader is stopped; 0 = 2s")
@@ -212,7 +212,7 @@ serves; unknown keys are an error):
     read_only_paths: [/srv/tasks]     # shown read-only to every run (-/path: if it exists)
     restrict_roots: [/srv/tasks]      # where a platform's restrict_paths may point
   limits:                             # for every executor
-    memory_limit: 512MiB              # all the run's processes and tmpfs files; 0 = none
+    memory_limit: 512MiB              # all the run's processes and tmpfs files; 0 = 1GiB (none unconfined)
     cpu_time: 1m                      # all the run's processes; 0 = none
     pids: 256                         # processes and threads at once
     open_files: 1024                  # per process

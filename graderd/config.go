@@ -221,7 +221,8 @@ const (
 // Limits bound what one grader run may use (see executor.Limits).
 type Limits struct {
 	// MemoryLimit caps a run's memory in bytes, all its processes and its
-	// tmpfs files together; 0 means none.
+	// tmpfs files together; 0 means executor.DefaultMemory (1 GiB) in the
+	// sandbox and in containers, and none for an unconfined run.
 	MemoryLimit ByteSize `yaml:"memory_limit"`
 	// CPUTime caps the CPU time of all a run's processes together; 0
 	// means none.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	gradebrokerv1 "github.com/gradebroker/gradebroker/gen/gradebroker/v1"
+	"github.com/gradebroker/gradebroker/graderd/executor"
 	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
@@ -344,6 +345,23 @@ func TestEscapeMemoryAsAWhole(t *testing.T) {
 	}
 	if peak := res.GetUsage().GetPeakMemoryBytes(); peak < 1<<30-64<<20 || peak > 1<<30 {
 		t.Errorf("peak memory %d, want about the 1 GiB limit", peak)
+	}
+}
+
+// With no memory_limit configured a sandboxed run still has one
+// (executor.DefaultMemory, 1 GiB): unbounded, one run could push the machine
+// out of memory, and it can lower its OOM score to its neighbours' level.
+func TestEscapeMemoryBoundedByDefault(t *testing.T) {
+	t.Parallel()
+	grab := `python3 -c "b = bytearray(1536 << 20); import time; time.sleep(1000)"`
+	d := deploy(t, `cat >/dev/null; `+grab, "", "")
+	bs := d.fb.nextStream(t)
+	res := d.job(t, bs, &gradebrokerv1.Assign{JobId: 1, LeaseId: 1, Jobdata: []byte(`{}`), Timeout: durationpb.New(time.Minute)})
+	if res.GetLimit() != gradebrokerv1.Limit_LIMIT_MEMORY || !strings.Contains(res.GetError(), "memory limit") {
+		t.Errorf("result %v limit %v error %q, want the default memory limit named", res.GetOutcome(), res.GetLimit(), res.GetError())
+	}
+	if peak := res.GetUsage().GetPeakMemoryBytes(); peak > executor.DefaultMemory {
+		t.Errorf("peak memory %d, want at most the default limit %d", peak, executor.DefaultMemory)
 	}
 }
 

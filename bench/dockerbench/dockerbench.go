@@ -171,7 +171,7 @@ func cliArgs(image string) []string {
 	l := executor.Limits{}.WithDefaults()
 	return []string{"run", "--rm", "-i", "--network", "none", "--read-only", "--cap-drop", "ALL",
 		"--security-opt", "no-new-privileges", "--user", docker.DefaultUser, "--workdir", docker.WorkDir,
-		"--pids-limit", fmt.Sprint(l.Pids), "--memory", fmt.Sprint(executor.DefaultContainerMemory), "--memory-swap", fmt.Sprint(executor.DefaultContainerMemory),
+		"--pids-limit", fmt.Sprint(l.Pids), "--memory", fmt.Sprint(executor.DefaultMemory), "--memory-swap", fmt.Sprint(executor.DefaultMemory),
 		"--cpus", "1", "--ulimit", fmt.Sprintf("nofile=%d:%d", l.OpenFiles, l.OpenFiles), "--ulimit", "core=0",
 		"--tmpfs", fmt.Sprintf("/tmp:rw,exec,nosuid,nodev,size=%d,mode=1777", l.TmpSize),
 		"--tmpfs", fmt.Sprintf("%s:rw,exec,nosuid,nodev,size=%d,mode=0700,uid=65534,gid=65534", docker.WorkDir, l.WorkSize),

@@ -43,11 +43,12 @@ type Limits struct {
 
 // WithDefaults returns l with every zero field that has a default of the
 // hardened profile set to it: the output caps (DefaultMaxStdout,
-// DefaultMaxStderr), Pids, OpenFiles, TmpSize and WorkSize. CPUTime and
-// Memory have no default: zero stays "no limit". Executors that isolate
-// their runs (the sandbox, containers) use it, so that a run is bounded
-// the same way whichever runs it.
+// DefaultMaxStderr), Memory (DefaultMemory), Pids, OpenFiles, TmpSize and
+// WorkSize. CPUTime has no default: zero stays "no limit". Executors that
+// isolate their runs (the sandbox, containers) use it, so that a run is
+// bounded the same way whichever runs it.
 func (l Limits) WithDefaults() Limits {
+	l.Memory = cmp.Or(l.Memory, DefaultMemory)
 	l.MaxStdout = cmp.Or(l.MaxStdout, DefaultMaxStdout)
 	l.MaxStderr = cmp.Or(l.MaxStderr, DefaultMaxStderr)
 	l.Pids = cmp.Or(l.Pids, DefaultPids)
@@ -57,15 +58,16 @@ func (l Limits) WithDefaults() Limits {
 	return l
 }
 
-// Defaults of the container executors (Docker, Kubernetes), beside those of
-// WithDefaults: an engine must be given a memory limit and a CPU quota, or
-// one container may take the whole machine.
 const (
-	// DefaultContainerMemory is a container's memory (swap off) when
-	// Limits.Memory is 0.
-	DefaultContainerMemory = 1 << 30
+	// DefaultMemory bounds the memory of a sandboxed run or a container
+	// (swap off) when Limits.Memory is 0: without a bound, one run may push
+	// the machine out of memory, and a run can lower its OOM score to the
+	// level of graderd's neighbours, so the kernel might kill one of them
+	// instead of the run.
+	DefaultMemory = 1 << 30
 	// DefaultContainerCPUs is a container's CPU quota, in CPUs, when its
-	// executor sets none.
+	// executor sets none: an engine must be given one, or one container
+	// may take the whole machine.
 	DefaultContainerCPUs = 1.0
 )
 

@@ -60,7 +60,7 @@ type Executor struct {
 	User string
 	// Limits bound each run; zero fields take the hardened profile's
 	// defaults (executor.Limits.WithDefaults, and
-	// executor.DefaultContainerMemory).
+	// executor.DefaultMemory).
 	Limits executor.Limits
 	// CPUs is the container's CPU quota, in CPUs; 0 means
 	// executor.DefaultContainerCPUs.
@@ -102,7 +102,7 @@ func (e *Executor) logger() *slog.Logger {
 // limits returns e.Limits with the hardened defaults.
 func (e *Executor) limits() executor.Limits {
 	l := e.Limits.WithDefaults()
-	l.Memory = cmp.Or(l.Memory, executor.DefaultContainerMemory)
+	l.Memory = cmp.Or(l.Memory, executor.DefaultMemory)
 	return l
 }
 

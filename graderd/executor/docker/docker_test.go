@@ -108,7 +108,7 @@ func TestJobDocumentOnStdinAndInAFile(t *testing.T) {
 func limitsOf(e *docker.Executor) executor.Limits {
 	l := e.Limits.WithDefaults()
 	if l.Memory == 0 {
-		l.Memory = executor.DefaultContainerMemory
+		l.Memory = executor.DefaultMemory
 	}
 	return l
 }

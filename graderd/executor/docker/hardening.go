@@ -87,7 +87,7 @@ func (p profile) hostConfig() *container.HostConfig {
 	l := p.limits
 	mem := l.Memory
 	if mem <= 0 {
-		mem = executor.DefaultContainerMemory
+		mem = executor.DefaultMemory
 	}
 	cpus := p.cpus
 	if cpus <= 0 {

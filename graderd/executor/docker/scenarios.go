@@ -293,7 +293,7 @@ func (s *Scenarios) port() int { return cmp.Or(s.Port, DefaultServicePort) }
 // defaults.
 func (s *Scenarios) studentLimits() executor.Limits {
 	l := s.Limits.WithDefaults()
-	l.Memory = cmp.Or(l.Memory, executor.DefaultContainerMemory)
+	l.Memory = cmp.Or(l.Memory, executor.DefaultMemory)
 	return l
 }
 

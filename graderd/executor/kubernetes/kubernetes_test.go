@@ -509,7 +509,7 @@ func TestPodSecurity(t *testing.T) {
 		}
 	}
 	grader := spec.Containers[0]
-	check("memory limit 1GiB", grader.Resources.Limits.Memory().Value() == executor.DefaultContainerMemory)
+	check("memory limit 1GiB", grader.Resources.Limits.Memory().Value() == executor.DefaultMemory)
 	sizes := map[string]int64{}
 	for _, v := range spec.Volumes {
 		if v.EmptyDir != nil {

@@ -66,7 +66,7 @@ type Config struct {
 	// EntrypointImage holds gbpod at EntrypointPath: graderd's own image.
 	EntrypointImage string
 	// Limits bound each run (see the README for which hold on Kubernetes):
-	// Memory (executor.DefaultContainerMemory where zero; the /tmp and work
+	// Memory (executor.DefaultMemory where zero; the /tmp and work
 	// directory files count against it, being tmpfs), TmpSize, WorkSize,
 	// OpenFiles, MaxStdout and MaxStderr (the defaults of
 	// executor.Limits.WithDefaults). CPUTime and Pids must be zero: a pod
@@ -150,7 +150,7 @@ func New(cfg Config) (*Executor, error) {
 		}
 	}
 	l := cfg.Limits.WithDefaults()
-	l.Memory = cmp.Or(l.Memory, executor.DefaultContainerMemory)
+	l.Memory = cmp.Or(l.Memory, executor.DefaultMemory)
 	// A pod has no process limit of its own (the kubelet's podPidsLimit
 	// is the node's): the grader is not told of one.
 	l.Pids = 0
