@@ -15,6 +15,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -390,7 +391,7 @@ func (im *Images) fetchArchive(ctx context.Context, ref archiveRef) (*os.File, e
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.User != nil || u.Host == "" {
 			return nil, jobErrorf("jobdata: image_archive.url: %q is not an http(s) URL without credentials", ref.URL)
 		}
-		if !hasPrefix(u.String(), im.ArchiveURLs) {
+		if !urlUnder(u, im.ArchiveURLs) {
 			return nil, jobErrorf("jobdata: image_archive.url: %s is not under a URL this executor fetches archives from (archive_urls: %q)", u.Redacted(), im.ArchiveURLs)
 		}
 		timeout := im.FetchTimeout
@@ -406,7 +407,7 @@ func (im *Images) fetchArchive(ctx context.Context, ref archiveRef) (*os.File, e
 		hc := im.HTTP
 		if hc == nil {
 			hc = &http.Client{CheckRedirect: func(r *http.Request, _ []*http.Request) error {
-				if !hasPrefix(r.URL.String(), im.ArchiveURLs) {
+				if !urlUnder(r.URL, im.ArchiveURLs) {
 					return fmt.Errorf("redirected to %s, outside archive_urls", r.URL.Redacted())
 				}
 				return nil
@@ -482,9 +483,22 @@ func (im *Images) fetchArchive(ctx context.Context, ref archiveRef) (*os.File, e
 	return f, nil
 }
 
-func hasPrefix(s string, prefixes []string) bool {
+// urlUnder reports whether u lies under one of prefixes (http(s) URLs):
+// the same scheme and host (with its port), and a path at or below the
+// prefix's, at a segment boundary, without a ".." segment. A plain string
+// prefix would let "https://files.example.org" admit
+// "https://files.example.org.evil.net/" and "/sub" admit "/subway".
+func urlUnder(u *url.URL, prefixes []string) bool {
+	if slices.Contains(strings.Split(u.Path, "/"), "..") {
+		return false
+	}
 	for _, p := range prefixes {
-		if p != "" && strings.HasPrefix(s, p) {
+		pu, err := url.Parse(p)
+		if err != nil || pu.Host == "" || !strings.EqualFold(pu.Scheme, u.Scheme) || !strings.EqualFold(pu.Host, u.Host) {
+			continue
+		}
+		dir, path := pu.EscapedPath(), u.EscapedPath()
+		if dir == "" || dir == "/" || path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/") {
 			return true
 		}
 	}
