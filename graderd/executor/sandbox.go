@@ -509,7 +509,9 @@ func looseSubmount(mountinfo []byte, dir string) bool {
 	prefix := strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(strings.TrimSuffix(dir, "/")) + "/"
 	for line := range strings.Lines(string(mountinfo)) {
 		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
-		f := strings.Fields(line)
+		// Fields are separated by one space; a mount point keeps any other
+		// white space (\v, \r) raw, so strings.Fields would split it.
+		f := strings.Split(strings.TrimSuffix(line, "\n"), " ")
 		if len(f) < 6 || !strings.HasPrefix(f[4], prefix) {
 			continue
 		}

@@ -64,6 +64,25 @@ print(json.dumps(r))
 	}
 }
 
+// FuzzLooseSubmount feeds looseSubmount mount tables it was not written
+// for: it never panics, and a writable mount added just below the directory
+// always counts.
+func FuzzLooseSubmount(f *testing.F) {
+	f.Add([]byte("31 22 0:40 / /srv/tasks/scratch rw,relatime - tmpfs tmpfs rw\n"), "/srv/tasks")
+	f.Add([]byte("33 22 0:42 / /opt/my\\040dir/nfs ro,nosuid - nfs server:/x rw\n"), "/opt/my dir")
+	f.Add([]byte(""), "/")
+	f.Fuzz(func(t *testing.T, table []byte, dir string) {
+		looseSubmount(table, dir)
+		if dir == "" || strings.ContainsAny(dir, " \t\n\\") || !strings.HasPrefix(dir, "/") {
+			return
+		}
+		loose := append(append([]byte{}, table...), []byte("\n99 1 0:99 / "+strings.TrimSuffix(dir, "/")+"/fuzz rw - tmpfs tmpfs rw\n")...)
+		if !looseSubmount(loose, dir) {
+			t.Errorf("a rw tmpfs at %s/fuzz does not count", dir)
+		}
+	})
+}
+
 // TestLooseSubmount reads mount tables as the kernel writes them: only a
 // mount strictly below the directory that lacks ro, nosuid or nodev counts.
 func TestLooseSubmount(t *testing.T) {
