@@ -697,11 +697,6 @@ func (c Containers) validate(field, typ string) error {
 		if len(c.ArchiveURLs) == 0 && len(c.ArchiveDirs) == 0 {
 			return fmt.Errorf("%s: image_source archive needs archive_urls or archive_dirs, where jobs' archives may come from", field)
 		}
-		for _, a := range c.ArchiveURLs {
-			if u, err := url.Parse(a); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
-				return fmt.Errorf("%s: %q is not an http(s) URL with a host and no credentials, such as https://files.example.org/archives/", f("archive_urls"), a)
-			}
-		}
 	default:
 		return fmt.Errorf("%s: %q is not an image source; use engine, registry or archive", f("image_source"), c.ImageSource)
 	}
@@ -724,9 +719,9 @@ func (c Containers) validate(field, typ string) error {
 	if err := absPaths(f("archive_dirs"), c.ArchiveDirs); err != nil {
 		return err
 	}
-	for _, u := range c.ArchiveURLs {
-		if !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
-			return fmt.Errorf("%s: %q is not an http(s) URL prefix", f("archive_urls"), u)
+	for _, a := range c.ArchiveURLs {
+		if u, err := url.Parse(a); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+			return fmt.Errorf("%s: %q is not an http(s) URL with a host and no credentials, such as https://files.example.org/archives/", f("archive_urls"), a)
 		}
 	}
 	if c.Port < 0 || c.Port > 65535 {

@@ -134,6 +134,12 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"default_executor.image_source:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "ftp" }) }},
 		{"default_executor.registry.address:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "registry" }) }},
 		{"default_executor:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource = "archive" }) }},
+		{"default_executor.archive_urls:", func(c *Config) {
+			c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource, s.ArchiveURLs = "archive", []string{"https://"} })
+		}},
+		{"default_executor.archive_urls:", func(c *Config) {
+			c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource, s.ArchiveURLs = "archive", []string{"https://u:p@files.example.org/"} })
+		}},
 		{"default_executor:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.Port = 80 }) }},
 		{"default_executor:", func(c *Config) { d := dockerSpec(nil); d.Network = "host"; c.DefaultExecutor = d }},
 		{"default_executor.images:", func(c *Config) { c.DefaultExecutor = ExecutorSpec{Type: ExecutorScenarios} }},
