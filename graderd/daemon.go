@@ -342,6 +342,27 @@ func (d *Daemon) dockerEngine() (*docker.Engine, error) {
 	return eng, nil
 }
 
+// checkMountsReadOnly refuses a mount source with a writable file system
+// mounted below it: Docker's read-only bind leaves such a submount writable
+// (a recursive read-only bind needs API 1.44, and Debian's engine has 1.41),
+// so every run could write there and leave files for the next. Only a
+// local engine's file systems are graderd's to see.
+func checkMountsReadOnly(field string, sources []string, eng *docker.Engine) error {
+	if !eng.Local() {
+		return nil
+	}
+	for _, src := range sources {
+		sub, err := executor.LooseSubmount(src)
+		if err != nil {
+			return fmt.Errorf("%s: %w", field, err)
+		}
+		if sub != "" {
+			return fmt.Errorf("%s: %s has a file system mounted below it (%s) that is writable or lacks nosuid or nodev, and a container's read-only bind of %s would leave it so: every run could write there. Mount it ro,nosuid,nodev, or show a narrower path", field, src, sub, src)
+		}
+	}
+	return nil
+}
+
 // containerExecutor builds a docker or scenarios executor.
 func (d *Daemon) containerExecutor(name string, s ExecutorSpec) (executor.Reaper, error) {
 	field := fieldOf(name)
@@ -377,6 +398,9 @@ func (d *Daemon) containerExecutor(name string, s ExecutorSpec) (executor.Reaper
 			sources = append(sources, mt.Source)
 		}
 		if err := executor.CheckExposedPaths(field+".mounts", sources, d.secrets()); err != nil {
+			return nil, err
+		}
+		if err := checkMountsReadOnly(field+".mounts", sources, eng); err != nil {
 			return nil, err
 		}
 		return e, nil

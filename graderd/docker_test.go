@@ -137,3 +137,52 @@ executors:
 		t.Errorf("containers %v that a killed graderd left are still there after its restart", left)
 	}
 }
+
+// A docker executor's mount whose source has a writable file system mounted
+// below it is refused at start: the engine's read-only bind would leave that
+// submount writable to every run.
+func TestDockerMountWithWritableSubmountRefused(t *testing.T) {
+	t.Parallel()
+	eng := dockertest.Engine(t)
+	probe := dockertest.GoImage(t, eng, "probe", "./graderd/executor/docker/dockertest/probe", "")
+	d := layoutFor(t, dockertest.Name("gbtest-"))
+	tasks := filepath.Join(d.varLib, "tasks")
+	sub := filepath.Join(tasks, "scratch")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mounting a tmpfs below the mount's source: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(sub, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmounting %s: %v", sub, err)
+		}
+	})
+	pki := d.fb.pki
+	cfg := fmt.Sprintf(`broker: %s
+ca_file: %s
+cert_file: %s
+key_file: %s
+spool_dir: %s
+default_executor:
+  type: docker
+  image: %s
+  mounts: ["%s:/tasks"]
+`, d.fb.addr, pki.CAFile, pki.CertFile, pki.KeyFile, filepath.Join(d.varLib, "spool"), probe, tasks)
+	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.start(t)
+	select {
+	case <-d.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("graderd still runs with a mount whose submount %s is writable; log:\n%s", sub, d.logs.String())
+	}
+	if want := "has a file system mounted below it (" + sub + ")"; !strings.Contains(d.logs.String(), want) {
+		t.Errorf("graderd's log does not say %q:\n%s", want, d.logs.String())
+	}
+	if d.cmd.ProcessState.Success() {
+		t.Error("graderd exited 0")
+	}
+}

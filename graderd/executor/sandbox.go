@@ -505,6 +505,12 @@ func (s *Sandbox) mounts(spec runSpec) ([]specs.Mount, error) {
 // /proc/self/mountinfo) lists a mount strictly below dir (clean, absolute)
 // that lacks one of ro, nosuid and nodev.
 func looseSubmount(mountinfo []byte, dir string) bool {
+	return firstLooseSubmount(mountinfo, dir) != ""
+}
+
+// firstLooseSubmount returns the first mount point (as mountinfo escapes
+// it) that looseSubmount would count, or "".
+func firstLooseSubmount(mountinfo []byte, dir string) string {
 	// The kernel escapes these characters of mount points in octal.
 	prefix := strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(strings.TrimSuffix(dir, "/")) + "/"
 	for line := range strings.Lines(string(mountinfo)) {
@@ -517,10 +523,23 @@ func looseSubmount(mountinfo []byte, dir string) bool {
 		}
 		opts := strings.Split(f[5], ",")
 		if !slices.Contains(opts, "ro") || !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
-			return true
+			return f[4]
 		}
 	}
-	return false
+	return ""
+}
+
+// LooseSubmount returns a mount point of this machine strictly below dir
+// that is writable, or lacks nosuid or nodev ("" when there is none). A
+// read-only bind of dir does not reach such a mount where the runtime
+// cannot bind recursively read-only (Docker before API 1.44): executors
+// that show dir to runs that way refuse it.
+func LooseSubmount(dir string) (string, error) {
+	table, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("reading the mount table: %w", err)
+	}
+	return firstLooseSubmount(table, filepath.Clean(dir)), nil
 }
 
 func underAny(path string, dirs []string) bool {

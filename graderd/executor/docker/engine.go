@@ -84,6 +84,10 @@ func NewEngine(ctx context.Context, host string) (*Engine, error) {
 // Close closes the connection.
 func (e *Engine) Close() error { return e.cli.Close() }
 
+// Local reports whether the engine is reached through a unix socket, and so
+// runs on this machine and sees its file systems.
+func (e *Engine) Local() bool { return strings.HasPrefix(e.host, "unix://") }
+
 // String names the engine and the API version in use, for logs.
 func (e *Engine) String() string {
 	return fmt.Sprintf("Docker engine at %s, API %s", e.host, e.cli.ClientVersion())
