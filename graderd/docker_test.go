@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -55,13 +54,7 @@ func TestDockerExecutorsThroughGraderd(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := layoutFor(t, server)
-	pki := d.fb.pki
-	cfg := fmt.Sprintf(`broker: %s
-ca_file: %s
-cert_file: %s
-key_file: %s
-spool_dir: %s
-slots: 4
+	d.writeConfig(t, fmt.Sprintf(`slots: 4
 drain_timeout: 1s
 limits: {kill_grace: 200ms}
 default_executor:
@@ -84,14 +77,11 @@ executors:
   hang:
     type: scenarios
     images: ["gradebroker-test/todoservice:*"]
-    runner_binary: %[7]s
-    scenario_dir: %[8]s
+    runner_binary: %[2]s
+    scenario_dir: %[3]s
     ready: {path: /health, status: 299, timeout: 10m}  # never ready: /health answers 200
     services: *services
-`, d.fb.addr, pki.CAFile, pki.CertFile, pki.KeyFile, filepath.Join(d.varLib, "spool"), probe, runner, sets, kvdb)
-	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, probe, runner, sets, kvdb))
 	t.Cleanup(func() {
 		if left := containersOf(t, eng, server); len(left) > 0 {
 			t.Errorf("containers left after the test: %v", left)
@@ -148,31 +138,8 @@ func TestDockerMountWithWritableSubmountRefused(t *testing.T) {
 	d := layoutFor(t, dockertest.Name("gbtest-"))
 	tasks := filepath.Join(d.varLib, "tasks")
 	sub := filepath.Join(tasks, "scratch")
-	if err := os.MkdirAll(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
-		t.Fatalf("mounting a tmpfs below the mount's source: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(sub, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmounting %s: %v", sub, err)
-		}
-	})
-	pki := d.fb.pki
-	cfg := fmt.Sprintf(`broker: %s
-ca_file: %s
-cert_file: %s
-key_file: %s
-spool_dir: %s
-default_executor:
-  type: docker
-  image: %s
-  mounts: ["%s:/tasks"]
-`, d.fb.addr, pki.CAFile, pki.CertFile, pki.KeyFile, filepath.Join(d.varLib, "spool"), probe, tasks)
-	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	mountTmpfs(t, sub)
+	d.writeConfig(t, fmt.Sprintf("default_executor:\n  type: docker\n  image: %s\n  mounts: [\"%s:/tasks\"]\n", probe, tasks))
 	d.start(t)
 	select {
 	case <-d.exited:

@@ -103,15 +103,39 @@ func (d *deployment) configure(t *testing.T, script, topYAML, execYAML string) {
 	if os.Getenv("GB_TEST_SANDBOX") == "none" {
 		sandbox = "  sandbox: none\n"
 	}
-	pki := d.fb.pki
-	cfg := fmt.Sprintf("broker: %s\nca_file: %s\ncert_file: %s\nkey_file: %s\nspool_dir: %s\nslots: 4\ndrain_timeout: 1s\n"+
+	d.writeConfig(t, fmt.Sprintf("slots: 4\ndrain_timeout: 1s\n"+
 		"sandbox:\n  state_dir: %s\nlimits:\n  kill_grace: 200ms\n%s"+
 		"default_executor:\n  type: exec\n  command: [/bin/sh, -c, %s]\n%s%s",
-		d.fb.addr, pki.CAFile, pki.CertFile, pki.KeyFile, filepath.Join(d.varLib, "spool"), d.run,
-		topYAML, strconvQuote(script), sandbox, execYAML)
+		d.run, topYAML, strconvQuote(script), sandbox, execYAML))
+}
+
+// writeConfig writes graderd's configuration: the broker, the deployment's
+// PKI and spool, then rest.
+func (d *deployment) writeConfig(t *testing.T, rest string) {
+	t.Helper()
+	pki := d.fb.pki
+	cfg := fmt.Sprintf("broker: %s\nca_file: %s\ncert_file: %s\nkey_file: %s\nspool_dir: %s\n%s",
+		d.fb.addr, pki.CAFile, pki.CertFile, pki.KeyFile, filepath.Join(d.varLib, "spool"), rest)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// mountTmpfs mounts a small tmpfs at dir (made if missing) until the test
+// ends.
+func mountTmpfs(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=1777"); err != nil {
+		t.Fatalf("mounting a tmpfs at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmounting %s: %v", dir, err)
+		}
+	})
 }
 
 // strconvQuote quotes s for YAML (a JSON string is a YAML string).
@@ -249,17 +273,7 @@ func TestEscapeNoWritesBelowReadOnlyPaths(t *testing.T) {
 	d := layout(t)
 	shared := filepath.Join(d.varLib, "shared")
 	sub := filepath.Join(shared, "sub")
-	if err := os.MkdirAll(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=1m,mode=1777"); err != nil {
-		t.Fatalf("mounting a tmpfs below the read-only path: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(sub, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmounting %s: %v", sub, err)
-		}
-	})
+	mountTmpfs(t, sub)
 	script := `cat >/dev/null; printf '{"written":['; sep=; for p in ` + shared + `/escape-$$ ` + sub + `/escape-$$; do ` +
 		`if (echo x > "$p") 2>/dev/null; then printf '%s"%s"' "$sep" "$p"; sep=,; fi; done; echo ']}'`
 	d.configure(t, script, "", "  read_only_paths: ["+shared+"]\n")
