@@ -138,7 +138,9 @@ func TestValidateNamesTheBadField(t *testing.T) {
 			c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource, s.ArchiveURLs = "archive", []string{"https://"} })
 		}},
 		{"default_executor.archive_urls:", func(c *Config) {
-			c.DefaultExecutor = dockerSpec(func(s *Containers) { s.ImageSource, s.ArchiveURLs = "archive", []string{"https://u:p@files.example.org/"} })
+			c.DefaultExecutor = dockerSpec(func(s *Containers) {
+				s.ImageSource, s.ArchiveURLs = "archive", []string{"https://u:p@files.example.org/"}
+			})
 		}},
 		{"default_executor:", func(c *Config) { c.DefaultExecutor = dockerSpec(func(s *Containers) { s.Port = 80 }) }},
 		{"default_executor:", func(c *Config) { d := dockerSpec(nil); d.Network = "host"; c.DefaultExecutor = d }},
