@@ -88,7 +88,10 @@ func BuildBinary(pkg string, ldflags string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256([]byte(key))
+	// The checkout is part of the name: test processes of other checkouts
+	// (worktrees, a CI clone) build the same package from other sources
+	// into this shared directory at the same time.
+	sum := sha256.Sum256([]byte(root + " " + key))
 	dir := filepath.Join(os.TempDir(), "gradebroker-dockertest")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
