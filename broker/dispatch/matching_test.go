@@ -75,3 +75,33 @@ func TestHeartbeatsExtendListedLeases(t *testing.T) {
 		t.Fatalf("cancelled lease %d, want lease %d past twice its timeout plus the grace", c.Lease.LeaseID, a.Lease.LeaseID)
 	}
 }
+
+// A job handed back TEMPORARY avoids the server that handed it back for
+// AvoidFor while another server that may take it is connected, even when
+// that one is busy and the first is free; from AvoidFor on, any server may
+// take it.
+func TestRequeuedJobAvoidsItsServerForAvoidFor(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now())
+	const avoidFor = 30 * time.Second
+	e := setup(t, Config{TickInterval: noTicks, AvoidFor: avoidFor, Now: clk.Now}, "g1", "g2")
+	g1 := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g1.nextAssign()
+	g2 := e.connect("g2", 1)
+	e.submit(e.platform, 1, 0)
+	g2.nextAssign() // g2 is busy from now on
+
+	g1.result(a, broker.OutcomeTemporary, nil)
+	g1.none()
+	clk.Add(avoidFor - time.Millisecond)
+	e.tick()
+	g1.none()
+	clk.Add(time.Millisecond)
+	e.tick()
+	again := g1.nextAssign()
+	if again.Lease.JobID != ids[0] || again.Attempt != 2 {
+		t.Fatalf("g1 got %v after AvoidFor, want job %d attempt 2", again, ids[0])
+	}
+	g2.none()
+}
