@@ -457,3 +457,33 @@ func TestServerDrainedFlag(t *testing.T) {
 		t.Errorf("after undrain: DrainedServers = %v, %v", got, err)
 	}
 }
+
+// A jti used twice by the same signer is refused as ErrTokenReused, which
+// the platform API tells apart from other conflicts; another signer may use
+// the same jti.
+func TestUseJTIRefusesReuse(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	use := func(signer, jti string) error {
+		t.Helper()
+		tx, err := db.BeginJobs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if err := tx.UseJTI(signer, jti, time.Now().Add(time.Hour)); err != nil {
+			return err
+		}
+		return tx.Commit()
+	}
+	if err := use("mooc", "j1"); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	if err := use("mooc", "j1"); !errors.Is(err, ErrTokenReused) || !strings.Contains(err.Error(), `"j1"`) {
+		t.Errorf("second use: got %v, want ErrTokenReused naming the jti", err)
+	}
+	if err := use("contest", "j1"); err != nil {
+		t.Errorf("same jti from another signer: %v", err)
+	}
+}
