@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
 	"github.com/gradebroker/gradebroker/internal/testutil"
@@ -87,6 +89,34 @@ func TestPriorityThenFairTurnsThenAge(t *testing.T) {
 	// Within a platform, oldest first.
 	if seen[0] != single[0] && seen[0] != burst[0] || seen[2] != burst[1] && seen[1] != burst[1] {
 		t.Errorf("burst jobs out of age order: %v (burst starts %d, %d)", seen, burst[0], burst[1])
+	}
+}
+
+// Platforms take turns: with three platforms' jobs waiting, each gets one
+// before any gets a second, whichever was served last.
+func TestFairTurnsRotateAmongPlatforms(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	third, err := e.db.AddPlatform(context.Background(), broker.Platform{Name: "third", PublicKeyPEM: "x", ReturnURL: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := map[int64]string{}
+	for _, p := range []broker.Platform{e.platform, e.other, third} {
+		for _, id := range e.submit(p, 2, 0) {
+			owner[id] = p.Name
+		}
+	}
+	g := e.connect("g1", 1)
+	var got []string
+	for range 6 {
+		a := g.nextAssign()
+		got = append(got, owner[a.Lease.JobID])
+		g.result(a, broker.OutcomeOK, map[string]int{"x": 1})
+	}
+	want := []string{"plat", "other", "third", "plat", "other", "third"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("platforms in assignment order (-want +got):\n%s", diff)
 	}
 }
 
