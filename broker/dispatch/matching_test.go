@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -104,4 +105,40 @@ func TestRequeuedJobAvoidsItsServerForAvoidFor(t *testing.T) {
 		t.Fatalf("g1 got %v after AvoidFor, want job %d attempt 2", again, ids[0])
 	}
 	g2.none()
+}
+
+// A tick writes connected servers' last contact to the database, at most
+// every touchEvery, so that operators and the wakeup logic see it across
+// restarts.
+func TestTickWritesLastSeen(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now().Truncate(time.Millisecond))
+	e := setup(t, Config{TickInterval: noTicks, Now: clk.Now}, "g1")
+	g := e.connect("g1", 1)
+	stored := func() time.Time {
+		t.Helper()
+		e.settle()
+		s, err := e.db.ServerByName(context.Background(), "g1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.LastSeen
+	}
+	first := clk.Now()
+	e.tick()
+	if got := stored(); !got.Equal(first) {
+		t.Fatalf("last seen after the first tick = %v, want %v", got, first)
+	}
+	clk.Add(touchEvery - time.Millisecond)
+	g.running()
+	e.tick()
+	if got := stored(); !got.Equal(first) {
+		t.Errorf("last seen written again %v after the last write, before touchEvery: %v", touchEvery-time.Millisecond, got)
+	}
+	clk.Add(time.Millisecond)
+	g.running()
+	e.tick()
+	if got, want := stored(), clk.Now(); !got.Equal(want) {
+		t.Errorf("last seen touchEvery after the last write = %v, want %v", got, want)
+	}
 }
