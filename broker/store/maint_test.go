@@ -487,3 +487,21 @@ func TestUseJTIRefusesReuse(t *testing.T) {
 		t.Errorf("same jti from another signer: %v", err)
 	}
 }
+
+// Each maintenance batch refuses a size of zero: a caller that computed
+// one by mistake would otherwise loop doing nothing.
+func TestMaintenanceRefusesAnEmptyBatch(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	for name, call := range map[string]func() error{
+		"DeleteDeliveredDeliveries": func() error { _, err := db.DeleteDeliveredDeliveries(ctx, time.Now(), 0); return err },
+		"DeleteExpiredTokenIDs":     func() error { _, err := db.DeleteExpiredTokenIDs(ctx, time.Now(), 0); return err },
+		"IncrementalVacuum":         func() error { _, err := db.IncrementalVacuum(ctx, 0); return err },
+		"DeadDeliveries":            func() error { _, _, err := db.DeadDeliveries(ctx, 0); return err },
+	} {
+		if err := call(); !errors.Is(err, broker.ErrInvalid) {
+			t.Errorf("%s with 0: %v, want ErrInvalid", name, err)
+		}
+	}
+}
