@@ -142,3 +142,32 @@ func TestTickWritesLastSeen(t *testing.T) {
 		t.Errorf("last seen touchEvery after the last write = %v, want %v", got, want)
 	}
 }
+
+// A job requeued before a restart still avoids the server that handed it
+// back, for AvoidFor from the restart, while another server is connected.
+func TestRequeuedJobStillAvoidsItsServerAfterARestart(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now())
+	e := setup(t, Config{TickInterval: noTicks, Now: clk.Now}, "g1", "g2")
+	g1 := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g1.nextAssign()
+	g2 := e.connect("g2", 1)
+	e.submit(e.platform, 1, 0)
+	busy := g2.nextAssign()
+	g1.result(a, broker.OutcomeTemporary, nil)
+	g1.none()
+	e.settle()
+	e.crash()
+	e.start()
+
+	g2 = e.connect("g2", 1, busy.Lease) // still busy
+	g1 = e.connect("g1", 1)
+	g1.none()
+	clk.Add(e.d.Config().AvoidFor)
+	e.tick()
+	if again := g1.nextAssign(); again.Lease.JobID != ids[0] || again.Attempt != 2 {
+		t.Fatalf("g1 got %v after AvoidFor, want job %d attempt 2", again, ids[0])
+	}
+	g2.none()
+}
