@@ -71,6 +71,30 @@ kube-apiserver: ## Build kube-apiserver for the Kubernetes tests, cached outside
 bench: build ## Run the benchmarks and print their tables.
 	$(GO) run ./bench/cmd/gbbench
 
+# Mutation testing (CONTRIBUTING.md, "Mutation testing"): not part of test or
+# CI. MUTATION names the packages to run, one after another.
+GREMLINS_VERSION := v0.6.0
+GREMLINS         ?= $(TMP_BIN)/gremlins
+MUTATION         ?= token dispatch store graderd
+MUTATION_WORKERS ?= 2
+# Per package: the time limit per mutant (a multiple of the package's
+# coverage run) and what is left out, and why, is in CONTRIBUTING.md.
+mutation_token    = --timeout-coefficient 20 -E '^tokentest/' ./broker/token
+mutation_dispatch = --timeout-coefficient 20 -E '^(api|metrics|ops|session|wakeup|writer|pull)\.go$$' ./broker/dispatch
+mutation_store    = --timeout-coefficient 20 ./broker/store
+mutation_graderd  = --timeout-coefficient 8 -E '^(executor|spool|cmd)/' -E '^(config|cli|daemon|wakeup)\.go$$' ./graderd
+# gremlins' coverage run covers graderd/..., where this docker test fails
+# under load (CONTRIBUTING.md); it is not one of the tests run per mutant.
+mutation_skip_graderd = -skip=^TestEscapePidsLimitAsAWhole$$
+
+.PHONY: mutation
+mutation: $(GREMLINS) ## Mutation-test token, dispatch, store and graderd with gremlins (an hour or more; MUTATION=token for one).
+	@mkdir -p .tmp/mutation
+	set -o pipefail; $(foreach p,$(MUTATION),echo "== $(p)" && GOFLAGS='-count=1 $(mutation_skip_$(p))' $(GREMLINS) unleash --workers $(MUTATION_WORKERS) -o .tmp/mutation/$(p).json $(mutation_$(p)) | tee .tmp/mutation/$(p).txt &&) true
+
+$(GREMLINS):
+	GOBIN=$(TMP_BIN) $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
+
 .PHONY: tools
 tools: $(BUF) $(TMP_BIN)/protoc-gen-go $(TMP_BIN)/protoc-gen-go-grpc $(TMP_BIN)/protoc-gen-grpc-gateway $(TMP_BIN)/protoc-gen-openapiv2 ## Install the pinned code-generation tools into .tmp/bin.
 

@@ -3,9 +3,12 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/gradebroker/gradebroker/broker"
 	"github.com/gradebroker/gradebroker/broker/store"
@@ -87,6 +90,99 @@ func TestPriorityThenFairTurnsThenAge(t *testing.T) {
 	// Within a platform, oldest first.
 	if seen[0] != single[0] && seen[0] != burst[0] || seen[2] != burst[1] && seen[1] != burst[1] {
 		t.Errorf("burst jobs out of age order: %v (burst starts %d, %d)", seen, burst[0], burst[1])
+	}
+}
+
+// Priorities go highest first, whatever order they were first submitted in.
+func TestHighestPriorityFirstWhateverTheOrderSubmitted(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	var ids []int64
+	for _, prio := range []int{5, 0, 9} {
+		ids = append(ids, e.submit(e.platform, 1, prio)...)
+	}
+	got := e.connect("g1", 1).runJobs(3)
+	if want := []int64{ids[2], ids[0], ids[1]}; !slices.Equal(got, want) {
+		t.Errorf("assigned %v, want %v (priorities 9, 5, 0)", got, want)
+	}
+}
+
+// Within a platform, jobs go oldest first whether they were requeued (in
+// whatever order) or never ran, and the queue keeps working after it has
+// been drained.
+func TestPlatformJobsGoOldestFirstRequeuedOrNot(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{TickInterval: noTicks}, "g1", "g2")
+	g1 := e.connect("g1", 3)
+	ids := e.submit(e.platform, 3, 0)
+	held := map[int64]*Assign{}
+	for range 3 {
+		a := g1.nextAssign()
+		held[a.Lease.JobID] = a
+	}
+	g2 := e.connect("g2", 1)
+	e.submit(e.platform, 1, 0)
+	busy := g2.nextAssign()
+	fresh := e.submit(e.platform, 1, 0) // both servers are full: it waits
+	// g1 hands its jobs back out of order; while g2 is connected they
+	// avoid g1. Then g1 goes, and g2 takes everything.
+	for _, id := range []int64{ids[2], ids[0], ids[1]} {
+		g1.result(held[id], broker.OutcomeTemporary, nil)
+	}
+	g1.none()
+	g1.close()
+	g2.result(busy, broker.OutcomeOK, map[string]int{"x": 1})
+	got := g2.runJobs(3)
+	last := g2.nextAssign()
+	got = append(got, last.Lease.JobID)
+	if want := slices.Concat(ids, fresh); !slices.Equal(got, want) {
+		t.Errorf("assigned %v, want %v: oldest first, requeued or not", got, want)
+	}
+	// The queue is empty now; a job submitted while g2 is busy waits in it.
+	later := e.submit(e.platform, 1, 0)
+	g2.result(last, broker.OutcomeOK, map[string]int{"x": 1})
+	if a := g2.nextAssign(); a.Lease.JobID != later[0] {
+		t.Errorf("after the queue drained, assigned job %d, want %d", a.Lease.JobID, later[0])
+	}
+}
+
+// A platform's long queue (more than the 1,024 jobs past which a drained
+// queue gives its memory back) hands out its jobs in order.
+func TestLongQueueKeepsItsJobs(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	ids := e.submit(e.platform, 1030, 0)
+	if got := e.connect("g1", 1).runJobs(3); !slices.Equal(got, ids[:3]) {
+		t.Errorf("assigned %v, want %v", got, ids[:3])
+	}
+}
+
+// Platforms take turns: with three platforms' jobs waiting, each gets one
+// before any gets another, whichever was served last, and a platform whose
+// jobs have all gone takes no turn.
+func TestFairTurnsRotateAmongPlatforms(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	third, err := e.db.AddPlatform(context.Background(), broker.Platform{Name: "third", PublicKeyPEM: "x", ReturnURL: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := map[int64]string{}
+	for _, q := range []struct {
+		p broker.Platform
+		n int
+	}{{e.platform, 1}, {e.other, 3}, {third, 2}} {
+		for _, id := range e.submit(q.p, q.n, 0) {
+			owner[id] = q.p.Name
+		}
+	}
+	var got []string
+	for _, id := range e.connect("g1", 1).runJobs(6) {
+		got = append(got, owner[id])
+	}
+	want := []string{"plat", "other", "third", "other", "third", "other"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("platforms in assignment order (-want +got):\n%s", diff)
 	}
 }
 
@@ -503,5 +599,38 @@ func TestStorageFailureAnswersEveryWaiter(t *testing.T) {
 	<-stopped
 	if err := e.d.Err(); err == nil || !strings.Contains(err.Error(), "disk on fire") {
 		t.Fatalf("Err() = %v, want the storage failure", err)
+	}
+}
+
+// The final hook hears, after commit, of every job that became final with
+// a delivery to make, with that delivery's id, and of no other job: the
+// delivery worker starts on it at once.
+func TestFinalHookGetsTheDelivery(t *testing.T) {
+	t.Parallel()
+	e := setup(t, Config{}, "g1")
+	type call struct{ job, delivery int64 }
+	calls := make(chan call, 4)
+	e.d.SetFinalHook(func(job, delivery int64) { calls <- call{job, delivery} })
+	g := e.connect("g1", 1)
+	// The other platform has no return URL: nothing to deliver.
+	quiet := e.submit(e.other, 1, 0)
+	a := g.nextAssign()
+	g.result(a, broker.OutcomeOK, map[string]int{"x": 1})
+	e.waitState(quiet[0], broker.JobDone)
+	loud := e.submit(e.platform, 1, 0)
+	b := g.nextAssign()
+	g.result(b, broker.OutcomeOK, map[string]int{"x": 1})
+	var c call
+	select {
+	case c = <-calls:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the final hook was not called for job %d within 30 s", loud[0])
+	}
+	if c.job != loud[0] {
+		t.Fatalf("final hook called for job %d first, want %d (job %d has no delivery)", c.job, loud[0], quiet[0])
+	}
+	d, err := e.db.Delivery(context.Background(), c.delivery)
+	if err != nil || d.JobID != loud[0] {
+		t.Errorf("final hook's delivery %d is %+v, %v; want job %d's", c.delivery, d, err, loud[0])
 	}
 }

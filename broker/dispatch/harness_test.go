@@ -298,6 +298,19 @@ func (fs *fakeServer) result(a *Assign, outcome broker.Outcome, result any) {
 }
 
 // running sends a heartbeat listing leases.
+// runJobs takes the next n assignments one at a time, reporting each done,
+// and returns their jobs in the order they came.
+func (fs *fakeServer) runJobs(n int) []int64 {
+	fs.t.Helper()
+	var ids []int64
+	for range n {
+		a := fs.nextAssign()
+		ids = append(ids, a.Lease.JobID)
+		fs.result(a, broker.OutcomeOK, map[string]int{"x": 1})
+	}
+	return ids
+}
+
 func (fs *fakeServer) running(leases ...LeaseRef) {
 	fs.sess.Heartbeat(Heartbeat{Running: leases})
 }

@@ -154,3 +154,28 @@ func TestLeaseWhoseAssignNeverLeftCostsNoAttempt(t *testing.T) {
 		})
 	}
 }
+
+// A lease whose deadline passes while its server is away, within the
+// reconnect grace, waits for the server: it may report the result when it
+// comes back, and the attempt stands.
+func TestLeaseDeadlineWaitsForADisconnectedServer(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now())
+	e := setup(t, Config{ReconnectGrace: 10 * time.Minute, TickInterval: noTicks, Now: clk.Now}, "g1")
+	g := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g.nextAssign()
+	g.close()
+	clk.Add(5 * time.Minute) // past the 10 s job's lease deadline
+	e.tick()
+	e.settle()
+	if st := e.state(ids[0]); st != broker.JobAssigned {
+		t.Fatalf("job %d is %s with its server away within the grace, want assigned", ids[0], st)
+	}
+	g = e.connect("g1", 1, a.Lease)
+	g.result(a, broker.OutcomeOK, map[string]int{"x": 1})
+	if m, ok := g.awaitAckOrReject().(*Ack); !ok {
+		t.Fatalf("result after reconnecting: %#v, want Ack", m)
+	}
+	e.waitState(ids[0], broker.JobDone)
+}

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -74,4 +75,99 @@ func TestHeartbeatsExtendListedLeases(t *testing.T) {
 	if c := g.nextCancel(); c.Lease != a.Lease {
 		t.Fatalf("cancelled lease %d, want lease %d past twice its timeout plus the grace", c.Lease.LeaseID, a.Lease.LeaseID)
 	}
+}
+
+// A job handed back TEMPORARY avoids the server that handed it back for
+// AvoidFor while another server that may take it is connected, even when
+// that one is busy and the first is free; from AvoidFor on, any server may
+// take it.
+func TestRequeuedJobAvoidsItsServerForAvoidFor(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now())
+	const avoidFor = 30 * time.Second
+	e := setup(t, Config{TickInterval: noTicks, AvoidFor: avoidFor, Now: clk.Now}, "g1", "g2")
+	g1 := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g1.nextAssign()
+	g2 := e.connect("g2", 1)
+	e.submit(e.platform, 1, 0)
+	g2.nextAssign() // g2 is busy from now on
+
+	g1.result(a, broker.OutcomeTemporary, nil)
+	g1.none()
+	clk.Add(avoidFor - time.Millisecond)
+	e.tick()
+	g1.none()
+	clk.Add(time.Millisecond)
+	e.tick()
+	again := g1.nextAssign()
+	if again.Lease.JobID != ids[0] || again.Attempt != 2 {
+		t.Fatalf("g1 got %v after AvoidFor, want job %d attempt 2", again, ids[0])
+	}
+	g2.none()
+}
+
+// A tick writes connected servers' last contact to the database, at most
+// every touchEvery, so that operators and the wakeup logic see it across
+// restarts.
+func TestTickWritesLastSeen(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now().Truncate(time.Millisecond))
+	e := setup(t, Config{TickInterval: noTicks, Now: clk.Now}, "g1")
+	g := e.connect("g1", 1)
+	stored := func() time.Time {
+		t.Helper()
+		e.settle()
+		s, err := e.db.ServerByName(context.Background(), "g1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.LastSeen
+	}
+	first := clk.Now()
+	e.tick()
+	if got := stored(); !got.Equal(first) {
+		t.Fatalf("last seen after the first tick = %v, want %v", got, first)
+	}
+	clk.Add(touchEvery - time.Millisecond)
+	g.running()
+	e.tick()
+	if got := stored(); !got.Equal(first) {
+		t.Errorf("last seen written again %v after the last write, before touchEvery: %v", touchEvery-time.Millisecond, got)
+	}
+	clk.Add(time.Millisecond)
+	g.running()
+	e.tick()
+	if got, want := stored(), clk.Now(); !got.Equal(want) {
+		t.Errorf("last seen touchEvery after the last write = %v, want %v", got, want)
+	}
+}
+
+// A job requeued before a restart still avoids the server that handed it
+// back, for AvoidFor from the restart, while another server is connected.
+func TestRequeuedJobStillAvoidsItsServerAfterARestart(t *testing.T) {
+	t.Parallel()
+	clk := testutil.NewClock(time.Now())
+	e := setup(t, Config{TickInterval: noTicks, Now: clk.Now}, "g1", "g2")
+	g1 := e.connect("g1", 1)
+	ids := e.submit(e.platform, 1, 0)
+	a := g1.nextAssign()
+	g2 := e.connect("g2", 1)
+	e.submit(e.platform, 1, 0)
+	busy := g2.nextAssign()
+	g1.result(a, broker.OutcomeTemporary, nil)
+	g1.none()
+	e.settle()
+	e.crash()
+	e.start()
+
+	g2 = e.connect("g2", 1, busy.Lease) // still busy
+	g1 = e.connect("g1", 1)
+	g1.none()
+	clk.Add(e.d.Config().AvoidFor)
+	e.tick()
+	if again := g1.nextAssign(); again.Lease.JobID != ids[0] || again.Attempt != 2 {
+		t.Fatalf("g1 got %v after AvoidFor, want job %d attempt 2", again, ids[0])
+	}
+	g2.none()
 }

@@ -79,6 +79,9 @@ func TestListJobsConsoleFilters(t *testing.T) {
 		{"any of a scope's tags", JobFilter{AnyTags: []string{"course-a", "course-b"}}, []int64{j5, j4, j2, j1}},
 		{"scope and a tag inside it", JobFilter{AnyTags: []string{"course-a", "course-b"}, Tag: "course-a"}, []int64{j4, j1}},
 		{"scope and a tag outside it", JobFilter{AnyTags: []string{"course-b"}, Tag: "py"}, []int64{j5, j2}},
+		{"one-tag scope", JobFilter{AnyTags: []string{"course-a"}}, []int64{j4, j1}},
+		// Both conditions hold, not the scope's tag alone.
+		{"one-tag scope and a tag outside it", JobFilter{AnyTags: []string{"course-a"}, Tag: "py"}, []int64{j1}},
 		{"scope pages", JobFilter{AnyTags: []string{"course-a", "course-b"}, Limit: 2, BeforeID: j4}, []int64{j2, j1}},
 		{"scope pages forward", JobFilter{AnyTags: []string{"course-a", "course-b"}, Limit: 2, AfterID: j1}, []int64{j4, j2}},
 		{"after id, newest first", JobFilter{Limit: 2, AfterID: j2}, []int64{j4, j3}},
@@ -91,6 +94,7 @@ func TestListJobsConsoleFilters(t *testing.T) {
 		{"search name prefix and key", JobFilter{Search: "hw1/alice"}, []int64{j5, j1}},
 		{"search name prefix", JobFilter{Search: "hw2/"}, []int64{j4, j3}},
 		{"search key", JobFilter{Search: "k-3"}, []int64{j3}},
+		{"search of the longest length", JobFilter{Search: strings.Repeat("x", 256)}, []int64{}},
 		{"max id", JobFilter{MaxID: j2}, []int64{j2, j1}},
 		{"platform and tag", JobFilter{Platform: "contest", Tag: "py"}, []int64{j5}},
 	}
@@ -116,10 +120,13 @@ func TestListJobsConsoleFilters(t *testing.T) {
 	if n, _, err := db.CountJobs(ctx, JobFilter{}, 3); err != nil || n != 3 {
 		t.Errorf("CountJobs with limit 3 = %d, %v; want 3 (the limit)", n, err)
 	}
+	if _, _, err := db.CountJobs(ctx, JobFilter{}, 0); !errors.Is(err, broker.ErrInvalid) {
+		t.Errorf("CountJobs with limit 0 = %v; want ErrInvalid", err)
+	}
 	for _, f := range []JobFilter{
 		{BeforeID: 3, AfterID: 1},
 		{CreatedAfter: jqBase.Add(time.Hour), CreatedBefore: jqBase},
-		{Search: strings.Repeat("x", 300)},
+		{Search: strings.Repeat("x", 257)},
 	} {
 		if _, err := db.ListJobs(ctx, f); !errors.Is(err, broker.ErrInvalid) {
 			t.Errorf("ListJobs(%+v) = %v; want ErrInvalid", f, err)

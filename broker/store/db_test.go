@@ -387,3 +387,28 @@ func TestRegistryMessages(t *testing.T) {
 		t.Errorf("tags after the refusals: %v, %v; want 3", tags, err)
 	}
 }
+
+// UpdatePlatform applies every field it is given in one call, and a
+// platform may be given the certificate it already has; AddOperator
+// returns the operator it stored.
+func TestRegistryUpdatesInOneCall(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	op, err := db.AddOperator(ctx, "alice", ident("op-a"))
+	if err != nil || op.ID == 0 || op.Name != "alice" || op.Cert.Fingerprint != "op-a" {
+		t.Fatalf("AddOperator = %+v, %v; want alice with an id and her certificate", op, err)
+	}
+	cert := ident("plat-p")
+	if _, err := db.AddPlatform(ctx, broker.Platform{Name: "p", PublicKeyPEM: "old", ReturnURL: "https://p.example/cb", Cert: &cert}); err != nil {
+		t.Fatal(err)
+	}
+	proto, key, on, same := broker.ProtocolGraderqueue, "new", true, &cert
+	p, err := db.UpdatePlatform(ctx, "p", PlatformUpdate{Protocol: &proto, PublicKeyPEM: &key, Cert: &same, LegacyTokens: &on})
+	if err != nil {
+		t.Fatalf("UpdatePlatform: %v", err)
+	}
+	if p.Protocol != proto || p.PublicKeyPEM != key || !p.LegacyTokens || p.Cert == nil || p.Cert.Fingerprint != cert.Fingerprint {
+		t.Errorf("UpdatePlatform = %+v; want protocol %s, key %q, legacy tokens and its certificate", p, proto, key)
+	}
+}

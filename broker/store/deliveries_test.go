@@ -370,6 +370,9 @@ func TestRedeliver(t *testing.T) {
 	if _, err := db.Redeliver(ctx, Redelivery{Platform: "nope"}); !errors.Is(err, broker.ErrNotFound) {
 		t.Errorf("unknown platform = %v, want ErrNotFound", err)
 	}
+	if _, err := db.Redeliver(ctx, Redelivery{PlatformID: b, Platform: "a"}); !errors.Is(err, broker.ErrInvalid) {
+		t.Errorf("platform id of b with the name a = %v, want ErrInvalid", err)
+	}
 	// One bad id refuses the whole request, naming it.
 	if _, err := db.Redeliver(ctx, Redelivery{IDs: []int64{deadA1, delivered}}); !errors.Is(err, broker.ErrFailedPrecondition) ||
 		!strings.Contains(err.Error(), "acknowledged") {
@@ -427,6 +430,10 @@ func TestRedeliver(t *testing.T) {
 	}
 	if n, err := db.Redeliver(ctx, Redelivery{AllDead: true}); err != nil || n != 0 {
 		t.Errorf("second Redeliver all dead = %d, %v; want 0", n, err)
+	}
+	// A platform's id and name may both be given when they agree.
+	if n, err := db.Redeliver(ctx, Redelivery{PlatformID: a, Platform: "a"}); err != nil || n != 0 {
+		t.Errorf("Redeliver platform a by id and name = %d, %v; want 0 (nothing is dead)", n, err)
 	}
 }
 

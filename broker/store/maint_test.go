@@ -507,3 +507,51 @@ func TestCheckpointWALTakesTurnsWithTheCheckpointer(t *testing.T) {
 		}
 	}
 }
+
+// A jti used twice by the same signer is refused as ErrTokenReused, which
+// the platform API tells apart from other conflicts; another signer may use
+// the same jti.
+func TestUseJTIRefusesReuse(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	use := func(signer, jti string) error {
+		t.Helper()
+		tx, err := db.BeginJobs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if err := tx.UseJTI(signer, jti, time.Now().Add(time.Hour)); err != nil {
+			return err
+		}
+		return tx.Commit()
+	}
+	if err := use("mooc", "j1"); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	if err := use("mooc", "j1"); !errors.Is(err, ErrTokenReused) || !strings.Contains(err.Error(), `"j1"`) {
+		t.Errorf("second use: got %v, want ErrTokenReused naming the jti", err)
+	}
+	if err := use("contest", "j1"); err != nil {
+		t.Errorf("same jti from another signer: %v", err)
+	}
+}
+
+// Each maintenance batch refuses a size of zero: a caller that computed
+// one by mistake would otherwise loop doing nothing.
+func TestMaintenanceRefusesAnEmptyBatch(t *testing.T) {
+	t.Parallel()
+	db := setup(t)
+	ctx := context.Background()
+	for name, call := range map[string]func() error{
+		"DeleteDeliveredDeliveries": func() error { _, err := db.DeleteDeliveredDeliveries(ctx, time.Now(), 0); return err },
+		"DeleteExpiredTokenIDs":     func() error { _, err := db.DeleteExpiredTokenIDs(ctx, time.Now(), 0); return err },
+		"IncrementalVacuum":         func() error { _, err := db.IncrementalVacuum(ctx, 0); return err },
+		"DeadDeliveries":            func() error { _, _, err := db.DeadDeliveries(ctx, 0); return err },
+	} {
+		if err := call(); !errors.Is(err, broker.ErrInvalid) {
+			t.Errorf("%s with 0: %v, want ErrInvalid", name, err)
+		}
+	}
+}

@@ -168,9 +168,12 @@ func TestPullers(t *testing.T) {
 	}
 	// The user may no longer pull the queue: its server goes.
 	var noQueues []string
-	_, removed, err := db.UpdateXQueueUser(ctx, "edx", XQueueUserUpdate{PullQueues: &noQueues})
+	updated, removed, err := db.UpdateXQueueUser(ctx, "edx", XQueueUserUpdate{PullQueues: &noQueues})
 	if err != nil || !cmp.Equal(removed, []string{s.Name}) {
 		t.Errorf("UpdateXQueueUser(no pull queues) removed %v, %v", removed, err)
+	}
+	if len(updated.PullQueues) != 0 {
+		t.Errorf("UpdateXQueueUser(no pull queues) kept pull queues %q", updated.PullQueues)
 	}
 	if _, err := db.ServerByName(ctx, s.Name); !errors.Is(err, broker.ErrNotFound) {
 		t.Errorf("the removed puller's server: %v", err)
@@ -196,6 +199,11 @@ func TestPullers(t *testing.T) {
 	}
 	if got := pullerName(strings.Repeat("u", 40), strings.Repeat("q", 40)); len(got) != 63 || broker.CheckName("server", got) != nil {
 		t.Errorf("long puller name %q", got)
+	}
+	// A name of exactly 63 characters fits as it is.
+	user, queue := strings.Repeat("u", 20), strings.Repeat("q", 39)
+	if got, want := pullerName(user, queue), "xq."+user+"."+queue; got != want {
+		t.Errorf("puller name of 63 characters = %q, want %q", got, want)
 	}
 }
 

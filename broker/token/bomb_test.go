@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/gradebroker/gradebroker/broker/token/tokentest"
 )
 
 // TestDEFBomb sends 50 MiB of zeros deflated to about 50 kB. It must be
@@ -91,5 +93,40 @@ func TestInflateLimit(t *testing.T) {
 	}
 	if _, err := inflate(nil, 100); !errors.Is(err, ErrMalformed) {
 		t.Errorf("inflate(nil): got %v, want ErrMalformed", err)
+	}
+}
+
+// TestInflateExactlyTheLimit inflates a plaintext of exactly limit bytes
+// into a first buffer of exactly limit bytes, from a stream whose end comes
+// after its data (the sender flushed before closing, which sync-flushing
+// zlib callers do): the buffer is then full at the limit before inflate
+// learns the stream has ended, and that is not past the limit.
+func TestInflateExactlyTheLimit(t *testing.T) {
+	t.Parallel()
+	// inflate's first buffer holds 4*len(deflated)+512 bytes: look for a
+	// plaintext that long. Its deflated length hardly changes with it, so
+	// this settles in a few rounds.
+	n := 512
+	var data, z []byte
+	for range 20 {
+		data = bytes.Repeat([]byte("x"), n)
+		z = tokentest.DeflateFlushed(t, data)
+		if 4*len(z)+512 == n {
+			break
+		}
+		n = 4*len(z) + 512
+	}
+	if 4*len(z)+512 != n {
+		t.Fatalf("found no plaintext as long as inflate's first buffer (last tried %d bytes)", n)
+	}
+	got, err := inflate(z, n)
+	if err != nil {
+		t.Fatalf("inflate(%d bytes, limit %d): %v", n, n, err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Errorf("inflate returned other data")
+	}
+	if _, err := inflate(z, n-1); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("inflate(%d bytes, limit %d): got %v, want ErrTooLarge", n, n-1, err)
 	}
 }

@@ -62,6 +62,32 @@ func TestConsoleLoginRoundTrip(t *testing.T) {
 	}
 }
 
+// TestConsoleLoginAtTheSizeLimit verifies a login token of exactly the
+// largest size accepted, and refuses one a byte longer.
+func TestConsoleLoginAtTheSizeLimit(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_700_000_000, 0)
+	// A long name makes a long token; base64 skips some lengths, so look
+	// for the name that makes it exactly the limit.
+	var tok string
+	for n := 0; n < maxConsoleLoginBytes && len(tok) < maxConsoleLoginBytes; n++ {
+		var err error
+		tok, err = SignConsoleLogin(consoleKey, ConsoleLogin{JTI: "j1", Expires: now.Add(time.Minute), Name: strings.Repeat("n", n), Role: "viewer"})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(tok) != maxConsoleLoginBytes {
+		t.Fatalf("made no login token of exactly %d bytes (the nearest was %d)", maxConsoleLoginBytes, len(tok))
+	}
+	if _, err := VerifyConsoleLogin(consoleKey, tok, now); err != nil {
+		t.Errorf("a token of exactly %d bytes: %v", len(tok), err)
+	}
+	if _, err := VerifyConsoleLogin(consoleKey, tok+"x", now); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("a token of %d bytes: got %v, want ErrTooLarge", len(tok)+1, err)
+	}
+}
+
 // FuzzVerifyConsoleLogin feeds VerifyConsoleLogin what a browser may post:
 // it must never panic, and never accept what the key did not sign.
 func FuzzVerifyConsoleLogin(f *testing.F) {

@@ -107,6 +107,41 @@ func TestParsePublicKeyPEM(t *testing.T) {
 	}
 }
 
+// TestParsePublicKeyPEMBounds checks the size and exponent limits at their
+// edges. The moduli are made up (an odd number of the right length): the
+// checks read only the length and the exponent.
+func TestParsePublicKeyPEMBounds(t *testing.T) {
+	t.Parallel()
+	modulus := func(bits int) *big.Int {
+		n := new(big.Int).Lsh(big.NewInt(1), uint(bits-1))
+		return n.SetBit(n, 0, 1)
+	}
+	for _, tc := range []struct {
+		name    string
+		key     rsa.PublicKey
+		wantMsg string // "" when the key must be accepted
+	}{
+		{"smallest modulus", rsa.PublicKey{N: modulus(MinRSABits), E: 65537}, ""},
+		{"one bit short", rsa.PublicKey{N: modulus(MinRSABits - 1), E: 65537}, "at least 2048"},
+		{"largest modulus", rsa.PublicKey{N: modulus(MaxRSABits), E: 65537}, ""},
+		{"one bit over", rsa.PublicKey{N: modulus(MaxRSABits + 1), E: 65537}, "at most 8192"},
+		{"exponent 3", rsa.PublicKey{N: modulus(MinRSABits), E: 3}, ""},
+		{"exponent 1", rsa.PublicKey{N: modulus(MinRSABits), E: 1}, "exponent 1"},
+		{"even exponent", rsa.PublicKey{N: modulus(MinRSABits), E: 65538}, "exponent 65538"},
+	} {
+		in := pem.EncodeToMemory(&pem.Block{Type: "RSA PUBLIC KEY", Bytes: x509.MarshalPKCS1PublicKey(&tc.key)})
+		k, err := ParsePublicKeyPEM(in)
+		switch {
+		case tc.wantMsg == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.wantMsg == "" && !k.Equal(&tc.key):
+			t.Errorf("%s: ParsePublicKeyPEM returned another key", tc.name)
+		case tc.wantMsg != "" && (err == nil || !strings.Contains(err.Error(), tc.wantMsg)):
+			t.Errorf("%s: got %v, want an error saying %q", tc.name, err, tc.wantMsg)
+		}
+	}
+}
+
 func TestJWKS(t *testing.T) {
 	t.Parallel()
 	ks := testKeys(t)

@@ -93,6 +93,9 @@ func TestOpenWithLegacyDates(t *testing.T) {
 		{"no date", map[string]any{"date": omit}, ErrMissingJTI},
 		{"an exp that passed", map[string]any{"exp": testNow.Add(-time.Hour).Unix()}, ErrExpired},
 		{"an iat ahead", map[string]any{"iat": testNow.Add(time.Hour).Unix()}, ErrNotYetValid},
+		{"an iat exactly the skew ahead", map[string]any{"iat": testNow.Add(DefaultSkew).Unix()}, nil},
+		{"an exp exactly the skew ago", map[string]any{"exp": testNow.Add(-DefaultSkew).Unix()}, ErrExpired},
+		{"an exp just inside the skew", map[string]any{"exp": testNow.Add(-DefaultSkew + time.Second).Unix()}, nil},
 		{"another audience", map[string]any{"aud": "other-broker"}, ErrWrongAudience},
 		{"a request this address does not take", map[string]any{"request": "sendjob"}, ErrWrongRequest},
 	} {

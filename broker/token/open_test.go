@@ -287,6 +287,8 @@ func TestOpenAcceptsWithinSkew(t *testing.T) {
 		{"iat just ahead", map[string]any{"iat": testNow.Add(DefaultSkew).Unix(), "exp": testNow.Add(5 * time.Minute).Unix()}},
 		{"lifetime exactly the maximum", map[string]any{"exp": testNow.Add(DefaultMaxLifetime).Unix()}},
 		{"nbf now", map[string]any{"nbf": testNow.Unix()}},
+		{"nbf exactly the skew ahead", map[string]any{"nbf": testNow.Add(DefaultSkew).Unix()}},
+		{"exp equal to iat", map[string]any{"iat": testNow.Unix(), "exp": testNow.Unix()}},
 		{"aud array with us", map[string]any{"aud": []string{"other", brokerName}}},
 		{"iat as float", map[string]any{"iat": float64(testNow.Unix()) + 0.75}},
 		{"iat in exponent form", map[string]any{"iat": json.RawMessage("1.8e9")}},
@@ -301,6 +303,71 @@ func TestOpenAcceptsWithinSkew(t *testing.T) {
 			f := setup(t, false)
 			if _, _, err := f.opener.Open(context.Background(), f.seal(t, payload(t, tt.changes), false), "test"); err != nil {
 				t.Fatalf("Open: %v", err)
+			}
+		})
+	}
+}
+
+// TestOpenAtItsSizeLimits opens a token that is exactly at each of Open's
+// size limits, and refuses it one byte or character past.
+func TestOpenAtItsSizeLimits(t *testing.T) {
+	t.Parallel()
+	const jwsHeader = `{"alg":"RS512","kid":"` + platformName + `"}`
+	const jweHeader = `{"alg":"RSA-OAEP-256","enc":"A256CBC-HS512","cty":"JWT"}`
+	// padded returns header with a member added so that it is chars long
+	// in base64url.
+	padded := func(t *testing.T, header string, chars int) string {
+		t.Helper()
+		n := chars*3/4 - len(header) - len(`,"pad":""`)
+		h := header[:len(header)-1] + `,"pad":"` + strings.Repeat("p", n) + `"}`
+		if got := len(b64([]byte(h))); got != chars {
+			t.Fatalf("padded header is %d characters, want %d", got, chars)
+		}
+		return h
+	}
+	tests := []struct {
+		name string
+		// make returns a token at the limit and one past it, and sets
+		// the limit on f's Opener where it is not the default.
+		make func(t *testing.T, f *fixture) (at, past string)
+		want error
+	}{
+		{"token bytes", func(t *testing.T, f *fixture) (string, string) {
+			tok := f.seal(t, payload(t, nil), false)
+			f.opener.Limits = Limits{MaxTokenBytes: len(tok)}
+			return tok, tok + " "
+		}, ErrTooLarge},
+		{"plaintext bytes", func(t *testing.T, f *fixture) (string, string) {
+			p := payload(t, nil)
+			jws := handJWS(jwsHeader, p, rs512(f.keys.platform))
+			f.opener.Limits = Limits{MaxPlaintextBytes: len(jws)}
+			return handJWE(t, jweHeader, []byte(jws), &f.keys.broker.PublicKey),
+				handJWE(t, jweHeader, []byte(jws+"x"), &f.keys.broker.PublicKey)
+		}, ErrTooLarge},
+		{"JWE header", func(t *testing.T, f *fixture) (string, string) {
+			jws := []byte(handJWS(jwsHeader, payload(t, nil), rs512(f.keys.platform)))
+			return handJWE(t, padded(t, jweHeader, maxHeaderChars), jws, &f.keys.broker.PublicKey),
+				handJWE(t, padded(t, jweHeader, maxHeaderChars+4), jws, &f.keys.broker.PublicKey)
+		}, ErrMalformed},
+		{"JWS header", func(t *testing.T, f *fixture) (string, string) {
+			p := payload(t, nil)
+			at := handJWS(padded(t, jwsHeader, maxHeaderChars), p, rs512(f.keys.platform))
+			past := handJWS(padded(t, jwsHeader, maxHeaderChars+4), p, rs512(f.keys.platform))
+			return handJWE(t, jweHeader, []byte(at), &f.keys.broker.PublicKey),
+				handJWE(t, jweHeader, []byte(past), &f.keys.broker.PublicKey)
+		}, ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := setup(t, false)
+			at, past := tt.make(t, f)
+			// The refusal first: the accepted token uses up its jti.
+			if _, _, err := f.opener.Open(context.Background(), past, "test"); !errors.Is(err, tt.want) {
+				t.Fatalf("Open past the limit: got error %v, want %v", err, tt.want)
+			}
+			if _, _, err := f.opener.Open(context.Background(), at, "test"); err != nil {
+				t.Fatalf("Open at the limit: %v", err)
 			}
 		})
 	}

@@ -85,12 +85,30 @@ func JWERaw(tb testing.TB, header string, content []byte, to *rsa.PublicKey) str
 // Deflate compresses p as zip "DEF" does (raw DEFLATE, RFC 1951).
 func Deflate(tb testing.TB, p []byte) []byte {
 	tb.Helper()
+	return deflate(tb, p, false)
+}
+
+// DeflateFlushed is Deflate with a sync flush before the end, as a sender
+// that flushes before closing makes it: the stream's end then comes in a
+// block of its own, after all of p.
+func DeflateFlushed(tb testing.TB, p []byte) []byte {
+	tb.Helper()
+	return deflate(tb, p, true)
+}
+
+func deflate(tb testing.TB, p []byte, flush bool) []byte {
+	tb.Helper()
 	var buf bytes.Buffer
 	w, err := flate.NewWriter(&buf, flate.BestCompression)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	w.Write(p)
+	if flush {
+		if err := w.Flush(); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	if err := w.Close(); err != nil {
 		tb.Fatal(err)
 	}
