@@ -2,6 +2,8 @@ package docker
 
 import (
 	"net/url"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -34,4 +36,28 @@ func TestURLUnder(t *testing.T) {
 			t.Errorf("urlUnder(%s) = %v, want %v", raw, got, want)
 		}
 	}
+}
+
+// FuzzURLUnder: whatever URL a job names, urlUnder admits it only on an
+// allowed prefix's scheme and host, and never with a ".." segment.
+func FuzzURLUnder(f *testing.F) {
+	f.Add("https://files.example.org/archives/42.tar", "https://files.example.org/archives/")
+	f.Add("https://files.example.org.evil.net/archives/1.tar", "https://files.example.org")
+	f.Add("http://lab.example.org:8080/sub/../x", "http://lab.example.org:8080/sub")
+	f.Fuzz(func(t *testing.T, raw, prefix string) {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return
+		}
+		if !urlUnder(u, []string{prefix}) {
+			return
+		}
+		p, err := url.Parse(prefix)
+		if err != nil || !strings.EqualFold(p.Scheme, u.Scheme) || !strings.EqualFold(p.Host, u.Host) || p.Host == "" {
+			t.Errorf("urlUnder admitted %q under %q: another scheme or host", raw, prefix)
+		}
+		if slices.Contains(strings.Split(u.Path, "/"), "..") {
+			t.Errorf("urlUnder admitted %q with a .. segment", raw)
+		}
+	})
 }
