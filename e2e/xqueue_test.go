@@ -56,16 +56,7 @@ func TestXQueueEndToEnd(t *testing.T) {
 	b := startBroker(t, dir, nil)
 	bootstrap(t, dir, b.db)
 	lms := newLMSCallbacks(t)
-	pwFile := filepath.Join(t.TempDir(), "pw")
-	if err := os.WriteFile(pwFile, []byte("xqueue password\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b.mustAdmin(t, "tag", "add", "xq-python")
-	b.mustAdmin(t, "type", "add", "xq-python", "--tags", "xq-python")
-	b.mustAdmin(t, "platform", "add", "openedx", "--protocol", "xqueue")
-	b.mustAdmin(t, "xqueue", "queue", "add", "python-grader", "--tags", "xq-python", "--type", "xq-python", "--job-timeout", "1m")
-	b.mustAdmin(t, "xqueue", "user", "add", "lms", "--password-file", pwFile, "--platform", "openedx", "--http-callback-host", "127.0.0.1")
-	b.mustAdmin(t, "xqueue", "user", "add", "watcher", "--password-file", pwFile, "--pull", "python-grader", "--max-jobs", "2")
+	b.registerXQueue(t, "xqueue password\n")
 
 	hc := devHTTPClient(t, dir)
 	base := "https://" + b.HTTPAddr()
@@ -169,4 +160,22 @@ func regexpish(out string, words ...string) bool {
 		}
 	}
 	return false
+}
+
+// registerXQueue registers what an Open edX site needs through broker
+// admin: the queue python-grader (tag and type xq-python), the platform
+// openedx, its LMS user lms (callbacks to 127.0.0.1 over http allowed) and
+// the pulling user watcher (2 jobs at once), both with password.
+func (b *broker) registerXQueue(t *testing.T, password string) {
+	t.Helper()
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte(password), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.mustAdmin(t, "tag", "add", "xq-python")
+	b.mustAdmin(t, "type", "add", "xq-python", "--tags", "xq-python")
+	b.mustAdmin(t, "platform", "add", "openedx", "--protocol", "xqueue")
+	b.mustAdmin(t, "xqueue", "queue", "add", "python-grader", "--tags", "xq-python", "--type", "xq-python", "--job-timeout", "1m")
+	b.mustAdmin(t, "xqueue", "user", "add", "lms", "--password-file", pwFile, "--platform", "openedx", "--http-callback-host", "127.0.0.1")
+	b.mustAdmin(t, "xqueue", "user", "add", "watcher", "--password-file", pwFile, "--pull", "python-grader", "--max-jobs", "2")
 }

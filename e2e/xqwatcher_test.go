@@ -61,16 +61,7 @@ func TestRealXQueueWatcher(t *testing.T) {
 	b := startBroker(t, dir, withAddr)
 	bootstrap(t, dir, b.db)
 	lms := newLMSCallbacks(t)
-	pwFile := filepath.Join(t.TempDir(), "pw")
-	if err := os.WriteFile(pwFile, []byte("watcher password"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b.mustAdmin(t, "tag", "add", "xq-python")
-	b.mustAdmin(t, "type", "add", "xq-python", "--tags", "xq-python")
-	b.mustAdmin(t, "platform", "add", "openedx", "--protocol", "xqueue")
-	b.mustAdmin(t, "xqueue", "queue", "add", "python-grader", "--tags", "xq-python", "--type", "xq-python", "--job-timeout", "1m")
-	b.mustAdmin(t, "xqueue", "user", "add", "lms", "--password-file", pwFile, "--platform", "openedx", "--http-callback-host", "127.0.0.1")
-	b.mustAdmin(t, "xqueue", "user", "add", "watcher", "--password-file", pwFile, "--pull", "python-grader", "--max-jobs", "2")
+	b.registerXQueue(t, "watcher password")
 
 	// The watcher's configuration, as an operator writes it.
 	graders := filepath.Join(t.TempDir(), "graders")
