@@ -587,7 +587,7 @@ func (s ExecutorSpec) validate(field string) error {
 			return fmt.Errorf("%s: schedule_timeout, start_timeout and cpus must not be negative", field)
 		}
 		if s.User != "" {
-			if _, _, err := ParseUser(s.User); err != nil {
+			if _, _, err := docker.ParseUser(s.User); err != nil {
 				return fmt.Errorf("%s.user: %w", field, err)
 			}
 		}
@@ -830,26 +830,6 @@ func (l Limits) executor() executor.Limits {
 		CPUTime: l.CPUTime, Memory: int64(l.MemoryLimit), Pids: l.Pids, OpenFiles: l.OpenFiles,
 		TmpSize: int64(l.TmpSize), WorkSize: int64(l.WorkSize), MaxStdout: int64(l.MaxStdout), MaxStderr: int64(l.MaxStderr),
 	}
-}
-
-// ParseUser reads a numeric "uid[:gid]" (gid defaults to uid). Root (uid
-// or gid 0) is refused: graders never run as root.
-func ParseUser(s string) (uid, gid int64, err error) {
-	u, g, hasGID := strings.Cut(s, ":")
-	uid, err = strconv.ParseInt(u, 10, 32)
-	if err == nil {
-		gid = uid
-		if hasGID {
-			gid, err = strconv.ParseInt(g, 10, 32)
-		}
-	}
-	if err != nil || uid < 0 || gid < 0 {
-		return 0, 0, fmt.Errorf("%q is not a numeric uid[:gid] such as 65534:65534", s)
-	}
-	if uid == 0 || gid == 0 {
-		return 0, 0, fmt.Errorf("%q is root; graders never run as root", s)
-	}
-	return uid, gid, nil
 }
 
 // ByteSize is a size in bytes. In the configuration file and in flags it is

@@ -306,7 +306,8 @@ func (d *Daemon) kubernetesExecutor(name string, s ExecutorSpec) (*kubernetes.Ex
 	}
 	var uid, gid int64
 	if s.User != "" {
-		uid, gid, _ = ParseUser(s.User) // checked by Validate
+		u, g, _ := docker.ParseUser(s.User) // checked by Validate
+		uid, gid = int64(u), int64(g)
 	}
 	cpu := ""
 	if s.CPUs > 0 {

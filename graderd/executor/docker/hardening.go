@@ -48,9 +48,10 @@ func ParseMount(s string) (Mount, error) {
 	return Mount{Source: src, Target: dst}, nil
 }
 
-// ParseUser checks a container user: numeric "uid:gid", never root (uid
-// 0 or gid 0), so that the work directory can be given to it before the
-// image is known.
+// ParseUser checks a container's or a pod's user: numeric "uid:gid" (with
+// a bare uid the engine would pick the image's group for it, or root's),
+// never root (uid 0 or gid 0), so that the work directory can be given to
+// it before the image is known.
 func ParseUser(s string) (uid, gid int, err error) {
 	u, g, ok := strings.Cut(s, ":")
 	uid, err1 := strconv.Atoi(u)
