@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/gradebroker/gradebroker/certs"
+	"github.com/gradebroker/gradebroker/internal/testutil"
 )
 
 // The console's browser tests drive Debian's chromium, headless, through
@@ -217,7 +218,14 @@ func (tb *tab) screenshot(name string, w int64) {
 		}
 		defer chromedp.Do(tb.ctx, chromedp.EmulateViewport(1280, 900)) //nolint:errcheck // the next page sets its own
 	}
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	// Chromium now and then measures a page it is still laying out as 0
+	// pixels wide and refuses the screenshot: wait until it takes one.
+	var png []byte
+	var err error
+	testutil.Eventually(tb.t, "a screenshot of "+name, func() bool {
+		png, err = chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		return err == nil || !strings.Contains(err.Error(), "0 width")
+	})
 	if err != nil {
 		tb.t.Fatalf("screenshot %s: %v", name, err)
 	}
